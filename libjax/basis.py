@@ -1,0 +1,183 @@
+"""The bases as pure float64 linear algebra: ``neuron``, ``pca`` (= ``svd``) and ``lib`` (SPEC 1.5-1.9).
+
+Everything here is NumPy on the host: the matrices are ``d x d`` with ``d`` at most a few thousand,
+host LAPACK is deterministic on every backend, and TPUs have no float64 ``eigh``. A researcher who
+has a layer's Gram matrix, mean and ``M'`` needs nothing else::
+
+    from libjax import basis
+    b = basis.lib_basis(gram, mean, m_prime, center=True)
+    f_hat = f @ b.C                # LIB coordinates, ordered by Lambda (const direction first)
+    f_back = f_hat @ b.C_pinv
+
+Conventions: activations are row vectors whose last coordinate is the constant 1 of the folded
+biases; ``C`` is ``orig x rib``; with ``center`` the first LIB/PCA direction is the constant one.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import numpy as np
+from flax import struct
+
+from libjax.errors import BasisError, NumericalError
+
+
+@struct.dataclass
+class Basis:
+    """One node layer's basis. ``f_hat = f @ C``; ``f ~= f_hat @ C_pinv``.
+
+    Attributes:
+      C, C_pinv: ``(orig, rib)`` and ``(rib, orig)``; ``C_pinv @ C = I``.
+      W, W_pinv: centred projection onto the kept Gram eigenvectors, ``(orig, k)``, ``(k, orig)``.
+      Lambda: LIB eigenvalues of the kept directions, in ``C``'s column order (``None`` for PCA
+        and neuron bases).
+      gram_eigenvalues: ``D``, the kept Gram eigenvalues in ``W``'s column order (PCA variances).
+      V: ``(k, k)`` eigenvectors of ``M`` (LIB only).
+    """
+
+    C: np.ndarray
+    C_pinv: np.ndarray
+    W: np.ndarray
+    W_pinv: np.ndarray
+    Lambda: Optional[np.ndarray] = None
+    gram_eigenvalues: Optional[np.ndarray] = None
+    V: Optional[np.ndarray] = None
+    kind: str = struct.field(pytree_node=False, default="lib")
+
+    @property
+    def orig_dim(self) -> int:
+        return self.C.shape[0]
+
+    @property
+    def dim(self) -> int:
+        return self.C.shape[1]
+
+
+def eigh_descending(matrix) -> tuple[np.ndarray, np.ndarray]:
+    """Eigen-decomposition of a symmetric matrix in float64: ``|eigenvalues|`` sorted descending
+    and the matching eigenvector columns (SPEC 1.5 step 1)."""
+    vals, vecs = np.linalg.eigh(np.asarray(matrix, np.float64))
+    vals = np.abs(vals)
+    order = np.argsort(-vals, kind="stable")
+    return vals[order], vecs[:, order]
+
+
+def centring_matrices(mean, center: bool) -> tuple[np.ndarray, np.ndarray]:
+    """``Y`` and ``Y^-1`` with ``(f Y)_j = f_j - mu_j`` for ``j < last`` and ``(f Y)_last = 1``
+    when ``f_last = 1`` (SPEC 1.6); identities without centring."""
+    dim = len(mean)
+    y, y_inv = np.eye(dim), np.eye(dim)
+    if center:
+        y[-1, :-1] = -np.asarray(mean[:-1], np.float64)
+        y_inv[-1, :-1] = np.asarray(mean[:-1], np.float64)
+    return y, y_inv
+
+
+def _masked_eigh(matrix, n_masked: int) -> tuple[np.ndarray, np.ndarray]:
+    """Keep the first ``n_masked`` coordinates as they are and decompose the rest:
+    eigenvalues ``[M_00, ..., eig(M[n:, n:]) desc]``, vectors ``blockdiag(I_n, V_sub)``."""
+    dim = matrix.shape[0]
+    vals_sub, vecs_sub = eigh_descending(matrix[n_masked:, n_masked:])
+    vals = np.concatenate([np.diag(matrix)[:n_masked], vals_sub])
+    vecs = np.zeros((dim, dim))
+    vecs[:n_masked, :n_masked] = np.eye(n_masked)
+    vecs[n_masked:, n_masked:] = vecs_sub
+    return vals, vecs
+
+
+def gram_eigenbasis(gram, center: bool, isolate_var: bool) -> tuple[np.ndarray, np.ndarray]:
+    """Eigenvectors ``U`` (columns) and eigenvalues ``D`` of a Gram matrix, ordered
+    ``[const (if center), var (if isolate_var), rest by D descending]`` (SPEC 1.5, 8.5).
+
+    With centring the Gram matrix is ``blockdiag(Cov, 1)`` analytically, so the constant direction
+    ``e_last`` (eigenvalue ``G[-1, -1]``) is inserted exactly instead of being searched for among
+    the eigenvectors of the whole matrix. With ``isolate_var`` coordinate 0 (a LayerNorm variance)
+    is kept as its own direction and its correlations with the rest are ignored, as the reference
+    does.
+    """
+    gram = np.asarray(gram, np.float64)
+    dim = gram.shape[0]
+    fixed = ([dim - 1] if center else []) + ([0] if isolate_var else [])
+    rest = np.array([i for i in range(dim) if i not in fixed])
+    vals_rest, vecs_rest = eigh_descending(gram[np.ix_(rest, rest)])
+    u = np.zeros((dim, dim))
+    for col, idx in enumerate(fixed):
+        u[idx, col] = 1.0
+    u[rest, len(fixed):] = vecs_rest
+    d = np.concatenate([gram[fixed, fixed], vals_rest])
+    return u, d
+
+
+def _check_finite(name: str, matrix) -> None:
+    if not np.all(np.isfinite(matrix)):
+        raise NumericalError(f"{name} contains NaN or inf; the activations or the model are not "
+                             "finite (check the checkpoint and the input data)")
+
+
+def _gram_projection(gram, mean, center: bool, isolate_var: bool, threshold: float):
+    """``W = Y U``, ``W^+ = U^T Y^-1`` and ``D`` after the first truncation (``D > threshold``)."""
+    _check_finite("the Gram matrix", gram)
+    u, d = gram_eigenbasis(gram, center, isolate_var)
+    n_fixed = int(center) + int(isolate_var)
+    if np.any(d[:n_fixed] <= threshold):
+        raise BasisError(f"a fixed direction (constant or LayerNorm variance) has Gram eigenvalue "
+                         f"{d[:n_fixed]} <= truncation threshold {threshold}; lower the threshold "
+                         "or disable LN-variance isolation")
+    keep = d > threshold
+    if not np.any(keep):
+        raise BasisError(f"every Gram eigenvalue is <= truncation threshold {threshold} (largest "
+                         f"{d.max():.3g}); the activations are constant. Lower the threshold.")
+    u, d = u[:, keep], d[keep]
+    y, y_inv = centring_matrices(mean, center)
+    return y @ u, u.T @ y_inv, d
+
+
+def neuron_basis(dim: int) -> Basis:
+    """The identity basis (no truncation, no centring)."""
+    eye = np.eye(dim)
+    return Basis(C=eye, C_pinv=eye, W=eye, W_pinv=eye, kind="neuron")
+
+
+def pca_basis(gram, mean, center: bool = True, isolate_var: bool = False,
+              threshold: float = 1e-15) -> Basis:
+    """PCA (``svd``) basis: ``C = W`` (centred Gram eigenvectors, no scaling)."""
+    w, w_pinv, d = _gram_projection(gram, mean, center, isolate_var, threshold)
+    return Basis(C=w, C_pinv=w_pinv, W=w, W_pinv=w_pinv, gram_eigenvalues=d, kind="pca")
+
+
+def lib_basis(gram, mean, m_prime, center: bool = True, isolate_var: bool = False,
+              threshold: float = 1e-15) -> Basis:
+    """The LIB (``jacobian``) basis ``C = Y U D^-1/2 V Lambda^1/2`` (SPEC 1.6-1.9).
+
+    Args:
+      gram, mean: the layer's Gram matrix and mean (:mod:`libjax.stats`).
+      m_prime: ``M' = E[sum_s J_s^T J_s]`` of the next section in the next layer's basis
+        (:mod:`libjax.jacobian`), in this layer's neuron basis.
+      center: the Gram matrix is centred and the constant direction is kept first.
+      isolate_var: coordinate 0 is a LayerNorm variance kept as its own direction.
+      threshold: directions with Gram eigenvalue or Lambda below it are dropped.
+    """
+    _check_finite("M'", m_prime)
+    w, w_pinv, d = _gram_projection(gram, mean, center, isolate_var, threshold)
+    sqrt_d = np.sqrt(d)
+    r, r_pinv = w / sqrt_d, sqrt_d[:, None] * w_pinv
+    m = r_pinv @ np.asarray(m_prime, np.float64) @ r_pinv.T
+    n_masked = int(center) + int(isolate_var)
+    lam, v = _masked_eigh(m, n_masked)
+    # Second truncation: the masked directions stay first, the rest is already sorted by Lambda,
+    # and as many trailing directions are dropped as there are Lambdas below the threshold.
+    n_small = int(np.sum(lam < threshold))
+    if np.any(lam[:n_masked] < threshold):
+        raise BasisError(f"a fixed direction has Lambda {lam[:n_masked]} < truncation threshold "
+                         f"{threshold}; the next layer does not depend on it. Lower the threshold.")
+    n_keep = len(lam) - n_small
+    if n_keep == 0:
+        raise BasisError(f"every Lambda is below the truncation threshold {threshold} (largest "
+                         f"{lam.max():.3g}): the next layer does not depend on this one")
+    lam_kept, v_kept = lam[:n_keep], v[:, :n_keep]
+    sqrt_lam = np.sqrt(lam_kept)
+    c = r @ v_kept * sqrt_lam
+    c_pinv = (v_kept.T @ r_pinv) / sqrt_lam[:, None]
+    return Basis(C=c, C_pinv=c_pinv, W=w, W_pinv=w_pinv, Lambda=lam_kept, gram_eigenvalues=d, V=v,
+                 kind="lib")

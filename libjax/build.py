@@ -1,0 +1,377 @@
+"""The LIB build pipeline: statistics -> bases (last node layer first) -> edges (SPEC 1.1).
+
+Each phase streams over the data in batches with a jitted, float64-accumulating step; every
+finished stage is stored at once (:mod:`libjax.store`), so an interrupted build resumes where it
+stopped and gives exactly the same graph (stochastic sources are keyed by seed, stage and batch).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import logging
+import math
+import time
+from typing import Any, Optional, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from libjax import basis as basis_lib
+from libjax import integration, stats, store
+from libjax.edges import squared_edges_sum
+from libjax.errors import BasisError, ConfigError, NumericalError
+from libjax.graph import (STATS_STAGE, Graph, basis_from_tree, basis_stage, basis_to_tree,
+                          edge_stage, summary)
+from libjax.jacobian import m_prime_sum
+from libjax.probes import ProbeSet
+from libjax.progress import track
+
+log = logging.getLogger("libjax")
+
+BASES = ("lib", "pca", "svd", "neuron")
+LN_VAR_PREFIXES = ("ln1_out", "ln2_out")
+
+
+@dataclasses.dataclass(frozen=True)
+class BuildConfig:
+    """What to build (defaults: the paper's LIB configuration, SPEC 5).
+
+    Attributes:
+      basis: ``lib`` (the jacobian formula), ``pca`` (alias ``svd``) or ``neuron``.
+      integration, n_intervals: quadrature rule for the basis and edges (SPEC 2.5); either may be
+        a dict keyed by node layer or module prefix.
+      n_stochastic_sources_basis_pos, n_stochastic_sources_basis_hidden: Rademacher sources
+        replacing the exact sum over output positions / hidden dims in ``M'`` (None = exact).
+      n_stochastic_sources_edges: the same for output positions in the edges.
+      center: centre the Gram matrices (constant direction first).
+      isolate_ln_var: keep the LayerNorm variance of ``ln1_out``/``ln2_out`` as its own direction.
+      truncation_threshold: drop directions with eigenvalue below this.
+      rotate_final_node_layer: give the last node layer a PCA basis.
+      compute_edges: compute the edge matrices.
+      batch_size, gram_batch_size, edge_batch_size: samples per step of each phase.
+      memory_budget_gb: bounds the probes processed at once in ``M'`` and edges.
+      seed: seed of the stochastic sources.
+    """
+
+    basis: str = "lib"
+    integration: Any = "gradient"
+    n_intervals: Any = 0
+    n_stochastic_sources_basis_pos: Optional[int] = None
+    n_stochastic_sources_basis_hidden: Optional[int] = None
+    n_stochastic_sources_edges: Optional[int] = None
+    center: bool = True
+    isolate_ln_var: bool = True
+    truncation_threshold: float = 1e-15
+    rotate_final_node_layer: bool = False
+    compute_edges: bool = True
+    batch_size: int = 4096
+    gram_batch_size: Optional[int] = None
+    edge_batch_size: Optional[int] = None
+    memory_budget_gb: float = 0.25
+    seed: int = 0
+
+    def validate(self, model) -> None:
+        """Reject option combinations the method does not define (SPEC 5 validation)."""
+        if self.basis not in BASES:
+            raise ConfigError(f"unknown basis {self.basis!r}; choose one of {', '.join(BASES)}")
+        if self.basis == "neuron" and self.center:
+            raise ConfigError("the neuron basis cannot be centred; pass --nocenter with "
+                              "--basis=neuron")
+        stochastic_basis = (self.n_stochastic_sources_basis_pos, self.n_stochastic_sources_basis_hidden)
+        if any(s is not None for s in stochastic_basis) and self.basis != "lib":
+            raise ConfigError("stochastic basis sources only apply to the lib (jacobian) basis")
+        sources = stochastic_basis + (self.n_stochastic_sources_edges,)
+        for s in sources:
+            if s is not None and s < 1:
+                raise ConfigError(f"a number of stochastic sources must be >= 1, got {s}")
+        if (self.n_stochastic_sources_basis_pos or self.n_stochastic_sources_edges) and \
+                not model.positional:
+            raise ConfigError(f"stochastic position sources need activations with a sequence "
+                              f"axis; model {model.name!r} has none")
+        for size in (self.batch_size, self.gram_batch_size, self.edge_batch_size):
+            if size is not None and size < 1:
+                raise ConfigError(f"batch sizes must be >= 1, got {size}")
+        if self.truncation_threshold < 0:
+            raise ConfigError("truncation_threshold must be >= 0")
+        if self.rotate_final_node_layer and self.center and model.node_layers[-1] == "output":
+            raise ConfigError("a centred PCA rotation of the 'output' node layer is undefined "
+                              "(it has no constant coordinate); end the node layers before "
+                              "'output' or do not rotate the final layer")
+        for name in model.node_layers[:-1]:
+            points(self, name)  # raises on a bad rule or interval count
+
+    def to_json(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def points(cfg: BuildConfig, node_layer: str):
+    try:
+        rule = integration.for_layer(cfg.integration, node_layer)
+        n = integration.for_layer(cfg.n_intervals, node_layer)
+        return integration.points(rule, int(n))
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
+
+
+def isolates_var(cfg: BuildConfig, node_layer: str) -> bool:
+    return cfg.isolate_ln_var and node_layer.split(".")[0] in LN_VAR_PREFIXES
+
+
+# --- batching -------------------------------------------------------------------------------------
+
+def batches(inputs: np.ndarray, batch_size: int):
+    """Yield ``(index, batch, weights)`` in order; the last batch is padded (weight 0) so every
+    step has the same shape and compiles once."""
+    n = len(inputs)
+    size = min(batch_size, n)
+    for i, start in enumerate(range(0, n, size)):
+        chunk = inputs[start:start + size]
+        weights = np.ones(size)
+        if len(chunk) < size:
+            pad = size - len(chunk)
+            weights[len(chunk):] = 0.0
+            chunk = np.concatenate([chunk, np.repeat(chunk[-1:], pad, axis=0)])
+        yield i, jnp.asarray(chunk), jnp.asarray(weights)
+
+
+def n_batches(n: int, batch_size: int) -> int:
+    return math.ceil(n / min(batch_size, n))
+
+
+def probe_chunk(probes: ProbeSet, batch: int, in_elems: int, n_alphas: int,
+                budget_gb: float) -> int:
+    """Probes per VJP batch so that gradients, cotangents and the backward pass fit the budget."""
+    per_probe = 8 * batch * n_alphas * (in_elems + probes.n_pos * probes.dim) * 4
+    return int(max(1, min(probes.n_probes, budget_gb * 2**30 // per_probe)))
+
+
+# --- jitted steps ---------------------------------------------------------------------------------
+
+def _fold_key(seed: int, stage: str, batch_index: int):
+    digest = int(hashlib.sha256(stage.encode()).hexdigest()[:8], 16)
+    return jax.random.fold_in(jax.random.fold_in(jax.random.key(seed), digest), batch_index)
+
+
+def _stats_step(model, layers: Sequence[int]):
+    def step(acc, params, inputs, weights):
+        acts = jax.vmap(lambda x: model.all_acts(params, x))(inputs)
+        new = [stats.merge(a, stats.batch_moments(acts[i], weights)) for a, i in zip(acc, layers)]
+        finite = jnp.all(jnp.stack([jnp.all(jnp.isfinite(acts[i])) for i in layers]))
+        return new, finite
+    return jax.jit(step, donate_argnums=0)
+
+
+def _m_prime_step(model, index: int, probes: ProbeSet, alphas, weights, chunk: int):
+    section = model.sections[index]
+
+    def step(acc, params, c_next, inputs, sample_weights, key):
+        xs = jax.vmap(lambda x: model.run_to(params, x, index))(inputs)
+        fn = (lambda x: section(params, x)) if c_next is None else \
+            (lambda x: section(params, x) @ c_next.astype(x.dtype))
+        signs = probes.draw_signs(key, xs.shape[0])
+        return acc + m_prime_sum(fn, xs, sample_weights, probes, signs, alphas, weights, chunk)
+    return jax.jit(step, donate_argnums=0)
+
+
+def _edges_step(model, index: int, probes: ProbeSet, alphas, weights, chunk: int):
+    section = model.sections[index]
+
+    def step(acc, params, c_in, c_in_pinv, c_next, inputs, sample_weights, key):
+        xs = jax.vmap(lambda x: model.run_to(params, x, index))(inputs)
+        dtype = xs.dtype
+        x_hat = xs @ c_in.astype(dtype)
+
+        def fn(y):
+            out = section(params, y @ c_in_pinv.astype(dtype))
+            return out if c_next is None else out @ c_next.astype(dtype)
+
+        signs = probes.draw_signs(key, xs.shape[0])
+        return acc + squared_edges_sum(fn, x_hat, sample_weights, probes, signs, alphas, weights,
+                                       chunk)
+    return jax.jit(step, donate_argnums=0)
+
+
+# --- phases ---------------------------------------------------------------------------------------
+
+def _check_finite(value, what: str) -> None:
+    if not np.all(np.isfinite(np.asarray(value))):
+        raise NumericalError(f"{what} contains NaN or inf; check the model weights and inputs "
+                             "(a model in float32 may overflow: try --dtype=float64)")
+
+
+def compute_stats(model, inputs, cfg: BuildConfig, layers: Sequence[int]):
+    """Means and Gram matrices of the node layers ``layers`` in one pass over ``inputs``."""
+    size = cfg.gram_batch_size or cfg.batch_size
+    step = _stats_step(model, layers)
+    acc = [stats.Moments.zeros(model.dims[i]) for i in layers]
+    total = n_batches(len(inputs), size)
+    for i, batch, weights in track(batches(inputs, size), total, "means and Grams"):
+        acc, finite = step(acc, model.params, batch, weights)
+        if not bool(finite):
+            raise NumericalError(f"NaN or inf in the activations of batch {i} (samples "
+                                 f"{i * size}..{(i + 1) * size - 1}) while computing Grams; check "
+                                 "the inputs and the model")
+    means, grams = [], []
+    for m, i in zip(acc, layers):
+        if model.has_bias_coordinate[i]:
+            ones = np.asarray(m.mean)[-1]
+            if abs(ones - 1.0) > 1e-9 or float(m.scatter[-1, -1]) > 1e-9 * float(m.count):
+                raise NumericalError(
+                    f"the last coordinate of node layer {model.node_layers[i]!r} is not the "
+                    f"constant 1 of the folded biases (mean {ones}); the model is not bias-folded")
+        mean, gram = stats.mean_and_gram(m, cfg.center, model.has_bias_coordinate[i])
+        _check_finite(gram, f"the Gram matrix of {model.node_layers[i]!r}")
+        means.append(np.asarray(mean))
+        grams.append(np.asarray(gram))
+    return means, grams
+
+
+def compute_m_prime(model, index: int, inputs, cfg: BuildConfig, c_next):
+    """``M'`` (SPEC 1.7) of node layer ``index`` given the next layer's ``C`` (or None)."""
+    name = model.node_layers[index]
+    out_dim = model.dims[index + 1] if c_next is None else c_next.shape[1]
+    probes = ProbeSet(model.positions[index + 1], out_dim, cfg.n_stochastic_sources_basis_pos,
+                      cfg.n_stochastic_sources_basis_hidden)
+    alphas, weights = points(cfg, name)
+    size = min(cfg.batch_size, len(inputs))
+    chunk = probe_chunk(probes, size, model.positions[index] * model.dims[index], len(alphas),
+                        cfg.memory_budget_gb)
+    step = _m_prime_step(model, index, probes, alphas, weights, chunk)
+    dim = model.dims[index]
+    acc = jnp.zeros((dim, dim), jnp.float64)
+    c = None if c_next is None else jnp.asarray(c_next)
+    total = n_batches(len(inputs), size)
+    for i, batch, w in track(batches(inputs, size), total, f"M' {name}"):
+        acc = step(acc, model.params, c, batch, w, _fold_key(cfg.seed, basis_stage(name), i))
+    m_prime = np.asarray(acc) / (len(inputs) * model.positions[index] * probes.divisor)
+    _check_finite(m_prime, f"M' of node layer {name!r}")
+    return m_prime
+
+
+def compute_edges(model, index: int, inputs, cfg: BuildConfig, b_in: basis_lib.Basis, c_next):
+    """Squared edges (SPEC 2.2-2.3) from node layer ``index`` to the next, ``(out, in)``."""
+    a, b = model.node_layers[index], model.node_layers[index + 1]
+    out_dim = model.dims[index + 1] if c_next is None else c_next.shape[1]
+    probes = ProbeSet(model.positions[index + 1], out_dim, cfg.n_stochastic_sources_edges)
+    alphas, weights = points(cfg, a)
+    size = min(cfg.edge_batch_size or cfg.batch_size, len(inputs))
+    chunk = probe_chunk(probes, size, model.positions[index] * b_in.dim, len(alphas),
+                        cfg.memory_budget_gb)
+    step = _edges_step(model, index, probes, alphas, weights, chunk)
+    acc = jnp.zeros((out_dim, b_in.dim), jnp.float64)
+    c = None if c_next is None else jnp.asarray(c_next)
+    total = n_batches(len(inputs), size)
+    for i, batch, w in track(batches(inputs, size), total, f"edges {a}->{b}"):
+        acc = step(acc, model.params, jnp.asarray(b_in.C), jnp.asarray(b_in.C_pinv), c, batch, w,
+                   _fold_key(cfg.seed, edge_stage(a, b), i))
+    edges = np.asarray(acc) / (len(inputs) * model.positions[index] * probes.divisor)
+    _check_finite(edges, f"the edges {a}->{b}")
+    return edges
+
+
+def _stat_layers(model, cfg: BuildConfig) -> list[int]:
+    """Node layers whose mean and Gram matrix the build needs."""
+    last = len(model.node_layers) - 1
+    needs_final = cfg.rotate_final_node_layer or model.node_layers[last] != "output"
+    return list(range(last)) + ([last] if needs_final else [])
+
+
+def _build_info(model, cfg: BuildConfig, inputs, gram_inputs, model_id: str) -> dict:
+    digest = lambda a: hashlib.sha256(np.ascontiguousarray(a).tobytes()).hexdigest()[:16]  # noqa
+    stat_layers = _stat_layers(model, cfg)
+    return {
+        "model": model_id, "node_layers": list(model.node_layers),
+        "orig_dims": list(model.dims), "stat_layers": [model.node_layers[i] for i in stat_layers],
+        "config": cfg.to_json(), "n_samples": len(inputs), "data_sha256": digest(inputs),
+        "n_gram_samples": len(gram_inputs), "gram_data_sha256": digest(gram_inputs),
+    }
+
+
+def build(model, inputs, cfg: BuildConfig = BuildConfig(), gram_inputs=None,
+          out_dir=None, overwrite: bool = False, model_id: str = "") -> Graph:
+    """Build the graph of ``model`` (a :class:`models.sectioned.SectionedModel`).
+
+    Args:
+      model: the sectioned model; its node layers are the graph's.
+      inputs: model inputs ``(N, ...)`` for the bases and edges.
+      cfg: what to build.
+      gram_inputs: inputs for means and Grams (default ``inputs``).
+      out_dir: where stages are stored as they finish; rerunning resumes. None keeps them in
+        memory.
+      overwrite: replace a different build found in ``out_dir``.
+      model_id: identifies the model (e.g. checkpoint path) in ``out_dir``'s build record.
+    """
+    cfg.validate(model)
+    gram_inputs = inputs if gram_inputs is None else gram_inputs
+    if len(inputs) == 0 or len(gram_inputs) == 0:
+        raise ConfigError("the dataset is empty; give at least one sample")
+    info = _build_info(model, cfg, inputs, gram_inputs, model_id)
+    st = store.Store(out_dir, info, overwrite)
+    timings = {}
+    layers = model.node_layers
+    last = len(layers) - 1
+
+    t0 = time.perf_counter()
+    stat_layers = _stat_layers(model, cfg)
+    if st.has(STATS_STAGE):
+        saved = st.get(STATS_STAGE)
+        means, grams = list(saved["means"]), list(saved["grams"])
+    else:
+        means, grams = compute_stats(model, gram_inputs, cfg, stat_layers)
+        st.put(STATS_STAGE, {"means": means, "grams": grams})
+    stat = {i: (m, g) for i, m, g in zip(stat_layers, means, grams)}
+    timings["stats"] = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    bases: dict[int, basis_lib.Basis] = {}
+    kind = "pca" if cfg.basis == "svd" else cfg.basis
+    for i in range(last, -1, -1):
+        name = layers[i]
+        if i == last and not cfg.rotate_final_node_layer:
+            continue
+        if st.has(basis_stage(name)):
+            bases[i] = basis_from_tree(st.get(basis_stage(name)))
+            continue
+        log.info("basis of %s", name)
+        if i == last or kind == "pca":
+            mean, gram = stat[i]
+            b = basis_lib.pca_basis(gram, mean, cfg.center, isolates_var(cfg, name),
+                                    cfg.truncation_threshold)
+        elif kind == "neuron":
+            b = basis_lib.neuron_basis(model.dims[i])
+        else:
+            c_next = bases[i + 1].C if i + 1 in bases else None
+            m_prime = compute_m_prime(model, i, inputs, cfg, c_next)
+            mean, gram = stat[i]
+            try:
+                b = basis_lib.lib_basis(gram, mean, m_prime, cfg.center, isolates_var(cfg, name),
+                                        cfg.truncation_threshold)
+            except BasisError as err:
+                raise BasisError(f"node layer {name!r}: {err}") from None
+        st.put(basis_stage(name), basis_to_tree(b))
+        bases[i] = b
+    timings["bases"] = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    edges = {}
+    if cfg.compute_edges:
+        for i in range(last):
+            pair = (layers[i], layers[i + 1])
+            stage = edge_stage(*pair)
+            if st.has(stage):
+                edges[pair] = np.asarray(st.get(stage)["E"])
+                continue
+            c_next = bases[i + 1].C if i + 1 in bases else None
+            edges[pair] = compute_edges(model, i, inputs, cfg, bases[i], c_next)
+            st.put(stage, {"E": edges[pair]})
+    timings["edges"] = time.perf_counter() - t0
+
+    g = Graph(node_layers=layers, bases={layers[i]: b for i, b in sorted(bases.items())},
+              edges=edges, means={layers[i]: stat[i][0] for i in stat},
+              grams={layers[i]: stat[i][1] for i in stat},
+              orig_dims=dict(zip(layers, model.dims)), config=cfg.to_json(), timings=timings)
+    st.finish(summary(g))
+    log.info("build finished: %s", ", ".join(f"{k} {v:.2f}s" for k, v in timings.items()))
+    return g

@@ -1,0 +1,41 @@
+"""Shared plumbing of the command-line scripts: logging set-up and error reporting.
+
+A :class:`~libjax.errors.LibjaxError` (bad input the user can fix) ends the program with its
+message and exit status 2, without a traceback; anything else is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from typing import Callable
+
+from absl import app
+
+from libjax.errors import LibjaxError
+
+
+def _quiet_third_party() -> None:
+    for name in ("absl", "orbax", "jax._src.xla_bridge", "jax._src.compiler"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+
+
+def run(main: Callable[[list[str]], None]) -> None:
+    """``absl.app.run(main)`` with libjax's logging and user-error handling."""
+    def wrapped(argv):
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S",
+                            force=True)
+        _quiet_third_party()
+        try:
+            main(argv)
+        except LibjaxError as err:
+            print(f"error: {err}", file=sys.stderr)
+            sys.exit(2)
+    app.run(wrapped)
+
+
+def comma_list(value: str | None) -> tuple[str, ...] | None:
+    """``"a, b,c"`` -> ``("a", "b", "c")``; empty or None -> None."""
+    if not value:
+        return None
+    return tuple(v.strip() for v in value.split(",") if v.strip())

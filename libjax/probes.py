@@ -1,0 +1,85 @@
+"""Probe (cotangent) sets for Jacobian-transpose products, exact or stochastic (SPEC 1.7, 2.3).
+
+A probe is a tensor ``phi`` of the section's output shape ``(P_out, d_out)``; a VJP with it gives
+``sum_{t,i} phi[t,i] dF_{t,i}/df``. The exact set is every one-hot ``e_{t,i}``. Stochastic sets
+replace the sum over positions and/or hidden dims by Rademacher (+-1) combinations, unbiased because
+``E[phi_t phi_t'] = delta_tt'``. Probes are numbered so they can be made chunk by chunk inside a
+``scan`` (ids past ``n_probes`` are padding and give a zero probe); signs are drawn per sample and
+per batch.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+
+
+@dataclasses.dataclass(frozen=True)
+class ProbeSet:
+    """Probes over a ``(n_pos, dim)`` output, with ``pos_sources``/``hidden_sources`` Rademacher
+    sources replacing the exact sum over positions/hidden dims (``None`` = exact)."""
+
+    n_pos: int
+    dim: int
+    pos_sources: int | None = None
+    hidden_sources: int | None = None
+
+    def __post_init__(self):
+        for name in ("pos_sources", "hidden_sources"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ValueError(f"{name} must be a positive number of sources or None, got {value}")
+
+    @property
+    def n_probes(self) -> int:
+        pos = self.n_pos if self.pos_sources is None else self.pos_sources
+        hidden = self.dim if self.hidden_sources is None else self.hidden_sources
+        return pos * hidden
+
+    @property
+    def divisor(self) -> int:
+        """``S``: how many times each exact term is counted in expectation."""
+        return (self.pos_sources or 1) * (self.hidden_sources or 1)
+
+    def signs_shape(self) -> tuple[int, ...]:
+        """Per-sample shape of the random signs (empty for exact probes)."""
+        rp, rh = self.pos_sources, self.hidden_sources
+        if rp is None and rh is None:
+            return (0,)
+        if rh is None:
+            return (rp, self.n_pos)
+        if rp is None:
+            return (rh, self.dim)
+        return (rp * rh, self.n_pos, self.dim)
+
+    def draw_signs(self, key, batch: int):
+        """Rademacher signs ``(batch, *signs_shape)`` in float64."""
+        shape = (batch, *self.signs_shape())
+        return jnp.where(jax.random.bernoulli(key, 0.5, shape), 1.0, -1.0).astype(jnp.float64)
+
+    def output_index(self, ids):
+        """Hidden (output) coordinate addressed by each probe id, for per-output accumulators
+        (exact and position-stochastic sets only)."""
+        if self.hidden_sources is not None:
+            raise ValueError("per-output accumulation needs exact hidden dims")
+        return ids % self.dim
+
+    def make(self, signs, ids, dtype):
+        """Probes ``(k, n_pos, dim)`` numbered ``ids`` for one sample with ``signs``."""
+        valid = (ids < self.n_probes).astype(dtype)[:, None, None]
+        ids = jnp.minimum(ids, self.n_probes - 1)
+        rp, rh = self.pos_sources, self.hidden_sources
+        if rp is None and rh is None:
+            phi = jax.nn.one_hot(ids, self.n_pos * self.dim, dtype=dtype)
+            phi = phi.reshape(-1, self.n_pos, self.dim)
+        elif rh is None:  # id = r * dim + i: signs over positions in hidden dim i
+            r, i = jnp.divmod(ids, self.dim)
+            phi = signs[r][:, :, None] * jax.nn.one_hot(i, self.dim, dtype=dtype)[:, None, :]
+        elif rp is None:  # id = t * R_h + r: signs over hidden dims at position t
+            t, r = jnp.divmod(ids, rh)
+            phi = jax.nn.one_hot(t, self.n_pos, dtype=dtype)[:, :, None] * signs[r][:, None, :]
+        else:
+            phi = signs[ids]
+        return phi.astype(dtype) * valid

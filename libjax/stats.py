@@ -1,0 +1,64 @@
+"""Streaming means and Gram matrices of node-layer activations (SPEC 1.3, 1.4).
+
+One pass over the data: each batch contributes its count, mean and centred scatter matrix, merged
+with Chan et al.'s parallel update. This avoids both the reference's second pass and the
+cancellation of ``E[f f^T] - mu mu^T``. All in float64; rows are (sample, position) pairs, and
+padded samples carry weight 0.
+"""
+
+from __future__ import annotations
+
+import jax.numpy as jnp
+from flax import struct
+
+
+@struct.dataclass
+class Moments:
+    """Running statistics of a set of row vectors: count, mean and centred scatter ``sum (f-m)(f-m)^T``."""
+
+    count: jnp.ndarray  # ()
+    mean: jnp.ndarray  # (d,)
+    scatter: jnp.ndarray  # (d, d)
+
+    @classmethod
+    def zeros(cls, dim: int) -> "Moments":
+        return cls(jnp.zeros((), jnp.float64), jnp.zeros(dim, jnp.float64),
+                   jnp.zeros((dim, dim), jnp.float64))
+
+
+def batch_moments(acts, weights) -> Moments:
+    """Moments of ``acts`` ``(batch, pos, d)``; ``weights`` ``(batch,)`` are 1 for real samples and
+    0 for padding."""
+    acts = acts.astype(jnp.float64)
+    w = jnp.broadcast_to(weights.astype(jnp.float64)[:, None], acts.shape[:2])
+    count = jnp.sum(w)
+    mean = jnp.einsum("bp,bpd->d", w, acts) / jnp.maximum(count, 1.0)
+    centred = acts - mean
+    scatter = jnp.einsum("bp,bpi,bpj->ij", w, centred, centred)
+    return Moments(count, mean, scatter)
+
+
+def merge(a: Moments, b: Moments) -> Moments:
+    """Moments of the union of two disjoint sets (Chan, Golub & LeVeque)."""
+    count = a.count + b.count
+    frac_b = jnp.where(count > 0, b.count / jnp.maximum(count, 1.0), 0.0)
+    delta = b.mean - a.mean
+    mean = a.mean + delta * frac_b
+    scatter = a.scatter + b.scatter + jnp.outer(delta, delta) * a.count * frac_b
+    return Moments(count, mean, scatter)
+
+
+def mean_and_gram(m: Moments, center: bool, has_bias_coordinate: bool):
+    """The layer's mean and Gram matrix, each divided by (samples x positions) (SPEC 1.3-1.4).
+
+    Centred: ``G = E[(f - mu~)^T (f - mu~)]`` with ``mu~`` = mean with its bias entry set to 0, so
+    ``G = [[Cov, 0], [0, 1]]`` exactly. Uncentred: ``G = E[f^T f]``. The ``output`` layer has no
+    bias coordinate and is centred in every coordinate.
+    """
+    cov = m.scatter / m.count
+    if not center:
+        return m.mean, cov + jnp.outer(m.mean, m.mean)
+    if has_bias_coordinate:
+        dim = cov.shape[0]
+        cov = cov.at[dim - 1, :].set(0.0).at[:, dim - 1].set(0.0).at[dim - 1, dim - 1].set(1.0)
+    return m.mean, cov

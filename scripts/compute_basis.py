@@ -1,0 +1,91 @@
+"""Build a LIB (or PCA / neuron) interaction graph and print its summary.
+
+    python scripts/compute_basis.py                      # the shipped modular-addition model,
+                                                         # the paper's LIB configuration
+    python scripts/compute_basis.py --basis=pca --out_dir=out/pca
+    python scripts/compute_basis.py --checkpoint=../shared/data/weights_modadd_seed0.npz
+
+Results go to --out_dir (orbax stages + summary.json; read them with ``libjax.graph.load``).
+Rerunning the same command on the same --out_dir resumes an interrupted build.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+from absl import flags
+
+from libjax import build, cli
+from libjax.graph import format_summary, summary
+from models import registry
+
+_MODEL = flags.DEFINE_string("model", "modadd", "model family: modadd")
+_CHECKPOINT = flags.DEFINE_string("checkpoint", None,
+                                  "weights: a TransformerLens-named .npz (default: shipped model)")
+_NODE_LAYERS = flags.DEFINE_string("node_layers", None,
+                                   "comma-separated node layers (default: the paper's)")
+_LAYER = flags.DEFINE_integer("layer", None, "transformer block whose graph to build")
+_BASIS = flags.DEFINE_enum("basis", "lib", list(build.BASES), "basis of the non-final layers")
+_INTEGRATION = flags.DEFINE_enum("integration", "gradient",
+                                 ["gradient", "gauss-legendre", "trapezoidal"], "quadrature rule")
+_N_INTERVALS = flags.DEFINE_integer("n_intervals", 0, "quadrature intervals (0 for gradient)")
+_SRC_POS = flags.DEFINE_integer("n_stochastic_sources_basis_pos", None,
+                                "stochastic sources over output positions for M' (default exact)")
+_SRC_HIDDEN = flags.DEFINE_integer("n_stochastic_sources_basis_hidden", None,
+                                   "stochastic sources over output hidden dims for M'")
+_SRC_EDGES = flags.DEFINE_integer("n_stochastic_sources_edges", None,
+                                  "stochastic sources over output positions for the edges")
+_BATCH = flags.DEFINE_integer("batch_size", None, "samples per step (default: model's)")
+_GRAM_BATCH = flags.DEFINE_integer("gram_batch_size", None, "samples per Gram step")
+_EDGE_BATCH = flags.DEFINE_integer("edge_batch_size", None, "samples per edge step")
+_DTYPE = flags.DEFINE_enum("dtype", "float64", ["float64", "float32"], "model dtype")
+_THRESHOLD = flags.DEFINE_float("truncation_threshold", 1e-15, "drop eigenvalues below this")
+_CENTER = flags.DEFINE_boolean("center", True, "centre the Gram matrices")
+_ISOLATE = flags.DEFINE_boolean("isolate_ln_var", True, "isolate the LayerNorm variance node")
+_ROTATE = flags.DEFINE_boolean("rotate_final_node_layer", None,
+                               "PCA-rotate the last node layer (default: model's)")
+_EDGES = flags.DEFINE_boolean("edges", True, "compute the edges")
+_MEMORY = flags.DEFINE_float("memory_budget_gb", build.BuildConfig.memory_budget_gb, "bound on the probe working set (GB)")
+_SEED = flags.DEFINE_integer("seed", 0, "seed of stochastic sources and data sampling")
+_SPLIT = flags.DEFINE_string("split", None, "data split (modadd: train|test|all)")
+_N_SAMPLES = flags.DEFINE_integer("n_samples", None, "use only this many samples")
+_OUT_DIR = flags.DEFINE_string("out_dir", None, "output directory (default out/<model>_<basis>)")
+_OVERWRITE = flags.DEFINE_boolean("overwrite", False, "replace a different build in --out_dir")
+
+
+def build_config(family, opts) -> build.BuildConfig:
+    fields = dict(
+        basis=_BASIS.value, integration=_INTEGRATION.value, n_intervals=_N_INTERVALS.value,
+        n_stochastic_sources_basis_pos=_SRC_POS.value,
+        n_stochastic_sources_basis_hidden=_SRC_HIDDEN.value,
+        n_stochastic_sources_edges=_SRC_EDGES.value, center=_CENTER.value,
+        isolate_ln_var=_ISOLATE.value, truncation_threshold=_THRESHOLD.value,
+        compute_edges=_EDGES.value, memory_budget_gb=_MEMORY.value, seed=_SEED.value)
+    fields.update(family.build_defaults(opts))
+    explicit = {"batch_size": _BATCH.value, "gram_batch_size": _GRAM_BATCH.value,
+                "edge_batch_size": _EDGE_BATCH.value, "rotate_final_node_layer": _ROTATE.value}
+    fields.update({k: v for k, v in explicit.items() if v is not None})
+    return build.BuildConfig(**fields)
+
+
+def main(argv):
+    del argv
+    family = registry.get(_MODEL.value)
+    opts = registry.Options(
+        checkpoint=_CHECKPOINT.value, node_layers=cli.comma_list(_NODE_LAYERS.value),
+        layer=_LAYER.value, split=_SPLIT.value, n_samples=_N_SAMPLES.value, dtype=_DTYPE.value,
+        seed=_SEED.value)
+    node_layers = family.node_layers(opts)
+    model = family.load(opts, node_layers)
+    data = family.data(opts)
+    cfg = build_config(family, opts)
+    out_dir = _OUT_DIR.value or f"out/{family.name}_{cfg.basis}"
+    g = build.build(model, data.inputs, cfg, gram_inputs=data.gram_inputs, out_dir=out_dir,
+                    overwrite=_OVERWRITE.value, model_id=family.model_id(opts))
+    print(f"\n{family.name}: {cfg.basis} basis, node layers {', '.join(g.node_layers)}, "
+          f"{len(data.inputs)} samples -> {out_dir}")
+    print(format_summary(summary(g)))
+
+
+if __name__ == "__main__":
+    cli.run(main)
