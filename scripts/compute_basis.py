@@ -47,8 +47,13 @@ _ROTATE = flags.DEFINE_boolean("rotate_final_node_layer", None,
 _EDGES = flags.DEFINE_boolean("edges", True, "compute the edges")
 _MEMORY = flags.DEFINE_float("memory_budget_gb", build.BuildConfig.memory_budget_gb, "bound on the probe working set (GB)")
 _SEED = flags.DEFINE_integer("seed", 0, "seed of stochastic sources and data sampling")
+_DATASET = flags.DEFINE_string("dataset", None, "dataset name (model-specific; default: model's)")
+_DATA_DIR = flags.DEFINE_string("data_dir", None, "local directory with the dataset's files")
 _SPLIT = flags.DEFINE_string("split", None, "data split (modadd: train|test|all)")
-_N_SAMPLES = flags.DEFINE_integer("n_samples", None, "use only this many samples")
+_N_SAMPLES = flags.DEFINE_integer("n_samples", None, "samples for the bases and edges")
+_N_GRAM_SAMPLES = flags.DEFINE_integer("n_gram_samples", None,
+                                       "samples for the means and Grams (default: --n_samples)")
+_N_CTX = flags.DEFINE_integer("n_ctx", None, "tokens per sample (language models)")
 _OUT_DIR = flags.DEFINE_string("out_dir", None, "output directory (default out/<model>_<basis>)")
 _OVERWRITE = flags.DEFINE_boolean("overwrite", False, "replace a different build in --out_dir")
 
@@ -73,8 +78,9 @@ def main(argv):
     family = registry.get(_MODEL.value)
     opts = registry.Options(
         checkpoint=_CHECKPOINT.value, node_layers=cli.comma_list(_NODE_LAYERS.value),
-        layer=_LAYER.value, split=_SPLIT.value, n_samples=_N_SAMPLES.value, dtype=_DTYPE.value,
-        seed=_SEED.value)
+        layer=_LAYER.value, dataset=_DATASET.value, data_dir=_DATA_DIR.value, split=_SPLIT.value,
+        n_samples=_N_SAMPLES.value, n_gram_samples=_N_GRAM_SAMPLES.value, n_ctx=_N_CTX.value,
+        dtype=_DTYPE.value, seed=_SEED.value)
     node_layers = family.node_layers(opts)
     model = family.load(opts, node_layers)
     data = family.data(opts)
