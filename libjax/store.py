@@ -39,6 +39,7 @@ def write_json_atomic(path: Path, content: dict) -> None:
             json.dump(content, f, indent=1, sort_keys=False)
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, 0o644)  # mkstemp makes owner-only files
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):

@@ -11,7 +11,6 @@ does (``last_pos_module="add_resid1.0"``).
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import os
 from pathlib import Path
@@ -152,7 +151,3 @@ def sectioned(weights: dict, cfg: transformer.TransformerConfig, node_layers=PAP
 def accuracy(logits, labels) -> float:
     """Accuracy of last-position predictions."""
     return float(np.mean(np.asarray(jnp.argmax(logits[:, -1], axis=-1)) == labels))
-
-
-def describe(cfg: transformer.TransformerConfig) -> str:
-    return json.dumps(dataclasses.asdict(cfg))

@@ -128,6 +128,7 @@ def cut(name: str, modules: Sequence[Module], params, example_input, node_layers
     ``selectable`` restricts which module ids may be node layers (default: all but the first,
     plus ``"output"``). Input-tuple widths are found by abstract evaluation on ``example_input``.
     """
+    params = jax.tree.map(jnp.asarray, params)
     ids = [mid for mid, _ in modules]
     valid = list(selectable) if selectable is not None else ids[1:] + [OUTPUT]
     node_layers = validate_node_layers(node_layers, valid)

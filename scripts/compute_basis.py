@@ -4,6 +4,7 @@
                                                          # the paper's LIB configuration
     python scripts/compute_basis.py --basis=pca --out_dir=out/pca
     python scripts/compute_basis.py --checkpoint=../shared/data/weights_modadd_seed0.npz
+    python scripts/compute_basis.py --model=gpt2 --layer=6 --checkpoint=DIR --data_dir=CORPUS
 
 Results go to --out_dir (orbax stages + summary.json; read them with ``libjax.graph.load``).
 Rerunning the same command on the same --out_dir resumes an interrupted build.
@@ -19,9 +20,10 @@ from libjax import build, cli
 from libjax.graph import format_summary, summary
 from models import registry
 
-_MODEL = flags.DEFINE_string("model", "modadd", "model family: modadd")
-_CHECKPOINT = flags.DEFINE_string("checkpoint", None,
-                                  "weights: a TransformerLens-named .npz (default: shipped model)")
+_MODEL = flags.DEFINE_string("model", "modadd", "model family: " + ", ".join(registry.FAMILIES))
+_CHECKPOINT = flags.DEFINE_string(
+    "checkpoint", None, "weights: a TransformerLens-named .npz (modadd; default: shipped model), "
+    "or a Hugging Face checkpoint directory or hub name (gpt2, tinystories-1m)")
 _NODE_LAYERS = flags.DEFINE_string("node_layers", None,
                                    "comma-separated node layers (default: the paper's)")
 _LAYER = flags.DEFINE_integer("layer", None, "transformer block whose graph to build")
@@ -66,7 +68,13 @@ def build_config(family, opts) -> build.BuildConfig:
         n_stochastic_sources_edges=_SRC_EDGES.value, center=_CENTER.value,
         isolate_ln_var=_ISOLATE.value, truncation_threshold=_THRESHOLD.value,
         compute_edges=_EDGES.value, memory_budget_gb=_MEMORY.value, seed=_SEED.value)
-    fields.update(family.build_defaults(opts))
+    defaults = family.build_defaults(opts)
+    if fields["basis"] != "lib":  # stochastic M' sources belong to the LIB (jacobian) basis
+        defaults = {k: v for k, v in defaults.items()
+                    if not k.startswith("n_stochastic_sources_basis")}
+    # The model's defaults replace the flags' defaults, never values given on the command line.
+    given = {k for k in defaults if k in flags.FLAGS and flags.FLAGS[k].present}
+    fields.update({k: v for k, v in defaults.items() if k not in given})
     explicit = {"batch_size": _BATCH.value, "gram_batch_size": _GRAM_BATCH.value,
                 "edge_batch_size": _EDGE_BATCH.value, "rotate_final_node_layer": _ROTATE.value}
     fields.update({k: v for k, v in explicit.items() if v is not None})

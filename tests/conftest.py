@@ -18,3 +18,29 @@ def shared_data() -> Path:
     if not SHARED_DATA.is_dir():
         pytest.skip("../shared/data (reference checkpoints and results) is not available")
     return SHARED_DATA
+
+
+def tiny_transformer(node_layers, seed=0, last_pos_only=True, n_ctx=3, act_fn="relu"):
+    """A random LayerNorm-free transformer of the modular-addition shape, scaled down, cut at
+    ``node_layers``; returns ``(model, tokens)`` with 64 random token sequences."""
+    import numpy as np
+
+    from models import transformer
+
+    cfg = transformer.TransformerConfig(
+        n_layers=1, d_model=8, n_heads=2, d_head=4, d_mlp=16, d_vocab=11, n_ctx=n_ctx,
+        act_fn=act_fn, normalization=None,
+        last_pos_module="add_resid1.0" if last_pos_only else None)
+    rng = np.random.default_rng(seed)
+    shapes = {"embed.W_E": (11, 8), "pos_embed.W_pos": (n_ctx, 8),
+              "blocks.0.attn.W_Q": (2, 8, 4), "blocks.0.attn.W_K": (2, 8, 4),
+              "blocks.0.attn.W_V": (2, 8, 4), "blocks.0.attn.W_O": (2, 4, 8),
+              "blocks.0.attn.b_Q": (2, 4), "blocks.0.attn.b_K": (2, 4), "blocks.0.attn.b_V": (2, 4),
+              "blocks.0.attn.b_O": (8,), "blocks.0.mlp.W_in": (8, 16), "blocks.0.mlp.b_in": (16,),
+              "blocks.0.mlp.W_out": (16, 8), "blocks.0.mlp.b_out": (8,), "unembed.W_U": (8, 11),
+              "unembed.b_U": (11,)}
+    weights = {k: rng.normal(size=s) / np.sqrt(s[-2] if len(s) > 1 else 4) for k, s in shapes.items()}
+    folded = transformer.fold_biases(cfg, weights)
+    model = transformer.sectioned_model("tiny", cfg, folded, node_layers)
+    tokens = rng.integers(0, 11, size=(64, n_ctx)).astype(np.int32)
+    return model, tokens
