@@ -19,7 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from libjax import basis as basis_lib
-from libjax import integration, stats, store
+from libjax import integration, mlp_form, stats, store
 from libjax.edges import squared_edges_sum
 from libjax.errors import BasisError, ConfigError, NumericalError
 from libjax.graph import (STATS_STAGE, Graph, basis_from_tree, basis_stage, basis_to_tree,
@@ -27,6 +27,7 @@ from libjax.graph import (STATS_STAGE, Graph, basis_from_tree, basis_stage, basi
 from libjax.jacobian import m_prime_sum
 from libjax.probes import ProbeSet
 from libjax.progress import track
+from libjax.sharding import Placement
 
 log = logging.getLogger("libjax")
 
@@ -53,6 +54,10 @@ class BuildConfig:
       batch_size, gram_batch_size, edge_batch_size: samples per step of each phase.
       memory_budget_gb: bounds the probes processed at once in ``M'`` and edges.
       seed: seed of the stochastic sources.
+      fast_paths: use the exact structure-aware paths where the model allows them: closed forms
+        for MLP sections, one probe per output direction for positionwise sections (both exact,
+        so stochastic sources are not needed there). False reproduces the reference's
+        computation (and its stochastic estimates) everywhere.
     """
 
     basis: str = "lib"
@@ -71,6 +76,7 @@ class BuildConfig:
     edge_batch_size: Optional[int] = None
     memory_budget_gb: float = 0.25
     seed: int = 0
+    fast_paths: bool = True
 
     def validate(self, model) -> None:
         """Reject option combinations the method does not define (SPEC 5 validation)."""
@@ -121,23 +127,22 @@ def isolates_var(cfg: BuildConfig, node_layer: str) -> bool:
 
 # --- batching -------------------------------------------------------------------------------------
 
-def batches(inputs: np.ndarray, batch_size: int):
+def batch_size_for(n: int, batch_size: int, multiple: int) -> int:
+    """Samples per step: at most ``batch_size`` (and no more than ``n``), rounded up to a
+    multiple of the number of devices."""
+    return -(-min(batch_size, n) // multiple) * multiple
+
+
+def batches(inputs: np.ndarray, size: int):
     """Yield ``(index, batch, weights)`` in order; the last batch is padded (weight 0) so every
     step has the same shape and compiles once."""
-    n = len(inputs)
-    size = min(batch_size, n)
-    for i, start in enumerate(range(0, n, size)):
-        chunk = inputs[start:start + size]
+    for i, start in enumerate(range(0, len(inputs), size)):
+        chunk = np.asarray(inputs[start:start + size])
         weights = np.ones(size)
         if len(chunk) < size:
-            pad = size - len(chunk)
             weights[len(chunk):] = 0.0
-            chunk = np.concatenate([chunk, np.repeat(chunk[-1:], pad, axis=0)])
-        yield i, jnp.asarray(chunk), jnp.asarray(weights)
-
-
-def n_batches(n: int, batch_size: int) -> int:
-    return math.ceil(n / min(batch_size, n))
+            chunk = np.concatenate([chunk, np.repeat(chunk[-1:], size - len(chunk), axis=0)])
+        yield i, chunk, weights
 
 
 def probe_chunk(probes: ProbeSet, batch: int, in_elems: int, n_alphas: int,
@@ -155,19 +160,25 @@ def _fold_key(seed: int, stage: str, batch_index: int):
 
 
 def _stats_step(model, layers: Sequence[int]):
-    def step(acc, params, inputs, weights):
+    def step(acc, key, params, inputs, weights):
+        moments, finite = acc
         acts = jax.vmap(lambda x: model.all_acts(params, x))(inputs)
-        new = [stats.merge(a, stats.batch_moments(acts[i], weights)) for a, i in zip(acc, layers)]
-        finite = jnp.all(jnp.stack([jnp.all(jnp.isfinite(acts[i])) for i in layers]))
-        return new, finite
+        moments = [stats.merge(m, stats.batch_moments(acts[i], weights))
+                   for m, i in zip(moments, layers)]
+        finite = finite & jnp.stack([jnp.all(jnp.isfinite(acts[i])) for i in layers])
+        return moments, finite
     return jax.jit(step, donate_argnums=0)
+
+
+def _layer_inputs(model, index: int, params, inputs):
+    return jax.vmap(lambda x: model.run_to(params, x, index))(inputs)
 
 
 def _m_prime_step(model, index: int, probes: ProbeSet, alphas, weights, chunk: int):
     section = model.sections[index]
 
-    def step(acc, params, c_next, inputs, sample_weights, key):
-        xs = jax.vmap(lambda x: model.run_to(params, x, index))(inputs)
+    def step(acc, key, params, c_next, inputs, sample_weights):
+        xs = _layer_inputs(model, index, params, inputs)
         fn = (lambda x: section(params, x)) if c_next is None else \
             (lambda x: section(params, x) @ c_next.astype(x.dtype))
         signs = probes.draw_signs(key, xs.shape[0])
@@ -175,11 +186,21 @@ def _m_prime_step(model, index: int, probes: ProbeSet, alphas, weights, chunk: i
     return jax.jit(step, donate_argnums=0)
 
 
+def _form_moments_step(model, index: int, alphas, weights):
+    form = model.forms[index]
+
+    def step(acc, key, params, inputs, sample_weights):
+        xs = _layer_inputs(model, index, params, inputs)
+        return acc + mlp_form.derivative_moments(form.act, form.weights(params)["B"], xs,
+                                                 sample_weights, alphas, weights)
+    return jax.jit(step, donate_argnums=0)
+
+
 def _edges_step(model, index: int, probes: ProbeSet, alphas, weights, chunk: int):
     section = model.sections[index]
 
-    def step(acc, params, c_in, c_in_pinv, c_next, inputs, sample_weights, key):
-        xs = jax.vmap(lambda x: model.run_to(params, x, index))(inputs)
+    def step(acc, key, params, c_in, c_in_pinv, c_next, inputs, sample_weights):
+        xs = _layer_inputs(model, index, params, inputs)
         dtype = xs.dtype
         x_hat = xs @ c_in.astype(dtype)
 
@@ -193,6 +214,33 @@ def _edges_step(model, index: int, probes: ProbeSet, alphas, weights, chunk: int
     return jax.jit(step, donate_argnums=0)
 
 
+def _form_edges_step(model, index: int, alphas, weights, chunk: int):
+    form = model.forms[index]
+
+    def step(acc, key, params, c_in, c_in_pinv, c_next, inputs, sample_weights):
+        xs = _layer_inputs(model, index, params, inputs)
+        dtype = xs.dtype
+        cast = lambda a: None if a is None else a.astype(dtype)  # noqa: E731
+        return acc + mlp_form.squared_edges_sum(
+            form.act, form.weights(params), xs @ cast(c_in), sample_weights, cast(c_in_pinv),
+            cast(c_next), alphas, weights, chunk)
+    return jax.jit(step, donate_argnums=0)
+
+
+def _accumulate(step, acc, inputs, batch_size: int, what: str, seed: int, stage: str,
+                placement: Placement, *args):
+    """Fold ``acc = step(acc, key, *args, batch, weights)`` over the batches of ``inputs`` and
+    return it on the host. Batches are split over the devices, everything else replicated; each
+    batch gets its own key, derived from the seed, the stage and the batch index."""
+    size = batch_size_for(len(inputs), batch_size, placement.size)
+    acc, args = placement.replicate(acc), placement.replicate(args)
+    total = -(-len(inputs) // size)
+    for i, batch, w in track(batches(inputs, size), total, what):
+        acc = step(acc, _fold_key(seed, stage, i), *args, placement.batch(batch),
+                   placement.batch(w))
+    return placement.host(acc)
+
+
 # --- phases ---------------------------------------------------------------------------------------
 
 def _check_finite(value, what: str) -> None:
@@ -201,72 +249,109 @@ def _check_finite(value, what: str) -> None:
                              "(a model in float32 may overflow: try --dtype=float64)")
 
 
-def compute_stats(model, inputs, cfg: BuildConfig, layers: Sequence[int]):
+def compute_stats(model, inputs, cfg: BuildConfig, layers: Sequence[int],
+                  placement: Placement | None = None):
     """Means and Gram matrices of the node layers ``layers`` in one pass over ``inputs``."""
-    size = cfg.gram_batch_size or cfg.batch_size
-    step = _stats_step(model, layers)
-    acc = [stats.Moments.zeros(model.dims[i]) for i in layers]
-    total = n_batches(len(inputs), size)
-    for i, batch, weights in track(batches(inputs, size), total, "means and Grams"):
-        acc, finite = step(acc, model.params, batch, weights)
-        if not bool(finite):
-            raise NumericalError(f"NaN or inf in the activations of batch {i} (samples "
-                                 f"{i * size}..{(i + 1) * size - 1}) while computing Grams; check "
-                                 "the inputs and the model")
+    init = ([stats.Moments.zeros(model.dims[i]) for i in layers], np.ones(len(layers), bool))
+    acc, finite = _accumulate(_stats_step(model, layers), init, inputs,
+                              cfg.gram_batch_size or cfg.batch_size, "means and Grams", cfg.seed,
+                              STATS_STAGE, placement or Placement(), model.params)
+    if not np.all(finite):
+        bad = [model.node_layers[i] for i, ok in zip(layers, finite) if not ok]
+        raise NumericalError(f"NaN or inf in the activations of node layer(s) {bad} while "
+                             "computing means and Grams; check the model weights and the inputs "
+                             "(a float32 model may overflow: try --dtype=float64)")
     means, grams = [], []
     for m, i in zip(acc, layers):
         if model.has_bias_coordinate[i]:
-            ones = np.asarray(m.mean)[-1]
-            if abs(ones - 1.0) > 1e-9 or float(m.scatter[-1, -1]) > 1e-9 * float(m.count):
+            ones = m.mean[-1]
+            if abs(ones - 1.0) > 1e-9 or m.scatter[-1, -1] > 1e-9 * m.count:
                 raise NumericalError(
                     f"the last coordinate of node layer {model.node_layers[i]!r} is not the "
                     f"constant 1 of the folded biases (mean {ones}); the model is not bias-folded")
-        mean, gram = stats.mean_and_gram(m, cfg.center, model.has_bias_coordinate[i])
+        mean, gram = stats.mean_and_gram(jax.tree.map(jnp.asarray, m), cfg.center,
+                                         model.has_bias_coordinate[i])
         _check_finite(gram, f"the Gram matrix of {model.node_layers[i]!r}")
         means.append(np.asarray(mean))
         grams.append(np.asarray(gram))
     return means, grams
 
 
-def compute_m_prime(model, index: int, inputs, cfg: BuildConfig, c_next):
+def _probe_set(model, index: int, out_dim: int, cfg: BuildConfig, pos_sources, hidden_sources):
+    """Probes over section ``index``'s output; positionwise sections need no position sum."""
+    positionwise = cfg.fast_paths and model.positionwise[index]
+    return ProbeSet(model.positions[index + 1], out_dim, None if positionwise else pos_sources,
+                    hidden_sources, positionwise=positionwise)
+
+
+def _out_dim(model, index: int, c_next) -> int:
+    return model.dims[index + 1] if c_next is None else c_next.shape[1]
+
+
+def compute_m_prime(model, index: int, inputs, cfg: BuildConfig, c_next,
+                    placement: Placement | None = None):
     """``M'`` (SPEC 1.7) of node layer ``index`` given the next layer's ``C`` (or None)."""
+    placement = placement or Placement()
     name = model.node_layers[index]
-    out_dim = model.dims[index + 1] if c_next is None else c_next.shape[1]
-    probes = ProbeSet(model.positions[index + 1], out_dim, cfg.n_stochastic_sources_basis_pos,
-                      cfg.n_stochastic_sources_basis_hidden)
     alphas, weights = points(cfg, name)
-    size = min(cfg.batch_size, len(inputs))
-    chunk = probe_chunk(probes, size, model.positions[index] * model.dims[index], len(alphas),
-                        cfg.memory_budget_gb)
-    step = _m_prime_step(model, index, probes, alphas, weights, chunk)
+    size = cfg.batch_size
+    per_device = batch_size_for(len(inputs), size, placement.size) // placement.size
     dim = model.dims[index]
-    acc = jnp.zeros((dim, dim), jnp.float64)
-    c = None if c_next is None else jnp.asarray(c_next)
-    total = n_batches(len(inputs), size)
-    for i, batch, w in track(batches(inputs, size), total, f"M' {name}"):
-        acc = step(acc, model.params, c, batch, w, _fold_key(cfg.seed, basis_stage(name), i))
-    m_prime = np.asarray(acc) / (len(inputs) * model.positions[index] * probes.divisor)
+    form = model.forms[index] if cfg.fast_paths else None
+    if form is not None:
+        log.info("M' %s: closed form of an MLP section", name)
+        if form.act is None:  # linear: M' = rows * R K R^T, no data pass needed
+            moments = mlp_form.DerivativeMoments(np.float64(len(inputs) * model.positions[index]),
+                                                 None, None)
+        else:
+            m = form.weights(model.params)["B"].shape[1]
+            moments = _accumulate(_form_moments_step(model, index, alphas, weights),
+                                  mlp_form.DerivativeMoments.zeros(m), inputs, size,
+                                  f"M' {name}", cfg.seed, basis_stage(name), placement,
+                                  model.params)
+        fw = {k: None if v is None else np.asarray(v, np.float64)
+              for k, v in form.weights(model.params).items()}
+        k = np.eye(model.dims[index + 1]) if c_next is None else np.asarray(c_next) @ np.asarray(c_next).T
+        acc, divisor = mlp_form.m_prime(fw, jax.tree.map(np.asarray, moments), k), 1
+    else:
+        probes = _probe_set(model, index, _out_dim(model, index, c_next), cfg,
+                            cfg.n_stochastic_sources_basis_pos, cfg.n_stochastic_sources_basis_hidden)
+        chunk = probe_chunk(probes, per_device, model.positions[index] * dim, len(alphas),
+                            cfg.memory_budget_gb)
+        step = _m_prime_step(model, index, probes, alphas, weights, chunk)
+        acc = _accumulate(step, np.zeros((dim, dim)), inputs, size, f"M' {name}", cfg.seed,
+                          basis_stage(name), placement, model.params, c_next)
+        divisor = probes.divisor
+    m_prime = np.asarray(acc) / (len(inputs) * model.positions[index] * divisor)
     _check_finite(m_prime, f"M' of node layer {name!r}")
     return m_prime
 
 
-def compute_edges(model, index: int, inputs, cfg: BuildConfig, b_in: basis_lib.Basis, c_next):
+def compute_edges(model, index: int, inputs, cfg: BuildConfig, b_in: basis_lib.Basis, c_next,
+                  placement: Placement | None = None):
     """Squared edges (SPEC 2.2-2.3) from node layer ``index`` to the next, ``(out, in)``."""
+    placement = placement or Placement()
     a, b = model.node_layers[index], model.node_layers[index + 1]
-    out_dim = model.dims[index + 1] if c_next is None else c_next.shape[1]
-    probes = ProbeSet(model.positions[index + 1], out_dim, cfg.n_stochastic_sources_edges)
+    out_dim = _out_dim(model, index, c_next)
     alphas, weights = points(cfg, a)
-    size = min(cfg.edge_batch_size or cfg.batch_size, len(inputs))
-    chunk = probe_chunk(probes, size, model.positions[index] * b_in.dim, len(alphas),
-                        cfg.memory_budget_gb)
-    step = _edges_step(model, index, probes, alphas, weights, chunk)
-    acc = jnp.zeros((out_dim, b_in.dim), jnp.float64)
-    c = None if c_next is None else jnp.asarray(c_next)
-    total = n_batches(len(inputs), size)
-    for i, batch, w in track(batches(inputs, size), total, f"edges {a}->{b}"):
-        acc = step(acc, model.params, jnp.asarray(b_in.C), jnp.asarray(b_in.C_pinv), c, batch, w,
-                   _fold_key(cfg.seed, edge_stage(a, b), i))
-    edges = np.asarray(acc) / (len(inputs) * model.positions[index] * probes.divisor)
+    size = cfg.edge_batch_size or cfg.batch_size
+    per_device = batch_size_for(len(inputs), size, placement.size) // placement.size
+    form = model.forms[index] if cfg.fast_paths and model.positionwise[index] else None
+    if form is not None:
+        log.info("edges %s->%s: closed form of an MLP section", a, b)
+        m = 0 if form.act is None else form.weights(model.params)["B"].shape[1]
+        per_token = 8 * 3 * b_in.dim * (m + out_dim)
+        chunk = int(max(1, cfg.memory_budget_gb * 2**30 // per_token))
+        step, divisor = _form_edges_step(model, index, alphas, weights, chunk), 1
+    else:
+        probes = _probe_set(model, index, out_dim, cfg, cfg.n_stochastic_sources_edges, None)
+        chunk = probe_chunk(probes, per_device, model.positions[index] * b_in.dim, len(alphas),
+                            cfg.memory_budget_gb)
+        step, divisor = _edges_step(model, index, probes, alphas, weights, chunk), probes.divisor
+    acc = _accumulate(step, np.zeros((out_dim, b_in.dim)), inputs, size, f"edges {a}->{b}",
+                      cfg.seed, edge_stage(a, b), placement, model.params, b_in.C, b_in.C_pinv,
+                      c_next)
+    edges = np.asarray(acc) / (len(inputs) * model.positions[index] * divisor)
     _check_finite(edges, f"the edges {a}->{b}")
     return edges
 
@@ -290,7 +375,8 @@ def _build_info(model, cfg: BuildConfig, inputs, gram_inputs, model_id: str) -> 
 
 
 def build(model, inputs, cfg: BuildConfig = BuildConfig(), gram_inputs=None,
-          out_dir=None, overwrite: bool = False, model_id: str = "") -> Graph:
+          out_dir=None, overwrite: bool = False, model_id: str = "",
+          placement: Placement | None = None) -> Graph:
     """Build the graph of ``model`` (a :class:`models.sectioned.SectionedModel`).
 
     Args:
@@ -302,13 +388,15 @@ def build(model, inputs, cfg: BuildConfig = BuildConfig(), gram_inputs=None,
         memory.
       overwrite: replace a different build found in ``out_dir``.
       model_id: identifies the model (e.g. checkpoint path) in ``out_dir``'s build record.
+      placement: the devices to use (default: a ``data`` mesh over every device).
     """
     cfg.validate(model)
     gram_inputs = inputs if gram_inputs is None else gram_inputs
     if len(inputs) == 0 or len(gram_inputs) == 0:
         raise ConfigError("the dataset is empty; give at least one sample")
     info = _build_info(model, cfg, inputs, gram_inputs, model_id)
-    st = store.Store(out_dir, info, overwrite)
+    placement = placement or Placement()
+    st = store.Store(out_dir, info, overwrite, writer=placement.is_writer)
     timings = {}
     layers = model.node_layers
     last = len(layers) - 1
@@ -319,7 +407,7 @@ def build(model, inputs, cfg: BuildConfig = BuildConfig(), gram_inputs=None,
         saved = st.get(STATS_STAGE)
         means, grams = list(saved["means"]), list(saved["grams"])
     else:
-        means, grams = compute_stats(model, gram_inputs, cfg, stat_layers)
+        means, grams = compute_stats(model, gram_inputs, cfg, stat_layers, placement)
         st.put(STATS_STAGE, {"means": means, "grams": grams})
     stat = {i: (m, g) for i, m, g in zip(stat_layers, means, grams)}
     timings["stats"] = time.perf_counter() - t0
@@ -343,7 +431,7 @@ def build(model, inputs, cfg: BuildConfig = BuildConfig(), gram_inputs=None,
             b = basis_lib.neuron_basis(model.dims[i])
         else:
             c_next = bases[i + 1].C if i + 1 in bases else None
-            m_prime = compute_m_prime(model, i, inputs, cfg, c_next)
+            m_prime = compute_m_prime(model, i, inputs, cfg, c_next, placement)
             mean, gram = stat[i]
             try:
                 b = basis_lib.lib_basis(gram, mean, m_prime, cfg.center, isolates_var(cfg, name),
@@ -364,7 +452,7 @@ def build(model, inputs, cfg: BuildConfig = BuildConfig(), gram_inputs=None,
                 edges[pair] = np.asarray(st.get(stage)["E"])
                 continue
             c_next = bases[i + 1].C if i + 1 in bases else None
-            edges[pair] = compute_edges(model, i, inputs, cfg, bases[i], c_next)
+            edges[pair] = compute_edges(model, i, inputs, cfg, bases[i], c_next, placement)
             st.put(stage, {"E": edges[pair]})
     timings["edges"] = time.perf_counter() - t0
 

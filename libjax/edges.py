@@ -6,7 +6,9 @@ node ``j`` to output node ``i`` at output position ``t`` is the integrated gradi
     A[t,i,j] = sum_k w_k sum_s dF^_{t,i}/df^_{s,j} (alpha_k f^) * f^_{s,j},
 
 and ``E_ij = sum_b sum_t A[t,i,j]^2`` (to be divided by ``N * P_in * R``). Stochastic edges replace
-the sum over ``t`` by ``R`` Rademacher combinations of positions (exact when ``P_out = 1``).
+the sum over ``t`` by ``R`` Rademacher combinations of positions (exact when ``P_out = 1``). For a
+positionwise section ``A[t,i,j] = g_i[t,j] f^_{t,j}`` with one probe per output dim (see
+:mod:`libjax.probes`), squared per position.
 """
 
 from __future__ import annotations
@@ -31,8 +33,9 @@ def squared_edges_sum(fn: Callable, xs, sample_weights, probes: ProbeSet, signs,
     """
     def add_chunk(acc, ids):
         g = probe_vjps(fn, xs, signs, probes, ids, alphas, weights)
-        a = jnp.einsum("bksj,bsj->bkj", g, xs).astype(jnp.float64)
-        contrib = jnp.einsum("b,bkj->kj", sample_weights.astype(jnp.float64), a * a)
+        terms = (g * xs[:, None]).astype(jnp.float64)  # (batch, k, P_in, d_in)
+        a2 = jnp.sum(terms ** 2, axis=2) if probes.positionwise else jnp.sum(terms, axis=2) ** 2
+        contrib = jnp.einsum("b,bkj->kj", sample_weights.astype(jnp.float64), a2)
         return acc.at[probes.output_index(ids)].add(contrib)
 
     init = jnp.zeros((probes.dim, xs.shape[-1]), jnp.float64)

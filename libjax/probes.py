@@ -3,7 +3,9 @@
 A probe is a tensor ``phi`` of the section's output shape ``(P_out, d_out)``; a VJP with it gives
 ``sum_{t,i} phi[t,i] dF_{t,i}/df``. The exact set is every one-hot ``e_{t,i}``. Stochastic sets
 replace the sum over positions and/or hidden dims by Rademacher (+-1) combinations, unbiased because
-``E[phi_t phi_t'] = delta_tt'``. Probes are numbered so they can be made chunk by chunk inside a
+``E[phi_t phi_t'] = delta_tt'``. For a *positionwise* section (output at ``t`` depends only on
+input at ``t``) the probe ``phi[:, i] = 1`` is exact: its VJP at input position ``s`` is the row
+``i`` of the Jacobian at ``s`` alone, so one probe per hidden dim replaces ``P_out`` of them. Probes are numbered so they can be made chunk by chunk inside a
 ``scan`` (ids past ``n_probes`` are padding and give a zero probe); signs are drawn per sample and
 per batch.
 """
@@ -25,6 +27,7 @@ class ProbeSet:
     dim: int
     pos_sources: int | None = None
     hidden_sources: int | None = None
+    positionwise: bool = False
 
     def __post_init__(self):
         for name in ("pos_sources", "hidden_sources"):
@@ -34,18 +37,18 @@ class ProbeSet:
 
     @property
     def n_probes(self) -> int:
-        pos = self.n_pos if self.pos_sources is None else self.pos_sources
+        pos = 1 if self.positionwise else self.n_pos if self.pos_sources is None else self.pos_sources
         hidden = self.dim if self.hidden_sources is None else self.hidden_sources
         return pos * hidden
 
     @property
     def divisor(self) -> int:
         """``S``: how many times each exact term is counted in expectation."""
-        return (self.pos_sources or 1) * (self.hidden_sources or 1)
+        return (1 if self.positionwise else self.pos_sources or 1) * (self.hidden_sources or 1)
 
     def signs_shape(self) -> tuple[int, ...]:
         """Per-sample shape of the random signs (empty for exact probes)."""
-        rp, rh = self.pos_sources, self.hidden_sources
+        rp, rh = (None if self.positionwise else self.pos_sources), self.hidden_sources
         if rp is None and rh is None:
             return (0,)
         if rh is None:
@@ -71,7 +74,10 @@ class ProbeSet:
         valid = (ids < self.n_probes).astype(dtype)[:, None, None]
         ids = jnp.minimum(ids, self.n_probes - 1)
         rp, rh = self.pos_sources, self.hidden_sources
-        if rp is None and rh is None:
+        if self.positionwise:  # the same hidden-dim probe at every position
+            hidden = jax.nn.one_hot(ids, self.dim, dtype=dtype) if rh is None else signs[ids]
+            phi = jnp.broadcast_to(hidden[:, None, :], (len(ids), self.n_pos, self.dim))
+        elif rp is None and rh is None:
             phi = jax.nn.one_hot(ids, self.n_pos * self.dim, dtype=dtype)
             phi = phi.reshape(-1, self.n_pos, self.dim)
         elif rh is None:  # id = r * dim + i: signs over positions in hidden dim i

@@ -23,6 +23,7 @@ from typing import Any
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
+from jax.experimental import multihost_utils
 
 from libjax.errors import StoreError
 
@@ -52,15 +53,39 @@ def read_json(path: Path) -> dict:
         return json.load(f)
 
 
+def _checkpointer() -> ocp.Checkpointer:
+    """An orbax checkpointer private to this process (no cross-process barriers): stages are
+    written by one process and read by any."""
+    here = ocp.options.MultiprocessingOptions(primary_host=jax.process_index(),
+                                              active_processes={jax.process_index()})
+    return ocp.Checkpointer(ocp.PyTreeCheckpointHandler(multiprocessing_options=here),
+                            multiprocessing_options=here)
+
+
+def _barrier(name: str) -> None:
+    if jax.process_count() > 1:
+        multihost_utils.sync_global_devices(name)
+
+
 class Store:
-    """Stage checkpoints of one build in ``out_dir`` (or in memory when ``out_dir`` is None)."""
+    """Stage checkpoints of one build in ``out_dir`` (or in memory when ``out_dir`` is None).
+
+    Only the ``writer`` process (process 0 of a multi-host run) touches the directory; every
+    process resumes from the stages that were complete when the store was opened.
+    """
 
     def __init__(self, out_dir: str | os.PathLike | None, build_info: dict,
-                 overwrite: bool = False):
+                 overwrite: bool = False, writer: bool = True):
         self.out_dir = None if out_dir is None else Path(out_dir)
+        self.writer = writer
         self._memory: dict[str, Any] = {}
+        self._done: set[str] = set()
         if self.out_dir is not None:
-            self._open(build_info, overwrite)
+            if writer:
+                self._open(build_info, overwrite)
+            _barrier("libjax: output directory ready")
+            stages = self.out_dir / "stages"
+            self._done = {p.name for p in stages.iterdir() if (p / "commit_success.txt").exists()}
 
     def _open(self, build_info: dict, overwrite: bool) -> None:
         build_file = self.out_dir / BUILD_FILE
@@ -72,12 +97,13 @@ class Store:
         if not os.access(self.out_dir, os.W_OK):
             raise StoreError(f"output directory {self.out_dir} is not writable; choose another "
                              "--out_dir")
+        wanted = json.loads(json.dumps(build_info))
         if build_file.exists():
             previous = read_json(build_file)
-            if previous != json.loads(json.dumps(build_info)):
+            if previous != wanted:
                 if not overwrite:
-                    changed = sorted(k for k in set(previous) | set(build_info)
-                                     if previous.get(k) != json.loads(json.dumps(build_info.get(k))))
+                    changed = sorted(k for k in set(previous) | set(wanted)
+                                     if previous.get(k) != wanted.get(k))
                     raise StoreError(
                         f"{self.out_dir} holds a different build (differs in: {', '.join(changed)}); "
                         "use another --out_dir, or --overwrite to replace it")
@@ -87,21 +113,23 @@ class Store:
                 shutil.rmtree(self.out_dir / "stages", ignore_errors=True)
             else:
                 log.info("resuming the build in %s", self.out_dir)
-        (self.out_dir / "stages").mkdir(exist_ok=True)
+        stages = self.out_dir / "stages"
+        stages.mkdir(exist_ok=True)
+        for partial in stages.iterdir():  # left by a crash in the middle of a write
+            if not (partial / "commit_success.txt").exists():
+                shutil.rmtree(partial, ignore_errors=True)
         write_json_atomic(build_file, build_info)
 
     def _path(self, stage: str) -> Path:
         return self.out_dir / "stages" / stage
 
     def has(self, stage: str) -> bool:
-        if self.out_dir is None:
-            return stage in self._memory
-        return (self._path(stage) / "commit_success.txt").exists()
+        return stage in (self._memory if self.out_dir is None else self._done)
 
     def get(self, stage: str):
         if self.out_dir is None:
             return self._memory[stage]
-        return ocp.PyTreeCheckpointer().restore(self._path(stage))
+        return _checkpointer().restore(self._path(stage))
 
     def put(self, stage: str, tree) -> None:
         """Save a finished stage (a pytree of arrays); atomic: a crash leaves no partial stage."""
@@ -109,16 +137,17 @@ class Store:
         if self.out_dir is None:
             self._memory[stage] = tree
             return
+        if not self.writer:
+            return
         path = self._path(stage)
-        shutil.rmtree(path, ignore_errors=True)  # a partial write from an earlier crash
         try:
-            ocp.PyTreeCheckpointer().save(path, tree)
+            _checkpointer().save(path, tree, force=True)
         except OSError as err:
             raise StoreError(f"could not write stage {stage!r} to {path}: {err}; check free disk "
                              "space and permissions, then rerun the same command to resume") from None
 
     def finish(self, summary: dict) -> None:
-        if self.out_dir is not None:
+        if self.out_dir is not None and self.writer:
             write_json_atomic(self.out_dir / SUMMARY_FILE, summary)
 
 
@@ -139,4 +168,4 @@ def open_complete(out_dir: str | os.PathLike) -> tuple[Path, dict, dict]:
 
 
 def read_stage(path: Path, stage: str):
-    return ocp.PyTreeCheckpointer().restore(path / "stages" / stage)
+    return _checkpointer().restore(path / "stages" / stage)

@@ -165,7 +165,20 @@ def sectioned_model(weights: dict, cfg: MLPConfig, node_layers=None,
     node_layers = check_node_layers(node_layers or all_node_layers(cfg), cfg)
     folded = {k: jnp.asarray(v) for k, v in fold_biases(cfg, weights, dtype).items()}
     example = jax.ShapeDtypeStruct((cfg.widths[0],), jnp.dtype(dtype))
-    return sectioned.cut("mlp", modules(cfg), folded, example, node_layers, positional=False)
+    ids = [mid for mid, _ in modules(cfg)]
+    return sectioned.cut("mlp", modules(cfg), folded, example, node_layers, positional=False,
+                         positionwise_modules=ids, form_of=lambda span: _form(cfg, span))
+
+
+def _form(cfg: MLPConfig, span: tuple[str, ...]) -> sectioned.MLPForm | None:
+    """Every section is one layer ``x -> act(x W)`` (the last one linear, ``x -> x W``)."""
+    if len(span) != 1:
+        return None
+    i = int(span[0].split(".")[1])
+    key = f"layers.{i}.W"
+    if i == cfg.n_layers - 1:
+        return sectioned.MLPForm(None, lambda p: {"R": p[key]})
+    return sectioned.MLPForm(transformer.ACTIVATIONS[cfg.act_fn], lambda p: {"B": p[key]})
 
 
 # --- checkpoints ----------------------------------------------------------------------------------

@@ -14,7 +14,7 @@ Params are always an explicit argument, never closed over, so jitted programs st
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Collection, Optional, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -24,6 +24,20 @@ from libjax.errors import NodeLayerError
 OUTPUT = "output"
 
 Module = tuple[str, Callable[[Any, tuple], tuple]]
+
+
+@dataclasses.dataclass(frozen=True)
+class MLPForm:
+    """Declares that a section is, at every position, ``x -> x R + act(x B) D``.
+
+    ``weights(params)`` returns a dict with ``"B"`` ``(d_in, m)``, ``"D"`` ``(m, d_out)`` (None:
+    identity) and ``"R"`` ``(d_in, d_out)`` (None: no such term); ``act`` is None for a linear
+    section ``x -> x R``. libjax then computes ``M'`` and edges in closed form
+    (:mod:`libjax.mlp_form`) instead of one VJP per output direction.
+    """
+
+    act: Optional[Callable]
+    weights: Callable[[Any], dict]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -43,6 +57,9 @@ class SectionedModel:
         one (MLPs); stochastic position sources need a real one.
       has_bias_coordinate: per node layer, whether its last coordinate is the constant 1 of the
         folded biases (every layer but ``"output"``).
+      positionwise: per section, whether its output at position ``t`` depends only on its input
+        at ``t`` (then one probe per output direction sums over positions exactly).
+      forms: per section, an :class:`MLPForm` where the model declares one, else None.
     """
 
     name: str
@@ -55,6 +72,15 @@ class SectionedModel:
     positions: tuple[int, ...]
     positional: bool
     has_bias_coordinate: tuple[bool, ...]
+    positionwise: tuple[bool, ...] = ()
+    forms: tuple[Optional[MLPForm], ...] = ()
+
+    def __post_init__(self):
+        n = len(self.sections)
+        if not self.positionwise:
+            object.__setattr__(self, "positionwise", (False,) * n)
+        if not self.forms:
+            object.__setattr__(self, "forms", (None,) * n)
 
     def forward(self, params, x):
         """Whole model on one sample: input -> output logits ``(pos, vocab)``."""
@@ -122,11 +148,16 @@ def validate_node_layers(node_layers: Sequence[str], valid: Sequence[str]) -> tu
 
 
 def cut(name: str, modules: Sequence[Module], params, example_input, node_layers: Sequence[str],
-        positional: bool, selectable: Sequence[str] | None = None) -> SectionedModel:
+        positional: bool, selectable: Sequence[str] | None = None,
+        positionwise_modules: Collection[str] = (),
+        form_of: Callable[[tuple[str, ...]], Optional[MLPForm]] | None = None) -> SectionedModel:
     """Cut a module list into a :class:`SectionedModel` at ``node_layers``.
 
     ``selectable`` restricts which module ids may be node layers (default: all but the first,
     plus ``"output"``). Input-tuple widths are found by abstract evaluation on ``example_input``.
+    ``positionwise_modules`` lists the modules that act on each position separately (a section
+    made only of them, keeping its number of positions, is positionwise); ``form_of`` maps a
+    section's module ids to its :class:`MLPForm`, or None.
     """
     params = jax.tree.map(jnp.asarray, params)
     ids = [mid for mid, _ in modules]
@@ -163,7 +194,12 @@ def cut(name: str, modules: Sequence[Module], params, example_input, node_layers
         run, w = _chain(span(start, stop)), widths[start]
         return lambda p, acts: _concat(run(p, _split(acts, w)))
 
-    sections = tuple(make_section(a, b) for a, b in zip(node_layers[:-1], node_layers[1:]))
+    pairs = list(zip(node_layers[:-1], node_layers[1:]))
+    sections = tuple(make_section(a, b) for a, b in pairs)
+    spans = [tuple(mid for mid, _ in span(a, b)) for a, b in pairs]
+    positionwise = tuple(positions[a] == positions[b] and set(ids_) <= set(positionwise_modules)
+                         for (a, b), ids_ in zip(pairs, spans))
+    forms = tuple(form_of(ids_) if form_of else None for ids_ in spans)
     last = node_layers[-1]
     if last == OUTPUT:
         tail = lambda p, acts: acts  # noqa: E731
@@ -173,4 +209,5 @@ def cut(name: str, modules: Sequence[Module], params, example_input, node_layers
         name=name, node_layers=node_layers, params=params, embed=make_embed(), sections=sections,
         tail=tail, dims=tuple(sum(widths[n]) for n in node_layers),
         positions=tuple(positions[n] for n in node_layers), positional=positional,
-        has_bias_coordinate=tuple(n != OUTPUT for n in node_layers))
+        has_bias_coordinate=tuple(n != OUTPUT for n in node_layers), positionwise=positionwise,
+        forms=forms)
