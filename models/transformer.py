@@ -10,6 +10,10 @@ LayerNorm is TransformerLens's ``LNPre`` (affine parts folded into the next weig
 two: ``ln*`` emits ``(var, resid)`` and ``ln*_out`` normalises, so the variance is a node of its
 own. Without LayerNorm (``normalization=None``) the ``ln`` modules are identities and ``ln*_out``
 duplicates the residual, as in the reference.
+
+Attention is causal; GPT-Neo's local layers also mask keys ``local_attn_window`` or more positions
+back, and GPT-Neo does not scale the scores (``use_attn_scale=False``). The mask and scale are
+public (:func:`attention_mask`, :func:`attention_scale`) so that unfolded models share them.
 """
 
 from __future__ import annotations
@@ -23,8 +27,6 @@ import jax.numpy as jnp
 import numpy as np
 
 from models import sectioned
-
-LN_EPS = 1e-5
 
 
 @dataclasses.dataclass(frozen=True)
@@ -40,8 +42,10 @@ class TransformerConfig:
     n_ctx: int
     act_fn: str = "relu"
     normalization: str | None = None  # None or "LN" (LNPre after folding)
-    use_attn_scale: bool = True
-    local_attn_window: int | None = None  # GPT-Neo: local attention on odd layers
+    ln_eps: float = 1e-5  # added to the LayerNorm variance
+    use_attn_scale: bool = True  # divide attention scores by sqrt(d_head) (GPT-Neo: no)
+    local_attn_layers: tuple[int, ...] = ()  # blocks with GPT-Neo local (sliding-window) attention
+    local_attn_window: int = 256  # a query sees keys fewer than this many positions back
     last_pos_module: str | None = None  # e.g. "add_resid1.0": keep only the last position after it
 
 
@@ -105,22 +109,22 @@ def _ln_in(normalized: bool):
     return fn
 
 
-def _normalise(var, resid):
+def _normalise(var, resid, eps: float):
     """``(resid - mean) / sqrt(var + eps)`` on the first d_model coords, then the constant 1."""
     body = resid[:, :-1]
     centred = body - jnp.mean(body, axis=-1, keepdims=True)
     # Ablations can rotate the variance node below zero; clamp as the reference does.
-    normed = centred / jnp.sqrt(jnp.maximum(var, 0.0) + LN_EPS)
+    normed = centred / jnp.sqrt(jnp.maximum(var, 0.0) + eps)
     return jnp.concatenate([normed, jnp.ones_like(resid[:, -1:])], axis=-1)
 
 
-def _ln_out(normalized: bool, keep_resid: bool):
+def _ln_out(normalized: bool, keep_resid: bool, eps: float):
     def fn(p, inputs):
         if not normalized:
             (resid,) = inputs
             return (resid, resid) if keep_resid else (resid,)
         var, resid = inputs
-        n = _normalise(var, resid)
+        n = _normalise(var, resid, eps)
         return (n, resid) if keep_resid else (n,)
     return fn
 
@@ -139,11 +143,25 @@ def _attn_in(cfg: TransformerConfig, layer: int):
     return fn
 
 
+def attention_mask(cfg: TransformerConfig, layer: int, n_pos: int) -> np.ndarray:
+    """Which keys (columns) each query (row) of block ``layer`` attends to, ``(n_pos, n_pos)``:
+    causal, and on GPT-Neo's local layers only the last ``local_attn_window`` positions."""
+    query, key = np.arange(n_pos)[:, None], np.arange(n_pos)[None, :]
+    allowed = key <= query
+    if layer in cfg.local_attn_layers:
+        allowed &= query - key < cfg.local_attn_window
+    return allowed
+
+
+def attention_scale(cfg: TransformerConfig) -> float:
+    """The divisor of the attention scores: ``sqrt(d_head)``, or 1 without scaling (GPT-Neo)."""
+    return math.sqrt(cfg.d_head) if cfg.use_attn_scale else 1.0
+
+
 def _attn_out(cfg: TransformerConfig, layer: int):
     pre = f"blocks.{layer}.attn."
     h, dh = cfg.n_heads, cfg.d_head
-    scale = math.sqrt(dh) if cfg.use_attn_scale else 1.0
-    window = cfg.local_attn_window if (cfg.local_attn_window and layer % 2 == 1) else None
+    scale = attention_scale(cfg)
 
     def fn(p, inputs):
         q, k, v, resid = inputs
@@ -152,10 +170,7 @@ def _attn_out(cfg: TransformerConfig, layer: int):
         heads = lambda a: jnp.transpose(a.reshape(n_pos, h, -1), (1, 0, 2))  # noqa: E731
         q, k, v = heads(q), heads(k), heads(v)
         scores = q @ jnp.swapaxes(k, -1, -2) / scale
-        query, key = np.arange(n_pos)[:, None], np.arange(n_pos)[None, :]
-        allowed = key <= query
-        if window is not None:
-            allowed = allowed & (query - key < window)
+        allowed = attention_mask(cfg, layer, n_pos)
         pattern = jax.nn.softmax(jnp.where(allowed, scores, -jnp.inf), axis=-1)
         z = jnp.transpose(pattern @ v, (1, 0, 2)).reshape(n_pos, h * (dh + 1))
         w_o = p[pre + "W_O"]
@@ -222,18 +237,19 @@ def modules(cfg: TransformerConfig) -> list[sectioned.Module]:
         last2 = cfg.last_pos_module == f"add_resid2.{layer}"
         mods += [
             (f"ln1.{layer}", _ln_in(ln)),
-            (f"ln1_out.{layer}", _ln_out(ln, keep_resid=True)),
+            (f"ln1_out.{layer}", _ln_out(ln, keep_resid=True, eps=cfg.ln_eps)),
             (f"attn_in.{layer}", _attn_in(cfg, layer)),
             (f"attn_out.{layer}", _attn_out(cfg, layer)),
             (f"add_resid1.{layer}", _add(last1)),
             (f"ln2.{layer}", _ln_in(ln)),
-            (f"ln2_out.{layer}", _ln_out(ln, keep_resid=True)),
+            (f"ln2_out.{layer}", _ln_out(ln, keep_resid=True, eps=cfg.ln_eps)),
             (f"mlp_in.{layer}", _mlp_in(layer)),
             (f"mlp_act.{layer}", _mlp_act(act)),
             (f"mlp_out.{layer}", _mlp_out(layer)),
             (f"add_resid2.{layer}", _add(last2)),
         ]
-    mods += [("ln_final", _ln_in(ln)), ("ln_final_out", _ln_out(ln, keep_resid=False)),
+    mods += [("ln_final", _ln_in(ln)),
+             ("ln_final_out", _ln_out(ln, keep_resid=False, eps=cfg.ln_eps)),
              ("unembed", _unembed)]
     return mods
 
@@ -259,7 +275,8 @@ def fold_biases(cfg: TransformerConfig, tl: dict, dtype=np.float64) -> dict:
     d, h, dh, m = cfg.d_model, cfg.n_heads, cfg.d_head, cfg.d_mlp
     out = {
         "embed.W_E": np.concatenate([a("embed.W_E"), zeros(cfg.d_vocab, 1)], axis=1),
-        "pos_embed.W_pos": np.concatenate([a("pos_embed.W_pos"), np.ones((cfg.n_ctx, 1))], axis=1),
+        "pos_embed.W_pos": np.concatenate(
+            [a("pos_embed.W_pos"), np.ones((len(tl["pos_embed.W_pos"]), 1))], axis=1),
     }
     r = root_one(cfg.act_fn)
     for layer in range(cfg.n_layers):
@@ -284,4 +301,4 @@ def fold_biases(cfg: TransformerConfig, tl: dict, dtype=np.float64) -> dict:
         out[ml + "W_out"] = np.concatenate([w_out, zeros(m + 1, 1)], axis=1)
     out["unembed.W_U"] = np.concatenate(
         [a("unembed.W_U"), get("unembed.b_U", cfg.d_vocab)[None, :]], axis=0)
-    return {k: v.astype(dtype) for k, v in out.items()}
+    return {k: v.astype(dtype, copy=False) for k, v in out.items()}
