@@ -259,7 +259,47 @@ def sectioned_model(name: str, cfg: TransformerConfig, folded_params, node_layer
     """Cut the folded transformer at ``node_layers`` for inputs of ``n_pos`` tokens."""
     n_pos = cfg.n_ctx if n_pos is None else n_pos
     example = jax.ShapeDtypeStruct((n_pos,), jnp.int32)
-    return sectioned.cut(name, modules(cfg), folded_params, example, node_layers, positional=True)
+    mods = modules(cfg)
+    # Attention mixes positions; the add keeping only the last position changes them.
+    positionwise = [mid for mid, _ in mods
+                    if not mid.startswith("attn_out.") and mid != cfg.last_pos_module]
+    return sectioned.cut(name, mods, folded_params, example, node_layers, positional=True,
+                         positionwise_modules=positionwise,
+                         form_of=lambda span: section_form(cfg, span))
+
+
+# Modules that pass their input through unchanged when the model has no LayerNorm.
+_IDENTITY_WITHOUT_LN = ("ln1", "ln2", "ln_final", "ln_final_out")
+
+
+def section_form(cfg: TransformerConfig, span: tuple[str, ...]) -> sectioned.MLPForm | None:
+    """The :class:`~models.sectioned.MLPForm` of a section made of ``span``'s modules, if any.
+
+    Recognised: the MLP block with its residual, entered at ``mlp_in`` (input ``(n, resid)``:
+    ``resid + act(n W_in) W_out``) or, without LayerNorm, at ``ln2``/``ln2_out`` (input
+    ``resid``: ``resid + act(resid W_in) W_out``); and the unembedding alone (``n W_U``).
+    """
+    if cfg.normalization is None:
+        span = tuple(m for m in span if m.split(".")[0] not in _IDENTITY_WITHOUT_LN)
+    kinds = tuple(m.split(".")[0] for m in span)
+    if kinds == ("unembed",):
+        return sectioned.MLPForm(None, lambda p: {"R": p["unembed.W_U"]})
+    mlp = ("mlp_in", "mlp_act", "mlp_out", "add_resid2")
+    if kinds not in (mlp, ("ln2_out",) + mlp) or len({m.split(".")[1] for m in span}) != 1:
+        return None
+    layer = span[-1].split(".")[1]
+    w_in, w_out = f"blocks.{layer}.mlp.W_in", f"blocks.{layer}.mlp.W_out"
+    act = activation(cfg.act_fn)
+    if kinds[0] == "ln2_out":  # no LayerNorm: the normed input is the residual itself
+        return sectioned.MLPForm(act, lambda p: {
+            "B": p[w_in], "D": p[w_out], "R": jnp.eye(p[w_out].shape[1], dtype=p[w_out].dtype)})
+
+    def weights(p):  # input (n, resid): n feeds the MLP, resid the skip connection
+        d = p[w_out].shape[1]
+        zeros, eye = jnp.zeros((d, d), p[w_out].dtype), jnp.eye(d, dtype=p[w_out].dtype)
+        return {"B": jnp.concatenate([p[w_in], jnp.zeros_like(p[w_in])]), "D": p[w_out],
+                "R": jnp.concatenate([zeros, eye])}
+    return sectioned.MLPForm(act, weights)
 
 
 # --- bias folding (SPEC 1.2) ----------------------------------------------------------------------

@@ -1,0 +1,86 @@
+"""Structure-aware exact paths agree with the general VJP path (issue 6): closed forms for MLP
+sections and one probe per output direction for positionwise sections."""
+
+import functools
+
+import numpy as np
+import pytest
+
+from conftest import tiny_transformer
+from libjax.build import BuildConfig, build, compute_edges, compute_m_prime
+from models import mlp
+
+FAST, GENERAL = BuildConfig(), BuildConfig(fast_paths=False)
+
+
+@functools.cache
+def case(name):
+    if name == "mlp":
+        cfg, weights, _ = mlp.load()
+        model = mlp.sectioned_model(weights, cfg)
+        return model, np.random.default_rng(0).uniform(size=(200, 64))
+    if name == "mlp_gelu":
+        cfg = mlp.MLPConfig((6, 9, 7, 4), act_fn="gelu_new")
+        rng = np.random.default_rng(1)
+        weights = {k: rng.normal(size=s) for k, s in mlp.expected_shapes(cfg).items()}
+        return mlp.sectioned_model(weights, cfg), rng.normal(size=(50, 6))
+    if name == "tiny":
+        return tiny_transformer(("ln1.0", "ln2.0", "unembed", "output"))
+    if name == "tiny_positions":
+        return tiny_transformer(("ln2.0", "mlp_in.0", "mlp_act.0", "ln_final", "output"),
+                                last_pos_only=False, act_fn="gelu_new")
+    raise KeyError(name)
+
+
+@functools.cache
+def graph(name):
+    model, inputs = case(name)
+    return build(model, inputs, GENERAL)
+
+
+def fast_sections(name):
+    model, _ = case(name)
+    return [i for i in range(len(model.sections))
+            if model.forms[i] is not None or model.positionwise[i]]
+
+
+def rel(a, b):
+    return np.max(np.abs(a - b)) / np.max(np.abs(b))
+
+
+@pytest.mark.parametrize("name", ["mlp", "mlp_gelu", "tiny", "tiny_positions"])
+@pytest.mark.parametrize("rule", [("gradient", 0), ("gauss-legendre", 3)])
+def test_m_prime_and_edges_agree_with_the_general_path(name, rule):
+    model, inputs = case(name)
+    g = graph(name)
+    fast = BuildConfig(integration=rule[0], n_intervals=rule[1])
+    general = BuildConfig(integration=rule[0], n_intervals=rule[1], fast_paths=False)
+    sections = fast_sections(name)
+    assert sections, "this model declares no fast path"
+    for i in sections:
+        nxt = g.bases.get(model.node_layers[i + 1])
+        c_next = None if nxt is None else nxt.C
+        assert rel(compute_m_prime(model, i, inputs, fast, c_next),
+                   compute_m_prime(model, i, inputs, general, c_next)) < 1e-10
+        b_in = g.bases[model.node_layers[i]]
+        assert rel(compute_edges(model, i, inputs, fast, b_in, c_next),
+                   compute_edges(model, i, inputs, general, b_in, c_next)) < 1e-10
+
+
+def test_positionwise_sections_get_exact_edges_where_sources_were_asked_for():
+    """For a positionwise section, position sources are exact for M' anyway (each sign meets only
+    itself), but not for edges (signs mix positions inside the square): the fast path then gives
+    the exact edges, the reference's computation a noisy estimate of them."""
+    model, inputs = case("tiny_positions")
+    i = model.node_layers.index("mlp_act.0")  # -> ln_final: gelu, W_out, residual; no form
+    assert model.positionwise[i] and model.forms[i] is None
+    g = graph("tiny_positions")
+    b_in, c_next = g.bases["mlp_act.0"], g.bases["ln_final"].C
+    sources = dict(n_stochastic_sources_basis_pos=1, n_stochastic_sources_edges=1)
+    stochastic, reference_like = BuildConfig(**sources), BuildConfig(**sources, fast_paths=False)
+    for cfg in (stochastic, reference_like):
+        assert rel(compute_m_prime(model, i, inputs, cfg, c_next),
+                   compute_m_prime(model, i, inputs, GENERAL, c_next)) < 1e-10
+    exact = compute_edges(model, i, inputs, GENERAL, b_in, c_next)
+    assert rel(compute_edges(model, i, inputs, stochastic, b_in, c_next), exact) < 1e-10
+    assert rel(compute_edges(model, i, inputs, reference_like, b_in, c_next), exact) > 1e-3
