@@ -19,7 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from libjax import basis as basis_lib
-from libjax import integration, mlp_form, stats, store
+from libjax import closed_forms, integration, stats, store
 from libjax.edges import squared_edges_sum
 from libjax.errors import BasisError, ConfigError, NumericalError
 from libjax.graph import (STATS_STAGE, Graph, basis_from_tree, basis_stage, basis_to_tree,
@@ -99,8 +99,14 @@ class BuildConfig:
         for size in (self.batch_size, self.gram_batch_size, self.edge_batch_size):
             if size is not None and size < 1:
                 raise ConfigError(f"batch sizes must be >= 1, got {size}")
-        if self.truncation_threshold < 0:
-            raise ConfigError("truncation_threshold must be >= 0")
+        if not 0 <= self.truncation_threshold < math.inf:
+            raise ConfigError(f"truncation_threshold must be a finite number >= 0, got "
+                              f"{self.truncation_threshold}")
+        if not 0 < self.memory_budget_gb < math.inf:
+            raise ConfigError(f"memory_budget_gb must be a finite number > 0, got "
+                              f"{self.memory_budget_gb}")
+        if not 0 <= self.seed < 2**63:
+            raise ConfigError(f"the seed must be in [0, 2**63), got {self.seed}")
         if self.rotate_final_node_layer and self.center and model.node_layers[-1] == "output":
             raise ConfigError("a centred PCA rotation of the 'output' node layer is undefined "
                               "(it has no constant coordinate); end the node layers before "
@@ -191,8 +197,8 @@ def _form_moments_step(model, index: int, alphas, weights):
 
     def step(acc, key, params, inputs, sample_weights):
         xs = _layer_inputs(model, index, params, inputs)
-        return acc + mlp_form.derivative_moments(form.act, form.weights(params)["B"], xs,
-                                                 sample_weights, alphas, weights)
+        new = closed_forms.moments(form, params, xs, sample_weights, alphas, weights)
+        return jax.tree.map(jnp.add, acc, new)
     return jax.jit(step, donate_argnums=0)
 
 
@@ -221,9 +227,8 @@ def _form_edges_step(model, index: int, alphas, weights, chunk: int):
         xs = _layer_inputs(model, index, params, inputs)
         dtype = xs.dtype
         cast = lambda a: None if a is None else a.astype(dtype)  # noqa: E731
-        return acc + mlp_form.squared_edges_sum(
-            form.act, form.weights(params), xs @ cast(c_in), sample_weights, cast(c_in_pinv),
-            cast(c_next), alphas, weights, chunk)
+        return acc + closed_forms.edges(form, params, xs @ cast(c_in), sample_weights,
+                                        cast(c_in_pinv), cast(c_next), alphas, weights, chunk)
     return jax.jit(step, donate_argnums=0)
 
 
@@ -238,6 +243,7 @@ def _accumulate(step, acc, inputs, batch_size: int, what: str, seed: int, stage:
     for i, batch, w in track(batches(inputs, size), total, what):
         acc = step(acc, _fold_key(seed, stage, i), *args, placement.batch(batch),
                    placement.batch(w))
+        jax.block_until_ready(acc)  # progress and ETA count finished batches, not dispatched ones
     return placement.host(acc)
 
 
@@ -297,22 +303,19 @@ def compute_m_prime(model, index: int, inputs, cfg: BuildConfig, c_next,
     size = cfg.batch_size
     per_device = batch_size_for(len(inputs), size, placement.size) // placement.size
     dim = model.dims[index]
-    form = model.forms[index] if cfg.fast_paths else None
+    form = model.forms[index] if cfg.fast_paths and model.positionwise[index] else None
     if form is not None:
-        log.info("M' %s: closed form of an MLP section", name)
-        if form.act is None:  # linear: M' = rows * R K R^T, no data pass needed
-            moments = mlp_form.DerivativeMoments(np.float64(len(inputs) * model.positions[index]),
-                                                 None, None)
-        else:
-            m = form.weights(model.params)["B"].shape[1]
-            moments = _accumulate(_form_moments_step(model, index, alphas, weights),
-                                  mlp_form.DerivativeMoments.zeros(m), inputs, size,
-                                  f"M' {name}", cfg.seed, basis_stage(name), placement,
-                                  model.params)
-        fw = {k: None if v is None else np.asarray(v, np.float64)
-              for k, v in form.weights(model.params).items()}
-        k = np.eye(model.dims[index + 1]) if c_next is None else np.asarray(c_next) @ np.asarray(c_next).T
-        acc, divisor = mlp_form.m_prime(fw, jax.tree.map(np.asarray, moments), k), 1
+        log.info("M' %s: closed form (%s section)", name, form.kind)
+        sums = None
+        if closed_forms.needs_data(form):
+            sums = _accumulate(_form_moments_step(model, index, alphas, weights),
+                               closed_forms.zero_moments(form, model.params, dim), inputs, size,
+                               f"M' {name}", cfg.seed, basis_stage(name), placement,
+                               model.params)
+        c = np.eye(model.dims[index + 1]) if c_next is None else np.asarray(c_next, np.float64)
+        acc = closed_forms.m_prime(form, model.params, sums, len(inputs) * model.positions[index],
+                                   c @ c.T)
+        divisor = 1
     else:
         probes = _probe_set(model, index, _out_dim(model, index, c_next), cfg,
                             cfg.n_stochastic_sources_basis_pos, cfg.n_stochastic_sources_basis_hidden)
@@ -338,8 +341,8 @@ def compute_edges(model, index: int, inputs, cfg: BuildConfig, b_in: basis_lib.B
     per_device = batch_size_for(len(inputs), size, placement.size) // placement.size
     form = model.forms[index] if cfg.fast_paths and model.positionwise[index] else None
     if form is not None:
-        log.info("edges %s->%s: closed form of an MLP section", a, b)
-        m = 0 if form.act is None else form.weights(model.params)["B"].shape[1]
+        log.info("edges %s->%s: closed form (%s section)", a, b, form.kind)
+        m = form.weights(model.params)["B"].shape[1] if form.kind == "mlp" and form.act else 0
         per_token = 8 * 3 * b_in.dim * (m + out_dim)
         chunk = int(max(1, cfg.memory_budget_gb * 2**30 // per_token))
         step, divisor = _form_edges_step(model, index, alphas, weights, chunk), 1
@@ -371,7 +374,19 @@ def _build_info(model, cfg: BuildConfig, inputs, gram_inputs, model_id: str) -> 
         "orig_dims": list(model.dims), "stat_layers": [model.node_layers[i] for i in stat_layers],
         "config": cfg.to_json(), "n_samples": len(inputs), "data_sha256": digest(inputs),
         "n_gram_samples": len(gram_inputs), "gram_data_sha256": digest(gram_inputs),
+        "params_sha256": _params_digest(model.params),
     }
+
+
+def _params_digest(params) -> str:
+    """Fingerprint of the weights, dtype included: a build resumes only on the exact model it
+    began with (a checkpoint retrained in place or another ``--dtype`` is a different build)."""
+    h = hashlib.sha256()
+    for leaf in jax.tree.leaves(params):
+        a = np.ascontiguousarray(leaf)
+        h.update(f"{a.dtype}{a.shape}".encode())
+        h.update(a.tobytes())
+    return h.hexdigest()[:16]
 
 
 def build(model, inputs, cfg: BuildConfig = BuildConfig(), gram_inputs=None,

@@ -33,11 +33,34 @@ class MLPForm:
     ``weights(params)`` returns a dict with ``"B"`` ``(d_in, m)``, ``"D"`` ``(m, d_out)`` (None:
     identity) and ``"R"`` ``(d_in, d_out)`` (None: no such term); ``act`` is None for a linear
     section ``x -> x R``. libjax then computes ``M'`` and edges in closed form
-    (:mod:`libjax.mlp_form`) instead of one VJP per output direction.
+    (:mod:`libjax.closed_forms`) instead of one VJP per output direction.
     """
 
     act: Optional[Callable]
     weights: Callable[[Any], dict]
+    kind = "mlp"
+
+
+@dataclasses.dataclass(frozen=True)
+class LayerNormInForm:
+    """Declares the section ``x -> (var(x), x)`` at every position: the variance of the first
+    ``width - 1`` coordinates (the last is the folded bias), then the input itself (SPEC 4.3)."""
+
+    kind = "ln_in"
+
+
+@dataclasses.dataclass(frozen=True)
+class LayerNormOutForm:
+    """Declares the section ``(v, x) -> (n, x)`` (or ``n`` alone without ``keep_resid``) at every
+    position, ``n = ((x_j - mean) / sqrt(max(v, 0) + eps))_j`` over the first ``width - 1``
+    coordinates followed by the constant 1 (SPEC 4.3)."""
+
+    eps: float
+    keep_resid: bool
+    kind = "ln_out"
+
+
+SectionForm = MLPForm | LayerNormInForm | LayerNormOutForm
 
 
 @dataclasses.dataclass(frozen=True)
@@ -59,7 +82,8 @@ class SectionedModel:
         folded biases (every layer but ``"output"``).
       positionwise: per section, whether its output at position ``t`` depends only on its input
         at ``t`` (then one probe per output direction sums over positions exactly).
-      forms: per section, an :class:`MLPForm` where the model declares one, else None.
+      forms: per section, a closed form (:class:`MLPForm`, :class:`LayerNormInForm`,
+        :class:`LayerNormOutForm`) where the model declares one, else None.
     """
 
     name: str
@@ -73,7 +97,7 @@ class SectionedModel:
     positional: bool
     has_bias_coordinate: tuple[bool, ...]
     positionwise: tuple[bool, ...] = ()
-    forms: tuple[Optional[MLPForm], ...] = ()
+    forms: tuple[Optional[SectionForm], ...] = ()
 
     def __post_init__(self):
         n = len(self.sections)
@@ -150,14 +174,15 @@ def validate_node_layers(node_layers: Sequence[str], valid: Sequence[str]) -> tu
 def cut(name: str, modules: Sequence[Module], params, example_input, node_layers: Sequence[str],
         positional: bool, selectable: Sequence[str] | None = None,
         positionwise_modules: Collection[str] = (),
-        form_of: Callable[[tuple[str, ...]], Optional[MLPForm]] | None = None) -> SectionedModel:
+        form_of: Callable[[tuple[str, ...]], Optional[SectionForm]] | None = None
+        ) -> SectionedModel:
     """Cut a module list into a :class:`SectionedModel` at ``node_layers``.
 
     ``selectable`` restricts which module ids may be node layers (default: all but the first,
     plus ``"output"``). Input-tuple widths are found by abstract evaluation on ``example_input``.
     ``positionwise_modules`` lists the modules that act on each position separately (a section
     made only of them, keeping its number of positions, is positionwise); ``form_of`` maps a
-    section's module ids to its :class:`MLPForm`, or None.
+    section's module ids to its closed form (:class:`MLPForm` ...), or None.
     """
     params = jax.tree.map(jnp.asarray, params)
     ids = [mid for mid, _ in modules]

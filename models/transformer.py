@@ -272,16 +272,22 @@ def sectioned_model(name: str, cfg: TransformerConfig, folded_params, node_layer
 _IDENTITY_WITHOUT_LN = ("ln1", "ln2", "ln_final", "ln_final_out")
 
 
-def section_form(cfg: TransformerConfig, span: tuple[str, ...]) -> sectioned.MLPForm | None:
-    """The :class:`~models.sectioned.MLPForm` of a section made of ``span``'s modules, if any.
+def section_form(cfg: TransformerConfig, span: tuple[str, ...]) -> sectioned.SectionForm | None:
+    """The closed form (:mod:`models.sectioned`) of a section made of ``span``'s modules, if any.
 
-    Recognised: the MLP block with its residual, entered at ``mlp_in`` (input ``(n, resid)``:
+    Recognised: a LayerNorm half alone (``ln*``: variance, ``ln*_out``: normalisation); the MLP
+    block with its residual, entered at ``mlp_in`` (input ``(n, resid)``:
     ``resid + act(n W_in) W_out``) or, without LayerNorm, at ``ln2``/``ln2_out`` (input
     ``resid``: ``resid + act(resid W_in) W_out``); and the unembedding alone (``n W_U``).
     """
     if cfg.normalization is None:
         span = tuple(m for m in span if m.split(".")[0] not in _IDENTITY_WITHOUT_LN)
     kinds = tuple(m.split(".")[0] for m in span)
+    if cfg.normalization is not None and len(kinds) == 1:
+        if kinds[0] in ("ln1", "ln2", "ln_final"):
+            return sectioned.LayerNormInForm()
+        if kinds[0] in ("ln1_out", "ln2_out", "ln_final_out"):
+            return sectioned.LayerNormOutForm(cfg.ln_eps, keep_resid=kinds[0] != "ln_final_out")
     if kinds == ("unembed",):
         return sectioned.MLPForm(None, lambda p: {"R": p["unembed.W_U"]})
     mlp = ("mlp_in", "mlp_act", "mlp_out", "add_resid2")

@@ -44,3 +44,23 @@ def tiny_transformer(node_layers, seed=0, last_pos_only=True, n_ctx=3, act_fn="r
     model = transformer.sectioned_model("tiny", cfg, folded, node_layers)
     tokens = rng.integers(0, 11, size=(64, n_ctx)).astype(np.int32)
     return model, tokens
+
+
+def tiny_ln_transformer(node_layers, seed=0, n_ctx=5, n_layers=2):
+    """A random GPT-2-like transformer (LayerNorm, gelu_new), scaled down, processed and folded
+    as pretrained language models are, cut at ``node_layers``; returns ``(model, tokens)``."""
+    import numpy as np
+
+    from models import lm, transformer
+
+    cfg = transformer.TransformerConfig(
+        n_layers=n_layers, d_model=8, n_heads=2, d_head=4, d_mlp=16, d_vocab=11, n_ctx=n_ctx,
+        act_fn="gelu_new", normalization="LN")
+    rng = np.random.default_rng(seed)
+    weights = {}
+    for name, shape in lm.expected_shapes(cfg).items():
+        noise = rng.normal(size=shape) * 0.4
+        weights[name] = 1 + noise if name.endswith(".w") else noise
+    model = lm.sectioned("tiny_ln", cfg, weights, node_layers, n_pos=n_ctx)
+    tokens = rng.integers(0, 11, size=(48, n_ctx)).astype(np.int32)
+    return model, tokens

@@ -6,7 +6,7 @@ import functools
 import numpy as np
 import pytest
 
-from conftest import tiny_transformer
+from conftest import tiny_ln_transformer, tiny_transformer
 from libjax.build import BuildConfig, build, compute_edges, compute_m_prime
 from models import mlp
 
@@ -29,6 +29,11 @@ def case(name):
     if name == "tiny_positions":
         return tiny_transformer(("ln2.0", "mlp_in.0", "mlp_act.0", "ln_final", "output"),
                                 last_pos_only=False, act_fn="gelu_new")
+    if name == "tiny_ln":  # the paper's GPT-2 block layout
+        return tiny_ln_transformer(("ln1.0", "ln1_out.0", "attn_in.0", "ln2.0", "ln2_out.0",
+                                    "mlp_in.0", "ln1.1"))
+    if name == "tiny_ln_final":
+        return tiny_ln_transformer(("mlp_in.1", "ln_final", "ln_final_out", "unembed", "output"))
     raise KeyError(name)
 
 
@@ -48,7 +53,8 @@ def rel(a, b):
     return np.max(np.abs(a - b)) / np.max(np.abs(b))
 
 
-@pytest.mark.parametrize("name", ["mlp", "mlp_gelu", "tiny", "tiny_positions"])
+@pytest.mark.parametrize("name", ["mlp", "mlp_gelu", "tiny", "tiny_positions", "tiny_ln",
+                                  "tiny_ln_final"])
 @pytest.mark.parametrize("rule", [("gradient", 0), ("gauss-legendre", 3)])
 def test_m_prime_and_edges_agree_with_the_general_path(name, rule):
     model, inputs = case(name)

@@ -1,0 +1,174 @@
+"""Closed forms of ``M'`` and the squared edges for the two halves of a LayerNorm (SPEC 4.3).
+
+Inputs are row vectors whose last coordinate is the folded-bias 1; ``x~`` is ``x`` with its first
+``d = width - 1`` coordinates centred and the last set to 0, and ``P`` the matrix doing that.
+
+* ``ln_in``: ``x -> (var, x)`` with ``var = |x~|^2 / d``. Integrated Jacobian ``[u | I]`` with
+  ``u = 2 abar x~ / d`` (``abar = sum_k w_k alpha_k``).
+* ``ln_out``: ``(v, x) -> (n, x)`` (or ``n`` alone), ``n = x~ / s`` then 1, ``s = sqrt(v + eps)``.
+  Integrated Jacobian ``[[a, 0], [sigma P, I]]`` with ``sigma = sum_k w_k / s(alpha_k)`` and
+  ``a = -x~ sum_k w_k alpha_k / (2 s(alpha_k)^3)`` (``s(alpha) = sqrt(alpha v + eps)``).
+
+Per token each Jacobian is a constant plus a rank-one and a scalar-weighted term, so ``M'`` needs
+only a few sums over tokens (at most one ``d x d`` Gram) and the edges only matrix products of
+token sums, instead of one VJP per output direction and ``P_out x d_in^2`` outer products.
+"""
+
+from __future__ import annotations
+
+import jax.numpy as jnp
+from flax import struct
+
+
+def centring(width: int, dtype=jnp.float64):
+    """``P``: centres the first ``width - 1`` coordinates and zeroes the last."""
+    d = width - 1
+    p = jnp.eye(width, dtype=dtype) - jnp.pad(jnp.full((d, d), 1.0 / d, dtype), ((0, 1), (0, 1)))
+    return p.at[d, d].set(0.0)
+
+
+def _centred(x):
+    body = x[..., :-1] - jnp.mean(x[..., :-1], axis=-1, keepdims=True)
+    return jnp.concatenate([body, jnp.zeros_like(x[..., -1:])], axis=-1)
+
+
+def _row_weights(sample_weights, shape):
+    return jnp.broadcast_to(sample_weights.astype(jnp.float64)[:, None], shape[:2])
+
+
+def _identity_if_none(c, dim, dtype):
+    return jnp.eye(dim, dtype=dtype) if c is None else c
+
+
+# --- ln_in: x -> (var, x) -------------------------------------------------------------------------
+
+@struct.dataclass
+class LNInMoments:
+    rows: jnp.ndarray  # ()
+    s_u: jnp.ndarray  # (D,)
+    s_uu: jnp.ndarray  # (D, D)
+
+    @classmethod
+    def zeros(cls, width: int) -> "LNInMoments":
+        return cls(jnp.zeros((), jnp.float64), jnp.zeros(width, jnp.float64),
+                   jnp.zeros((width, width), jnp.float64))
+
+
+def _ln_in_u(x, alphas, weights):
+    abar = sum(w * a for a, w in zip(alphas, weights))
+    return 2 * abar * _centred(x) / (x.shape[-1] - 1)
+
+
+def ln_in_moments(xs, sample_weights, alphas, weights) -> LNInMoments:
+    """Token sums of one batch ``xs`` ``(batch, pos, D)``."""
+    u = _ln_in_u(xs, alphas, weights).astype(jnp.float64)
+    w = _row_weights(sample_weights, xs.shape)
+    return LNInMoments(jnp.sum(w), jnp.einsum("bp,bpi->i", w, u),
+                       jnp.einsum("bp,bpi,bpj->ij", w, u, u))
+
+
+def ln_in_m_prime(m: LNInMoments, k):
+    """Unnormalised ``M'`` ``(D, D)``; ``k = C C^T`` of the output ``(var, x)``, ``(1+D, 1+D)``."""
+    cross = jnp.outer(m.s_u, k[1:, 0])
+    return k[0, 0] * m.s_uu + cross + cross.T + m.rows * k[1:, 1:]
+
+
+def ln_in_edges(x_hat, sample_weights, c_in_pinv, c_out, alphas, weights):
+    """Unnormalised squared edges ``(r_out, r_in)`` of one batch: per token the Jacobian in basis
+    coordinates is ``g ⊗ c0 + A`` with ``g = C_in^+ u``, ``c0 = C_out[0]``, ``A = C_in^+ C_out[1:]``."""
+    x = x_hat @ c_in_pinv
+    c_out = _identity_if_none(c_out, x.shape[-1] + 1, x.dtype)
+    g = _ln_in_u(x, alphas, weights) @ c_in_pinv.T  # (batch, pos, r_in)
+    f2 = (_row_weights(sample_weights, x.shape)[..., None] * x_hat ** 2).astype(jnp.float64)
+    g = g.astype(jnp.float64)
+    s0, s1, s2 = (jnp.einsum("bpj->j", f2), jnp.einsum("bpj,bpj->j", f2, g),
+                  jnp.einsum("bpj,bpj->j", f2, g ** 2))
+    c0 = c_out[0].astype(jnp.float64)
+    a = (c_in_pinv @ c_out[1:]).astype(jnp.float64)  # (r_in, r_out)
+    per_in = s2[:, None] * c0 ** 2 + 2 * s1[:, None] * a * c0 + s0[:, None] * a ** 2
+    return per_in.T
+
+
+# --- ln_out: (v, x) -> (n, x) ---------------------------------------------------------------------
+
+@struct.dataclass
+class LNOutMoments:
+    rows: jnp.ndarray  # ()
+    s_ss: jnp.ndarray  # () sum sigma^2
+    s_s: jnp.ndarray  # () sum sigma
+    s_a: jnp.ndarray  # (D,)
+    s_as: jnp.ndarray  # (D,) sum a sigma
+    s_aa: jnp.ndarray  # (D, D)
+
+    @classmethod
+    def zeros(cls, width: int) -> "LNOutMoments":
+        z = jnp.zeros((), jnp.float64)
+        return cls(z, z, z, jnp.zeros(width, jnp.float64), jnp.zeros(width, jnp.float64),
+                   jnp.zeros((width, width), jnp.float64))
+
+
+def _ln_out_factors(xs, alphas, weights, eps):
+    """``a`` ``(..., D)`` and ``sigma`` ``(...)`` of the integrated Jacobian at inputs ``xs``."""
+    v, x = xs[..., 0], xs[..., 1:]
+    sigma, coef = 0.0, 0.0
+    for alpha, w in zip(alphas, weights):
+        s = jnp.sqrt(jnp.maximum(alpha * v, 0.0) + eps)
+        sigma = sigma + w / s
+        coef = coef + w * alpha * (alpha * v > 0) / (2 * s ** 3)
+    return -coef[..., None] * _centred(x), sigma
+
+
+def ln_out_moments(xs, sample_weights, alphas, weights, eps) -> LNOutMoments:
+    """Token sums of one batch ``xs`` ``(batch, pos, 1 + D)``."""
+    a, sigma = _ln_out_factors(xs, alphas, weights, eps)
+    a, sigma = a.astype(jnp.float64), sigma.astype(jnp.float64)
+    w = _row_weights(sample_weights, xs.shape)
+    return LNOutMoments(jnp.sum(w), jnp.sum(w * sigma ** 2), jnp.sum(w * sigma),
+                        jnp.einsum("bp,bpi->i", w, a), jnp.einsum("bp,bp,bpi->i", w, sigma, a),
+                        jnp.einsum("bp,bpi,bpj->ij", w, a, a))
+
+
+def ln_out_m_prime(m: LNOutMoments, k, keep_resid: bool):
+    """Unnormalised ``M'`` ``(1+D, 1+D)``; ``k = C C^T`` of the output ``(n, x)`` or ``n``."""
+    width = m.s_a.shape[0]
+    p = centring(width)
+    k_nn = k[:width, :width]
+    vv = jnp.sum(k_nn * m.s_aa)
+    vr = m.s_as @ k_nn @ p
+    rr = m.s_ss * (p @ k_nn @ p)
+    if keep_resid:
+        k_nr = k[:width, width:]
+        vr = vr + m.s_a @ k_nr
+        cross = m.s_s * (p @ k_nr)
+        rr = rr + cross + cross.T + m.rows * k[width:, width:]
+    top = jnp.concatenate([vv[None], vr])[None, :]
+    return jnp.concatenate([top, jnp.concatenate([vr[:, None], rr], axis=1)], axis=0)
+
+
+def ln_out_edges(x_hat, sample_weights, c_in_pinv, c_out, alphas, weights, eps,
+                 keep_resid: bool):
+    """Unnormalised squared edges ``(r_out, r_in)`` of one batch: per token the Jacobian in basis
+    coordinates is ``c_v ⊗ (a C_n) + sigma A1 + A2`` with ``c_v = C_in^+[:, 0]``,
+    ``A1 = C_in^+[:, 1:] P C_n``, ``A2 = C_in^+[:, 1:] C_x`` (``C_n``/``C_x``: rows of ``C_out``
+    for ``n`` and ``x``); squaring it leaves six token sums, all matrix products."""
+    xs = x_hat @ c_in_pinv
+    width = xs.shape[-1] - 1
+    c_out = _identity_if_none(c_out, width * (2 if keep_resid else 1), xs.dtype)
+    a, sigma = _ln_out_factors(xs, alphas, weights, eps)
+    f64 = lambda t: t.astype(jnp.float64)  # noqa: E731
+    c_n, c_v, c_x = f64(c_out[:width]), f64(c_in_pinv[:, 0]), f64(c_in_pinv[:, 1:])
+    a1 = c_x @ centring(width) @ c_n  # (r_in, r_out)
+    b = f64(a) @ c_n  # (batch, pos, r_out)
+    sigma = f64(sigma)
+    f2 = f64(_row_weights(sample_weights, xs.shape)[..., None] * x_hat ** 2)
+    v0, v1, v2 = (jnp.einsum("bpj->j", f2), jnp.einsum("bpj,bp->j", f2, sigma),
+                  jnp.einsum("bpj,bp->j", f2, sigma ** 2))
+    g_bb = jnp.einsum("bpj,bpi->ji", f2, b ** 2)
+    g_sb = jnp.einsum("bpj,bp,bpi->ji", f2, sigma, b)
+    per_in = c_v[:, None] ** 2 * g_bb + a1 ** 2 * v2[:, None] + 2 * c_v[:, None] * a1 * g_sb
+    if keep_resid:
+        a2 = c_x @ f64(c_out[width:])
+        g_b = jnp.einsum("bpj,bpi->ji", f2, b)
+        per_in = (per_in + a2 ** 2 * v0[:, None] + 2 * c_v[:, None] * a2 * g_b
+                  + 2 * a1 * a2 * v1[:, None])
+    return per_in.T
