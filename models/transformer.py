@@ -25,6 +25,7 @@ from typing import Callable
 import jax
 import jax.numpy as jnp
 import numpy as np
+from einops import rearrange
 
 from models import sectioned
 
@@ -133,8 +134,7 @@ def _attn_in(cfg: TransformerConfig, layer: int):
     pre = f"blocks.{layer}.attn."
 
     def project(n, w):  # (pos, D) x (heads, D, e) -> (pos, heads * e), as one 2-D matmul
-        h, d, e = w.shape
-        return n @ jnp.transpose(w, (1, 0, 2)).reshape(d, h * e)
+        return n @ rearrange(w, "h d e -> d (h e)")
 
     def fn(p, inputs):
         n, resid = inputs
@@ -160,21 +160,18 @@ def attention_scale(cfg: TransformerConfig) -> float:
 
 def _attn_out(cfg: TransformerConfig, layer: int):
     pre = f"blocks.{layer}.attn."
-    h, dh = cfg.n_heads, cfg.d_head
+    h = cfg.n_heads
     scale = attention_scale(cfg)
 
     def fn(p, inputs):
         q, k, v, resid = inputs
-        n_pos = q.shape[0]
         # (heads, pos, e) layout: batch-like axes first, which XLA turns into fast batched matmuls
-        heads = lambda a: jnp.transpose(a.reshape(n_pos, h, -1), (1, 0, 2))  # noqa: E731
-        q, k, v = heads(q), heads(k), heads(v)
+        q, k, v = (rearrange(a, "p (h e) -> h p e", h=h) for a in (q, k, v))
         scores = q @ jnp.swapaxes(k, -1, -2) / scale
-        allowed = attention_mask(cfg, layer, n_pos)
+        allowed = attention_mask(cfg, layer, q.shape[1])
         pattern = jax.nn.softmax(jnp.where(allowed, scores, -jnp.inf), axis=-1)
-        z = jnp.transpose(pattern @ v, (1, 0, 2)).reshape(n_pos, h * (dh + 1))
-        w_o = p[pre + "W_O"]
-        return (z @ w_o.reshape(-1, w_o.shape[-1]), resid)
+        z = rearrange(pattern @ v, "h p e -> p (h e)")
+        return (z @ rearrange(p[pre + "W_O"], "h e d -> (h e) d"), resid)
     return fn
 
 
