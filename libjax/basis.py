@@ -119,15 +119,18 @@ def _gram_projection(gram, mean, center: bool, isolate_var: bool, threshold: flo
     """``W = Y U``, ``W^+ = U^T Y^-1`` and ``D`` after the first truncation (``D > threshold``)."""
     _check_finite("the Gram matrix", gram)
     u, d = gram_eigenbasis(gram, center, isolate_var)
-    n_fixed = int(center) + int(isolate_var)
-    if np.any(d[:n_fixed] <= threshold):
-        raise BasisError(f"a fixed direction (constant or LayerNorm variance) has Gram eigenvalue "
-                         f"{d[:n_fixed]} <= truncation threshold {threshold}; lower the threshold "
-                         "or disable LN-variance isolation")
+    fixed = ["constant"] * center + ["LayerNorm-variance"] * isolate_var
+    for name, value in zip(fixed, d):
+        if value <= threshold:
+            advice = " or disable LN-variance isolation" if name != "constant" else ""
+            raise BasisError(f"the {name} direction has Gram eigenvalue {value:.3g} <= the "
+                             f"truncation threshold {threshold}, so it would be dropped; lower "
+                             f"the threshold{advice}")
     keep = d > threshold
     if not np.any(keep):
-        raise BasisError(f"every Gram eigenvalue is <= truncation threshold {threshold} (largest "
-                         f"{d.max():.3g}); the activations are constant. Lower the threshold.")
+        raise BasisError(f"every Gram eigenvalue is <= the truncation threshold {threshold} "
+                         f"(largest {d.max():.3g}), so no direction is left: the activations are "
+                         "constant, or the threshold is too high (the paper's is 1e-15)")
     u, d = u[:, keep], d[keep]
     y, y_inv = centring_matrices(mean, center)
     return y @ u, u.T @ y_inv, d
@@ -176,6 +179,9 @@ def lib_basis(gram, mean, m_prime, center: bool = True, isolate_var: bool = Fals
         raise BasisError(f"every Lambda is below the truncation threshold {threshold} (largest "
                          f"{lam.max():.3g}): the next layer does not depend on this one")
     lam_kept, v_kept = lam[:n_keep], v[:, :n_keep]
+    if np.any(lam_kept <= 0):  # only possible with threshold 0
+        raise BasisError(f"{int(np.sum(lam_kept <= 0))} kept direction(s) have Lambda exactly 0 "
+                         "and cannot be scaled by 1/sqrt(Lambda); use a truncation threshold > 0")
     sqrt_lam = np.sqrt(lam_kept)
     c = r @ v_kept * sqrt_lam
     c_pinv = (v_kept.T @ r_pinv) / sqrt_lam[:, None]

@@ -2,6 +2,8 @@
 
 A :class:`~libjax.errors.LibjaxError` (bad input the user can fix) ends the program with its
 message and exit status 2, without a traceback; anything else is a bug and keeps its traceback.
+The scripts take flags only: a stray positional argument (``--n_samples 10`` for
+``--n_samples=10`` after a boolean flag, a misspelt path) is such an error, not silently ignored.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ from typing import Callable
 
 from absl import app
 
-from libjax.errors import LibjaxError
+from libjax.errors import ConfigError, LibjaxError
 
 
 def _quiet_third_party() -> None:
@@ -27,6 +29,9 @@ def run(main: Callable[[list[str]], None]) -> None:
                             force=True)
         _quiet_third_party()
         try:
+            if len(argv) > 1:
+                raise ConfigError(f"unexpected argument(s) {' '.join(argv[1:])!r}; this script "
+                                  "takes flags only (--name=value); see --help")
             main(argv)
         except LibjaxError as err:
             print(f"error: {err}", file=sys.stderr)

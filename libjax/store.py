@@ -8,10 +8,16 @@ Layout of ``out_dir``::
 
 A rerun on the same directory with the same ``build.json`` resumes: finished stages are read back
 instead of recomputed. A different ``build.json`` is refused unless ``overwrite`` is set.
+
+A stage is finished when its directory holds orbax's ``commit_success.txt``; orbax writes into
+``<stage>.orbax-checkpoint-tmp`` and renames it when done, so a crash leaves either the finished
+stage or a partial temporary directory, which the next open removes. Failed writes (a full disk,
+a file-size limit, a read-only directory) end in a :class:`StoreError`, never a partial stage.
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
@@ -31,6 +37,9 @@ log = logging.getLogger("libjax")
 
 BUILD_FILE = "build.json"
 SUMMARY_FILE = "summary.json"
+COMMIT_FILE = "commit_success.txt"  # orbax's marker of a finished checkpoint
+TMP_SUFFIX = ".orbax-checkpoint-tmp"  # orbax's temporary directory of a checkpoint being written
+RESERVATION = ".reserve-"  # prefix of the temporary file that checks free space before a write
 
 
 def write_json_atomic(path: Path, content: dict) -> None:
@@ -51,6 +60,40 @@ def write_json_atomic(path: Path, content: dict) -> None:
 def read_json(path: Path) -> dict:
     with open(path) as f:
         return json.load(f)
+
+
+def _read_record(path: Path) -> dict:
+    """``build.json`` or ``summary.json``; an unreadable one is a :class:`StoreError`."""
+    try:
+        return read_json(path)
+    except (OSError, ValueError) as err:
+        raise StoreError(f"{path} is unreadable ({err}); the directory is damaged: rerun with "
+                         "--overwrite to rebuild it, or use another --out_dir") from None
+
+
+def _is_partial(stage_dir: Path) -> bool:
+    """A stage directory that a crash left behind: orbax's temporary directory, or one without
+    orbax's commit marker."""
+    return TMP_SUFFIX in stage_dir.name or not (stage_dir / COMMIT_FILE).exists()
+
+
+def _reserve(directory: Path, nbytes: int) -> None:
+    """Raise ``OSError`` now if ``nbytes`` cannot be written in ``directory`` (full disk, quota,
+    file-size limit). orbax reports a failed write from its background threads, with
+    tracebacks, after the fact; reserving the space first turns the common case into one clean
+    error. Where there is no ``posix_fallocate`` (macOS) or the filesystem refuses it, nothing
+    is checked."""
+    if not hasattr(os, "posix_fallocate"):
+        return
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=RESERVATION)
+    try:
+        os.posix_fallocate(fd, 0, max(nbytes, 1))
+    except OSError as err:
+        if err.errno not in (errno.EOPNOTSUPP, errno.EINVAL):
+            raise
+    finally:
+        os.close(fd)
+        os.unlink(tmp)
 
 
 def _checkpointer() -> ocp.Checkpointer:
@@ -76,19 +119,25 @@ class Store:
 
     def __init__(self, out_dir: str | os.PathLike | None, build_info: dict,
                  overwrite: bool = False, writer: bool = True):
-        self.out_dir = None if out_dir is None else Path(out_dir)
+        self.out_dir = None if out_dir is None else Path(out_dir).resolve()  # orbax needs absolute paths
         self.writer = writer
         self._memory: dict[str, Any] = {}
         self._done: set[str] = set()
+        self._computed = False  # whether this run stored a stage (then summary.json is rewritten)
         if self.out_dir is not None:
             if writer:
                 self._open(build_info, overwrite)
             _barrier("libjax: output directory ready")
-            stages = self.out_dir / "stages"
-            self._done = {p.name for p in stages.iterdir() if (p / "commit_success.txt").exists()}
+            self._done = {p.name for p in self._stages.iterdir() if not _is_partial(p)}
+
+    @property
+    def _stages(self) -> Path:
+        return self.out_dir / "stages"
 
     def _open(self, build_info: dict, overwrite: bool) -> None:
-        build_file = self.out_dir / BUILD_FILE
+        if self.out_dir.exists() and not self.out_dir.is_dir():
+            raise StoreError(f"output directory {self.out_dir} is a file; choose another "
+                             "--out_dir")
         try:
             self.out_dir.mkdir(parents=True, exist_ok=True)
         except OSError as err:
@@ -97,31 +146,47 @@ class Store:
         if not os.access(self.out_dir, os.W_OK):
             raise StoreError(f"output directory {self.out_dir} is not writable; choose another "
                              "--out_dir")
+        build_file = self.out_dir / BUILD_FILE
         wanted = json.loads(json.dumps(build_info))
-        if build_file.exists():
-            previous = read_json(build_file)
-            if previous != wanted:
+        exists, previous = build_file.exists(), None
+        if exists:
+            try:
+                previous = _read_record(build_file)
+            except StoreError:
                 if not overwrite:
-                    changed = sorted(k for k in set(previous) | set(wanted)
-                                     if previous.get(k) != wanted.get(k))
-                    raise StoreError(
-                        f"{self.out_dir} holds a different build (differs in: {', '.join(changed)}); "
-                        "use another --out_dir, or --overwrite to replace it")
+                    raise
+        resume = exists and previous == wanted
+        if resume:
+            log.info("resuming the build in %s", self.out_dir)
+        elif exists and not overwrite:
+            changed = sorted(k for k in set(previous) | set(wanted)
+                             if previous.get(k) != wanted.get(k))
+            raise StoreError(
+                f"{self.out_dir} holds a different build (differs in: {', '.join(changed)}); "
+                "use another --out_dir, or --overwrite to replace it")
+        try:
+            if exists and not resume:
                 log.info("overwriting the previous build in %s", self.out_dir)
                 for name in (BUILD_FILE, SUMMARY_FILE):
                     (self.out_dir / name).unlink(missing_ok=True)
-                shutil.rmtree(self.out_dir / "stages", ignore_errors=True)
-            else:
-                log.info("resuming the build in %s", self.out_dir)
-        stages = self.out_dir / "stages"
-        stages.mkdir(exist_ok=True)
-        for partial in stages.iterdir():  # left by a crash in the middle of a write
-            if not (partial / "commit_success.txt").exists():
-                shutil.rmtree(partial, ignore_errors=True)
-        write_json_atomic(build_file, build_info)
+                shutil.rmtree(self._stages, ignore_errors=True)
+            if not resume:  # the record first: stages are only ever resumed under their record
+                write_json_atomic(build_file, build_info)
+            self._stages.mkdir(exist_ok=True)
+        except OSError as err:
+            raise StoreError(f"cannot write the build record in {self.out_dir}: {err}; check "
+                             "free disk space and permissions, or choose another --out_dir") \
+                from None
+        self._remove_partials()
 
-    def _path(self, stage: str) -> Path:
-        return self.out_dir / "stages" / stage
+    def _remove_partials(self) -> None:
+        """Delete what a crash or a failed write left behind: partial stage directories and
+        space reservations."""
+        for stage_dir in self._stages.iterdir():
+            if _is_partial(stage_dir):
+                shutil.rmtree(stage_dir, ignore_errors=True)
+        for reservation in self.out_dir.glob(RESERVATION + "*"):
+            reservation.unlink(missing_ok=True)
 
     def has(self, stage: str) -> bool:
         return stage in (self._memory if self.out_dir is None else self._done)
@@ -129,7 +194,7 @@ class Store:
     def get(self, stage: str):
         if self.out_dir is None:
             return self._memory[stage]
-        return _checkpointer().restore(self._path(stage))
+        return read_stage(self.out_dir, stage)
 
     def put(self, stage: str, tree) -> None:
         """Save a finished stage (a pytree of arrays); atomic: a crash leaves no partial stage."""
@@ -139,16 +204,32 @@ class Store:
             return
         if not self.writer:
             return
-        path = self._path(stage)
+        path = self._stages / stage
         try:
+            _reserve(self.out_dir, sum(leaf.nbytes for leaf in jax.tree.leaves(tree)))
             _checkpointer().save(path, tree, force=True)
-        except OSError as err:
+        except (OSError, ValueError) as err:  # tensorstore reports I/O errors as ValueError
+            self._remove_partials()
             raise StoreError(f"could not write stage {stage!r} to {path}: {err}; check free disk "
-                             "space and permissions, then rerun the same command to resume") from None
+                             "space and permissions, then rerun the same command to resume") \
+                from None
+        self._done.add(stage)
+        self._computed = True
 
     def finish(self, summary: dict) -> None:
-        if self.out_dir is not None and self.writer:
-            write_json_atomic(self.out_dir / SUMMARY_FILE, summary)
+        """Mark the build complete with ``summary`` and the list of its stages. A rerun that
+        only read finished stages back keeps the summary (and timings) of the run that built
+        them."""
+        if self.out_dir is None or not self.writer:
+            return
+        summary_file = self.out_dir / SUMMARY_FILE
+        if summary_file.exists() and not self._computed:
+            return
+        try:
+            write_json_atomic(summary_file, {**summary, "stages": sorted(self._done)})
+        except OSError as err:
+            raise StoreError(f"could not write {summary_file}: {err}; check free disk space, "
+                             "then rerun the same command to finish the build") from None
 
 
 def _to_numpy(tree):
@@ -156,16 +237,27 @@ def _to_numpy(tree):
 
 
 def open_complete(out_dir: str | os.PathLike) -> tuple[Path, dict, dict]:
-    """``(path, build_info, summary)`` of a finished build; refuses incomplete ones."""
-    path = Path(out_dir)
+    """``(path, build_info, summary)`` of a finished build; refuses incomplete or damaged ones."""
+    path = Path(out_dir).resolve()  # orbax needs absolute paths
     if not (path / BUILD_FILE).exists():
         raise StoreError(f"{path} holds no libjax build (no {BUILD_FILE}); point at the --out_dir "
                          "of compute_basis.py")
     if not (path / SUMMARY_FILE).exists():
         raise StoreError(f"the build in {path} is incomplete (interrupted?); rerun the same "
                          "compute_basis.py command with this --out_dir to finish it")
-    return path, read_json(path / BUILD_FILE), read_json(path / SUMMARY_FILE)
+    info, summ = _read_record(path / BUILD_FILE), _read_record(path / SUMMARY_FILE)
+    missing = [s for s in summ.get("stages", ()) if _is_partial(path / "stages" / s)]
+    if missing:
+        raise StoreError(f"the build in {path} is damaged: its stage(s) {', '.join(missing)} are "
+                         f"missing; delete {path / SUMMARY_FILE} and rerun the same "
+                         "compute_basis.py command to recompute them")
+    return path, info, summ
 
 
 def read_stage(path: Path, stage: str):
-    return _checkpointer().restore(path / "stages" / stage)
+    """The arrays of a finished stage of the build in ``path``."""
+    try:
+        return _checkpointer().restore(Path(path) / "stages" / stage)
+    except (OSError, ValueError) as err:
+        raise StoreError(f"stage {stage!r} of the build in {path} cannot be read ({err}); the "
+                         "directory is damaged: rerun with --overwrite to rebuild it") from None

@@ -32,12 +32,19 @@ def load_npz(path: str | os.PathLike) -> tuple[dict[str, np.ndarray], dict]:
     if path.is_dir():
         raise CheckpointError(f"checkpoint {path} is a directory; expected a '.npz' weight file")
     try:
-        with np.load(path, allow_pickle=False) as f:
+        loaded = np.load(path, allow_pickle=False)
+        if not isinstance(loaded, np.lib.npyio.NpzFile):
+            raise ValueError("a single array, not an archive of named weights")
+        with loaded as f:
             arrays = {k: f[k] for k in f.files if not k.endswith(BUFFER_SUFFIXES)}
     except (zipfile.BadZipFile, ValueError, OSError, EOFError) as err:
         raise CheckpointError(f"checkpoint {path} is truncated or not a valid '.npz' file "
                               f"({err}); re-download or re-train it") from None
-    meta = json.loads(str(arrays.pop(META_KEY))) if META_KEY in arrays else {}
+    try:
+        meta = json.loads(str(arrays.pop(META_KEY))) if META_KEY in arrays else {}
+    except json.JSONDecodeError as err:
+        raise CheckpointError(f"checkpoint {path}: its metadata entry {META_KEY!r} is not valid "
+                              f"JSON ({err}); the file is corrupt") from None
     for name, value in arrays.items():
         if np.issubdtype(value.dtype, np.floating) and not np.all(np.isfinite(value)):
             raise CheckpointError(f"checkpoint {path}: weight {name!r} contains NaN or inf; the "
@@ -70,6 +77,27 @@ def check_shapes(weights: dict, expected: dict[str, tuple[int, ...]], path,
     unknown = [k for k in weights if k not in expected]
     if unknown:
         raise CheckpointError(f"checkpoint {path} has weights this model does not use: {unknown}")
+
+
+def check_writable(path: str | os.PathLike) -> None:
+    """Fail before any work if a checkpoint cannot be written to ``path`` (a directory there, a
+    parent that is a file or read-only), by creating and removing a file beside it."""
+    path = Path(path)
+    if path.is_dir():
+        raise CheckpointError(f"cannot write the checkpoint to {path}: it is a directory; give a "
+                              "file name ending in .npz")
+    existing = next(p for p in path.parents if p.exists())
+    if not existing.is_dir():
+        raise CheckpointError(f"cannot write the checkpoint to {path}: {existing} is a file, not "
+                              "a directory; choose another --out")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(dir=path.parent, suffix=".npz.tmp")
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as err:
+        raise CheckpointError(f"cannot write the checkpoint to {path} ({err.strerror}); choose "
+                              "another --out") from None
 
 
 def save_npz(path: str | os.PathLike, weights: dict, **meta) -> None:

@@ -32,7 +32,7 @@ class TrainConfig:
     seed: int = 0
 
     def __post_init__(self):
-        if self.epochs < 1 or self.batch_size < 1 or self.lr <= 0:
+        if self.epochs < 1 or self.batch_size < 1 or not 0 < self.lr < float("inf"):
             raise ConfigError(f"epochs and batch_size must be >= 1 and lr > 0, got {self}")
 
 

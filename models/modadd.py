@@ -20,6 +20,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from libjax.errors import ConfigError
 from models import checkpoints, transformer
 
 P = 113
@@ -48,7 +49,8 @@ def dataset(p: int = P) -> tuple[np.ndarray, np.ndarray]:
 def split_indices(split: str) -> np.ndarray:
     """Indices of the reference's train (3830) or test (8939) split (torch ``randperm`` seed 0)."""
     if split not in ("train", "test", "all"):
-        raise ValueError(f"unknown split {split!r}; use 'train', 'test' or 'all'")
+        raise ConfigError(f"unknown split {split!r} of the modular-addition data; use 'train', "
+                          "'test' or 'all'")
     if split == "all":
         return np.arange(P * P)
     with np.load(SPLIT_FILE) as f:
@@ -119,11 +121,11 @@ def load(path: str | os.PathLike | None = None) -> tuple[transformer.Transformer
     """
     path = DEFAULT_CHECKPOINT if path is None else Path(path)
     weights, meta = checkpoints.load_npz(path)
-    vocab, d_model = checkpoints.shape_of(weights, "embed.W_E", path, ndim=2)
-    cfg = config(p=vocab - 1, n_ctx=checkpoints.shape_of(weights, "pos_embed.W_pos", path, ndim=2)[0])
     if meta.get("model") not in (None, "modadd"):
         raise checkpoints.CheckpointError(
             f"{path} is a checkpoint of model {meta['model']!r}, not of the modular-addition model")
+    vocab, d_model = checkpoints.shape_of(weights, "embed.W_E", path, ndim=2)
+    cfg = config(p=vocab - 1, n_ctx=checkpoints.shape_of(weights, "pos_embed.W_pos", path, ndim=2)[0])
     checkpoints.check_shapes(weights, expected_shapes(cfg), path)
     return cfg, weights
 

@@ -8,13 +8,16 @@ that model. Adding a model means adding a family here; the scripts never change.
 from __future__ import annotations
 
 import dataclasses
-from typing import Optional, Protocol
+from typing import Optional, Protocol, Sequence
 
 import numpy as np
 
-from libjax.errors import ConfigError
-from models import modadd
+from libjax.errors import ConfigError, DataError
+from models import gpt2, gptneo, mlp, modadd
+from models import modadd_fourier
 from models.sectioned import SectionedModel
+
+DTYPES = ("float64", "float32")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -32,6 +35,39 @@ class Options:
     n_ctx: Optional[int] = None
     dtype: str = "float64"
     seed: int = 0
+
+    def __post_init__(self):
+        for name in ("n_samples", "n_gram_samples", "n_ctx"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ConfigError(f"--{name} must be >= 1, got {value}")
+        if self.layer is not None and self.layer < 0:
+            raise ConfigError(f"--layer must be >= 0, got {self.layer}")
+        if self.dtype not in DTYPES:
+            raise ConfigError(f"unknown dtype {self.dtype!r}; choose one of {', '.join(DTYPES)}")
+        if self.seed < 0:
+            raise ConfigError(f"the seed must be >= 0, got {self.seed}")
+
+
+def reject_unused(opts: Options, model: str, names: Sequence[str]) -> None:
+    """Options that a family has no use for are errors, never silently ignored."""
+    given = [f"--{n}" for n in names if getattr(opts, n) is not None]
+    if given:
+        raise ConfigError(f"{model} does not take {', '.join(given)}; leave it out")
+
+
+def first_samples(x: np.ndarray, opts: Options, source: str) -> tuple[np.ndarray, np.ndarray]:
+    """The build's inputs and Gram inputs: the first ``--n_samples`` and ``--n_gram_samples``
+    (default: ``--n_samples``; all if neither) of ``x``. Asking for more samples than ``source``
+    has is a :class:`DataError`, not a silently smaller dataset."""
+    def first(n: Optional[int], flag: str) -> np.ndarray:
+        if n is not None and n > len(x):
+            raise DataError(f"{source} has {len(x)} samples, fewer than {flag}={n}; lower {flag}")
+        return x if n is None else x[:n]
+
+    gram_flag = "--n_gram_samples" if opts.n_gram_samples else "--n_samples"
+    return (first(opts.n_samples, "--n_samples"),
+            first(opts.n_gram_samples or opts.n_samples, gram_flag))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -61,6 +97,15 @@ class Family(Protocol):
     def model_id(self, opts: Options) -> str:
         """A string identifying the weights (recorded with every build)."""
 
+    # Optional (scripts/ablate.py and scripts/plot_graph.py fall back without them):
+
+    def ablation_defaults(self, opts: Options) -> dict:
+        """The paper's ablation settings for this model: evaluation ``split``, ``metric``,
+        ``batch_size`` and the exponential schedule's ``ablate_every_vec_cutoff``/``exp_base``."""
+
+    def direction_labels(self, opts: Options, model: SectionedModel, graph) -> dict[str, list[str]]:
+        """A short text per direction of each node layer of ``graph``, for graph plots."""
+
 
 class ModAdd:
     """The modular-addition transformer; default: the checkpoint shipped in the package."""
@@ -81,17 +126,27 @@ class ModAdd:
         return modadd.sectioned(weights, cfg, node_layers, dtype=np.dtype(opts.dtype))
 
     def data(self, opts):
-        tokens, labels = modadd.split_data(opts.split or "train")
-        if opts.n_samples is not None:
-            tokens, labels = tokens[:opts.n_samples], labels[:opts.n_samples]
-        return Data(tokens, tokens, labels)
+        reject_unused(opts, "the modular-addition model (its data is every pair a, b)",
+                      ("dataset", "data_dir", "n_ctx"))
+        split = opts.split or "train"
+        tokens, labels = modadd.split_data(split)
+        inputs, gram_inputs = first_samples(tokens, opts, f"the modular-addition {split} split")
+        return Data(inputs, gram_inputs, labels[:len(inputs)])
 
     def model_id(self, opts):
         return str(opts.checkpoint or modadd.DEFAULT_CHECKPOINT)
 
+    def ablation_defaults(self, opts):
+        return {"split": "test", "metric": "accuracy", "batch_size": 99999,
+                "ablate_every_vec_cutoff": 10, "exp_base": 1.05}
 
-FAMILIES: dict[str, Family] = {"modadd": ModAdd()}
-PLANNED = {"gpt2": "GPT-2", "tinystories-1m": "TinyStories-1M", "mlp": "MLP"}
+    def direction_labels(self, opts, model, graph):
+        return modadd_fourier.labels(model, graph)
+
+
+FAMILIES: dict[str, Family] = {"modadd": ModAdd(), "mlp": mlp.MLPFamily(), "gpt2": gpt2.FAMILY,
+                               "tinystories-1m": gptneo.TINYSTORIES}
+PLANNED: dict[str, str] = {}
 
 
 def get(name: str) -> Family:

@@ -14,9 +14,11 @@ from __future__ import annotations
 from absl import flags
 
 import jax
+import numpy as np
 
 from libjax import cli
-from models import images, mlp, mlp_training
+from libjax.errors import ConfigError
+from models import checkpoints, images, mlp, mlp_training
 
 # Train in float32 as the authors did; libjax (imported through models) switches JAX to float64.
 jax.config.update("jax_enable_x64", False)
@@ -34,18 +36,29 @@ _OUT = flags.DEFINE_string("out", None,
                            "checkpoint to write (default out/mlp_<dataset>_<hidden>.npz)")
 
 
+def hidden_widths() -> tuple[int, ...]:
+    try:
+        return tuple(int(h) for h in _HIDDEN.value)
+    except ValueError:
+        raise ConfigError(f"--hidden must be comma-separated layer widths (integers), got "
+                          f"{','.join(_HIDDEN.value)!r}") from None
+
+
 def main(argv):
     del argv
-    x_train, y_train = images.load(_DATASET.value, "train", _DATA_DIR.value)
-    x_test, y_test = images.load(_DATASET.value, "test", _DATA_DIR.value)
-    hidden = tuple(int(h) for h in _HIDDEN.value)
-    cfg = mlp.MLPConfig((x_train[0].size, *hidden, images.N_CLASSES), _ACT.value)
+    # Every setting is checked before the data is read and the training starts.
+    hidden = hidden_widths()
+    pixels = int(np.prod(images.IMAGE_SHAPES[_DATASET.value]))
+    cfg = mlp.MLPConfig((pixels, *hidden, images.N_CLASSES), _ACT.value)
     tc = mlp_training.TrainConfig(epochs=_EPOCHS.value, batch_size=_BATCH.value, lr=_LR.value,
                                   seed=_SEED.value)
+    out = _OUT.value or f"out/mlp_{_DATASET.value}_{'_'.join(map(str, hidden))}.npz"
+    checkpoints.check_writable(out)
+    x_train, y_train = images.load(_DATASET.value, "train", _DATA_DIR.value)
+    x_test, y_test = images.load(_DATASET.value, "test", _DATA_DIR.value)
     print(f"training a {cfg.act_fn} MLP {'-'.join(map(str, cfg.widths))} on {len(x_train)} "
           f"{_DATASET.value} images ({len(x_test)} held out)")
     result = mlp_training.train(cfg, (x_train, y_train), (x_test, y_test), tc)
-    out = _OUT.value or f"out/mlp_{_DATASET.value}_{'_'.join(map(str, hidden))}.npz"
     mlp.save(out, result.weights, cfg, dataset=_DATASET.value, seed=tc.seed, epochs=tc.epochs,
              batch_size=tc.batch_size, lr=tc.lr, train_accuracy=result.train_accuracy,
              test_accuracy=result.test_accuracy)

@@ -11,14 +11,16 @@ from __future__ import annotations
 
 import time
 
-from absl import app, flags, logging
+from absl import flags, logging
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 
-from models import modadd
+from libjax import cli
+from libjax.errors import ConfigError
+from models import checkpoints, modadd
 
 # The authors trained in float32; libjax (imported through models) switches JAX to float64.
 jax.config.update("jax_enable_x64", False)
@@ -46,8 +48,22 @@ def accuracy(model, params, tokens, labels):
     return jnp.mean(jnp.argmax(last_logits(model, params, tokens), -1) == labels)
 
 
+def check_flags() -> None:
+    """Refuse settings that would train nothing, never stop, or fail only at the end."""
+    if _EPOCHS.value < 1 or _LOG_EVERY.value < 1:
+        raise ConfigError(f"--epochs and --log_every must be >= 1, got {_EPOCHS.value} and "
+                          f"{_LOG_EVERY.value}")
+    if not _LR.value > 0 or not _WD.value >= 0:
+        raise ConfigError(f"--lr must be > 0 and --weight_decay >= 0, got {_LR.value} and "
+                          f"{_WD.value}")
+    if _STOP_AT.value is not None and not 0 < _STOP_AT.value <= 1:
+        raise ConfigError(f"--stop_at_test_acc is an accuracy in (0, 1], got {_STOP_AT.value}")
+    checkpoints.check_writable(_OUT.value)
+
+
 def main(argv):
     del argv
+    check_flags()
     cfg = modadd.config()
     model = modadd.ModAddTransformer(cfg)
     x_train, y_train = map(jnp.asarray, modadd.split_data("train"))
@@ -89,4 +105,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)

@@ -12,8 +12,8 @@ from libjax import graph
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def run_script(name, *args, timeout=600):
-    return subprocess.run([sys.executable, str(ROOT / "scripts" / name), *args], cwd=ROOT,
+def run_script(name, *args, timeout=600, cwd=ROOT):
+    return subprocess.run([sys.executable, str(ROOT / "scripts" / name), *args], cwd=cwd,
                           capture_output=True, text=True, timeout=timeout)
 
 
@@ -30,6 +30,12 @@ def test_compute_basis_builds_and_summarises(tmp_path):
     again = run_script("compute_basis.py", "--n_samples=150", f"--out_dir={out}")
     assert again.returncode == 0 and "resuming" in again.stderr
     assert np.array_equal(graph.load(out).edges[("ln2.0", "unembed")], g.edges[("ln2.0", "unembed")])
+
+
+def test_default_output_directory_is_relative_to_the_working_directory(tmp_path):
+    result = run_script("compute_basis.py", "--n_samples=40", "--noedges", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert graph.load(tmp_path / "out" / "modadd_lib").bases["ln1.0"].kind == "lib"
 
 
 @pytest.mark.parametrize("args,message", [

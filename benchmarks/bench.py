@@ -1,0 +1,166 @@
+"""Benchmarks of issue 6: per-phase time, compile vs compute, peak memory, matmul FLOP/s.
+
+    python benchmarks/bench.py --out=out/benchmarks.json                 # everything below
+    python benchmarks/bench.py --parts=modadd --out=out/modadd.json
+    python benchmarks/bench.py --parts=gpt2 --gpt2_samples=4 --gpt2_gram_samples=16
+    python benchmarks/bench.py --parts=scaling --scaling=modadd,gpt2 --devices=2,4
+
+Parts (each configuration in its own process, :mod:`benchmarks.run_build`, so peak RSS and
+forced device counts do not mix):
+
+* ``check``: the FLOP counter against hand counts and XLA's cost analysis (:mod:`benchmarks.flops`).
+* ``modadd``: (a) the paper's modular-addition build, twice in one process.
+* ``gpt2``: (b) one GPT-2-small block (slow: tens of seconds per sample on 2 cores).
+* ``scaling``: (c) the models of ``--scaling`` at ``--factors`` times their samples, and with
+  ``--devices`` forced CPU devices (``XLA_FLAGS=--xla_force_host_platform_device_count``).
+
+Prints the tables and writes every number to ``--out`` (JSON). On a shared machine wall times
+stretch with the load: the tables also give CPU seconds, and FLOP rates per CPU second against
+those of a float64 matmul timed in the same process.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from absl import app, flags
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root
+
+from benchmarks import report  # noqa: E402
+
+HERE = Path(__file__).resolve().parent
+PARTS = ("check", "modadd", "gpt2", "scaling")
+
+_PARTS = flags.DEFINE_list("parts", list(PARTS), f"what to run: {', '.join(PARTS)}")
+_OUT = flags.DEFINE_string("out", "out/benchmarks.json", "JSON file with every number")
+_MODADD_SAMPLES = flags.DEFINE_integer("modadd_samples", None, "default: the train split (3830)")
+_GPT2_SAMPLES = flags.DEFINE_integer("gpt2_samples", 4, "GPT-2 samples for bases and edges")
+_GPT2_GRAM = flags.DEFINE_integer("gpt2_gram_samples", 16, "GPT-2 samples for the Grams")
+_GPT2_BATCH = flags.DEFINE_integer("gpt2_batch_size", 2, "GPT-2 batch for bases and edges")
+_GPT2_GRAM_BATCH = flags.DEFINE_integer("gpt2_gram_batch_size", 4, "GPT-2 batch for the Grams")
+_FAST = flags.DEFINE_boolean("fast_paths", True, "BuildConfig.fast_paths")
+_SCALING = flags.DEFINE_list("scaling", ["modadd"], "models to scale: modadd, gpt2")
+_FACTORS = flags.DEFINE_list("factors", ["0.25", "4"], "sample-count factors to scale by")
+_DEVICES = flags.DEFINE_list("devices", ["2", "4"], "forced CPU device counts to scale to")
+_MATMUL_N = flags.DEFINE_integer("matmul_n", 2048, "size of the float64 matmul timed (0: skip)")
+_TIMEOUT = flags.DEFINE_integer("timeout_s", 7200, "limit per process")
+
+
+def worker(name: str, args: list[str], devices: int, tmp: Path) -> dict:
+    """Run one configuration in a fresh process (stderr passes through) and return its record,
+    with the whole process's wall time added."""
+    out = tmp / f"{name}.json"
+    env = dict(os.environ)
+    if devices > 1:
+        env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") +
+                            f" --xla_force_host_platform_device_count={devices}").strip()
+    launch = time.time()
+    cmd = [sys.executable, str(HERE / "run_build.py"), *args, f"--out={out}",
+           f"--launch_time={launch}", f"--matmul_n={_MATMUL_N.value}",
+           f"--fast_paths={_FAST.value}"]
+    print(f"== {name}: {' '.join(cmd[1:])}", file=sys.stderr, flush=True)
+    try:
+        run = subprocess.run(cmd, env=env, timeout=_TIMEOUT.value)
+        error = f"exit status {run.returncode}" if run.returncode else None
+    except subprocess.TimeoutExpired:
+        error = f"killed after {_TIMEOUT.value} s"
+    if error:
+        return {"name": name, "error": error, "command": cmd}
+    record = json.loads(out.read_text())
+    record.update(name=name, process_wall_s=time.time() - launch, xla_flags=env.get("XLA_FLAGS"))
+    return record
+
+
+def model_args(model: str, factor: float = 1.0) -> list[str]:
+    """Worker flags of ``model``'s benchmark configuration with ``factor`` times the samples."""
+    if model == "modadd":
+        n = round((_MODADD_SAMPLES.value or 3830) * factor)
+        return ["--model=modadd", f"--n_samples={n}"]
+    return ["--model=gpt2", f"--n_samples={max(1, round(_GPT2_SAMPLES.value * factor))}",
+            f"--n_gram_samples={max(1, round(_GPT2_GRAM.value * factor))}",
+            f"--batch_size={_GPT2_BATCH.value}", f"--gram_batch_size={_GPT2_GRAM_BATCH.value}"]
+
+
+def code_version() -> dict:
+    """The checkout's commit and its uncommitted changes under libjax/ and models/ (read-only
+    git), since timings belong to the code that made them."""
+    def git(*args):
+        run = subprocess.run(["git", *args], cwd=HERE.parent, capture_output=True, text=True)
+        return run.stdout.rstrip() if run.returncode == 0 else None
+    status = git("status", "--porcelain", "--", "libjax", "models")
+    return {"commit": git("rev-parse", "HEAD"), "changed": status.splitlines() if status else []}
+
+
+def table(make, record: dict) -> list[str]:
+    """``make(record)`` and a blank line, or the failure of the record's process."""
+    failed = [f"{record['name']}: {record['error']}"] if "error" in record else None
+    return (failed or make(record)) + [""]
+
+
+def flop_check() -> list[str]:
+    run = subprocess.run([sys.executable, str(HERE / "flops.py")], capture_output=True,
+                         text=True, timeout=_TIMEOUT.value)
+    if run.returncode:
+        raise SystemExit(f"the FLOP counter check failed:\n{run.stderr[-3000:]}")
+    return run.stdout.splitlines()
+
+
+def scaling(tmp: Path, results: dict) -> list[dict]:
+    """Base runs (reused from parts (a) and (b) when they ran), then the sample factors and the
+    device counts, per model of ``--scaling``."""
+    records = []
+    for model in _SCALING.value:
+        base = results.get(model)
+        records.append(base if base and "error" not in base else
+                       worker(f"{model}_base", model_args(model), 1, tmp))
+        for f in map(float, _FACTORS.value):
+            records.append(worker(f"{model}_x{f:g}", model_args(model, f), 1, tmp))
+        for d in map(int, _DEVICES.value):
+            records.append(worker(f"{model}_{d}dev", model_args(model), d, tmp))
+    return records
+
+
+def main(argv):
+    del argv
+    unknown = set(_PARTS.value) - set(PARTS)
+    if unknown:
+        raise app.UsageError(f"unknown --parts {sorted(unknown)}; choose from {', '.join(PARTS)}")
+    results = {"code": code_version(), "cores": os.cpu_count(),
+               "reference_pytorch": report.REFERENCE,
+               "flop_counting":
+               "matmul FLOPs (dot_general) of every jitted call of the build, counted on its "
+               "jaxpr with scan bodies multiplied by their trip counts and dead code dropped "
+               "(benchmarks/flops.py); host NumPy linear algebra is not counted. Per phase: "
+               "GFLOP/s of compute = FLOPs / (wall - compile time); GFLOP/CPU-s = FLOPs / (CPU "
+               "time outside compiling), compared with a float64 matmul's GFLOP/CPU-s measured "
+               "in the same process (less sensitive to the machine's load than wall rates)"}
+    lines = []
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        if "check" in _PARTS.value:
+            results["flop_check"] = flop_check()
+            lines += ["FLOP counter check (benchmarks/flops.py):"] + \
+                     ["  " + line for line in results["flop_check"]] + [""]
+        if "modadd" in _PARTS.value:
+            results["modadd"] = worker("modadd", model_args("modadd") + ["--repeats=2"], 1, tmp)
+            lines += table(report.modadd_table, results["modadd"])
+        if "gpt2" in _PARTS.value:
+            results["gpt2"] = worker("gpt2", model_args("gpt2"), 1, tmp)
+            lines += table(report.gpt2_table, results["gpt2"])
+        if "scaling" in _PARTS.value:
+            results["scaling"] = scaling(tmp, results)
+            lines += report.scaling_table(results["scaling"])
+    Path(_OUT.value).parent.mkdir(parents=True, exist_ok=True)
+    Path(_OUT.value).write_text(json.dumps(results, indent=1))
+    print("\n".join(lines + ["", f"all numbers: {_OUT.value}"]))
+
+
+if __name__ == "__main__":
+    app.run(main)

@@ -1,0 +1,156 @@
+"""One benchmarked build in this process; writes a JSON record of what it measured.
+
+    python benchmarks/run_build.py --model=modadd --repeats=2 --out=/tmp/modadd.json
+    python benchmarks/run_build.py --model=gpt2 --n_samples=4 --n_gram_samples=16 --out=/tmp/g.json
+
+``modadd``: the paper's modular-addition build (seed-0 weights of ``../shared/data``, else the
+shipped checkpoint; train split; ``BuildConfig(batch_size=99999)``). ``gpt2``: block 6 of a
+GPT-2-small-sized model with random weights (seeded), on the benchmark tokens of
+``../shared/data/gpt2_bench_tokens.npy``, with the paper's GPT-2 settings
+(``LMFamily.build_defaults``). ``--n_samples`` above the data's size repeats the data cyclically.
+
+Each build runs under :class:`benchmarks.flops.JitCounter`, a
+:class:`benchmarks.measure.CompileLog` and a :class:`benchmarks.measure.CpuSampler`, so the
+record has, per phase: wall, compile and compute time, CPU time, matmul FLOPs and jitted calls;
+the peak RSS and load after each build; the float64 matmul rate per wall and per CPU second
+(measured after the builds); and the time from the parent's launch of this process to the end of
+the first build. Run it through ``benchmarks/bench.py``, which starts one process per
+configuration and prints the tables.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+
+import jax
+import numpy as np
+from absl import flags
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root
+
+import libjax  # noqa: E402,F401  (float64)
+from benchmarks import flops, measure  # noqa: E402
+from libjax import build, cli  # noqa: E402
+from models import gpt2, lm, modadd  # noqa: E402
+
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
+GPT2_SMALL = {"model_type": "gpt2", "n_layer": 12, "n_embd": 768, "n_head": 12,
+              "vocab_size": 50257, "n_positions": 1024, "activation_function": "gelu_new"}
+GPT2_LAYER, GPT2_CTX = 6, 128
+
+_MODEL = flags.DEFINE_enum("model", "modadd", ["modadd", "gpt2"], "which build")
+_N_SAMPLES = flags.DEFINE_integer("n_samples", None,
+                                  "samples for bases and edges (modadd: 3830, gpt2: 4)")
+_N_GRAM = flags.DEFINE_integer("n_gram_samples", None,
+                               "samples for the Grams (modadd: --n_samples, gpt2: 16)")
+_BATCH = flags.DEFINE_integer("batch_size", None, "bases and edges (modadd: 99999, gpt2: 2)")
+_GRAM_BATCH = flags.DEFINE_integer("gram_batch_size", None, "Grams (gpt2: the family's 4)")
+_FAST = flags.DEFINE_boolean("fast_paths", True, "BuildConfig.fast_paths")
+_REPEATS = flags.DEFINE_integer("repeats", 1, "builds in this process")
+_SEED = flags.DEFINE_integer("gpt2_seed", 0, "seed of the random GPT-2 weights")
+_MATMUL_N = flags.DEFINE_integer("matmul_n", 2048, "size of the matmul timed (0: skip)")
+_LAUNCH = flags.DEFINE_float("launch_time", None, "time.time() when the parent started us")
+_OUT = flags.DEFINE_string("out", None, "JSON record to write", required=True)
+
+
+def modadd_setup():
+    """The paper's seed-0 build (SPEC 5), on ``--n_samples`` samples of the train split."""
+    weights = SHARED / "weights_modadd_seed0.npz"
+    cfg, w = modadd.load(weights if weights.exists() else None)
+    tokens, _ = modadd.split_data("train")
+    if _N_SAMPLES.value:
+        tokens = np.resize(tokens, (_N_SAMPLES.value, tokens.shape[1]))
+    config = build.BuildConfig(batch_size=_BATCH.value or 99999, gram_batch_size=_GRAM_BATCH.value,
+                               fast_paths=_FAST.value)
+    source = str(weights) if weights.exists() else str(modadd.DEFAULT_CHECKPOINT)
+    return modadd.sectioned(w, cfg), tokens, None, config, source
+
+
+def gpt2_weights(cfg, seed: int) -> dict:
+    """Random unprocessed GPT-2 weights: ``N(0, 0.02)``, LayerNorm scales ``1 + N(0, 0.02)``."""
+    rng = np.random.default_rng(seed)
+    return {name: (1.0 if name.endswith(".w") else 0.0)
+            + 0.02 * rng.standard_normal(shape, np.float32)
+            for name, shape in lm.expected_shapes(cfg).items()}
+
+
+def gpt2_setup():
+    """Block 6 of GPT-2 small (random weights, processed as for real GPT-2) at context 128."""
+    cfg = gpt2.config(GPT2_SMALL)
+    model = lm.sectioned("gpt2", cfg, gpt2_weights(cfg, _SEED.value),
+                         lm.block_node_layers(GPT2_LAYER, cfg.n_layers), GPT2_CTX)
+    path = SHARED / "gpt2_bench_tokens.npy"
+    if path.exists():
+        tokens, source = np.load(path).astype(np.int32), str(path)
+    else:
+        tokens = np.random.default_rng(0).integers(0, cfg.d_vocab, (64, GPT2_CTX), np.int32)
+        source = "uniform random tokens (numpy seed 0): ../shared/data is absent"
+    inputs = np.resize(tokens, (_N_SAMPLES.value or 4, GPT2_CTX))
+    gram_inputs = np.resize(tokens, (_N_GRAM.value or 16, GPT2_CTX))
+    sizes = {"batch_size": _BATCH.value or 2, "edge_batch_size": _BATCH.value or 2,
+             "gram_batch_size": _GRAM_BATCH.value or gpt2.FAMILY.batch_sizes["gram_batch_size"]}
+    config = build.BuildConfig(**{**gpt2.FAMILY.build_defaults(None), **sizes,
+                                  "fast_paths": _FAST.value})
+    return model, inputs, gram_inputs, config, source
+
+
+def timed_build(model, inputs, gram_inputs, config, compiles: measure.CompileLog,
+                log: measure.LogCapture) -> dict:
+    """One build; per phase its wall, compile and compute time, CPU time (all and outside
+    compiling), matmul FLOPs and jitted calls."""
+    first_log = len(log.records)
+    with flops.JitCounter() as counter, measure.CpuSampler() as cpu:
+        start = time.perf_counter()
+        g = build.build(model, inputs, config, gram_inputs=gram_inputs)
+        end = time.perf_counter()
+    windows = measure.phase_windows(end, g.timings)
+    phases = {}
+    for phase, (a, b) in windows.items():
+        calls = [c for c in counter.calls if a <= c.time < b]
+        compile_s = compiles.seconds_in(a, b)
+        cpu_s = cpu.seconds_in(a, b)
+        compile_cpu_s = sum(cpu.seconds_in(x, y) for x, y in compiles.merged(a, b))
+        phases[phase] = {
+            "wall_s": g.timings[phase], "compile_s": compile_s,
+            "compute_s": g.timings[phase] - compile_s, "cpu_s": cpu_s,
+            "compute_cpu_s": cpu_s - compile_cpu_s,
+            "matmul_flops": sum(c.count.flops for c in calls), "jit_calls": len(calls),
+            "while_loops_counted_once": sum(c.count.while_loops for c in calls)}
+    return {"build_s": end - start, "cpu_s": cpu.seconds_in(start, end), "phases": phases,
+            "compile_before_stats_s": compiles.seconds_in(start, windows["stats"][0]),
+            "dims": {name: b.dim for name, b in g.bases.items()},
+            "log": [(round(t - start, 3), message) for t, message in log.records[first_log:]],
+            "peak_rss_gb": measure.peak_rss_gb(), "load": measure.load()}
+
+
+def main(argv):
+    del argv
+    compiles, log = measure.CompileLog(), measure.LogCapture()
+    record = {"model": _MODEL.value, "load_start": measure.load()}
+    model, inputs, gram_inputs, config, source = {"modadd": modadd_setup,
+                                                  "gpt2": gpt2_setup}[_MODEL.value]()
+    record.update(source=source, config=config.to_json(), n_samples=len(inputs),
+                  n_gram_samples=len(inputs if gram_inputs is None else gram_inputs),
+                  node_layers=list(model.node_layers), devices=jax.device_count(),
+                  rss_before_build_gb=measure.rss_gb(),
+                  peak_rss_before_build_gb=measure.peak_rss_gb(), runs=[])
+    for _ in range(_REPEATS.value):
+        record["runs"].append(timed_build(model, inputs, gram_inputs, config, compiles, log))
+        if _LAUNCH.value and "launch_to_first_build_end_s" not in record:
+            record["launch_to_first_build_end_s"] = time.time() - _LAUNCH.value
+    if _MATMUL_N.value:
+        record["matmul_n"] = _MATMUL_N.value
+        rates = measure.matmul_rates(_MATMUL_N.value)
+        record["matmul_flops_per_s"], record["matmul_flops_per_cpu_s"] = rates["wall"], rates["cpu"]
+    record["load_end"] = measure.load()
+    Path(_OUT.value).write_text(json.dumps(record, indent=1))
+    run = record["runs"][0]
+    print(f"{_MODEL.value}: {len(inputs)} samples, {record['devices']} device(s): build "
+          f"{run['build_s']:.1f} s, peak RSS {run['peak_rss_gb']:.2f} GiB -> {_OUT.value}")
+
+
+if __name__ == "__main__":
+    cli.run(main)

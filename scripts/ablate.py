@@ -1,0 +1,194 @@
+"""Node and edge ablations of a built graph: how much of the model do its directions and edges keep?
+
+    python scripts/compute_basis.py                       # writes out/modadd_lib
+    python scripts/ablate.py --graph_dir=out/modadd_lib   # the paper's settings for the model
+    python scripts/ablate.py --graph_dir=out/modadd_pca \\
+        --compare=out/modadd_lib/ablations/modadd_lib_lib_ablation_results.json
+    python scripts/ablate.py --graph_dir=out/modadd_lib --ablations=node --schedule=linear \\
+        --n_points=20 --metric=ce_loss
+    python scripts/ablate.py --model=mlp --graph_dir=out/mlp_mnist_lib --data_dir=~/data/mnist
+
+The model is rebuilt from the graph's build record (``--model``/``--checkpoint`` override it) and
+evaluated in ``--dtype`` (float32, as in the paper) on ``--dataset``/``--data_dir`` (as for
+``compute_basis.py``; MNIST and CIFAR-10 MLPs need their files). Writes, under ``--out_dir``,
+``<exp>_<basis>_ablation_results.json`` (node) and ``<exp>_edge_ablation_results.json`` (edge),
+each with a PNG/SVG plot; ``--compare`` adds other result files of the same kind to the plots.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+from absl import flags
+
+from libjax import ablation, cli, experiments, plots, store
+from libjax.errors import ConfigError, DataError
+from libjax.graph import load
+from models import registry
+
+_GRAPH_DIR = flags.DEFINE_string("graph_dir", None, "a finished build (compute_basis.py --out_dir)",
+                                 required=True)
+_MODEL = flags.DEFINE_string("model", "modadd", "model family: " + ", ".join(registry.FAMILIES))
+_CHECKPOINT = flags.DEFINE_string("checkpoint", None, "weights (default: the build's)")
+_ABLATIONS = flags.DEFINE_string("ablations", "node,edge", "which ablations: node, edge or both")
+_NODE_LAYERS = flags.DEFINE_string(
+    "node_layers", None, "comma-separated node layers to ablate (default: every layer with a "
+    "basis for node ablation, every edge matrix's input layer for edge ablation)")
+_BASIS = flags.DEFINE_enum("basis", "lib", list(ablation.NODE_BASES),
+                           "node ablation in C (lib, alias rib) or in the PCA projection W "
+                           "(orthogonal)")
+_SCHEDULE = flags.DEFINE_enum("schedule", "exponential", ["exponential", "linear", "explicit"],
+                              "node ablation schedule (explicit: only --specific_points)")
+_CUTOFF = flags.DEFINE_integer("ablate_every_vec_cutoff", None,
+                               "exponential schedule: ablate every direction for the last this "
+                               "many (default: the model's)")
+_EXP_BASE = flags.DEFINE_float("exp_base", None, "exponential schedule base (default: the model's)")
+_N_POINTS = flags.DEFINE_integer("n_points", None, "linear schedule: number of points")
+_SPECIFIC = flags.DEFINE_string("specific_points", None,
+                                "comma-separated numbers of directions remaining to add")
+_EARLY_STOP = flags.DEFINE_float("early_stopping_threshold", None,
+                                 "stop a layer once its score moves this far from the first point")
+_DELTA = flags.DEFINE_float("score_target_difference", 0.001,
+                            "edge bisection: largest allowed change of the metric")
+_SCALING = flags.DEFINE_enum("bisect_scaling", "linear", ["linear", "logarithmic"],
+                             "edge bisection proposals")
+_TOLERANCE = flags.DEFINE_integer("tolerance", 1, "edge bisection: stop within this many edges")
+_DATASET = flags.DEFINE_string("dataset", None, "dataset name (model-specific; default: model's)")
+_DATA_DIR = flags.DEFINE_string("data_dir", None, "local directory with the dataset's files")
+_METRIC = flags.DEFINE_enum("metric", None, list(ablation.METRICS), "default: the model's")
+_SPLIT = flags.DEFINE_string("split", None, "evaluation split (default: the model's)")
+_N_SAMPLES = flags.DEFINE_integer("n_samples", None, "evaluate on the first n samples only")
+_BATCH = flags.DEFINE_integer("batch_size", None, "evaluation batch (default: the model's)")
+_DTYPE = flags.DEFINE_enum("dtype", "float32", ["float32", "float64"], "evaluation dtype")
+_OUT_DIR = flags.DEFINE_string("out_dir", None, "default: <graph_dir>/ablations")
+_EXP_NAME = flags.DEFINE_string("exp_name", None, "file name prefix (default: graph dir name)")
+_COMPARE = flags.DEFINE_string("compare", None,
+                               "comma-separated result files of other graphs to plot alongside")
+_PLOT = flags.DEFINE_boolean("plot", True, "write PNG/SVG plots")
+
+FALLBACK_DEFAULTS = {"metric": "accuracy", "batch_size": 512}
+
+
+def _int_list(value):
+    try:
+        return tuple(int(v) for v in cli.comma_list(value) or ())
+    except ValueError:
+        raise ConfigError(f"--specific_points must be comma-separated integers, got {value!r}") \
+            from None
+
+
+def _read_records(paths):
+    records = []
+    for path in paths:
+        try:
+            with open(path) as f:
+                records.append(json.load(f))
+        except (OSError, json.JSONDecodeError) as err:
+            raise DataError(f"cannot read ablation results {path}: {err}") from None
+        if "results" not in records[-1] or "ablation_type" not in records[-1].get("config", {}):
+            raise DataError(f"{path} is not an ablation result file of ablate.py (--compare)")
+    return records
+
+
+def _write(record, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    store.write_json_atomic(path, record)
+
+
+def _plot(record, path: Path, compare: list) -> None:
+    """Curves of ``record`` and of the ``compare`` records of the same kind (node or edge)."""
+    edge = record["config"]["ablation_type"] == "edge"
+    others = [r for r in compare if (r["config"]["ablation_type"] == "edge") == edge]
+    for p in plots.ablation_curves([record] + others, path.with_suffix("")):
+        print(f"  plot: {p}")
+
+
+def _settings(defaults: dict):
+    """The requested ablations and their schedules, checked before anything is loaded."""
+    kinds = cli.comma_list(_ABLATIONS.value) or ()
+    if not kinds or set(kinds) - {"node", "edge"}:
+        raise ConfigError(f"--ablations must list node and/or edge, got {_ABLATIONS.value!r}")
+    schedule = ablation.Schedule(
+        kind=_SCHEDULE.value,
+        ablate_every_vec_cutoff=(_CUTOFF.value if _CUTOFF.present
+                                 else defaults.get("ablate_every_vec_cutoff")),
+        exp_base=_EXP_BASE.value or defaults.get("exp_base", 2.0), n_points=_N_POINTS.value,
+        specific_points=_int_list(_SPECIFIC.value), early_stopping_threshold=_EARLY_STOP.value)
+    bisect = ablation.Bisect(_DELTA.value, _SCALING.value, _TOLERANCE.value)
+    if "node" in kinds:
+        schedule.validate()
+    if "edge" in kinds:
+        bisect.validate()
+    return kinds, schedule, bisect
+
+
+def _node(ev, graph, layers, schedule, common, out_dir: Path, exp: str, compare) -> None:
+    layers = layers or tuple(n for n in graph.node_layers if n in graph.bases)
+    record = experiments.node_experiment(ev, graph, layers, schedule, _BASIS.value, common)
+    path = out_dir / f"{exp}_{_BASIS.value}_ablation_results.json"
+    _write(record, path)
+    print(f"node ablation ({_BASIS.value} basis, {record['time_taken']}) -> {path}")
+    for name, scores in record["results"].items():
+        print(f"  {name}: " + ", ".join(f"{k}: {v:.4g}" for k, v in scores.items()
+                                        if int(k) <= 20))
+    if _PLOT.value:
+        _plot(record, path.with_name(f"{exp}_{_BASIS.value}_ablation.png"), compare)
+
+
+def _edge(ev, graph, layers, bisect, common, out_dir: Path, exp: str, compare) -> None:
+    pairs = [p for p in graph.edge_pairs if p in graph.edges and (not layers or p[0] in layers)]
+    if not pairs:
+        raise ConfigError(f"no edge matrix starts at {list(layers or ())}; edge matrices start at "
+                          f"{', '.join(a for a, _ in graph.edges) or '(none: build with edges)'}")
+    record = experiments.edge_experiment(ev, graph, pairs, bisect, common)
+    path = out_dir / f"{exp}_edge_ablation_results.json"
+    _write(record, path)
+    print(f"edge ablation ({record['time_taken']}) -> {path}")
+    for a, b in pairs:
+        n = graph.orig_dims[a] * graph.orig_dims[b]
+        print(f"  {a}->{b}: {record['n_edges_required'][a]} of {n} edges needed")
+    if _PLOT.value:
+        _plot(record, path.with_name(f"{exp}_edge_ablation.png"), compare)
+
+
+def main(argv):
+    del argv
+    family = registry.get(_MODEL.value)
+    graph_dir = Path(_GRAPH_DIR.value).resolve()  # orbax needs absolute paths
+    _, info, _ = store.open_complete(graph_dir)
+    opts = registry.Options(checkpoint=_CHECKPOINT.value or info.get("model") or None,
+                            node_layers=tuple(info["node_layers"]), dataset=_DATASET.value,
+                            data_dir=_DATA_DIR.value, split=_SPLIT.value,
+                            n_samples=_N_SAMPLES.value, dtype=_DTYPE.value)
+    defaults = dict(FALLBACK_DEFAULTS)
+    if hasattr(family, "ablation_defaults"):  # the model's, for its checkpoint and dataset
+        defaults.update(family.ablation_defaults(opts))
+    opts = dataclasses.replace(opts, split=opts.split or defaults.get("split"))
+    kinds, schedule, bisect = _settings(defaults)
+    compare = _read_records(cli.comma_list(_COMPARE.value) or ())
+    graph = load(graph_dir)
+    data = family.data(opts)
+    metric = _METRIC.value or defaults["metric"]
+    batch_size = _BATCH.value or defaults["batch_size"]
+    ev = ablation.Evaluator(family.load(opts, graph.node_layers), data.inputs, data.labels,
+                            metric=metric, batch_size=batch_size, dtype=_DTYPE.value)
+    exp = _EXP_NAME.value or graph_dir.name
+    out_dir = Path(_OUT_DIR.value) if _OUT_DIR.value else graph_dir / "ablations"
+    common = {"exp_name": exp, "graph_dir": str(graph_dir), "model": _MODEL.value,
+              "checkpoint": str(opts.checkpoint), "graph_basis": graph.config.get("basis"),
+              "dataset": opts.dataset, "data_dir": opts.data_dir, "metric": metric,
+              "split": opts.split, "n_samples": len(data.inputs),
+              "batch_size": batch_size, "dtype": _DTYPE.value}
+    print(f"{exp}: unablated {metric} on {len(data.inputs)} samples ({opts.split} split): "
+          f"{ev.base():.7g}")
+    layers = cli.comma_list(_NODE_LAYERS.value)
+    if "node" in kinds:
+        _node(ev, graph, layers, schedule, common, out_dir, exp, compare)
+    if "edge" in kinds:
+        _edge(ev, graph, layers, bisect, common, out_dir, exp, compare)
+
+
+if __name__ == "__main__":
+    cli.run(main)

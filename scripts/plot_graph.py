@@ -1,0 +1,69 @@
+"""Draw a built interaction graph: a column of nodes per node layer, the strongest edges between.
+
+    python scripts/plot_graph.py --graph_dir=out/modadd_lib
+    python scripts/plot_graph.py --graph_dir=out/modadd_lib --n_edges=80 --nolabels
+    python scripts/plot_graph.py --graph_dir=out/modadd_lib \\
+        --edge_results=out/modadd_lib/ablations/modadd_lib_edge_ablation_results.json
+
+Writes ``<out>.png`` and ``<out>.svg`` (default ``<graph_dir>/graph``). Directions are labelled by
+index and, where the model family provides them, by a short description (modular addition: the
+dominant Fourier frequencies in a, b and a+b). With ``--edge_results`` only edges that an edge
+ablation found necessary are drawn (the strongest ``--n_edges`` of them).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from absl import flags
+
+from libjax import ablation, cli, plots, store
+from libjax.errors import DataError
+from libjax.graph import load
+from models import registry
+
+_GRAPH_DIR = flags.DEFINE_string("graph_dir", None, "a finished build (compute_basis.py --out_dir)",
+                                 required=True)
+_OUT = flags.DEFINE_string("out", None, "output path without suffix (default <graph_dir>/graph)")
+_N_EDGES = flags.DEFINE_integer("n_edges", 40, "edges drawn per transition (the strongest)")
+_MAX_NODES = flags.DEFINE_integer("max_nodes", 20, "nodes on either side of a transition, at most")
+_EDGE_RESULTS = flags.DEFINE_string("edge_results", None,
+                                    "an edge-ablation result file: draw only its required edges")
+_INCLUDE_CONST = flags.DEFINE_boolean("include_const", False,
+                                      "also draw the (large, always kept) constant-direction edges")
+_LABELS = flags.DEFINE_boolean("labels", True, "label directions with the model family's "
+                               "description (e.g. Fourier frequencies for modadd)")
+_MODEL = flags.DEFINE_string("model", "modadd", "model family (for the labels)")
+_CHECKPOINT = flags.DEFINE_string("checkpoint", None,
+                                  "weights for the labels (default: the build's)")
+
+
+def main(argv):
+    del argv
+    graph_dir = Path(_GRAPH_DIR.value).resolve()  # orbax needs absolute paths
+    _, info, _ = store.open_complete(graph_dir)
+    graph = load(graph_dir)
+    masks = None
+    if _EDGE_RESULTS.value:
+        try:
+            with open(_EDGE_RESULTS.value) as f:
+                masks = ablation.required_masks(json.load(f))
+        except (OSError, json.JSONDecodeError, KeyError) as err:
+            raise DataError(f"cannot read edge masks from {_EDGE_RESULTS.value}: {err}; pass the "
+                            "*_edge_ablation_results.json written by ablate.py") from None
+    labels = None
+    family = registry.get(_MODEL.value)
+    if _LABELS.value and hasattr(family, "direction_labels"):
+        opts = registry.Options(checkpoint=_CHECKPOINT.value or info.get("model") or None,
+                                node_layers=graph.node_layers)
+        labels = family.direction_labels(opts, family.load(opts, graph.node_layers), graph)
+    out = _OUT.value or str(graph_dir / "graph")
+    for path in plots.interaction_graph(graph, out, n_edges=_N_EDGES.value,
+                                        max_nodes=_MAX_NODES.value, masks=masks,
+                                        labels=labels, include_const=_INCLUDE_CONST.value):
+        print(path)
+
+
+if __name__ == "__main__":
+    cli.run(main)
