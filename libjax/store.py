@@ -24,7 +24,7 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import IO, Any, Callable
 
 import jax
 import numpy as np
@@ -42,11 +42,13 @@ TMP_SUFFIX = ".orbax-checkpoint-tmp"  # orbax's temporary directory of a checkpo
 RESERVATION = ".reserve-"  # prefix of the temporary file that checks free space before a write
 
 
-def write_json_atomic(path: Path, content: dict) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
+def write_atomic(path: Path, write: Callable[[IO[bytes]], None]) -> None:
+    """Write ``path`` through ``write(file)`` atomically: into a temporary file beside it, synced,
+    then renamed over it, so a crash leaves the old file or the new one, never a mix."""
+    fd, tmp = tempfile.mkstemp(dir=Path(path).parent, suffix=".tmp")
     try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(content, f, indent=1, sort_keys=False)
+        with os.fdopen(fd, "wb") as f:
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         os.chmod(tmp, 0o644)  # mkstemp makes owner-only files
@@ -55,6 +57,10 @@ def write_json_atomic(path: Path, content: dict) -> None:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+def write_json_atomic(path: Path, content: dict) -> None:
+    write_atomic(path, lambda f: f.write(json.dumps(content, indent=1).encode()))
 
 
 def read_json(path: Path) -> dict:

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
+from libjax import store
 from libjax.errors import CheckpointError
 
 META_KEY = "__meta__"
@@ -106,13 +107,4 @@ def save_npz(path: str | os.PathLike, weights: dict, **meta) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     arrays = {k: np.asarray(v) for k, v in weights.items()}
     arrays[META_KEY] = np.asarray(json.dumps(meta))
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".npz.tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, **arrays)
-        os.chmod(tmp, 0o644)  # mkstemp makes owner-only files
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    store.write_atomic(path, lambda f: np.savez(f, **arrays))

@@ -50,15 +50,8 @@ def to_tl(weights: dict, cfg: transformer.TransformerConfig) -> dict:
             tl[dst + f"attn.b_{name}"] = bias.reshape(h, dh)
         tl[dst + "attn.W_O"] = w.take(src + "attn.c_proj.weight").reshape(h, dh, d)
         tl[dst + "attn.b_O"] = w.take(src + "attn.c_proj.bias")
-        tl[dst + "mlp.W_in"], tl[dst + "mlp.b_in"] = (w.take(src + "mlp.c_fc.weight"),
-                                                      w.take(src + "mlp.c_fc.bias"))
-        tl[dst + "mlp.W_out"], tl[dst + "mlp.b_out"] = (w.take(src + "mlp.c_proj.weight"),
-                                                        w.take(src + "mlp.c_proj.bias"))
-    tl["ln_final.w"], tl["ln_final.b"] = w.take("ln_f.weight"), w.take("ln_f.bias")
-    tl["unembed.W_U"] = w.unembedding(tl["embed.W_E"])
-    tl["unembed.b_U"] = np.zeros(cfg.d_vocab, tl["unembed.W_U"].dtype)
-    w.finish()
-    return tl
+        w.mlp(src, dst, tl, out_in=False)
+    return w.finish(tl, cfg.d_vocab)
 
 
 FAMILY = lm.LMFamily(

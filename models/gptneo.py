@@ -62,15 +62,8 @@ def to_tl(weights: dict, cfg: transformer.TransformerConfig) -> dict:
             tl[dst + f"attn.b_{name}"] = np.zeros((h, dh), weight.dtype)
         tl[dst + "attn.W_O"] = w.take(attn + "out_proj.weight").T.reshape(h, dh, d)
         tl[dst + "attn.b_O"] = w.take(attn + "out_proj.bias")
-        tl[dst + "mlp.W_in"], tl[dst + "mlp.b_in"] = (w.take(src + "mlp.c_fc.weight").T,
-                                                      w.take(src + "mlp.c_fc.bias"))
-        tl[dst + "mlp.W_out"], tl[dst + "mlp.b_out"] = (w.take(src + "mlp.c_proj.weight").T,
-                                                        w.take(src + "mlp.c_proj.bias"))
-    tl["ln_final.w"], tl["ln_final.b"] = w.take("ln_f.weight"), w.take("ln_f.bias")
-    tl["unembed.W_U"] = w.unembedding(tl["embed.W_E"])
-    tl["unembed.b_U"] = np.zeros(cfg.d_vocab, tl["unembed.W_U"].dtype)
-    w.finish()
-    return tl
+        w.mlp(src, dst, tl, out_in=True)
+    return w.finish(tl, cfg.d_vocab)
 
 
 TINYSTORIES = lm.LMFamily(

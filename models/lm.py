@@ -127,15 +127,25 @@ class HFWeights:
                                   f"{self.what} checkpoint of the size its config.json says?")
         return self._left.pop(name)
 
-    def unembedding(self, w_e: np.ndarray) -> np.ndarray:
-        """``W_U`` ``(d, vocab)``: ``lm_head.weight`` if stored, else tied to the embedding."""
-        return (self.take("lm_head.weight") if "lm_head.weight" in self._left else w_e).T
+    def mlp(self, src: str, dst: str, tl: dict, out_in: bool) -> None:
+        """Block ``src``'s MLP (``mlp.c_fc``, ``mlp.c_proj``) into ``tl`` as ``dst`` + ``mlp.W_in``
+        etc.; ``out_in``: weights stored ``(out, in)`` (``nn.Linear``) rather than ``(in, out)``."""
+        for ours, theirs in (("in", "c_fc"), ("out", "c_proj")):
+            weight = self.take(f"{src}mlp.{theirs}.weight")
+            tl[f"{dst}mlp.W_{ours}"] = weight.T if out_in else weight
+            tl[f"{dst}mlp.b_{ours}"] = self.take(f"{src}mlp.{theirs}.bias")
 
-    def finish(self) -> None:
-        """Refuse tensors the conversion did not use (another architecture or variant)."""
+    def finish(self, tl: dict, d_vocab: int) -> dict:
+        """Add the final LayerNorm and the unembedding (``lm_head.weight`` if stored, else tied to
+        the embedding; no bias), and refuse tensors the conversion did not use."""
+        tl["ln_final.w"], tl["ln_final.b"] = self.take("ln_f.weight"), self.take("ln_f.bias")
+        tied = "lm_head.weight" not in self._left
+        tl["unembed.W_U"] = (tl["embed.W_E"] if tied else self.take("lm_head.weight")).T
+        tl["unembed.b_U"] = np.zeros(d_vocab, tl["unembed.W_U"].dtype)
         if self._left:
             raise CheckpointError(f"the checkpoint has weights a {self.what} model does not use: "
                                   f"{sorted(self._left)[:8]}")
+        return tl
 
 
 def heads_in(w: np.ndarray, n_heads: int) -> np.ndarray:
