@@ -249,10 +249,16 @@ def _accumulate(step, acc, inputs, batch_size: int, what: str, seed: int, stage:
 
 # --- phases ---------------------------------------------------------------------------------------
 
-def _check_finite(value, what: str) -> None:
+def _overflow_hint(model) -> str:
+    floats = [a.dtype for a in jax.tree.leaves(model.params) if jnp.issubdtype(a.dtype, jnp.floating)]
+    return "" if all(d == jnp.float64 for d in floats) else \
+        " (a float32 model may overflow: try --dtype=float64)"
+
+
+def _check_finite(value, what: str, model) -> None:
     if not np.all(np.isfinite(np.asarray(value))):
-        raise NumericalError(f"{what} contains NaN or inf; check the model weights and inputs "
-                             "(a model in float32 may overflow: try --dtype=float64)")
+        raise NumericalError(f"{what} contains NaN or inf; check the model weights and "
+                             f"inputs{_overflow_hint(model)}")
 
 
 def compute_stats(model, inputs, cfg: BuildConfig, layers: Sequence[int],
@@ -265,8 +271,8 @@ def compute_stats(model, inputs, cfg: BuildConfig, layers: Sequence[int],
     if not np.all(finite):
         bad = [model.node_layers[i] for i, ok in zip(layers, finite) if not ok]
         raise NumericalError(f"NaN or inf in the activations of node layer(s) {bad} while "
-                             "computing means and Grams; check the model weights and the inputs "
-                             "(a float32 model may overflow: try --dtype=float64)")
+                             "computing means and Grams; check the model weights and the "
+                             f"inputs{_overflow_hint(model)}")
     means, grams = [], []
     for m, i in zip(acc, layers):
         if model.has_bias_coordinate[i]:
@@ -277,7 +283,7 @@ def compute_stats(model, inputs, cfg: BuildConfig, layers: Sequence[int],
                     f"constant 1 of the folded biases (mean {ones}); the model is not bias-folded")
         mean, gram = stats.mean_and_gram(jax.tree.map(jnp.asarray, m), cfg.center,
                                          model.has_bias_coordinate[i])
-        _check_finite(gram, f"the Gram matrix of {model.node_layers[i]!r}")
+        _check_finite(gram, f"the Gram matrix of {model.node_layers[i]!r}", model)
         means.append(np.asarray(mean))
         grams.append(np.asarray(gram))
     return means, grams
@@ -326,7 +332,7 @@ def compute_m_prime(model, index: int, inputs, cfg: BuildConfig, c_next,
                           basis_stage(name), placement, model.params, c_next)
         divisor = probes.divisor
     m_prime = np.asarray(acc) / (len(inputs) * model.positions[index] * divisor)
-    _check_finite(m_prime, f"M' of node layer {name!r}")
+    _check_finite(m_prime, f"M' of node layer {name!r}", model)
     return m_prime
 
 
@@ -355,7 +361,7 @@ def compute_edges(model, index: int, inputs, cfg: BuildConfig, b_in: basis_lib.B
                       cfg.seed, edge_stage(a, b), placement, model.params, b_in.C, b_in.C_pinv,
                       c_next)
     edges = np.asarray(acc) / (len(inputs) * model.positions[index] * divisor)
-    _check_finite(edges, f"the edges {a}->{b}")
+    _check_finite(edges, f"the edges {a}->{b}", model)
     return edges
 
 
@@ -370,7 +376,7 @@ def _build_info(model, cfg: BuildConfig, inputs, gram_inputs, model_id: str) -> 
     digest = lambda a: hashlib.sha256(np.ascontiguousarray(a).tobytes()).hexdigest()[:16]  # noqa
     stat_layers = _stat_layers(model, cfg)
     return {
-        "model": model_id, "node_layers": list(model.node_layers),
+        "family": model.name, "model": model_id, "node_layers": list(model.node_layers),
         "orig_dims": list(model.dims), "stat_layers": [model.node_layers[i] for i in stat_layers],
         "config": cfg.to_json(), "n_samples": len(inputs), "data_sha256": digest(inputs),
         "n_gram_samples": len(gram_inputs), "gram_data_sha256": digest(gram_inputs),
@@ -438,21 +444,22 @@ def build(model, inputs, cfg: BuildConfig = BuildConfig(), gram_inputs=None,
             bases[i] = basis_from_tree(st.get(basis_stage(name)))
             continue
         log.info("basis of %s", name)
-        if i == last or kind == "pca":
-            mean, gram = stat[i]
-            b = basis_lib.pca_basis(gram, mean, cfg.center, isolates_var(cfg, name),
-                                    cfg.truncation_threshold)
-        elif kind == "neuron":
-            b = basis_lib.neuron_basis(model.dims[i])
-        else:
+        mean, gram = stat.get(i, (None, None))
+        m_prime = None
+        if i != last and kind == "lib":
             c_next = bases[i + 1].C if i + 1 in bases else None
             m_prime = compute_m_prime(model, i, inputs, cfg, c_next, placement)
-            mean, gram = stat[i]
-            try:
+        try:
+            if i == last or kind == "pca":
+                b = basis_lib.pca_basis(gram, mean, cfg.center, isolates_var(cfg, name),
+                                        cfg.truncation_threshold)
+            elif kind == "neuron":
+                b = basis_lib.neuron_basis(model.dims[i])
+            else:
                 b = basis_lib.lib_basis(gram, mean, m_prime, cfg.center, isolates_var(cfg, name),
                                         cfg.truncation_threshold)
-            except BasisError as err:
-                raise BasisError(f"node layer {name!r}: {err}") from None
+        except (BasisError, NumericalError) as err:
+            raise type(err)(f"node layer {name!r}: {err}") from None
         st.put(basis_stage(name), basis_to_tree(b))
         bases[i] = b
     timings["bases"] = time.perf_counter() - t0

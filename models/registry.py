@@ -149,6 +149,15 @@ FAMILIES: dict[str, Family] = {"modadd": ModAdd(), "mlp": mlp.MLPFamily(), "gpt2
 PLANNED: dict[str, str] = {}
 
 
+def of_build(build_info: dict, name: str | None) -> Family:
+    """The family of a finished build: ``name`` if given, else the one its build.json records."""
+    name = name or build_info.get("family")
+    if name is None:
+        raise ConfigError("this build's build.json does not record its model family (it predates "
+                          "that record); pass --model")
+    return get(name)
+
+
 def get(name: str) -> Family:
     if name in FAMILIES:
         return FAMILIES[name]

@@ -30,7 +30,8 @@ from models import registry
 
 _GRAPH_DIR = flags.DEFINE_string("graph_dir", None, "a finished build (compute_basis.py --out_dir)",
                                  required=True)
-_MODEL = flags.DEFINE_string("model", "modadd", "model family: " + ", ".join(registry.FAMILIES))
+_MODEL = flags.DEFINE_string("model", None, "model family (default: the build's): "
+                             + ", ".join(registry.FAMILIES))
 _CHECKPOINT = flags.DEFINE_string("checkpoint", None, "weights (default: the build's)")
 _ABLATIONS = flags.DEFINE_string("ablations", "node,edge", "which ablations: node, edge or both")
 _NODE_LAYERS = flags.DEFINE_string(
@@ -155,9 +156,9 @@ def _edge(ev, graph, layers, bisect, common, out_dir: Path, exp: str, compare) -
 
 def main(argv):
     del argv
-    family = registry.get(_MODEL.value)
     graph_dir = Path(_GRAPH_DIR.value).resolve()  # orbax needs absolute paths
     _, info, _ = store.open_complete(graph_dir)
+    family = registry.of_build(info, _MODEL.value)
     opts = registry.Options(checkpoint=_CHECKPOINT.value or info.get("model") or None,
                             node_layers=tuple(info["node_layers"]), dataset=_DATASET.value,
                             data_dir=_DATA_DIR.value, split=_SPLIT.value,
@@ -171,12 +172,14 @@ def main(argv):
     graph = load(graph_dir)
     data = family.data(opts)
     metric = _METRIC.value or defaults["metric"]
-    batch_size = _BATCH.value or defaults["batch_size"]
+    batch_size = defaults["batch_size"] if _BATCH.value is None else _BATCH.value
+    if batch_size < 1:
+        raise ConfigError(f"--batch_size must be >= 1, got {batch_size}")
     ev = ablation.Evaluator(family.load(opts, graph.node_layers), data.inputs, data.labels,
                             metric=metric, batch_size=batch_size, dtype=_DTYPE.value)
     exp = _EXP_NAME.value or graph_dir.name
     out_dir = Path(_OUT_DIR.value) if _OUT_DIR.value else graph_dir / "ablations"
-    common = {"exp_name": exp, "graph_dir": str(graph_dir), "model": _MODEL.value,
+    common = {"exp_name": exp, "graph_dir": str(graph_dir), "model": family.name,
               "checkpoint": str(opts.checkpoint), "graph_basis": graph.config.get("basis"),
               "dataset": opts.dataset, "data_dir": opts.data_dir, "metric": metric,
               "split": opts.split, "n_samples": len(data.inputs),

@@ -19,7 +19,7 @@ from pathlib import Path
 from absl import flags
 
 from libjax import ablation, cli, plots, store
-from libjax.errors import DataError
+from libjax.errors import ConfigError, DataError, StoreError
 from libjax.graph import load
 from models import registry
 
@@ -34,13 +34,16 @@ _INCLUDE_CONST = flags.DEFINE_boolean("include_const", False,
                                       "also draw the (large, always kept) constant-direction edges")
 _LABELS = flags.DEFINE_boolean("labels", True, "label directions with the model family's "
                                "description (e.g. Fourier frequencies for modadd)")
-_MODEL = flags.DEFINE_string("model", "modadd", "model family (for the labels)")
+_MODEL = flags.DEFINE_string("model", None, "model family, for the labels (default: the build's)")
 _CHECKPOINT = flags.DEFINE_string("checkpoint", None,
                                   "weights for the labels (default: the build's)")
 
 
 def main(argv):
     del argv
+    if _N_EDGES.value < 1 or _MAX_NODES.value < 1:
+        raise ConfigError(f"--n_edges and --max_nodes must be >= 1, got {_N_EDGES.value} and "
+                          f"{_MAX_NODES.value}")
     graph_dir = Path(_GRAPH_DIR.value).resolve()  # orbax needs absolute paths
     _, info, _ = store.open_complete(graph_dir)
     graph = load(graph_dir)
@@ -49,19 +52,24 @@ def main(argv):
         try:
             with open(_EDGE_RESULTS.value) as f:
                 masks = ablation.required_masks(json.load(f))
-        except (OSError, json.JSONDecodeError, KeyError) as err:
+        except (OSError, ValueError, KeyError) as err:  # ValueError: not JSON, not text
             raise DataError(f"cannot read edge masks from {_EDGE_RESULTS.value}: {err}; pass the "
                             "*_edge_ablation_results.json written by ablate.py") from None
     labels = None
-    family = registry.get(_MODEL.value)
+    family = registry.of_build(info, _MODEL.value)
     if _LABELS.value and hasattr(family, "direction_labels"):
         opts = registry.Options(checkpoint=_CHECKPOINT.value or info.get("model") or None,
                                 node_layers=graph.node_layers)
         labels = family.direction_labels(opts, family.load(opts, graph.node_layers), graph)
     out = _OUT.value or str(graph_dir / "graph")
-    for path in plots.interaction_graph(graph, out, n_edges=_N_EDGES.value,
-                                        max_nodes=_MAX_NODES.value, masks=masks,
-                                        labels=labels, include_const=_INCLUDE_CONST.value):
+    try:
+        paths = plots.interaction_graph(graph, out, n_edges=_N_EDGES.value,
+                                        max_nodes=_MAX_NODES.value, masks=masks, labels=labels,
+                                        include_const=_INCLUDE_CONST.value)
+    except OSError as err:
+        raise StoreError(f"cannot write the plot to {out}: {err.strerror or err}; choose another "
+                         "--out") from None
+    for path in paths:
         print(path)
 
 

@@ -182,8 +182,15 @@ CASES = {
                                           ("incomplete", "rerun the same"), before="interrupted"),
     "ablating with zero samples": Case("ablate.py", ("--graph_dir={out}", "--n_samples=0"),
                                        ("--n_samples must be >= 1",)),
+    "ablating with a zero batch": Case("ablate.py", ("--graph_dir={out}", "--batch_size=0"),
+                                       ("--batch_size must be >= 1",)),
     "plotting a directory without a build": Case("plot_graph.py", ("--graph_dir={out}",),
                                                  ("holds no libjax build",), before=NONE),
+    "plotting no edges": Case("plot_graph.py", ("--graph_dir={out}", "--n_edges=0"),
+                              ("--n_edges and --max_nodes must be >= 1",)),
+    "plotting edge masks from a binary file": Case(
+        "plot_graph.py", ("--graph_dir={out}", "--edge_results={files}/modadd.npz"),
+        ("cannot read edge masks",)),
 }
 
 
