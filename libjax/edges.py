@@ -17,7 +17,7 @@ from typing import Callable
 
 import jax.numpy as jnp
 
-from libjax.jacobian import batch_vjp, probe_cotangents, scan_probe_chunks
+from libjax.jacobian import probe_vjps, scan_probe_chunks
 from libjax.probes import ProbeSet
 
 
@@ -31,10 +31,8 @@ def squared_edges_sum(fn: Callable, xs, sample_weights, probes: ProbeSet, signs,
       probes: exact or position-stochastic probes over ``fn``'s output.
       Other arguments as in :func:`libjax.jacobian.m_prime_sum`.
     """
-    vjp = batch_vjp(fn, xs, alphas, weights)
-
     def add_chunk(acc, ids):
-        g = vjp(probe_cotangents(probes, signs, ids, xs.dtype))
+        g = probe_vjps(fn, xs, signs, probes, ids, alphas, weights)
         terms = (g * xs[:, None]).astype(jnp.float64)  # (batch, k, P_in, d_in)
         a2 = jnp.sum(terms ** 2, axis=2) if probes.positionwise else jnp.sum(terms, axis=2) ** 2
         contrib = jnp.einsum("b,bkj->kj", sample_weights.astype(jnp.float64), a2)

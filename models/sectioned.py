@@ -14,7 +14,7 @@ Params are always an explicit argument, never closed over, so jitted programs st
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable, Collection, Optional, Sequence
+from typing import Any, Callable, Collection, Mapping, Optional, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -141,9 +141,18 @@ def _concat(parts):
     return parts[0] if len(parts) == 1 else jnp.concatenate(parts, axis=-1)
 
 
-def _chain(modules: Sequence[Module]):
+def _chain(modules: Sequence[Module], fused: Mapping[tuple[str, ...], Callable]):
+    """The modules run in order; a run of consecutive modules that ``fused`` names is replaced by
+    its single equivalent function (only possible where no node layer cuts the run)."""
+    ids = [mid for mid, _ in modules]
+    steps, i = [], 0
+    while i < len(modules):
+        run_ids = next((r for r in fused if tuple(ids[i:i + len(r)]) == r), None)
+        steps.append(fused[run_ids] if run_ids else modules[i][1])
+        i += len(run_ids) if run_ids else 1
+
     def run(params, inputs):
-        for _, fn in modules:
+        for fn in steps:
             inputs = fn(params, inputs)
         return inputs
     return run
@@ -174,16 +183,19 @@ def validate_node_layers(node_layers: Sequence[str], valid: Sequence[str]) -> tu
 def cut(name: str, modules: Sequence[Module], params, example_input, node_layers: Sequence[str],
         positional: bool, selectable: Sequence[str] | None = None,
         positionwise_modules: Collection[str] = (),
-        form_of: Callable[[tuple[str, ...]], Optional[SectionForm]] | None = None
-        ) -> SectionedModel:
+        form_of: Callable[[tuple[str, ...]], Optional[SectionForm]] | None = None,
+        fused: Mapping[tuple[str, ...], Callable] | None = None) -> SectionedModel:
     """Cut a module list into a :class:`SectionedModel` at ``node_layers``.
 
     ``selectable`` restricts which module ids may be node layers (default: all but the first,
     plus ``"output"``). Input-tuple widths are found by abstract evaluation on ``example_input``.
     ``positionwise_modules`` lists the modules that act on each position separately (a section
     made only of them, keeping its number of positions, is positionwise); ``form_of`` maps a
-    section's module ids to its closed form (:class:`MLPForm` ...), or None.
+    section's module ids to its closed form (:class:`MLPForm` ...), or None. ``fused`` maps runs
+    of consecutive module ids to faster equivalent functions, used inside sections that contain
+    the whole run.
     """
+    fused = dict(fused or {})
     params = jax.tree.map(jnp.asarray, params)
     ids = [mid for mid, _ in modules]
     valid = list(selectable) if selectable is not None else ids[1:] + [OUTPUT]
@@ -212,11 +224,11 @@ def cut(name: str, modules: Sequence[Module], params, example_input, node_layers
         return modules[lo:hi]
 
     def make_embed():
-        run = _chain(modules[:pos_of[node_layers[0]]])
+        run = _chain(modules[:pos_of[node_layers[0]]], fused)
         return lambda p, x: _concat(run(p, x))
 
     def make_section(start, stop):
-        run, w = _chain(span(start, stop)), widths[start]
+        run, w = _chain(span(start, stop), fused), widths[start]
         return lambda p, acts: _concat(run(p, _split(acts, w)))
 
     pairs = list(zip(node_layers[:-1], node_layers[1:]))

@@ -158,20 +158,31 @@ def attention_scale(cfg: TransformerConfig) -> float:
     return math.sqrt(cfg.d_head) if cfg.use_attn_scale else 1.0
 
 
-def _attn_out(cfg: TransformerConfig, layer: int):
-    pre = f"blocks.{layer}.attn."
-    h = cfg.n_heads
-    scale = attention_scale(cfg)
+def _attend(cfg: TransformerConfig, layer: int, p, q, k, v, queries: slice):
+    """Attention output ``(queries, D)`` of the query positions ``queries`` (keys: all)."""
+    pre, h = f"blocks.{layer}.attn.", cfg.n_heads
+    # (heads, pos, e) layout: batch-like axes first, which XLA turns into fast batched matmuls
+    q, k, v = (rearrange(a, "p (h e) -> h p e", h=h) for a in (q[queries], k, v))
+    scores = q @ jnp.swapaxes(k, -1, -2) / attention_scale(cfg)
+    allowed = attention_mask(cfg, layer, k.shape[1])[queries]
+    pattern = jax.nn.softmax(jnp.where(allowed, scores, -jnp.inf), axis=-1)
+    z = rearrange(pattern @ v, "h p e -> p (h e)")
+    return z @ rearrange(p[pre + "W_O"], "h e d -> (h e) d")
 
+
+def _attn_out(cfg: TransformerConfig, layer: int):
     def fn(p, inputs):
         q, k, v, resid = inputs
-        # (heads, pos, e) layout: batch-like axes first, which XLA turns into fast batched matmuls
-        q, k, v = (rearrange(a, "p (h e) -> h p e", h=h) for a in (q, k, v))
-        scores = q @ jnp.swapaxes(k, -1, -2) / scale
-        allowed = attention_mask(cfg, layer, q.shape[1])
-        pattern = jax.nn.softmax(jnp.where(allowed, scores, -jnp.inf), axis=-1)
-        z = rearrange(pattern @ v, "h p e -> p (h e)")
-        return (z @ rearrange(p[pre + "W_O"], "h e d -> (h e) d"), resid)
+        return (_attend(cfg, layer, p, q, k, v, slice(None)), resid)
+    return fn
+
+
+def _attn_add_last(cfg: TransformerConfig, layer: int):
+    """``attn_out`` then ``add_resid1`` keeping only the last position, computing the attention
+    of the last query alone (the other queries' outputs would be discarded)."""
+    def fn(p, inputs):
+        q, k, v, resid = inputs
+        return (resid[-1:] + _attend(cfg, layer, p, q, k, v, slice(-1, None)),)
     return fn
 
 
@@ -260,9 +271,11 @@ def sectioned_model(name: str, cfg: TransformerConfig, folded_params, node_layer
     # Attention mixes positions; the add keeping only the last position changes them.
     positionwise = [mid for mid, _ in mods
                     if not mid.startswith("attn_out.") and mid != cfg.last_pos_module]
+    fused = {(f"attn_out.{layer}", f"add_resid1.{layer}"): _attn_add_last(cfg, layer)
+             for layer in range(cfg.n_layers) if cfg.last_pos_module == f"add_resid1.{layer}"}
     return sectioned.cut(name, mods, folded_params, example, node_layers, positional=True,
                          positionwise_modules=positionwise,
-                         form_of=lambda span: section_form(cfg, span))
+                         form_of=lambda span: section_form(cfg, span), fused=fused)
 
 
 # Modules that pass their input through unchanged when the model has no LayerNorm.

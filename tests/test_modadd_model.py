@@ -113,3 +113,15 @@ def test_reference_checkpoints_load(shared_data):
     for seed in range(5):
         cfg, weights = modadd.load(shared_data / f"weights_modadd_seed{seed}.npz")
         assert cfg.d_model == 128 and cfg.d_vocab == 114
+
+
+def test_last_query_attention_equals_the_module_by_module_section():
+    """Cut at add_resid1.0, attention computes every query; across it, only the last one."""
+    cfg, weights = modadd.load()
+    fused = modadd.sectioned(weights, cfg, ("ln1.0", "ln2.0", "output"))
+    split = modadd.sectioned(weights, cfg, ("ln1.0", "add_resid1.0", "ln2.0", "output"))
+    x = jax.vmap(lambda t: fused.embed(fused.params, t))(jnp.asarray(modadd.dataset()[0][::53]))
+    one = jax.vmap(lambda a: fused.sections[0](fused.params, a))(x)
+    two = jax.vmap(lambda a: split.sections[1](split.params, split.sections[0](split.params, a)))(x)
+    assert split.positions[1] == 3 and one.shape == two.shape
+    np.testing.assert_allclose(one, two, rtol=1e-13, atol=1e-13)
