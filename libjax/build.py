@@ -19,7 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from libjax import basis as basis_lib
-from libjax import closed_forms, integration, stats, store
+from libjax import attention_form, closed_forms, integration, stats, store
 from libjax.edges import squared_edges_sum
 from libjax.errors import BasisError, ConfigError, NumericalError
 from libjax.graph import (STATS_STAGE, Graph, basis_from_tree, basis_stage, basis_to_tree,
@@ -232,6 +232,32 @@ def _form_edges_step(model, index: int, alphas, weights, chunk: int):
     return jax.jit(step, donate_argnums=0)
 
 
+def _attention_m_prime_step(model, index: int, probes: ProbeSet, alphas, weights, chunks):
+    form = model.forms[index]
+
+    def step(acc, key, params, c_next, inputs, sample_weights):
+        xs = _layer_inputs(model, index, params, inputs)
+        rho = probes.position_weights(probes.draw_signs(key, xs.shape[0])).astype(xs.dtype)
+        c = None if c_next is None else c_next.astype(xs.dtype)
+        return acc + attention_form.m_prime_sum(form, params, xs, sample_weights, rho, c, alphas,
+                                                weights, *chunks)
+    return jax.jit(step, donate_argnums=0)
+
+
+def _attention_edges_step(model, index: int, probes: ProbeSet, alphas, weights, chunks):
+    form = model.forms[index]
+
+    def step(acc, key, params, c_in, c_in_pinv, c_next, inputs, sample_weights):
+        xs = _layer_inputs(model, index, params, inputs)
+        dtype = xs.dtype
+        rho = probes.position_weights(probes.draw_signs(key, xs.shape[0])).astype(dtype)
+        c = None if c_next is None else c_next.astype(dtype)
+        return acc + attention_form.squared_edges_sum(
+            form, params, xs @ c_in.astype(dtype), sample_weights, rho, c_in_pinv.astype(dtype),
+            c, alphas, weights, *chunks)
+    return jax.jit(step, donate_argnums=0)
+
+
 def _accumulate(step, acc, inputs, batch_size: int, what: str, seed: int, stage: str,
                 placement: Placement, *args):
     """Fold ``acc = step(acc, key, *args, batch, weights)`` over the batches of ``inputs`` and
@@ -296,6 +322,30 @@ def _probe_set(model, index: int, out_dim: int, cfg: BuildConfig, pos_sources, h
                     hidden_sources, positionwise=positionwise)
 
 
+def _closed_form(model, index: int, cfg: BuildConfig, hidden_sources):
+    """The section's declared closed form, where it applies: positionwise forms on positionwise
+    sections; the attention form with exact hidden dims (any position probes)."""
+    form = model.forms[index] if cfg.fast_paths else None
+    if form is None:
+        return None
+    if form.kind == "attention":
+        return form if hidden_sources is None else None
+    return form if model.positionwise[index] else None
+
+
+def _attention_chunks(model, index: int, form, probes: ProbeSet, out_dim: int, in_dim: int,
+                      per_device: int, budget_gb: float) -> tuple[int, int]:
+    """(positions, samples) per attention step: each (sample, position) holds about
+    ``R x (H d_head + 2 d_in + r_in) x r`` floats."""
+    heads = form.weights(model.params)["W_Q"]
+    n_weightings = probes.n_pos if probes.pos_sources is None else probes.pos_sources
+    per_row = 8 * n_weightings * out_dim * (heads.shape[0] * heads.shape[2] + 2 * model.dims[index]
+                                            + in_dim) * 2
+    rows = int(max(1, budget_gb * 2**30 // per_row))
+    positions = min(model.positions[index], rows)
+    return positions, int(max(1, min(per_device, rows // positions)))
+
+
 def _out_dim(model, index: int, c_next) -> int:
     return model.dims[index + 1] if c_next is None else c_next.shape[1]
 
@@ -309,8 +359,18 @@ def compute_m_prime(model, index: int, inputs, cfg: BuildConfig, c_next,
     size = cfg.batch_size
     per_device = batch_size_for(len(inputs), size, placement.size) // placement.size
     dim = model.dims[index]
-    form = model.forms[index] if cfg.fast_paths and model.positionwise[index] else None
-    if form is not None:
+    form = _closed_form(model, index, cfg, cfg.n_stochastic_sources_basis_hidden)
+    if form is not None and form.kind == "attention":
+        log.info("M' %s: closed form (attention section)", name)
+        out_dim = _out_dim(model, index, c_next)
+        probes = ProbeSet(model.positions[index + 1], out_dim, cfg.n_stochastic_sources_basis_pos)
+        chunks = _attention_chunks(model, index, form, probes, out_dim, 0, per_device,
+                                   cfg.memory_budget_gb)
+        step = _attention_m_prime_step(model, index, probes, alphas, weights, chunks)
+        acc = _accumulate(step, np.zeros((dim, dim)), inputs, size, f"M' {name}", cfg.seed,
+                          basis_stage(name), placement, model.params, c_next)
+        divisor = probes.divisor
+    elif form is not None:
         log.info("M' %s: closed form (%s section)", name, form.kind)
         sums = None
         if closed_forms.needs_data(form):
@@ -345,8 +405,15 @@ def compute_edges(model, index: int, inputs, cfg: BuildConfig, b_in: basis_lib.B
     alphas, weights = points(cfg, a)
     size = cfg.edge_batch_size or cfg.batch_size
     per_device = batch_size_for(len(inputs), size, placement.size) // placement.size
-    form = model.forms[index] if cfg.fast_paths and model.positionwise[index] else None
-    if form is not None:
+    form = _closed_form(model, index, cfg, None)
+    if form is not None and form.kind == "attention":
+        log.info("edges %s->%s: closed form (attention section)", a, b)
+        probes = ProbeSet(model.positions[index + 1], out_dim, cfg.n_stochastic_sources_edges)
+        chunks = _attention_chunks(model, index, form, probes, out_dim, b_in.dim, per_device,
+                                   cfg.memory_budget_gb)
+        step = _attention_edges_step(model, index, probes, alphas, weights, chunks)
+        divisor = probes.divisor
+    elif form is not None:
         log.info("edges %s->%s: closed form (%s section)", a, b, form.kind)
         m = form.weights(model.params)["B"].shape[1] if form.kind == "mlp" and form.act else 0
         per_token = 8 * 3 * b_in.dim * (m + out_dim)

@@ -62,6 +62,16 @@ class ProbeSet:
         shape = (batch, *self.signs_shape())
         return jnp.where(jax.random.bernoulli(key, 0.5, shape), 1.0, -1.0).astype(jnp.float64)
 
+    def position_weights(self, signs):
+        """``(batch, R, n_pos)``: the position weightings of a set whose hidden dims are exact
+        (every probe is such a weighting times a one-hot hidden dim): the identity (one per output
+        position) for exact probes, the Rademacher signs for position sources."""
+        if self.hidden_sources is not None or self.positionwise:
+            raise ValueError("position weightings need exact hidden dims and a position sum")
+        if self.pos_sources is None:
+            return jnp.broadcast_to(jnp.eye(self.n_pos), (signs.shape[0], self.n_pos, self.n_pos))
+        return signs
+
     def output_index(self, ids):
         """Hidden (output) coordinate addressed by each probe id, for per-output accumulators
         (exact and position-stochastic sets only)."""

@@ -60,7 +60,23 @@ class LayerNormOutForm:
     kind = "ln_out"
 
 
-SectionForm = MLPForm | LayerNormInForm | LayerNormOutForm
+@dataclasses.dataclass(frozen=True)
+class AttentionForm:
+    """Declares an attention section ``x -> r_t + sum_h softmax(q k^T / scale) v W_O[h]`` at the
+    output positions (all, or the last only), ``q, k, v`` from ``n``; ``n`` and ``r`` are both ``x``
+    (``layout="shared"``) or its two halves (``"split"``, ``x = (n, r)``). ``weights(params)``
+    gives ``W_Q``, ``W_K`` ``(H, D, dh)``, ``W_V`` ``(H, D, dv)``, ``W_O`` ``(H, dv, D)``; ``mask(P)``
+    the allowed ``(query, key)`` pairs."""
+
+    weights: Callable[[Any], dict]
+    mask: Callable[[int], Any]
+    scale: float
+    layout: str
+    last_only: bool
+    kind = "attention"
+
+
+SectionForm = MLPForm | LayerNormInForm | LayerNormOutForm | AttentionForm
 
 
 @dataclasses.dataclass(frozen=True)
@@ -83,7 +99,7 @@ class SectionedModel:
       positionwise: per section, whether its output at position ``t`` depends only on its input
         at ``t`` (then one probe per output direction sums over positions exactly).
       forms: per section, a closed form (:class:`MLPForm`, :class:`LayerNormInForm`,
-        :class:`LayerNormOutForm`) where the model declares one, else None.
+        :class:`LayerNormOutForm`, :class:`AttentionForm`) where the model declares one, else None.
     """
 
     name: str

@@ -285,8 +285,9 @@ _IDENTITY_WITHOUT_LN = ("ln1", "ln2", "ln_final", "ln_final_out")
 def section_form(cfg: TransformerConfig, span: tuple[str, ...]) -> sectioned.SectionForm | None:
     """The closed form (:mod:`models.sectioned`) of a section made of ``span``'s modules, if any.
 
-    Recognised: a LayerNorm half alone (``ln*``: variance, ``ln*_out``: normalisation); the MLP
-    block with its residual, entered at ``mlp_in`` (input ``(n, resid)``:
+    Recognised: a LayerNorm half alone (``ln*``: variance, ``ln*_out``: normalisation); the
+    attention block with its residual, entered at ``attn_in`` (input ``(n, resid)``) or, without
+    LayerNorm, at ``ln1``/``ln1_out`` (input ``resid``); the MLP block with its residual, entered at ``mlp_in`` (input ``(n, resid)``:
     ``resid + act(n W_in) W_out``) or, without LayerNorm, at ``ln2``/``ln2_out`` (input
     ``resid``: ``resid + act(resid W_in) W_out``); and the unembedding alone (``n W_U``).
     """
@@ -300,6 +301,15 @@ def section_form(cfg: TransformerConfig, span: tuple[str, ...]) -> sectioned.Sec
             return sectioned.LayerNormOutForm(cfg.ln_eps, keep_resid=kinds[0] != "ln_final_out")
     if kinds == ("unembed",):
         return sectioned.MLPForm(None, lambda p: {"R": p["unembed.W_U"]})
+    attention = ("attn_in", "attn_out", "add_resid1")
+    if kinds in (attention, ("ln1_out",) + attention) and len({m.split(".")[1] for m in span}) == 1:
+        layer = int(span[-1].split(".")[1])
+        pre = f"blocks.{layer}.attn."
+        return sectioned.AttentionForm(
+            weights=lambda p: {n: p[pre + n] for n in ("W_Q", "W_K", "W_V", "W_O")},
+            mask=lambda n_pos: attention_mask(cfg, layer, n_pos), scale=attention_scale(cfg),
+            layout="shared" if kinds[0] == "ln1_out" else "split",
+            last_only=cfg.last_pos_module == f"add_resid1.{layer}")
     mlp = ("mlp_in", "mlp_act", "mlp_out", "add_resid2")
     if kinds not in (mlp, ("ln2_out",) + mlp) or len({m.split(".")[1] for m in span}) != 1:
         return None

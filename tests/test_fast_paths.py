@@ -29,6 +29,8 @@ def case(name):
     if name == "tiny_positions":
         return tiny_transformer(("ln2.0", "mlp_in.0", "mlp_act.0", "ln_final", "output"),
                                 last_pos_only=False, act_fn="gelu_new")
+    if name == "tiny_attention":  # every position kept: attention with several output positions
+        return tiny_transformer(("ln1.0", "ln2.0", "unembed", "output"), last_pos_only=False)
     if name == "tiny_ln":  # the paper's GPT-2 block layout
         return tiny_ln_transformer(("ln1.0", "ln1_out.0", "attn_in.0", "ln2.0", "ln2_out.0",
                                     "mlp_in.0", "ln1.1"))
@@ -53,8 +55,8 @@ def rel(a, b):
     return np.max(np.abs(a - b)) / np.max(np.abs(b))
 
 
-@pytest.mark.parametrize("name", ["mlp", "mlp_gelu", "tiny", "tiny_positions", "tiny_ln",
-                                  "tiny_ln_final"])
+@pytest.mark.parametrize("name", ["mlp", "mlp_gelu", "tiny", "tiny_positions", "tiny_attention",
+                                  "tiny_ln", "tiny_ln_final"])
 @pytest.mark.parametrize("rule", [("gradient", 0), ("gauss-legendre", 3)])
 def test_m_prime_and_edges_agree_with_the_general_path(name, rule):
     model, inputs = case(name)
@@ -90,3 +92,21 @@ def test_positionwise_sections_get_exact_edges_where_sources_were_asked_for():
     exact = compute_edges(model, i, inputs, GENERAL, b_in, c_next)
     assert rel(compute_edges(model, i, inputs, stochastic, b_in, c_next), exact) < 1e-10
     assert rel(compute_edges(model, i, inputs, reference_like, b_in, c_next), exact) > 1e-3
+
+
+@pytest.mark.parametrize("name", ["tiny_attention", "tiny_ln"])
+def test_attention_closed_form_reproduces_the_stochastic_estimate(name):
+    """With position sources the closed form uses the very signs the probes would: the two paths
+    give the same estimate, not just the same expectation."""
+    model, inputs = case(name)
+    g = graph(name)
+    i = next(i for i, f in enumerate(model.forms) if f is not None and f.kind == "attention")
+    nxt = g.bases.get(model.node_layers[i + 1])
+    c_next = None if nxt is None else nxt.C
+    sources = dict(n_stochastic_sources_basis_pos=2, n_stochastic_sources_edges=3, seed=7)
+    fast, general = BuildConfig(**sources), BuildConfig(**sources, fast_paths=False)
+    assert rel(compute_m_prime(model, i, inputs, fast, c_next),
+               compute_m_prime(model, i, inputs, general, c_next)) < 1e-10
+    b_in = g.bases[model.node_layers[i]]
+    assert rel(compute_edges(model, i, inputs, fast, b_in, c_next),
+               compute_edges(model, i, inputs, general, b_in, c_next)) < 1e-10
