@@ -88,7 +88,7 @@ def matmul_flops(jaxpr, live: list[bool] | None = None) -> Count:
 
 def _signature(args, kwargs):
     leaves, tree = jax.tree.flatten((args, kwargs))
-    return tree, tuple((l.shape, str(l.dtype)) if hasattr(l, "shape") else l for l in leaves)
+    return tree, tuple((x.shape, str(x.dtype)) if hasattr(x, "shape") else x for x in leaves)
 
 
 @dataclasses.dataclass(frozen=True)

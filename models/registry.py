@@ -13,8 +13,7 @@ from typing import Optional, Protocol, Sequence
 import numpy as np
 
 from libjax.errors import ConfigError, DataError
-from models import gpt2, gptneo, mlp, modadd
-from models import modadd_fourier
+from models import gpt2, gptneo, mlp, modadd, modadd_fourier
 from models.sectioned import SectionedModel
 
 DTYPES = ("float64", "float32")

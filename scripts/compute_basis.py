@@ -12,7 +12,6 @@ Rerunning the same command on the same --out_dir resumes an interrupted build.
 
 from __future__ import annotations
 
-import dataclasses
 
 from absl import flags
 
