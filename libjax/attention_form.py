@@ -19,219 +19,65 @@ Writing ``O_h = W_O[h] C``, the value, key and query paths of ``G_s`` are
     Q: rho_s sum_h W_Q[h] (L_hs - kappa_hs z_hs^T) O_h / scale   (s a query position),
        kappa_hs = sum_u p_hsu k_hu,   L_hs = sum_u p_hsu k_hu v_hu^T
 
-and the residual adds ``rho_s C`` at output positions. This replaces one VJP per output direction
-(each through ``W_O`` and ``W_QKV``) by head-sized sums and large matrix products: about half the
-time of the VJP path on a GPT-2-small block. Samples and positions are processed in chunks, so
-memory stays ``O(samples x positions x d x r)`` per step.
+and the residual adds ``rho_s C`` at output positions. Neither method forms ``G_s``: both reduce
+``M'`` to head-sized sums over samples and positions (:func:`attention_sums.assemble`) and the
+edges to head-sized products, instead of one VJP per output direction through ``W_O`` and
+``W_QKV``. :mod:`libjax.attention_lowrank` writes the key and query paths as rank-one terms
+(cheapest with few positions: modular addition), :mod:`libjax.attention_dense` as one
+``(2 d_head, d_v)`` matrix per head and position (long contexts); :func:`plan` picks one.
 """
 
 from __future__ import annotations
 
-import jax
-import jax.numpy as jnp
-import numpy as np
-from einops import rearrange
+from libjax import attention_dense, attention_lowrank, memory
+from libjax import attention_sums as sums_lib
 
 
-def _prepare(form, params, c):
-    """Weights (plus ``W_K``, ``W_Q`` flattened to ``(H dh, D)``), ``C`` (identity if None),
-    ``O = W_O C`` ``(H, dv, r)`` and ``W_V O`` as ``(H, r, D)``."""
-    w = dict(form.weights(params))
-    c = jnp.eye(w["W_O"].shape[-1], dtype=w["W_O"].dtype) if c is None else c
-    o = jnp.einsum("hed,do->heo", w["W_O"], c)
-    for name in ("W_K", "W_Q"):
-        w[name + "_flat"] = rearrange(w[name], "h d e -> (h e) d")
-    return w, c, o, jnp.einsum("hde,heo->hod", w["W_V"], o)
+def plan(form, params, n_pos: int, n_weightings: int, out_dim: int, in_dim: int, d_in: int,
+         n_alphas: int, per_device: int, budget_gb: float) -> tuple[str, int, int]:
+    """``(method, positions, samples)`` per step: the low-rank method while its rank per head is
+    well below ``d_head``, else the dense one; chunk sizes keep the working set near
+    ``budget_gb`` (``in_dim``: the input basis's width for the edges, 0 for ``M'``)."""
+    w = form.weights(params)
+    heads, d_head, d_v = w["W_Q"].shape[0], w["W_Q"].shape[2], w["W_V"].shape[2]
+    rank = attention_lowrank.rank_per_head(n_alphas, len(sums_lib.queries(form, n_pos)), n_pos)
+    if 4 * rank <= d_head:
+        terms = n_weightings * n_pos * 2 * heads * rank
+        per_sample = 8 * (terms * (2 * d_head + out_dim + in_dim + 2 * heads * rank)
+                          + 2 * n_weightings * out_dim * in_dim)
+        return "lowrank", n_pos, memory.rows_per_step(per_sample, budget_gb, cache_sized=True,
+                                                     limit=per_device)
+    per_row = 8 * 2 * n_weightings * heads * (2 * d_head * d_v * (3 + heads) + d_v * in_dim
+                                              + n_pos * (2 * d_head + d_v) + d_in)
+    rows = memory.rows_per_step(per_row, budget_gb)
+    positions = min(n_pos, rows)
+    return "dense", positions, int(max(1, min(per_device, rows // positions)))
 
 
-def _queries(form, n_pos: int) -> np.ndarray:
-    return np.arange(n_pos - 1, n_pos) if form.last_only else np.arange(n_pos)
-
-
-def _terms(form, w, o, x, rho) -> dict:
-    """One sample's head-sized quantities of ``G_s`` for the weightings ``rho`` ``(R, P_out)``."""
-    width = x.shape[-1] // 2
-    n = x[:, :width] if form.layout == "split" else x
-    queries = _queries(form, n.shape[0])
-    q = jnp.einsum("pd,hde->hpe", n, w["W_Q"])[:, queries]
-    k = jnp.einsum("pd,hde->hpe", n, w["W_K"])
-    v = jnp.einsum("pd,hde->hpe", n, w["W_V"])
-    scores = q @ jnp.swapaxes(k, -1, -2) / form.scale
-    allowed = form.mask(n.shape[0])[queries]
-    p = jax.nn.softmax(jnp.where(allowed, scores, -jnp.inf), axis=-1)  # (H, Pq, P)
-    z = p @ v  # (H, Pq, dv)
-    return {
-        "beta": jnp.einsum("rt,hts->rhs", rho, p),
-        "a": jnp.einsum("rt,hts,hte->rhse", rho, p, q),
-        "b": jnp.einsum("rt,hts,hte,htf->rhsef", rho, p, q, z),
-        "v_o": jnp.einsum("hsf,hfo->hso", v, o),
-        # query path, per query position: L - kappa z^T
-        "lz": (jnp.einsum("hts,hse,hsf->htef", p, k, v)
-               - jnp.einsum("hts,hse->hte", p, k)[..., None] * z[:, :, None, :]),
-        "rho": rho,
-    }
-
-
-def _g_n(form, w, o, mc, t, positions):
-    """``(R, |positions|, r, D)``: the ``n`` part of ``G_s`` (without the residual), transposed
-    so that every contraction below is one large matrix product."""
-    k_in = (jnp.einsum("rhse,hso->rsohe", t["a"][:, :, positions], t["v_o"][:, positions])
-            - jnp.einsum("rhsef,hfo->rsohe", t["b"][:, :, positions], o))
-    g = rearrange(k_in, "r s o h e -> r s o (h e)") @ w["W_K_flat"] / form.scale
-    g = g + jnp.einsum("rhs,hod->rsod", t["beta"][:, :, positions], mc)
-    if form.last_only:  # the query term sits at the last position only
-        slot, is_query = jnp.zeros_like(positions), positions == t["v_o"].shape[1] - 1
-    else:
-        slot, is_query = positions, jnp.ones(positions.shape, bool)
-    q_in = jnp.einsum("hsef,hfo->sohe", t["lz"][:, slot], o)
-    q_term = rearrange(q_in, "s o h e -> s o (h e)") @ w["W_Q_flat"] / form.scale
-    return g + (t["rho"][:, slot] * is_query)[:, :, None, None] * q_term[None]
-
-
-def _residual(form, rho, n_pos: int, positions):
-    """``(R, |positions|)``: ``rho_s`` where ``s`` is an output position, else 0."""
-    full = jnp.zeros((rho.shape[0], n_pos), rho.dtype).at[:, _queries(form, n_pos)].set(rho)
-    return full[:, positions]
-
-
-def _chunked(n: int, size: int):
-    size = max(1, min(size, n))
-    return size, -(-n // size)
-
-
-def _scan_chunks(xs_list, sample_weights, samples: int, positions: int, n_pos: int, init, body):
-    """Fold over chunks of samples (padding samples get weight 0) and, within each, chunks of
-    positions. ``body.start(*arrays, weights)`` prepares a sample chunk, ``body.zero(state)`` starts
-    its accumulator, ``body.step(inner, state, positions, valid)`` adds a position chunk, and
-    ``body.finish(acc, inner, state)`` folds the chunk's result into ``acc``."""
-    n = sample_weights.shape[0]
-    samples, n_sample_chunks = _chunked(n, samples)
-    positions, n_position_chunks = _chunked(n_pos, positions)
-    pad = n_sample_chunks * samples - n
-    split = lambda a: jnp.pad(a, [(0, pad)] + [(0, 0)] * (a.ndim - 1)).reshape(  # noqa: E731
-        n_sample_chunks, samples, *a.shape[1:])
-    chunks = [split(a) for a in xs_list] + [split(sample_weights)]
-
-    def over_samples(acc, chunk):
-        state = body.start(*chunk)
-
-        def over_positions(inner, i):
-            idx = i * positions + jnp.arange(positions)
-            valid = idx < n_pos
-            return body.step(inner, state, jnp.minimum(idx, n_pos - 1), valid), None
-
-        inner = jax.lax.scan(over_positions, body.zero(state), jnp.arange(n_position_chunks))[0]
-        return body.finish(acc, inner, state), None
-
-    return jax.lax.scan(over_samples, init, chunks)[0]
-
-
-class _MPrime:
-    """Accumulates ``M'`` (as blocks ``nn``, ``nr``, ``rr`` for the split layout)."""
-
-    def __init__(self, form, w, c, o, mc, alphas, weights, d_in: int):
-        self.form, self.w, self.c, self.o, self.mc = form, w, c, o, mc
-        self.alphas, self.weights = alphas, weights
-        d, r = c.shape
-        if form.layout == "split":
-            self.init = (jnp.zeros((d, d), jnp.float64), jnp.zeros((r, d), jnp.float64),
-                         jnp.zeros((), jnp.float64))
-        else:
-            self.init = (jnp.zeros((d_in, d_in), jnp.float64),)
-
-    def start(self, xs, rho, sw):
-        terms = [jax.vmap(lambda x, r: _terms(self.form, self.w, self.o, a * x, r))(xs, rho)
-                 for a in self.alphas]
-        return {"terms": terms, "rho": rho, "sw": sw, "n_pos": xs.shape[1]}
-
-    def zero(self, state):
-        return self.init
-
-    def step(self, acc, state, positions, valid):
-        g = sum(wt * jax.vmap(lambda t: _g_n(self.form, self.w, self.o, self.mc, t, positions))(t)
-                for t, wt in zip(state["terms"], self.weights))  # (B, R, S, r, D)
-        res = jax.vmap(lambda r: _residual(self.form, r, state["n_pos"], positions))(state["rho"])
-        mask = (state["sw"][:, None, None] * valid[None, None, :]).astype(g.dtype)  # (B, 1, S)
-        g, res = (g * mask[..., None, None]).astype(jnp.float64), (res * mask).astype(jnp.float64)
-        if self.form.layout == "split":
-            rows = g.reshape(-1, g.shape[-1])
-            new = (rows.T @ rows, jnp.einsum("brs,brsod->od", res, g), jnp.sum(res ** 2))
-        else:
-            full = g + res[..., None, None] * self.c.T.astype(jnp.float64)
-            rows = full.reshape(-1, full.shape[-1])
-            new = (rows.T @ rows,)
-        return jax.tree.map(jnp.add, acc, new)
-
-    def finish(self, acc, inner, state):
-        return jax.tree.map(jnp.add, acc, inner)
-
-
-def m_prime_sum(form, params, xs, sample_weights, rho, c, alphas, weights, positions: int,
-                samples: int):
+def m_prime_sum(form, params, xs, sample_weights, rho, c, alphas, weights, method: str,
+                positions: int, samples: int):
     """Unnormalised ``M'`` ``(d_in, d_in)`` of one batch.
 
     Args:
       xs: ``(batch, P, d_in)`` inputs in the neuron basis; rho: ``(batch, R, P_out)`` weightings.
       c: the next layer's ``C`` ``(D, r)`` or None.
-      positions, samples: chunk sizes (memory ~ their product x d x r).
+      method, positions, samples: from :func:`plan`.
     """
-    w, c, o, mc = _prepare(form, params, c)
-    body = _MPrime(form, w, c, o, mc, alphas, weights, xs.shape[-1])
-    acc = _scan_chunks([xs, rho], sample_weights, samples, positions, xs.shape[1], body.init,
-                       body)
-    if form.layout != "split":
-        return acc[0]
-    nn, rn, rr = acc
-    c64 = c.astype(jnp.float64)
-    cross = rn.T @ c64.T
-    return jnp.block([[nn, cross], [cross.T, rr * (c64 @ c64.T)]])
-
-
-class _Edges:
-    """Accumulates per-sample attributions ``A`` over positions; squares them per sample."""
-
-    def __init__(self, form, w, c, o, mc, c_in_pinv, alphas, weights):
-        self.form, self.w, self.c, self.o, self.mc = form, w, c, o, mc
-        self.alphas, self.weights = alphas, weights
-        d = c.shape[0]
-        self.cp_n = c_in_pinv[:, :d]  # reads n (all of x when shared)
-        self.cp_r_c = c_in_pinv[:, d:] @ c if form.layout == "split" else None
-        self.c_in_pinv = c_in_pinv
-
-    def start(self, x_hat, rho, sw):
-        x = x_hat @ self.c_in_pinv  # evaluated at the reconstruction, as the reference does
-        terms = [jax.vmap(lambda xx, r: _terms(self.form, self.w, self.o, a * xx, r))(x, rho)
-                 for a in self.alphas]
-        return {"terms": terms, "rho": rho, "sw": sw, "x_hat": x_hat, "n_pos": x.shape[1]}
-
-    def zero(self, state):
-        b, n_rho = state["rho"].shape[:2]
-        return jnp.zeros((b, n_rho, self.cp_n.shape[0], self.c.shape[1]), state["x_hat"].dtype)
-
-    def step(self, a, state, positions, valid):
-        g = sum(wt * jax.vmap(lambda t: _g_n(self.form, self.w, self.o, self.mc, t, positions))(t)
-                for t, wt in zip(state["terms"], self.weights))  # (B, R, S, r, D)
-        res = jax.vmap(lambda r: _residual(self.form, r, state["n_pos"], positions))(state["rho"])
-        f = state["x_hat"][:, positions] * valid[None, :, None]  # (B, S, r_in)
-        if self.form.layout != "split":
-            g = g + res[..., None, None] * self.c.T
-        y = g @ self.cp_n.T  # (B, R, S, r, r_in): C_in^+ G_s, transposed
-        a = a + jnp.einsum("bsj,brsoj->brjo", f, y)
-        if self.cp_r_c is not None:
-            a = a + jnp.einsum("brs,bsj,jo->brjo", res, f, self.cp_r_c)
-        return a
-
-    def finish(self, acc, a, state):
-        a = a.astype(jnp.float64)
-        return acc + jnp.einsum("b,brjo->oj", state["sw"].astype(jnp.float64), a ** 2)
+    w, c, o = sums_lib.prepare(form, params, c)
+    if method == "lowrank":
+        return attention_lowrank.m_prime_sum(form, w, c, o, xs, sample_weights, rho, alphas,
+                                             weights, samples)
+    return attention_dense.m_prime_sum(form, w, c, o, xs, sample_weights, rho, alphas, weights,
+                                       positions, samples)
 
 
 def squared_edges_sum(form, params, x_hat, sample_weights, rho, c_in_pinv, c_out, alphas, weights,
-                      positions: int, samples: int):
+                      method: str, positions: int, samples: int):
     """Unnormalised squared edges ``(r_out, r_in)`` of one batch; ``x_hat`` ``(batch, P, r_in)``
     in the input basis, evaluated (as the reference does) at ``x_hat C_in^+``."""
-    w, c, o, mc = _prepare(form, params, c_out)
-    body = _Edges(form, w, c, o, mc, c_in_pinv, alphas, weights)
-    init = jnp.zeros((c.shape[1], x_hat.shape[-1]), jnp.float64)
-    return _scan_chunks([x_hat, rho], sample_weights, samples, positions, x_hat.shape[1], init,
-                        body)
+    w, c, o = sums_lib.prepare(form, params, c_out)
+    if method == "lowrank":
+        return attention_lowrank.squared_edges_sum(form, w, c, o, c_in_pinv, x_hat,
+                                                   sample_weights, rho, alphas, weights, samples)
+    return attention_dense.squared_edges_sum(form, w, c, o, c_in_pinv, x_hat, sample_weights, rho,
+                                             alphas, weights, positions, samples)

@@ -54,10 +54,12 @@ class BuildConfig:
       batch_size, gram_batch_size, edge_batch_size: samples per step of each phase.
       memory_budget_gb: bounds the probes processed at once in ``M'`` and edges.
       seed: seed of the stochastic sources.
-      fast_paths: use the exact structure-aware paths where the model allows them: closed forms
-        for MLP sections, one probe per output direction for positionwise sections (both exact,
-        so stochastic sources are not needed there). False reproduces the reference's
-        computation (and its stochastic estimates) everywhere.
+      fast_paths: use the structure-aware paths where the model allows them: closed forms for
+        attention, MLP and LayerNorm sections, one probe per output direction for positionwise
+        sections. They compute the same numbers as the general VJP path (stochastic estimates
+        with the same signs), except that positionwise sections without a form and LayerNorm
+        forms give the exact edges where edge sources were asked for (at no extra cost). False
+        reproduces the reference's computation everywhere.
     """
 
     basis: str = "lib"
@@ -220,15 +222,20 @@ def _edges_step(model, index: int, probes: ProbeSet, alphas, weights, chunk: int
     return jax.jit(step, donate_argnums=0)
 
 
-def _form_edges_step(model, index: int, alphas, weights, chunk: int):
+def _form_edges_step(model, index: int, probes: Optional[ProbeSet], alphas, weights, chunk: int):
+    """Closed-form edges; with position-source ``probes`` the stochastic estimate, from the signs
+    the general path draws with the same key."""
     form = model.forms[index]
 
     def step(acc, key, params, c_in, c_in_pinv, c_next, inputs, sample_weights):
         xs = _layer_inputs(model, index, params, inputs)
         dtype = xs.dtype
         cast = lambda a: None if a is None else a.astype(dtype)  # noqa: E731
+        rho = None if probes is None else \
+            cast(probes.position_weights(probes.draw_signs(key, xs.shape[0])))
         return acc + closed_forms.edges(form, params, xs @ cast(c_in), sample_weights,
-                                        cast(c_in_pinv), cast(c_next), alphas, weights, chunk)
+                                        cast(c_in_pinv), cast(c_next), alphas, weights, chunk,
+                                        rho)
     return jax.jit(step, donate_argnums=0)
 
 
@@ -334,16 +341,12 @@ def _closed_form(model, index: int, cfg: BuildConfig, hidden_sources):
 
 
 def _attention_chunks(model, index: int, form, probes: ProbeSet, out_dim: int, in_dim: int,
-                      per_device: int, budget_gb: float) -> tuple[int, int]:
-    """(positions, samples) per attention step: each (sample, position) holds about
-    ``R x (H d_head + 2 d_in + r_in) x r`` floats."""
-    heads = form.weights(model.params)["W_Q"]
+                      per_device: int, budget_gb: float, n_alphas: int) -> tuple:
+    """``(method, positions, samples)`` of the attention closed form
+    (:func:`attention_form.plan`)."""
     n_weightings = probes.n_pos if probes.pos_sources is None else probes.pos_sources
-    per_row = 8 * n_weightings * out_dim * (heads.shape[0] * heads.shape[2] + 2 * model.dims[index]
-                                            + in_dim) * 2
-    rows = int(max(1, budget_gb * 2**30 // per_row))
-    positions = min(model.positions[index], rows)
-    return positions, int(max(1, min(per_device, rows // positions)))
+    return attention_form.plan(form, model.params, model.positions[index], n_weightings, out_dim,
+                               in_dim, model.dims[index], n_alphas, per_device, budget_gb)
 
 
 def _out_dim(model, index: int, c_next) -> int:
@@ -361,11 +364,11 @@ def compute_m_prime(model, index: int, inputs, cfg: BuildConfig, c_next,
     dim = model.dims[index]
     form = _closed_form(model, index, cfg, cfg.n_stochastic_sources_basis_hidden)
     if form is not None and form.kind == "attention":
-        log.info("M' %s: closed form (attention section)", name)
         out_dim = _out_dim(model, index, c_next)
         probes = ProbeSet(model.positions[index + 1], out_dim, cfg.n_stochastic_sources_basis_pos)
         chunks = _attention_chunks(model, index, form, probes, out_dim, 0, per_device,
-                                   cfg.memory_budget_gb)
+                                   cfg.memory_budget_gb, len(alphas))
+        log.info("M' %s: closed form (attention section, %s)", name, chunks[0])
         step = _attention_m_prime_step(model, index, probes, alphas, weights, chunks)
         acc = _accumulate(step, np.zeros((dim, dim)), inputs, size, f"M' {name}", cfg.seed,
                           basis_stage(name), placement, model.params, c_next)
@@ -398,7 +401,13 @@ def compute_m_prime(model, index: int, inputs, cfg: BuildConfig, c_next,
 
 def compute_edges(model, index: int, inputs, cfg: BuildConfig, b_in: basis_lib.Basis, c_next,
                   placement: Placement | None = None):
-    """Squared edges (SPEC 2.2-2.3) from node layer ``index`` to the next, ``(out, in)``."""
+    """Squared edges (SPEC 2.2-2.3) from node layer ``index`` to the next, ``(out, in)``.
+
+    With ``cfg.n_stochastic_sources_edges`` the stochastic estimate, except where a fast path is
+    exact and cheap (positionwise sections without a form, LayerNorm forms): MLP forms and
+    attention compute the estimate in closed form with the general path's signs (an MLP's exact
+    edges cost ``P_out`` times as much), so ``fast_paths`` does not change the numbers there.
+    """
     placement = placement or Placement()
     a, b = model.node_layers[index], model.node_layers[index + 1]
     out_dim = _out_dim(model, index, c_next)
@@ -407,18 +416,22 @@ def compute_edges(model, index: int, inputs, cfg: BuildConfig, b_in: basis_lib.B
     per_device = batch_size_for(len(inputs), size, placement.size) // placement.size
     form = _closed_form(model, index, cfg, None)
     if form is not None and form.kind == "attention":
-        log.info("edges %s->%s: closed form (attention section)", a, b)
         probes = ProbeSet(model.positions[index + 1], out_dim, cfg.n_stochastic_sources_edges)
         chunks = _attention_chunks(model, index, form, probes, out_dim, b_in.dim, per_device,
-                                   cfg.memory_budget_gb)
+                                   cfg.memory_budget_gb, len(alphas))
+        log.info("edges %s->%s: closed form (attention section, %s)", a, b, chunks[0])
         step = _attention_edges_step(model, index, probes, alphas, weights, chunks)
         divisor = probes.divisor
     elif form is not None:
-        log.info("edges %s->%s: closed form (%s section)", a, b, form.kind)
-        m = form.weights(model.params)["B"].shape[1] if form.kind == "mlp" and form.act else 0
-        per_token = 8 * 3 * b_in.dim * (m + out_dim)
-        chunk = int(max(1, cfg.memory_budget_gb * 2**30 // per_token))
-        step, divisor = _form_edges_step(model, index, alphas, weights, chunk), 1
+        sources = cfg.n_stochastic_sources_edges if closed_forms.takes_edge_sources(form) else None
+        log.info("edges %s->%s: closed form (%s section, %s)", a, b, form.kind,
+                 "exact" if sources is None else f"stochastic, R={sources}")
+        probes = None if sources is None else ProbeSet(model.positions[index + 1], out_dim, sources)
+        chunk = closed_forms.edge_chunk(form, model.params, b_in.dim, out_dim,
+                                        model.positions[index], model.dims[index], sources,
+                                        cfg.memory_budget_gb)
+        step = _form_edges_step(model, index, probes, alphas, weights, chunk)
+        divisor = 1 if probes is None else probes.divisor
     else:
         probes = _probe_set(model, index, out_dim, cfg, cfg.n_stochastic_sources_edges, None)
         chunk = probe_chunk(probes, per_device, model.positions[index] * b_in.dim, len(alphas),

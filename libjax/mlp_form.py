@@ -1,4 +1,4 @@
-"""Closed forms of ``M'`` and the squared edges for MLP-shaped sections (SPEC 1.7, 2.2).
+"""Closed forms of ``M'`` and the squared edges for MLP-shaped sections (SPEC 1.7, 2.2-2.3).
 
 A section declared as :class:`models.sectioned.MLPForm` is, at every position,
 ``F(x) = x R + act(x B) D``, so its integrated Jacobian is ``J = R + B diag(d) D`` with
@@ -8,9 +8,12 @@ A section declared as :class:`models.sectioned.MLPForm` is, at every position,
        = B [(D K D^T) * S_dd] B^T + B diag(s_d) D K R^T + (its transpose) + n R K R^T,
 
 where only ``n`` (rows), ``s_d = sum d`` and ``S_dd = sum d d^T`` depend on the data: a pass over
-the data costs ``O(m^2)`` per token instead of one VJP per output direction. Edges need the
-per-token matrix ``C_in^+ J C_out``, which is formed directly (no probes, no re-linearisation).
-Both agree with the general VJP path to round-off (tests).
+the data costs ``O(m^2)`` per token instead of one VJP per output direction. Exact edges need the
+per-token matrix ``C_in^+ J C_out``, which is formed directly (no probes, no re-linearisation):
+``r_in m r_out`` per token. That is ``P_out`` times the cost of the stochastic estimate (SPEC 2.3)
+in closed form, which needs only sign-weighted token sums per source; so when sources are asked
+for, the section gets the reference's estimate, with the very signs of the general path.
+All agree with the general VJP path to round-off (tests).
 """
 
 from __future__ import annotations
@@ -72,9 +75,37 @@ def m_prime(form_weights: dict, moments: DerivativeMoments, k):
     return total
 
 
+def _basis_weights(form_weights: dict, c_in_pinv, c_out):
+    """``(P, Q, R^)`` = ``(C_in^+ B, D C_out, C_in^+ R C_out)``, None where the section lacks the
+    term: per token the Jacobian in basis coordinates is ``R^ + P diag(d) Q`` ``(r_in, r_out)``."""
+    b, d, r = form_weights.get("B"), form_weights.get("D"), form_weights.get("R")
+    right = lambda a: a if c_out is None else a @ c_out  # noqa: E731
+    r_hat = None if r is None else right(c_in_pinv @ r)
+    if b is None:
+        return None, None, r_hat
+    return c_in_pinv @ b, right(jnp.eye(b.shape[1], dtype=b.dtype) if d is None else d), r_hat
+
+
+def _linear_edges(r_hat, mass):
+    """Squared edges of a linear section: ``A = diag(a) R^`` with ``sum a^2 = mass``."""
+    return (r_hat.astype(jnp.float64) ** 2 * mass[:, None]).T
+
+
+def _in_chunks(chunk: int, *arrays):
+    """``arrays`` split along their first axis into ``(n_chunks, chunk, ...)``, zero-padded (the
+    padding must carry weight 0), so a ``scan`` over them compiles once."""
+    n = arrays[0].shape[0]
+    chunk = max(1, min(chunk, n))
+    n_chunks = -(-n // chunk)
+    pad = [(0, n_chunks * chunk - n)]
+    return tuple(jnp.pad(a, pad + [(0, 0)] * (a.ndim - 1)).reshape(n_chunks, chunk, *a.shape[1:])
+                 for a in arrays)
+
+
 def squared_edges_sum(act, form_weights: dict, x_hat, sample_weights, c_in_pinv, c_out, alphas,
                       weights, chunk: int):
-    """Unnormalised squared edges ``(d_out, d_in)`` of one batch, for a positionwise MLP section.
+    """Exact unnormalised squared edges ``(r_out, r_in)`` of one batch, for a positionwise MLP
+    section: per token ``A_t = diag(x^_t) (R^ + P diag(d_t) Q)``, squared and summed.
 
     Args:
       act: the section's activation (None if linear).
@@ -83,27 +114,17 @@ def squared_edges_sum(act, form_weights: dict, x_hat, sample_weights, c_in_pinv,
       c_in_pinv: ``(r_in, d_in)``; c_out: ``(d_out_neurons, r_out)`` or None.
       chunk: tokens per step (memory ~ chunk * r_in * r_out).
     """
-    b, d, r = form_weights.get("B"), form_weights.get("D"), form_weights.get("R")
+    p_hat, q_hat, r_hat = _basis_weights(form_weights, c_in_pinv, c_out)
     r_in = x_hat.shape[-1]
     tokens = x_hat.reshape(-1, r_in)
     w = jnp.repeat(sample_weights, x_hat.shape[1]).astype(jnp.float64)
-    right = lambda a: a if c_out is None else a @ c_out  # noqa: E731
-    r_hat = None if r is None else right(c_in_pinv @ r)  # (r_in, r_out)
-    if b is None:  # linear: the per-token matrix is constant
-        mass = jnp.einsum("t,tj->j", w, (tokens ** 2).astype(jnp.float64))
-        return (r_hat.astype(jnp.float64) ** 2 * mass[:, None]).T
-    p_hat = c_in_pinv @ b  # (r_in, m)
-    q_hat = right(jnp.eye(b.shape[1], dtype=b.dtype) if d is None else d)  # (m, r_out)
-    n_tok = tokens.shape[0]
-    chunk = max(1, min(chunk, n_tok))
-    n_chunks = -(-n_tok // chunk)
-    pad = n_chunks * chunk - n_tok
-    tokens = jnp.pad(tokens, ((0, pad), (0, 0))).reshape(n_chunks, chunk, r_in)
-    w = jnp.pad(w, (0, pad)).reshape(n_chunks, chunk)
+    if p_hat is None:  # linear: the per-token matrix is constant
+        return _linear_edges(r_hat, jnp.einsum("t,tj->j", w, (tokens ** 2).astype(jnp.float64)))
 
     def body(acc, inputs):
         f_hat, wt = inputs
-        dbar = integrated_derivative(act, (f_hat @ c_in_pinv) @ b, alphas, weights)
+        dbar = integrated_derivative(act, (f_hat @ c_in_pinv) @ form_weights["B"], alphas,
+                                     weights)
         per_token = (p_hat[None] * dbar[:, None, :]) @ q_hat  # (chunk, r_in, r_out)
         if r_hat is not None:
             per_token = per_token + r_hat
@@ -111,4 +132,40 @@ def squared_edges_sum(act, form_weights: dict, x_hat, sample_weights, c_in_pinv,
         return acc + jnp.einsum("t,tji->ij", wt, a2), None
 
     init = jnp.zeros((q_hat.shape[1], r_in), jnp.float64)
-    return jax.lax.scan(body, init, (tokens, w))[0]
+    return jax.lax.scan(body, init, _in_chunks(chunk, tokens, w))[0]
+
+
+def stochastic_squared_edges_sum(act, form_weights: dict, x_hat, sample_weights, rho, c_in_pinv,
+                                 c_out, alphas, weights, chunk: int):
+    """The stochastic estimate (SPEC 2.3) of a positionwise MLP section's squared edges
+    ``(r_out, r_in)``, unnormalised, for one batch.
+
+    Per sample and source ``A = sum_t rho_t diag(x^_t) (R^ + P diag(d_t) Q)
+    = diag(u) R^ + (P * H) Q`` with ``u = sum_t rho_t x^_t`` and ``H = sum_t rho_t x^_t d_t^T``
+    (one GEMM over tokens): ``r_in m (P_out + r_out)`` per source instead of the
+    ``P_out r_in m r_out`` of the exact edges. With the general path's signs as ``rho`` this is its
+    estimate to round-off, so asking for sources buys the reference's numbers cheaply.
+
+    Args:
+      rho: position weightings ``(batch, R, pos)`` in the model dtype.
+      chunk: samples per step (memory ~ chunk * R * r_in * (pos + m + r_out)).
+      Others as in :func:`squared_edges_sum`.
+    """
+    p_hat, q_hat, r_hat = _basis_weights(form_weights, c_in_pinv, c_out)
+    w = sample_weights.astype(jnp.float64)
+    if p_hat is None:
+        u = jnp.einsum("brt,btj->brj", rho, x_hat).astype(jnp.float64)
+        return _linear_edges(r_hat, jnp.einsum("b,brj->j", w, u ** 2))
+
+    def body(acc, inputs):
+        f_hat, rho_c, wt = inputs
+        dbar = integrated_derivative(act, (f_hat @ c_in_pinv) @ form_weights["B"], alphas,
+                                     weights)  # (chunk, pos, m)
+        weighted = rho_c[..., None] * f_hat[:, None]  # (chunk, R, pos, r_in)
+        a = (p_hat * jnp.einsum("crtj,ctm->crjm", weighted, dbar)) @ q_hat
+        if r_hat is not None:
+            a = a + jnp.sum(weighted, axis=2)[..., None] * r_hat
+        return acc + jnp.einsum("c,crji->ij", wt, a.astype(jnp.float64) ** 2), None
+
+    init = jnp.zeros((q_hat.shape[1], x_hat.shape[-1]), jnp.float64)
+    return jax.lax.scan(body, init, _in_chunks(chunk, x_hat, rho, w))[0]

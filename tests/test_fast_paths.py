@@ -77,21 +77,54 @@ def test_m_prime_and_edges_agree_with_the_general_path(name, rule):
 
 def test_positionwise_sections_get_exact_edges_where_sources_were_asked_for():
     """For a positionwise section, position sources are exact for M' anyway (each sign meets only
-    itself), but not for edges (signs mix positions inside the square): the fast path then gives
-    the exact edges, the reference's computation a noisy estimate of them."""
+    itself), but not for edges (signs mix positions inside the square): sections without a form
+    (one probe per output direction) and LayerNorm forms then give the exact edges, the
+    reference's computation a noisy estimate of them. (MLP forms give the estimate: below.)"""
+    sources = dict(n_stochastic_sources_basis_pos=1, n_stochastic_sources_edges=1)
+    stochastic, reference_like = BuildConfig(**sources), BuildConfig(**sources, fast_paths=False)
     model, inputs = case("tiny_positions")
     i = model.node_layers.index("mlp_act.0")  # -> ln_final: gelu, W_out, residual; no form
     assert model.positionwise[i] and model.forms[i] is None
     g = graph("tiny_positions")
     b_in, c_next = g.bases["mlp_act.0"], g.bases["ln_final"].C
-    sources = dict(n_stochastic_sources_basis_pos=1, n_stochastic_sources_edges=1)
-    stochastic, reference_like = BuildConfig(**sources), BuildConfig(**sources, fast_paths=False)
     for cfg in (stochastic, reference_like):
         assert rel(compute_m_prime(model, i, inputs, cfg, c_next),
                    compute_m_prime(model, i, inputs, GENERAL, c_next)) < 1e-10
     exact = compute_edges(model, i, inputs, GENERAL, b_in, c_next)
     assert rel(compute_edges(model, i, inputs, stochastic, b_in, c_next), exact) < 1e-10
     assert rel(compute_edges(model, i, inputs, reference_like, b_in, c_next), exact) > 1e-3
+    model, inputs = case("tiny_ln")
+    g = graph("tiny_ln")
+    for a, kind in (("ln1.0", "ln_in"), ("ln1_out.0", "ln_out")):
+        i = model.node_layers.index(a)
+        assert model.forms[i].kind == kind
+        b_in, c_next = g.bases[a], g.bases[model.node_layers[i + 1]].C
+        exact = compute_edges(model, i, inputs, GENERAL, b_in, c_next)
+        assert rel(compute_edges(model, i, inputs, stochastic, b_in, c_next), exact) < 1e-10
+        assert rel(compute_edges(model, i, inputs, reference_like, b_in, c_next), exact) > 1e-3
+
+
+@pytest.mark.parametrize("name, layer", [("tiny_ln", "mlp_in.0"), ("tiny_positions", "ln_final")])
+@pytest.mark.parametrize("n_sources", [1, 2])
+@pytest.mark.parametrize("rule", [("gradient", 0), ("gauss-legendre", 3)])
+def test_mlp_closed_form_reproduces_the_stochastic_estimate(name, layer, n_sources, rule):
+    """With edge sources an MLP section (gelu, or linear: the unembedding) gets the reference's
+    estimate in closed form, from the very signs the general path draws: the same numbers, not
+    the exact edges."""
+    model, inputs = case(name)
+    g = graph(name)
+    i = model.node_layers.index(layer)
+    assert model.forms[i].kind == "mlp" and model.positions[i + 1] > 1
+    nxt = g.bases.get(model.node_layers[i + 1])
+    c_next = None if nxt is None else nxt.C
+    common = dict(integration=rule[0], n_intervals=rule[1], seed=3)
+    fast = BuildConfig(**common, n_stochastic_sources_edges=n_sources)
+    general = BuildConfig(**common, n_stochastic_sources_edges=n_sources, fast_paths=False)
+    b_in = g.bases[layer]
+    estimate = compute_edges(model, i, inputs, fast, b_in, c_next)
+    assert rel(estimate, compute_edges(model, i, inputs, general, b_in, c_next)) < 1e-10
+    assert rel(estimate, compute_edges(model, i, inputs, BuildConfig(**common), b_in,
+                                       c_next)) > 1e-3
 
 
 @pytest.mark.parametrize("name", ["tiny_attention", "tiny_ln"])
