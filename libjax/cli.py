@@ -1,20 +1,31 @@
-"""Shared plumbing of the command-line scripts: logging set-up and error reporting.
+"""Shared plumbing of the command-line scripts: logging, compilation cache, error reporting.
 
 A :class:`~libjax.errors.LibjaxError` (bad input the user can fix) ends the program with its
 message and exit status 2, without a traceback; anything else is a bug and keeps its traceback.
 The scripts take flags only: a stray positional argument (``--n_samples 10`` for
 ``--n_samples=10`` after a boolean flag, a misspelt path) is such an error, not silently ignored.
+Every script keeps JAX's persistent compilation cache (``--compilation_cache_dir``), so a
+repeated run with the same shapes loads its compiled steps instead of compiling them again.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import sys
+import tempfile
 from typing import Callable
 
-from absl import app
+import jax
+from absl import app, flags
 
 from libjax.errors import ConfigError, LibjaxError
+
+_CACHE_DIR = flags.DEFINE_string(
+    "compilation_cache_dir", None,
+    "JAX's persistent compilation cache: a repeated run loads its compiled steps from here "
+    "(default: $JAX_COMPILATION_CACHE_DIR if set, else $XDG_CACHE_HOME/libjax/xla or "
+    "~/.cache/libjax/xla); empty: no cache")
 
 
 def _quiet_third_party() -> None:
@@ -22,12 +33,44 @@ def _quiet_third_party() -> None:
         logging.getLogger(name).setLevel(logging.ERROR)
 
 
+def default_cache_dir() -> str:
+    """The user's ``$JAX_COMPILATION_CACHE_DIR`` if set, else ``libjax/xla`` in the XDG cache."""
+    if "JAX_COMPILATION_CACHE_DIR" in os.environ:
+        return os.environ["JAX_COMPILATION_CACHE_DIR"]
+    cache_home = os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache")
+    return os.path.join(cache_home, "libjax", "xla")
+
+
+def _writable(path: str) -> bool:
+    """Whether ``path`` is (or can be made) a directory we may write to; if not, says why."""
+    try:
+        os.makedirs(path, exist_ok=True)
+        with tempfile.TemporaryFile(dir=path):
+            return True
+    except OSError as err:
+        logging.warning("compilation cache off: cannot write to %s (%s)", path, err)
+        return False
+
+
+def use_compilation_cache(path: str) -> None:
+    """Compile through JAX's persistent cache at ``path`` (every step, however small or quick
+    to compile); ``""`` or an unwritable directory: no cache. Call before anything compiles."""
+    path = os.path.expanduser(path)
+    enabled = bool(path) and _writable(path)
+    jax.config.update("jax_compilation_cache_dir", path if enabled else None)
+    if enabled:
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
+        jax.config.update("jax_persistent_cache_min_entry_size_bytes", -1)
+
+
 def run(main: Callable[[list[str]], None]) -> None:
-    """``absl.app.run(main)`` with libjax's logging and user-error handling."""
+    """``absl.app.run(main)`` with libjax's logging, compilation cache and user-error handling."""
     def wrapped(argv):
-        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S",
-                            force=True)
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s",
+                            datefmt="%H:%M:%S", force=True)
         _quiet_third_party()
+        cache_dir = _CACHE_DIR.value
+        use_compilation_cache(default_cache_dir() if cache_dir is None else cache_dir)
         try:
             if len(argv) > 1:
                 raise ConfigError(f"unexpected argument(s) {' '.join(argv[1:])!r}; this script "
@@ -36,6 +79,8 @@ def run(main: Callable[[list[str]], None]) -> None:
         except LibjaxError as err:
             print(f"error: {err}", file=sys.stderr)
             sys.exit(2)
+    # Listed in every script's --help, not only in --helpfull.
+    flags.FLAGS.register_key_flag_for_module(sys.argv[0], flags.FLAGS[_CACHE_DIR.name])
     app.run(wrapped)
 
 

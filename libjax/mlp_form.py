@@ -121,6 +121,10 @@ def squared_edges_sum(act, form_weights: dict, x_hat, sample_weights, c_in_pinv,
     if p_hat is None:  # linear: the per-token matrix is constant
         return _linear_edges(r_hat, jnp.einsum("t,tj->j", w, (tokens ** 2).astype(jnp.float64)))
 
+    r_out = q_hat.shape[1]
+    q_hat = _pad_columns(q_hat, 16)  # full register tiles: ~10% faster GEMMs on CPU (measured)
+    r_hat = None if r_hat is None else _pad_columns(r_hat, 16)
+
     def body(acc, inputs):
         f_hat, wt = inputs
         dbar = integrated_derivative(act, (f_hat @ c_in_pinv) @ form_weights["B"], alphas,
@@ -132,7 +136,12 @@ def squared_edges_sum(act, form_weights: dict, x_hat, sample_weights, c_in_pinv,
         return acc + jnp.einsum("t,tji->ij", wt, a2), None
 
     init = jnp.zeros((q_hat.shape[1], r_in), jnp.float64)
-    return jax.lax.scan(body, init, _in_chunks(chunk, tokens, w))[0]
+    return jax.lax.scan(body, init, _in_chunks(chunk, tokens, w))[0][:r_out]
+
+
+def _pad_columns(a, multiple: int):
+    """``a`` with zero columns appended up to a multiple of ``multiple``."""
+    return jnp.pad(a, ((0, 0), (0, -a.shape[1] % multiple)))
 
 
 def stochastic_squared_edges_sum(act, form_weights: dict, x_hat, sample_weights, rho, c_in_pinv,

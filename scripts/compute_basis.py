@@ -12,7 +12,6 @@ Rerunning the same command on the same --out_dir resumes an interrupted build.
 
 from __future__ import annotations
 
-
 from absl import flags
 
 from libjax import build, cli
@@ -46,7 +45,8 @@ _ISOLATE = flags.DEFINE_boolean("isolate_ln_var", True, "isolate the LayerNorm v
 _ROTATE = flags.DEFINE_boolean("rotate_final_node_layer", None,
                                "PCA-rotate the last node layer (default: model's)")
 _EDGES = flags.DEFINE_boolean("edges", True, "compute the edges")
-_MEMORY = flags.DEFINE_float("memory_budget_gb", build.BuildConfig.memory_budget_gb, "bound on the probe working set (GB)")
+_MEMORY = flags.DEFINE_float("memory_budget_gb", build.BuildConfig.memory_budget_gb,
+                             "bound on the probe working set (GB)")
 _SEED = flags.DEFINE_integer("seed", 0, "seed of stochastic sources and data sampling")
 _DATASET = flags.DEFINE_string("dataset", None, "dataset name (model-specific; default: model's)")
 _DATA_DIR = flags.DEFINE_string("data_dir", None, "local directory with the dataset's files")

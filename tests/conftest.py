@@ -2,11 +2,21 @@
 
 from __future__ import annotations
 
+import atexit
+import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
 
 import libjax  # noqa: F401  (float64, highest matmul precision)
+
+# Scripts run by the tests share one compilation cache for the session (repeated shapes compile
+# once), never the user's ~/.cache.
+_CACHE = tempfile.mkdtemp(prefix="libjax-test-xla-")
+atexit.register(shutil.rmtree, _CACHE, ignore_errors=True)
+os.environ["JAX_COMPILATION_CACHE_DIR"] = _CACHE
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
