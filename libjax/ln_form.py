@@ -17,14 +17,17 @@ token sums, instead of one VJP per output direction and ``P_out x d_in^2`` outer
 from __future__ import annotations
 
 import jax.numpy as jnp
+import numpy as np
 from flax import struct
 
 
-def centring(width: int, dtype=jnp.float64):
-    """``P``: centres the first ``width - 1`` coordinates and zeroes the last."""
+def centring(width: int) -> np.ndarray:
+    """``P``: centres the first ``width - 1`` coordinates and zeroes the last (float64)."""
     d = width - 1
-    p = jnp.eye(width, dtype=dtype) - jnp.pad(jnp.full((d, d), 1.0 / d, dtype), ((0, 1), (0, 1)))
-    return p.at[d, d].set(0.0)
+    p = np.eye(width)
+    p[:d, :d] -= 1.0 / d
+    p[d, d] = 0.0
+    return p
 
 
 def _centred(x):
@@ -50,8 +53,7 @@ class LNInMoments:
 
     @classmethod
     def zeros(cls, width: int) -> "LNInMoments":
-        return cls(jnp.zeros((), jnp.float64), jnp.zeros(width, jnp.float64),
-                   jnp.zeros((width, width), jnp.float64))
+        return cls(np.zeros(()), np.zeros(width), np.zeros((width, width)))  # host
 
 
 def _ln_in_u(x, alphas, weights):
@@ -68,8 +70,9 @@ def ln_in_moments(xs, sample_weights, alphas, weights) -> LNInMoments:
 
 
 def ln_in_m_prime(m: LNInMoments, k):
-    """Unnormalised ``M'`` ``(D, D)``; ``k = C C^T`` of the output ``(var, x)``, ``(1+D, 1+D)``."""
-    cross = jnp.outer(m.s_u, k[1:, 0])
+    """Unnormalised ``M'`` ``(D, D)``; ``k = C C^T`` of the output ``(var, x)``, ``(1+D, 1+D)``
+    (on the host: NumPy sums and ``k``)."""
+    cross = np.outer(m.s_u, k[1:, 0])
     return k[0, 0] * m.s_uu + cross + cross.T + m.rows * k[1:, 1:]
 
 
@@ -102,9 +105,8 @@ class LNOutMoments:
 
     @classmethod
     def zeros(cls, width: int) -> "LNOutMoments":
-        z = jnp.zeros((), jnp.float64)
-        return cls(z, z, z, jnp.zeros(width, jnp.float64), jnp.zeros(width, jnp.float64),
-                   jnp.zeros((width, width), jnp.float64))
+        z = np.zeros(())  # host: no compile
+        return cls(z, z, z, np.zeros(width), np.zeros(width), np.zeros((width, width)))
 
 
 def _ln_out_factors(xs, alphas, weights, eps):
@@ -129,11 +131,12 @@ def ln_out_moments(xs, sample_weights, alphas, weights, eps) -> LNOutMoments:
 
 
 def ln_out_m_prime(m: LNOutMoments, k, keep_resid: bool):
-    """Unnormalised ``M'`` ``(1+D, 1+D)``; ``k = C C^T`` of the output ``(n, x)`` or ``n``."""
+    """Unnormalised ``M'`` ``(1+D, 1+D)``; ``k = C C^T`` of the output ``(n, x)`` or ``n`` (on
+    the host: NumPy sums and ``k``)."""
     width = m.s_a.shape[0]
     p = centring(width)
     k_nn = k[:width, :width]
-    vv = jnp.sum(k_nn * m.s_aa)
+    vv = np.sum(k_nn * m.s_aa)
     vr = m.s_as @ k_nn @ p
     rr = m.s_ss * (p @ k_nn @ p)
     if keep_resid:
@@ -141,8 +144,7 @@ def ln_out_m_prime(m: LNOutMoments, k, keep_resid: bool):
         vr = vr + m.s_a @ k_nr
         cross = m.s_s * (p @ k_nr)
         rr = rr + cross + cross.T + m.rows * k[width:, width:]
-    top = jnp.concatenate([vv[None], vr])[None, :]
-    return jnp.concatenate([top, jnp.concatenate([vr[:, None], rr], axis=1)], axis=0)
+    return np.block([[vv, vr[None, :]], [vr[:, None], rr]])
 
 
 def ln_out_edges(x_hat, sample_weights, c_in_pinv, c_out, alphas, weights, eps,

@@ -9,6 +9,7 @@ padded samples carry weight 0.
 from __future__ import annotations
 
 import jax.numpy as jnp
+import numpy as np
 from flax import struct
 
 
@@ -22,8 +23,7 @@ class Moments:
 
     @classmethod
     def zeros(cls, dim: int) -> "Moments":
-        return cls(jnp.zeros((), jnp.float64), jnp.zeros(dim, jnp.float64),
-                   jnp.zeros((dim, dim), jnp.float64))
+        return cls(np.zeros(()), np.zeros(dim), np.zeros((dim, dim)))  # host: no compile
 
 
 def batch_moments(acts, weights) -> Moments:
@@ -53,12 +53,11 @@ def mean_and_gram(m: Moments, center: bool, has_bias_coordinate: bool):
 
     Centred: ``G = E[(f - mu~)^T (f - mu~)]`` with ``mu~`` = mean with its bias entry set to 0, so
     ``G = [[Cov, 0], [0, 1]]`` exactly. Uncentred: ``G = E[f^T f]``. The ``output`` layer has no
-    bias coordinate and is centred in every coordinate.
+    bias coordinate and is centred in every coordinate. Computed on the host (NumPy).
     """
-    cov = m.scatter / m.count
+    mean, cov = np.asarray(m.mean), np.asarray(m.scatter) / np.asarray(m.count)
     if not center:
-        return m.mean, cov + jnp.outer(m.mean, m.mean)
+        return mean, cov + np.outer(mean, mean)
     if has_bias_coordinate:
-        dim = cov.shape[0]
-        cov = cov.at[dim - 1, :].set(0.0).at[:, dim - 1].set(0.0).at[dim - 1, dim - 1].set(1.0)
-    return m.mean, cov
+        cov[-1, :], cov[:, -1], cov[-1, -1] = 0.0, 0.0, 1.0
+    return mean, cov

@@ -317,14 +317,14 @@ def section_form(cfg: TransformerConfig, span: tuple[str, ...]) -> sectioned.Sec
     w_in, w_out = f"blocks.{layer}.mlp.W_in", f"blocks.{layer}.mlp.W_out"
     act = activation(cfg.act_fn)
     if kinds[0] == "ln2_out":  # no LayerNorm: the normed input is the residual itself
+        # constants in NumPy: no compiled op when libjax evaluates the form on the host
         return sectioned.MLPForm(act, lambda p: {
-            "B": p[w_in], "D": p[w_out], "R": jnp.eye(p[w_out].shape[1], dtype=p[w_out].dtype)})
+            "B": p[w_in], "D": p[w_out], "R": np.eye(p[w_out].shape[1], dtype=p[w_out].dtype)})
 
     def weights(p):  # input (n, resid): n feeds the MLP, resid the skip connection
         d = p[w_out].shape[1]
-        zeros, eye = jnp.zeros((d, d), p[w_out].dtype), jnp.eye(d, dtype=p[w_out].dtype)
         return {"B": jnp.concatenate([p[w_in], jnp.zeros_like(p[w_in])]), "D": p[w_out],
-                "R": jnp.concatenate([zeros, eye])}
+                "R": np.concatenate([np.zeros((d, d)), np.eye(d)]).astype(p[w_out].dtype)}
     return sectioned.MLPForm(act, weights)
 
 
