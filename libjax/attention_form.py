@@ -45,7 +45,7 @@ def plan(form, params, n_pos: int, n_weightings: int, out_dim: int, in_dim: int,
         terms = n_weightings * n_pos * 2 * heads * rank
         per_sample = 8 * (terms * (2 * d_head + out_dim + in_dim + 2 * heads * rank)
                           + 2 * n_weightings * out_dim * in_dim)
-        return "lowrank", n_pos, memory.rows_per_step(per_sample, budget_gb, cache_sized=True,
+        return "lowrank", n_pos, memory.rows_per_step(3 * per_sample, budget_gb, per_sample,
                                                      limit=per_device)
     per_row = 8 * 2 * n_weightings * heads * (2 * d_head * d_v * (3 + heads) + d_v * in_dim
                                               + n_pos * (2 * d_head + d_v) + d_in)

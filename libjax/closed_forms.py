@@ -68,7 +68,8 @@ def edge_chunk(form, params, r_in: int, r_out: int, n_pos: int, d_in: int, sourc
     estimate with ``sources`` (LayerNorm forms do not chunk)."""
     m = form.weights(params)["B"].shape[1] if form.kind == "mlp" and form.act else 0
     if sources is None:
-        return memory.rows_per_step(8 * 3 * r_in * (m + r_out), budget_gb, cache_sized=True)
+        return memory.rows_per_step(8 * 3 * r_in * (m + r_out), budget_gb,
+                                    cached_bytes_per_row=8 * r_in * max(m, r_out))
     per_row = 8 * (sources * r_in * (n_pos + 2 * m + 3 * r_out) + n_pos * (3 * m + d_in))
     return memory.rows_per_step(per_row, budget_gb)
 

@@ -10,13 +10,14 @@ cap only shortens the scans.
 CACHE_BYTES = 8 * 2**20
 
 
-def rows_per_step(bytes_per_row: float, budget_gb: float, cache_sized: bool = False,
+def rows_per_step(bytes_per_row: float, budget_gb: float, cached_bytes_per_row: float = 0,
                   limit: int | None = None) -> int:
-    """Rows (tokens, samples) per step: within ``budget_gb``, within :data:`CACHE_BYTES` if
-    ``cache_sized``, at most ``limit``, at least 1."""
+    """Rows (tokens, samples) per step: within ``budget_gb``; if ``cached_bytes_per_row``, also
+    few enough that the step's main operand (that many bytes per row) fits
+    :data:`CACHE_BYTES`; at most ``limit``; at least 1."""
     rows = budget_gb * 2**30 // bytes_per_row
-    if cache_sized:
-        rows = min(rows, CACHE_BYTES // bytes_per_row)
+    if cached_bytes_per_row:
+        rows = min(rows, CACHE_BYTES // cached_bytes_per_row)
     if limit is not None:
         rows = min(rows, limit)
     return int(max(1, rows))
