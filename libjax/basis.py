@@ -1,4 +1,5 @@
-"""The bases as pure float64 linear algebra: ``neuron``, ``pca`` (= ``svd``) and ``lib`` (SPEC 1.5-1.9).
+"""The bases as pure float64 linear algebra: ``neuron``, ``pca`` (= ``svd``) and ``lib``
+(SPEC 1.5-1.9).
 
 Everything here is NumPy on the host: the matrices are ``d x d`` with ``d`` at most a few thousand,
 host LAPACK is deterministic on every backend, and TPUs have no float64 ``eigh``. A researcher who

@@ -87,7 +87,8 @@ class BuildConfig:
         if self.basis == "neuron" and self.center:
             raise ConfigError("the neuron basis cannot be centred; pass --nocenter with "
                               "--basis=neuron")
-        stochastic_basis = (self.n_stochastic_sources_basis_pos, self.n_stochastic_sources_basis_hidden)
+        stochastic_basis = (self.n_stochastic_sources_basis_pos,
+                            self.n_stochastic_sources_basis_hidden)
         if any(s is not None for s in stochastic_basis) and self.basis != "lib":
             raise ConfigError("stochastic basis sources only apply to the lib (jacobian) basis")
         sources = stochastic_basis + (self.n_stochastic_sources_edges,)
@@ -283,7 +284,8 @@ def _accumulate(step, acc, inputs, batch_size: int, what: str, seed: int, stage:
 # --- phases ---------------------------------------------------------------------------------------
 
 def _overflow_hint(model) -> str:
-    floats = [a.dtype for a in jax.tree.leaves(model.params) if jnp.issubdtype(a.dtype, jnp.floating)]
+    floats = [a.dtype for a in jax.tree.leaves(model.params)
+              if jnp.issubdtype(a.dtype, jnp.floating)]
     return "" if all(d == jnp.float64 for d in floats) else \
         " (a float32 model may overflow: try --dtype=float64)"
 
@@ -387,7 +389,8 @@ def compute_m_prime(model, index: int, inputs, cfg: BuildConfig, c_next,
         divisor = 1
     else:
         probes = _probe_set(model, index, _out_dim(model, index, c_next), cfg,
-                            cfg.n_stochastic_sources_basis_pos, cfg.n_stochastic_sources_basis_hidden)
+                            cfg.n_stochastic_sources_basis_pos,
+                            cfg.n_stochastic_sources_basis_hidden)
         chunk = probe_chunk(probes, per_device, model.positions[index] * dim, len(alphas),
                             cfg.memory_budget_gb)
         step = _m_prime_step(model, index, probes, alphas, weights, chunk)

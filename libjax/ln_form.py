@@ -78,7 +78,8 @@ def ln_in_m_prime(m: LNInMoments, k):
 
 def ln_in_edges(x_hat, sample_weights, c_in_pinv, c_out, alphas, weights):
     """Unnormalised squared edges ``(r_out, r_in)`` of one batch: per token the Jacobian in basis
-    coordinates is ``g ⊗ c0 + A`` with ``g = C_in^+ u``, ``c0 = C_out[0]``, ``A = C_in^+ C_out[1:]``."""
+    coordinates is ``g ⊗ c0 + A`` with ``g = C_in^+ u``, ``c0 = C_out[0]``,
+    ``A = C_in^+ C_out[1:]``."""
     x = x_hat @ c_in_pinv
     c_out = _identity_if_none(c_out, x.shape[-1] + 1, x.dtype)
     g = _ln_in_u(x, alphas, weights) @ c_in_pinv.T  # (batch, pos, r_in)

@@ -5,9 +5,9 @@ A probe is a tensor ``phi`` of the section's output shape ``(P_out, d_out)``; a 
 replace the sum over positions and/or hidden dims by Rademacher (+-1) combinations, unbiased because
 ``E[phi_t phi_t'] = delta_tt'``. For a *positionwise* section (output at ``t`` depends only on
 input at ``t``) the probe ``phi[:, i] = 1`` is exact: its VJP at input position ``s`` is the row
-``i`` of the Jacobian at ``s`` alone, so one probe per hidden dim replaces ``P_out`` of them. Probes are numbered so they can be made chunk by chunk inside a
-``scan`` (ids past ``n_probes`` are padding and give a zero probe); signs are drawn per sample and
-per batch.
+``i`` of the Jacobian at ``s`` alone, so one probe per hidden dim replaces ``P_out`` of them.
+Probes are numbered so they can be made chunk by chunk inside a ``scan`` (ids past ``n_probes``
+are padding and give a zero probe); signs are drawn per sample and per batch.
 """
 
 from __future__ import annotations
@@ -33,11 +33,13 @@ class ProbeSet:
         for name in ("pos_sources", "hidden_sources"):
             value = getattr(self, name)
             if value is not None and value < 1:
-                raise ValueError(f"{name} must be a positive number of sources or None, got {value}")
+                raise ValueError(f"{name} must be a positive number of sources or None, "
+                                 f"got {value}")
 
     @property
     def n_probes(self) -> int:
-        pos = 1 if self.positionwise else self.n_pos if self.pos_sources is None else self.pos_sources
+        pos = (1 if self.positionwise
+               else self.n_pos if self.pos_sources is None else self.pos_sources)
         hidden = self.dim if self.hidden_sources is None else self.hidden_sources
         return pos * hidden
 

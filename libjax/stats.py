@@ -15,7 +15,8 @@ from flax import struct
 
 @struct.dataclass
 class Moments:
-    """Running statistics of a set of row vectors: count, mean and centred scatter ``sum (f-m)(f-m)^T``."""
+    """Running statistics of a set of row vectors: count, mean and centred scatter
+    ``sum (f-m)(f-m)^T``."""
 
     count: jnp.ndarray  # ()
     mean: jnp.ndarray  # (d,)

@@ -125,7 +125,8 @@ class Store:
 
     def __init__(self, out_dir: str | os.PathLike | None, build_info: dict,
                  overwrite: bool = False, writer: bool = True):
-        self.out_dir = None if out_dir is None else Path(out_dir).resolve()  # orbax needs absolute paths
+        # orbax needs absolute paths
+        self.out_dir = None if out_dir is None else Path(out_dir).resolve()
         self.writer = writer
         self._memory: dict[str, Any] = {}
         self._done: set[str] = set()

@@ -59,7 +59,8 @@ def shape_of(weights: dict, name: str, path, ndim: int) -> tuple[int, ...]:
                               f"{sorted(weights)[:8]}... Is it a checkpoint of this model?")
     shape = weights[name].shape
     if len(shape) != ndim:
-        raise CheckpointError(f"checkpoint {path}: {name!r} has shape {shape}, expected {ndim} dims")
+        raise CheckpointError(f"checkpoint {path}: {name!r} has shape {shape}, "
+                              f"expected {ndim} dims")
     return shape
 
 

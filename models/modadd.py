@@ -66,7 +66,8 @@ def split_data(split: str) -> tuple[np.ndarray, np.ndarray]:
 # --- the trainable (unfolded) model ---------------------------------------------------------------
 
 class ModAddTransformer(nn.Module):
-    """Unfolded 1-layer attention-only-then-MLP transformer with TransformerLens parameter shapes."""
+    """Unfolded 1-layer attention-only-then-MLP transformer with TransformerLens parameter
+    shapes."""
 
     cfg: transformer.TransformerConfig
 
@@ -78,7 +79,8 @@ class ModAddTransformer(nn.Module):
         init = nn.initializers.normal(stddev=0.8 / math.sqrt(c.d_model))
         zeros = nn.initializers.zeros
         p = lambda name, shape, f=init: self.param(name, f, shape)  # noqa: E731
-        w_e, w_pos = p("embed.W_E", (c.d_vocab, c.d_model)), p("pos_embed.W_pos", (c.n_ctx, c.d_model))
+        w_e, w_pos = (p("embed.W_E", (c.d_vocab, c.d_model)),
+                      p("pos_embed.W_pos", (c.n_ctx, c.d_model)))
         n_pos = tokens.shape[-1]
         resid = w_e[tokens] + w_pos[:n_pos]
         # (batch, heads, pos, e) layout and 2-D weight matrices: fast batched matmuls in XLA.
@@ -87,7 +89,8 @@ class ModAddTransformer(nn.Module):
         for layer in range(c.n_layers):
             at, ml = f"blocks.{layer}.attn.", f"blocks.{layer}.mlp."
             hd, hb = (c.n_heads, c.d_model, c.d_head), (c.n_heads, c.d_head)
-            q, k, v = (heads(resid @ flat(p(at + f"W_{n}", hd)) + p(at + f"b_{n}", hb, zeros).ravel())
+            q, k, v = (heads(resid @ flat(p(at + f"W_{n}", hd))
+                             + p(at + f"b_{n}", hb, zeros).ravel())
                        for n in "QKV")
             causal = np.tril(np.ones((n_pos, n_pos), bool))
             if last_position_only and layer == c.n_layers - 1:
@@ -99,8 +102,10 @@ class ModAddTransformer(nn.Module):
             resid = resid + z @ w_o.reshape(-1, c.d_model) + p(at + "b_O", (c.d_model,), zeros)
             pre = resid @ p(ml + "W_in", (c.d_model, c.d_mlp)) + p(ml + "b_in", (c.d_mlp,), zeros)
             post = transformer.activation(c.act_fn)(pre)
-            resid = resid + post @ p(ml + "W_out", (c.d_mlp, c.d_model)) + p(ml + "b_out", (c.d_model,), zeros)
-        return resid @ p("unembed.W_U", (c.d_model, c.d_vocab)) + p("unembed.b_U", (c.d_vocab,), zeros)
+            resid = (resid + post @ p(ml + "W_out", (c.d_mlp, c.d_model))
+                     + p(ml + "b_out", (c.d_model,), zeros))
+        return (resid @ p("unembed.W_U", (c.d_model, c.d_vocab))
+                + p("unembed.b_U", (c.d_vocab,), zeros))
 
 
 def tl_to_flax(tl: dict) -> dict:
@@ -125,7 +130,8 @@ def load(path: str | os.PathLike | None = None) -> tuple[transformer.Transformer
         raise checkpoints.CheckpointError(
             f"{path} is a checkpoint of model {meta['model']!r}, not of the modular-addition model")
     vocab, d_model = checkpoints.shape_of(weights, "embed.W_E", path, ndim=2)
-    cfg = config(p=vocab - 1, n_ctx=checkpoints.shape_of(weights, "pos_embed.W_pos", path, ndim=2)[0])
+    cfg = config(p=vocab - 1,
+                 n_ctx=checkpoints.shape_of(weights, "pos_embed.W_pos", path, ndim=2)[0])
     checkpoints.check_shapes(weights, expected_shapes(cfg), path)
     return cfg, weights
 

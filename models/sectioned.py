@@ -65,8 +65,8 @@ class AttentionForm:
     """Declares an attention section ``x -> r_t + sum_h softmax(q k^T / scale) v W_O[h]`` at the
     output positions (all, or the last only), ``q, k, v`` from ``n``; ``n`` and ``r`` are both ``x``
     (``layout="shared"``) or its two halves (``"split"``, ``x = (n, r)``). ``weights(params)``
-    gives ``W_Q``, ``W_K`` ``(H, D, dh)``, ``W_V`` ``(H, D, dv)``, ``W_O`` ``(H, dv, D)``; ``mask(P)``
-    the allowed ``(query, key)`` pairs."""
+    gives ``W_Q``, ``W_K`` ``(H, D, dh)``, ``W_V`` ``(H, D, dv)``, ``W_O`` ``(H, dv, D)``;
+    ``mask(P)`` the allowed ``(query, key)`` pairs."""
 
     weights: Callable[[Any], dict]
     mask: Callable[[int], Any]
@@ -175,7 +175,8 @@ def _chain(modules: Sequence[Module], fused: Mapping[tuple[str, ...], Callable])
 
 
 def validate_node_layers(node_layers: Sequence[str], valid: Sequence[str]) -> tuple[str, ...]:
-    """Check that ``node_layers`` is a strictly increasing, duplicate-free subsequence of ``valid``."""
+    """Check that ``node_layers`` is a strictly increasing, duplicate-free subsequence of
+    ``valid``."""
     node_layers = tuple(node_layers)
     shown = ", ".join(valid)
     if len(node_layers) < 2:
@@ -184,7 +185,8 @@ def validate_node_layers(node_layers: Sequence[str], valid: Sequence[str]) -> tu
             f"order: {shown}")
     for name in node_layers:
         if name not in valid:
-            raise NodeLayerError(f"unknown node layer {name!r}; valid node layers in order: {shown}")
+            raise NodeLayerError(f"unknown node layer {name!r}; valid node layers in order: "
+                                 f"{shown}")
     if len(set(node_layers)) != len(node_layers):
         dup = sorted({n for n in node_layers if node_layers.count(n) > 1})
         raise NodeLayerError(f"node layer(s) {dup} listed more than once; valid node layers in "

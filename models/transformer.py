@@ -76,7 +76,8 @@ _SCALAR_ACTIVATIONS: dict[str, Callable[[float], float]] = {
 
 def root_one(act_name: str) -> float:
     """The input ``r`` with ``act(r) = 1`` (SPEC 1.2): 1 for relu/identity, otherwise bisection
-    on [-1, 4] until ``|act(r) - 1| < 1e-11``, which reproduces the reference's value bit for bit."""
+    on [-1, 4] until ``|act(r) - 1| < 1e-11``, which reproduces the reference's value bit for
+    bit."""
     if act_name in ("relu", "identity"):
         return 1.0
     act = _SCALAR_ACTIVATIONS[act_name]
@@ -287,9 +288,10 @@ def section_form(cfg: TransformerConfig, span: tuple[str, ...]) -> sectioned.Sec
 
     Recognised: a LayerNorm half alone (``ln*``: variance, ``ln*_out``: normalisation); the
     attention block with its residual, entered at ``attn_in`` (input ``(n, resid)``) or, without
-    LayerNorm, at ``ln1``/``ln1_out`` (input ``resid``); the MLP block with its residual, entered at ``mlp_in`` (input ``(n, resid)``:
-    ``resid + act(n W_in) W_out``) or, without LayerNorm, at ``ln2``/``ln2_out`` (input
-    ``resid``: ``resid + act(resid W_in) W_out``); and the unembedding alone (``n W_U``).
+    LayerNorm, at ``ln1``/``ln1_out`` (input ``resid``); the MLP block with its residual, entered
+    at ``mlp_in`` (input ``(n, resid)``: ``resid + act(n W_in) W_out``) or, without LayerNorm, at
+    ``ln2``/``ln2_out`` (input ``resid``: ``resid + act(resid W_in) W_out``); and the unembedding
+    alone (``n W_U``).
     """
     if cfg.normalization is None:
         span = tuple(m for m in span if m.split(".")[0] not in _IDENTITY_WITHOUT_LN)

@@ -49,7 +49,8 @@ def tiny_transformer(node_layers, seed=0, last_pos_only=True, n_ctx=3, act_fn="r
               "blocks.0.attn.b_O": (8,), "blocks.0.mlp.W_in": (8, 16), "blocks.0.mlp.b_in": (16,),
               "blocks.0.mlp.W_out": (16, 8), "blocks.0.mlp.b_out": (8,), "unembed.W_U": (8, 11),
               "unembed.b_U": (11,)}
-    weights = {k: rng.normal(size=s) / np.sqrt(s[-2] if len(s) > 1 else 4) for k, s in shapes.items()}
+    weights = {k: rng.normal(size=s) / np.sqrt(s[-2] if len(s) > 1 else 4)
+               for k, s in shapes.items()}
     folded = transformer.fold_biases(cfg, weights)
     model = transformer.sectioned_model("tiny", cfg, folded, node_layers)
     tokens = rng.integers(0, 11, size=(64, n_ctx)).astype(np.int32)

@@ -12,7 +12,8 @@ def layer_stats(rng, n=400, d=9, rank=None, var_first=False):
     coordinate), their mean, centred Gram and uncentred second moment."""
     rank = rank or d - 1
     f = np.ones((n, d))
-    f[:, :-1] = rng.normal(size=(n, rank)) @ rng.normal(size=(rank, d - 1)) * 2 + rng.normal(size=d - 1)
+    f[:, :-1] = (rng.normal(size=(n, rank)) @ rng.normal(size=(rank, d - 1)) * 2
+                 + rng.normal(size=d - 1))
     if var_first:
         f[:, 0] = rng.gamma(2.0, size=n)
     mean = f.mean(0)

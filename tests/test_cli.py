@@ -29,7 +29,8 @@ def test_compute_basis_builds_and_summarises(tmp_path):
     # The same command again resumes: nothing is recomputed, the graph is unchanged.
     again = run_script("compute_basis.py", "--n_samples=150", f"--out_dir={out}")
     assert again.returncode == 0 and "resuming" in again.stderr
-    assert np.array_equal(graph.load(out).edges[("ln2.0", "unembed")], g.edges[("ln2.0", "unembed")])
+    assert np.array_equal(graph.load(out).edges[("ln2.0", "unembed")],
+                          g.edges[("ln2.0", "unembed")])
 
 
 def test_default_output_directory_is_relative_to_the_working_directory(tmp_path):

@@ -40,7 +40,8 @@ def test_gauss_legendre_exact_on_polynomials_of_its_degree(n):
     if n > 0:  # and not beyond: x^(2n+2) is integrated with an error
         high = np.zeros(2 * n + 3)
         high[-1] = 1
-        assert abs(weights @ np.polynomial.polynomial.polyval(alphas, high) - 1 / (2 * n + 3)) > 1e-8
+        assert abs(weights @ np.polynomial.polynomial.polyval(alphas, high)
+                   - 1 / (2 * n + 3)) > 1e-8
 
 
 def test_trapezoid_exact_on_lines_up_to_endpoint_shift():

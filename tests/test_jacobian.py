@@ -115,7 +115,8 @@ def test_probe_counts_and_second_moments(sources):
     flat = phis.reshape(4000, -1, exact_terms)
     # E[sum_phi phi phi^T] = S * I: every exact term counted S times, cross terms vanish.
     second = np.einsum("npi,npj->ij", flat, flat) / 4000
-    np.testing.assert_allclose(second, probes.divisor * np.eye(exact_terms), atol=0.1 * probes.divisor)
+    np.testing.assert_allclose(second, probes.divisor * np.eye(exact_terms),
+                               atol=0.1 * probes.divisor)
 
 
 def test_stochastic_probes_are_exact_with_one_output_position():

@@ -67,9 +67,11 @@ def test_lib_bases_layerwise(shared_data):
         sharp = reference.well_defined(rb.Lambda[:n], floor=1e-6)
         assert sharp.sum() >= 10
         # Rows of C^+ (the directions in neuron space) are well conditioned: equal up to sign.
-        assert reference.cosine_gap(b.C_pinv[:n][sharp], rb.C_pinv[:n][sharp], axis=1).max() < 1e-10
+        assert reference.cosine_gap(b.C_pinv[:n][sharp], rb.C_pinv[:n][sharp],
+                                    axis=1).max() < 1e-10
         # Columns of C carry D^-1/2 and so the round-off of the smallest Gram eigenvalues.
-        assert reference.cosine_gap(b.C[:, :n][:, sharp], rb.C[:, :n][:, sharp], axis=0).max() < 1e-4
+        assert reference.cosine_gap(b.C[:, :n][:, sharp], rb.C[:, :n][:, sharp],
+                                    axis=0).max() < 1e-4
 
 
 @pytest.mark.parametrize("kind", ["lib", "pca"])
@@ -104,11 +106,15 @@ def test_lib_lambdas_end_to_end(shared_data):
     assert reference.lambda_error(o.bases["unembed"].Lambda, r.bases["unembed"].Lambda) < 1e-6
     assert reference.lambda_error(o.bases["ln2.0"].Lambda, r.bases["ln2.0"].Lambda) < 1e-6
     # ln1.0 sees ln2.0's round-off directions through its M' (module docstring).
-    assert reference.lambda_error(o.bases["ln1.0"].Lambda, r.bases["ln1.0"].Lambda, floor=1e-4) < 1e-4
-    assert reference.lambda_error(o.bases["ln1.0"].Lambda, r.bases["ln1.0"].Lambda, floor=1e-8) < 1e-2
+    assert reference.lambda_error(o.bases["ln1.0"].Lambda, r.bases["ln1.0"].Lambda,
+                                  floor=1e-4) < 1e-4
+    assert reference.lambda_error(o.bases["ln1.0"].Lambda, r.bases["ln1.0"].Lambda,
+                                  floor=1e-8) < 1e-2
     # SPEC Appendix A, first three Lambdas per layer.
-    np.testing.assert_array_equal(np.round(o.bases["ln2.0"].Lambda[:3], 1), [295856.2, 16415.7, 5035.4])
-    np.testing.assert_array_equal(np.round(o.bases["unembed"].Lambda[:3], 1), [217241.7, 9286.8, 5306.1])
+    np.testing.assert_array_equal(np.round(o.bases["ln2.0"].Lambda[:3], 1),
+                                  [295856.2, 16415.7, 5035.4])
+    np.testing.assert_array_equal(np.round(o.bases["unembed"].Lambda[:3], 1),
+                                  [217241.7, 9286.8, 5306.1])
     np.testing.assert_allclose(o.bases["ln1.0"].Lambda[:3], [116757.9, 18097.2, 4083.0], rtol=1e-4)
 
 
@@ -131,4 +137,5 @@ def test_pca_directions_end_to_end(shared_data):
         d = ob.gram_eigenvalues
         n = min(ob.dim, rb.dim)
         sharp = reference.well_defined(d[:n], floor=1e-6)
-        assert reference.cosine_gap(ob.C[:, :n][:, sharp], rb.C[:, :n][:, sharp], axis=0).max() < 1e-10
+        assert reference.cosine_gap(ob.C[:, :n][:, sharp], rb.C[:, :n][:, sharp],
+                                    axis=0).max() < 1e-10

@@ -26,7 +26,8 @@ def run(out_dir, devices=1, extra=(), wait=True):
 
 def assert_close_graphs(a, b, rtol=1e-10):
     for name in a.grams:
-        np.testing.assert_allclose(a.grams[name], b.grams[name], rtol=rtol, atol=rtol * np.abs(b.grams[name]).max())
+        np.testing.assert_allclose(a.grams[name], b.grams[name], rtol=rtol,
+                                   atol=rtol * np.abs(b.grams[name]).max())
     for name, basis in a.bases.items():
         other = b.bases[name]
         assert basis.dim == other.dim, name

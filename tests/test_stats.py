@@ -15,7 +15,8 @@ def _stream(acts, batch_size):
         weights = np.ones(batch_size)
         if len(chunk) < batch_size:
             weights[len(chunk):] = 0
-            chunk = np.concatenate([chunk, 1e6 * np.ones((batch_size - len(chunk),) + chunk.shape[1:])])
+            chunk = np.concatenate([chunk,
+                                    1e6 * np.ones((batch_size - len(chunk),) + chunk.shape[1:])])
         acc = stats.merge(acc, stats.batch_moments(jnp.asarray(chunk), jnp.asarray(weights)))
     return acc
 
