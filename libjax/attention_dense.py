@@ -19,6 +19,7 @@ import jax
 import jax.numpy as jnp
 
 from libjax import attention_sums as sums_lib
+from libjax import memory
 
 
 def _patterns(form, w, xs, alphas):
@@ -64,7 +65,7 @@ def _scan(xs_list, sample_weights, samples: int, positions: int, n_pos: int, acc
     ``valid = False``) from ``state["inner"]``, then ``acc = finish(acc, inner, state)``."""
     positions = max(1, min(positions, n_pos))
     n_steps = -(-n_pos // positions)
-    batches = sums_lib.chunks(list(xs_list) + [sample_weights], sample_weights.shape[0], samples)
+    batches = memory.in_chunks(samples, *xs_list, sample_weights)
 
     def over_samples(acc, chunk):
         state = start(chunk)

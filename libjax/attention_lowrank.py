@@ -31,6 +31,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from libjax import attention_sums as sums_lib
+from libjax import memory
 
 
 def rank_per_head(n_alphas: int, n_out: int, n_pos: int) -> int:
@@ -121,7 +122,7 @@ def m_prime_sum(form, w, c, o, xs, sample_weights, rho, alphas, weights, samples
     shapes = jax.eval_shape(lambda *a: _m_prime_sums(form, w, o, *a, alphas, weights),
                             xs[:1], sample_weights[:1], rho[:1])
     init = [jnp.zeros(s.shape, s.dtype) for s in shapes]
-    batches = sums_lib.chunks([xs, sample_weights, rho], xs.shape[0], samples)
+    batches = memory.in_chunks(samples, xs, sample_weights, rho)
     total = jax.lax.scan(step, init, batches)[0]
     groups = [("K", "Q"), ("K",)][:len(total) // 2]
     group_sums = [(g, total[1 + 2 * i], total[2 + 2 * i]) for i, g in enumerate(groups)]
@@ -157,5 +158,5 @@ def squared_edges_sum(form, w, c, o, c_in_pinv, x_hat, sample_weights, rho, alph
         return acc + jnp.sum(a_t * a_t, axis=(0, 1)), None
 
     init = jnp.zeros((c.shape[1], x_hat.shape[-1]), jnp.float64)
-    batches = sums_lib.chunks([x_hat, sample_weights, rho], x_hat.shape[0], samples)
+    batches = memory.in_chunks(samples, x_hat, sample_weights, rho)
     return jax.lax.scan(step, init, batches)[0]

@@ -85,13 +85,3 @@ def z_attributions(form, w, c, o, c_in_pinv, u):
     # a handful of terms: unrolled, XLA fuses them into one elementwise pass (an einsum over m
     # transposes its output and ran 5x slower)
     return sum(pz[m] * u[:, :, m, None, :] for m in range(pz.shape[0]))
-
-
-def chunks(arrays, n: int, size: int):
-    """``arrays`` (leading axis ``n``) padded with zeros to a multiple of ``size`` and split into
-    chunks ``(count, size, ...)``."""
-    size = max(1, min(size, n))
-    count = -(-n // size)
-    pad = count * size - n
-    return [jnp.pad(a, [(0, pad)] + [(0, 0)] * (a.ndim - 1)).reshape(count, size, *a.shape[1:])
-            for a in arrays]

@@ -1,4 +1,4 @@
-"""Working-set sizes for chunked steps.
+"""Chunked steps: how many rows each step takes, and the split into chunks.
 
 Steps are chunked twice over: by the user's memory budget (``--memory_budget_gb``, the bound on
 what a step may hold), and, where a step streams many small products, by what stays in the CPU
@@ -6,6 +6,8 @@ caches: on the 2-core benchmark machine, 8 MiB operands ran the MLP edges and th
 attention 1.5-3x faster than budget-sized ones (BUILD_NOTES). Accelerators are unaffected: the
 cap only shortens the scans.
 """
+
+import jax.numpy as jnp
 
 CACHE_BYTES = 8 * 2**20
 
@@ -21,3 +23,14 @@ def rows_per_step(bytes_per_row: float, budget_gb: float, cached_bytes_per_row: 
     if limit is not None:
         rows = min(rows, limit)
     return int(max(1, rows))
+
+
+def in_chunks(size: int, *arrays):
+    """``arrays`` split along their first axis into ``(n_chunks, size, ...)``, zero-padded (the
+    padding must carry weight 0), so a ``scan`` over them compiles once."""
+    n = arrays[0].shape[0]
+    size = max(1, min(size, n))
+    count = -(-n // size)
+    pad = [(0, count * size - n)]
+    return tuple(jnp.pad(a, pad + [(0, 0)] * (a.ndim - 1)).reshape(count, size, *a.shape[1:])
+                 for a in arrays)

@@ -23,6 +23,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import struct
 
+from libjax import memory
+
 
 @struct.dataclass
 class DerivativeMoments:
@@ -91,17 +93,6 @@ def _linear_edges(r_hat, mass):
     return (r_hat.astype(jnp.float64) ** 2 * mass[:, None]).T
 
 
-def _in_chunks(chunk: int, *arrays):
-    """``arrays`` split along their first axis into ``(n_chunks, chunk, ...)``, zero-padded (the
-    padding must carry weight 0), so a ``scan`` over them compiles once."""
-    n = arrays[0].shape[0]
-    chunk = max(1, min(chunk, n))
-    n_chunks = -(-n // chunk)
-    pad = [(0, n_chunks * chunk - n)]
-    return tuple(jnp.pad(a, pad + [(0, 0)] * (a.ndim - 1)).reshape(n_chunks, chunk, *a.shape[1:])
-                 for a in arrays)
-
-
 def squared_edges_sum(act, form_weights: dict, x_hat, sample_weights, c_in_pinv, c_out, alphas,
                       weights, chunk: int):
     """Exact unnormalised squared edges ``(r_out, r_in)`` of one batch, for a positionwise MLP
@@ -136,7 +127,7 @@ def squared_edges_sum(act, form_weights: dict, x_hat, sample_weights, c_in_pinv,
         return acc + jnp.einsum("t,tji->ij", wt, a2), None
 
     init = jnp.zeros((q_hat.shape[1], r_in), jnp.float64)
-    return jax.lax.scan(body, init, _in_chunks(chunk, tokens, w))[0][:r_out]
+    return jax.lax.scan(body, init, memory.in_chunks(chunk, tokens, w))[0][:r_out]
 
 
 def _pad_columns(a, multiple: int):
@@ -177,4 +168,4 @@ def stochastic_squared_edges_sum(act, form_weights: dict, x_hat, sample_weights,
         return acc + jnp.einsum("c,crji->ij", wt, a.astype(jnp.float64) ** 2), None
 
     init = jnp.zeros((q_hat.shape[1], x_hat.shape[-1]), jnp.float64)
-    return jax.lax.scan(body, init, _in_chunks(chunk, x_hat, rho, w))[0]
+    return jax.lax.scan(body, init, memory.in_chunks(chunk, x_hat, rho, w))[0]
