@@ -61,8 +61,10 @@ def both_methods(name, rho, rule):
     return out
 
 
-@pytest.mark.parametrize("name", ["last_only", "all_positions", "split"])
-@pytest.mark.parametrize("rule", [("gradient", 0), ("gauss-legendre", 3)])
+@pytest.mark.parametrize("name, rule", [("last_only", ("gradient", 0)),
+                                        ("all_positions", ("gradient", 0)),
+                                        ("split", ("gradient", 0)),
+                                        ("last_only", ("gauss-legendre", 3))])
 def test_low_rank_and_dense_methods_agree_for_any_weighting(name, rule):
     model, i, xs, *_ = section_inputs(name)
     n_out = model.positions[i + 1]
