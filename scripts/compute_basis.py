@@ -29,12 +29,17 @@ _BASIS = flags.DEFINE_enum("basis", "lib", list(build.BASES), "basis of the non-
 _INTEGRATION = flags.DEFINE_enum("integration", "gradient",
                                  ["gradient", "gauss-legendre", "trapezoidal"], "quadrature rule")
 _N_INTERVALS = flags.DEFINE_integer("n_intervals", 0, "quadrature intervals (0 for gradient)")
+_SOURCES_HELP = " (0: exact; default: the model's, 1 for language models, else exact)"
 _SRC_POS = flags.DEFINE_integer("n_stochastic_sources_basis_pos", None,
-                                "stochastic sources over output positions for M' (default exact)")
+                                "stochastic sources over output positions for M'" + _SOURCES_HELP)
 _SRC_HIDDEN = flags.DEFINE_integer("n_stochastic_sources_basis_hidden", None,
-                                   "stochastic sources over output hidden dims for M'")
+                                   "stochastic sources over output hidden dims for M'"
+                                   + _SOURCES_HELP)
 _SRC_EDGES = flags.DEFINE_integer("n_stochastic_sources_edges", None,
-                                  "stochastic sources over output positions for the edges")
+                                  "stochastic sources over output positions for the edges"
+                                  + _SOURCES_HELP)
+SOURCE_FIELDS = ("n_stochastic_sources_basis_pos", "n_stochastic_sources_basis_hidden",
+                 "n_stochastic_sources_edges")
 _BATCH = flags.DEFINE_integer("batch_size", None, "samples per step (default: model's)")
 _GRAM_BATCH = flags.DEFINE_integer("gram_batch_size", None, "samples per Gram step")
 _EDGE_BATCH = flags.DEFINE_integer("edge_batch_size", None, "samples per edge step")
@@ -77,6 +82,7 @@ def build_config(family, opts) -> build.BuildConfig:
     explicit = {"batch_size": _BATCH.value, "gram_batch_size": _GRAM_BATCH.value,
                 "edge_batch_size": _EDGE_BATCH.value, "rotate_final_node_layer": _ROTATE.value}
     fields.update({k: v for k, v in explicit.items() if v is not None})
+    fields.update({k: None for k in SOURCE_FIELDS if fields[k] == 0})  # 0 asks for exact sums
     return build.BuildConfig(**fields)
 
 

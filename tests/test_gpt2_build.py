@@ -23,9 +23,10 @@ LN_VAR = ("ln1_out.1", "ln2_out.1")
 
 
 @pytest.fixture(scope="module")
-def built(tmp_path_factory):
+def inputs(tmp_path_factory):
+    """A tiny random GPT-2 checkpoint with a tokenizer, and a directory of documents."""
     tmp = tmp_path_factory.mktemp("gpt2_build")
-    ckpt, data, out = tmp / "ckpt", tmp / "data", tmp / "out"
+    ckpt, data = tmp / "ckpt", tmp / "data"
     hf_tiny.gpt2_numpy(ckpt, n_layer=2)
     hf_tiny.tokenizer(ckpt)
     data.mkdir()
@@ -33,12 +34,30 @@ def built(tmp_path_factory):
     docs = [" ".join(rng.permutation(hf_tiny.CORPUS)) for _ in range(4)]
     (data / "stories.jsonl").write_text("".join(json.dumps({"text": d}) + "\n" for d in docs[1:]))
     (data / "one.txt").write_text(docs[0])
+    return ckpt, data
+
+
+def compute_basis(inputs, out, *flags):
+    ckpt, data = inputs
     cmd = [sys.executable, "scripts/compute_basis.py", "--model=gpt2", f"--checkpoint={ckpt}",
-           f"--data_dir={data}", "--layer=1", "--n_ctx=8", "--n_samples=6",
-           "--n_gram_samples=24", f"--out_dir={out}"]
+           f"--data_dir={data}", "--layer=1", "--n_ctx=8", f"--out_dir={out}", *flags]
     run = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr[-3000:]
     return graph.load(out)
+
+
+@pytest.fixture(scope="module")
+def built(inputs, tmp_path_factory):
+    return compute_basis(inputs, tmp_path_factory.mktemp("gpt2_out") / "out", "--n_samples=6",
+                         "--n_gram_samples=24")
+
+
+def test_zero_sources_ask_for_exact_sums(inputs, tmp_path):
+    """The family's default is one position source; 0 on the command line means exact."""
+    g = compute_basis(inputs, tmp_path / "out", "--n_samples=2", "--n_gram_samples=8", "--noedges",
+                      "--n_stochastic_sources_basis_pos=0", "--n_stochastic_sources_edges=0")
+    assert g.config["n_stochastic_sources_basis_pos"] is None
+    assert g.config["n_stochastic_sources_edges"] is None
 
 
 def test_graph_has_the_block_and_the_paper_settings(built):
