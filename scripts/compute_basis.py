@@ -15,6 +15,7 @@ from __future__ import annotations
 from absl import flags
 
 from libjax import build, cli
+from libjax.errors import ConfigError
 from libjax.graph import format_summary, summary
 from models import registry
 
@@ -82,6 +83,9 @@ def build_config(family, opts) -> build.BuildConfig:
     explicit = {"batch_size": _BATCH.value, "gram_batch_size": _GRAM_BATCH.value,
                 "edge_batch_size": _EDGE_BATCH.value, "rotate_final_node_layer": _ROTATE.value}
     fields.update({k: v for k, v in explicit.items() if v is not None})
+    for k in SOURCE_FIELDS:
+        if fields[k] is not None and fields[k] < 0:
+            raise ConfigError(f"--{k} must be >= 0 (0: exact sums), got {fields[k]}")
     fields.update({k: None for k in SOURCE_FIELDS if fields[k] == 0})  # 0 asks for exact sums
     return build.BuildConfig(**fields)
 

@@ -119,8 +119,9 @@ CASES = {
                                   says=("n_intervals must be >= 0",)),
     "stochastic sources with PCA": compute("--basis=pca", "--n_stochastic_sources_basis_pos=1",
                                            says=("only apply to the lib (jacobian) basis",)),
-    "zero stochastic sources": compute("--n_stochastic_sources_edges=0",
-                                       says=("stochastic sources must be >= 1, got 0",)),
+    "negative stochastic sources": compute(
+        "--n_stochastic_sources_edges=-1",
+        says=("--n_stochastic_sources_edges must be >= 0 (0: exact sums), got -1",)),
     "position sources without positions": compute(
         "--model=mlp", "--n_stochastic_sources_edges=1",
         says=("need activations with a sequence axis",)),
@@ -290,8 +291,8 @@ VARIANTS = {
     "zero Gram samples", "data option the model ignores", "data directory that does not exist",
     "images of the wrong size", "token ids outside the vocabulary",
     "corpus smaller than the samples", "context longer than the model's",
-    "negative edge batch size", "unknown basis", "negative intervals", "zero stochastic sources",
-    "position sources without positions", "NaN truncation threshold", "zero memory budget",
+    "negative edge batch size", "unknown basis", "negative intervals",
+    "negative stochastic sources", "position sources without positions", "NaN truncation threshold", "zero memory budget",
     "negative seed", "output directory inside a file", "float32 overflow", "training rate zero",
     "zero hidden width", "NaN learning rate", "training data directory without files",
     "plotting a directory without a build", "ablating with zero samples"}
