@@ -292,7 +292,8 @@ VARIANTS = {
     "images of the wrong size", "token ids outside the vocabulary",
     "corpus smaller than the samples", "context longer than the model's",
     "negative edge batch size", "unknown basis", "negative intervals",
-    "negative stochastic sources", "position sources without positions", "NaN truncation threshold", "zero memory budget",
+    "negative stochastic sources", "position sources without positions",
+    "NaN truncation threshold", "zero memory budget",
     "negative seed", "output directory inside a file", "float32 overflow", "training rate zero",
     "zero hidden width", "NaN learning rate", "training data directory without files",
     "plotting a directory without a build", "ablating with zero samples"}
