@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 from absl import flags
 
-from libjax import ablation, build, cli, comparison, store
+from libjax import ablation, build, cli, comparison, reference, store
 from libjax.errors import CheckpointError
 from models import modadd
 
@@ -37,13 +37,10 @@ PLAN = comparison.Plan(build.BuildConfig(batch_size=99999),
                                        tolerance=1))
 
 # SPEC Appendix A: the reference's seed-0 results (test accuracy, float32).
-REF_NO_ABLATION = 0.9995525
-REF_EDGES = {"lib": {"ln1.0": 133, "ln2.0": 82, "unembed": 633},
-             "pca": {"ln1.0": 167, "ln2.0": 114, "unembed": 682}}
-REF_NODE_LIB = {"ln1.0": {15: 0.9994, 11: 0.9666, 7: 0.296},
-                "ln2.0": {15: 0.983, 11: 0.881, 7: 0.232},
-                "unembed": {9: 1.0, 7: 0.978, 5: 0.408, 3: 0.047}}
-REF_FLAT = (17, 0.9996)  # flat at 0.9996 down to 17 remaining, at every layer
+REF_NO_ABLATION = reference.MODADD_SEED0_ACCURACY
+REF_EDGES = reference.MODADD_SEED0_EDGES_REQUIRED
+REF_NODE_LIB = reference.MODADD_SEED0_NODE_ABLATION
+REF_FLAT = reference.MODADD_SEED0_FLAT
 
 
 def compare_seed(seed: int, path: Path, out_dir: Path) -> dict[str, comparison.Outcome]:

@@ -7,38 +7,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from libjax import ablation
-from libjax.basis import Basis
-from libjax.graph import Graph
+from libjax import ablation, reference
 from models import modadd
 
 LAYERS = ("ln1.0", "ln2.0", "unembed", "output")
 DELTA = 0.001
-REF_EDGES = {"rib": {"ln1.0": 133, "ln2.0": 82, "unembed": 633},
-             "pca": {"ln1.0": 167, "ln2.0": 114, "unembed": 682}}
-REF_NODE = {"ln1.0": {15: 0.9994, 11: 0.9666, 7: 0.296},
-            "ln2.0": {15: 0.983, 11: 0.881, 7: 0.232},
-            "unembed": {9: 1.0, 7: 0.978, 5: 0.408, 3: 0.047}}
-FLAT_DOWN_TO, FLAT_SCORE = 17, 0.9996
-
-
-def reference_graph(path) -> Graph:
-    """A reference build (``ref_graph_modadd_{rib,pca}_seed0.npz``) as a :class:`Graph`."""
-    with np.load(path) as f:
-        bases = {}
-        for name in LAYERS[:-1]:
-            c = f[f"C/{name}"]
-            lam = f[f"Lambda/{name}"][:c.shape[1]] if f"Lambda/{name}" in f else None
-            bases[name] = Basis(C=c, C_pinv=f[f"C_pinv/{name}"], W=f[f"W/{name}"],
-                                W_pinv=f[f"W_pinv/{name}"], Lambda=lam,
-                                kind="lib" if lam is not None else "pca")
-        edges = {(a, b): f[f"E_hat/{a}->{b}"] for a, b in zip(LAYERS[:-1], LAYERS[1:])}
-        means = {name: f[f"mean/{name}"] for name in LAYERS[:-1]}
-        grams = {name: f[f"gram/{name}"] for name in LAYERS[:-1]}
-    kind = "lib" if bases["ln1.0"].Lambda is not None else "pca"
-    return Graph(node_layers=LAYERS, bases=bases, edges=edges, means=means, grams=grams,
-                 orig_dims={"ln1.0": 129, "ln2.0": 129, "unembed": 129, "output": 114},
-                 config={"basis": kind, "center": True})
+REF_EDGES = reference.MODADD_SEED0_EDGES_REQUIRED
+REF_NODE = reference.MODADD_SEED0_NODE_ABLATION
+FLAT_DOWN_TO, FLAT_SCORE = reference.MODADD_SEED0_FLAT
 
 
 @pytest.fixture(scope="module")
@@ -52,18 +28,18 @@ def ev(shared_data):
 @pytest.fixture(scope="module")
 def graphs(shared_data):
     ref = shared_data / "reference"
-    return {kind: reference_graph(ref / f"ref_graph_modadd_{kind}_seed0.npz")
-            for kind in ("rib", "pca")}
+    return {kind: reference.load_graph(ref / f"ref_graph_modadd_{file}_seed0.npz", LAYERS, kind)
+            for kind, file in (("lib", "rib"), ("pca", "pca"))}
 
 
 def test_unablated_test_accuracy(ev):
-    assert ev.base() == pytest.approx(0.9995525, abs=1e-7)  # 4 errors in 8939
+    assert ev.base() == pytest.approx(reference.MODADD_SEED0_ACCURACY, abs=1e-7)
 
 
 def test_lib_node_ablation_matches_appendix_a(ev, graphs):
     points = sorted({k for pts in REF_NODE.values() for k in pts} | {FLAT_DOWN_TO, 60, 129})
     schedule = ablation.Schedule("explicit", specific_points=tuple(points) + (0,))
-    results = ablation.node_ablation(ev, graphs["rib"], list(REF_NODE), schedule)
+    results = ablation.node_ablation(ev, graphs["lib"], list(REF_NODE), schedule)
     for name, expected in REF_NODE.items():
         for k, score in expected.items():
             assert results[name][k] == pytest.approx(score, abs=0.01), (name, k)
@@ -72,7 +48,7 @@ def test_lib_node_ablation_matches_appendix_a(ev, graphs):
         assert results[name][0] < 0.05  # nothing left: chance level
 
 
-@pytest.mark.parametrize("kind", ["rib", "pca"])
+@pytest.mark.parametrize("kind", ["lib", "pca"])
 def test_reference_edge_counts_keep_the_accuracy(ev, graphs, kind):
     """Keeping the reference's number of edges keeps the accuracy within Delta; the bisection's
     answer is checked in full by the slow test below."""
@@ -88,7 +64,7 @@ def test_reference_edge_counts_keep_the_accuracy(ev, graphs, kind):
 @pytest.mark.slow
 def test_full_node_ablation_curves(ev, graphs):
     schedule = ablation.Schedule("exponential", ablate_every_vec_cutoff=10, exp_base=1.05)
-    results = ablation.node_ablation(ev, graphs["rib"], list(REF_NODE), schedule)
+    results = ablation.node_ablation(ev, graphs["lib"], list(REF_NODE), schedule)
     for name, expected in REF_NODE.items():
         assert len(results[name]) == 48
         for k, score in expected.items():
@@ -106,4 +82,4 @@ def test_edge_bisection_matches_the_reference(ev, graphs):
         required[kind] = {name: r.n_edges_required for name, r in results.items()}
         for name, n in required[kind].items():
             assert n == pytest.approx(REF_EDGES[kind][name], rel=0.05)
-    assert all(required["rib"][n] < required["pca"][n] for n in required["rib"])
+    assert all(required["lib"][n] < required["pca"][n] for n in required["lib"])
