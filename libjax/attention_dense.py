@@ -124,6 +124,7 @@ def squared_edges_sum(form, w, c, o, c_in_pinv, x_hat, sample_weights, rho, alph
     reconstruction ``x_hat C_in^+``, as the reference does)."""
     w_kq = jnp.concatenate([w["W_K"], w["W_Q"]], axis=-1)  # (H, D, 2dh)
     pw = jnp.einsum("ji,hie->hej", c_in_pinv[:, :w_kq.shape[1]], w_kq).astype(jnp.float64)
+    pz = sums_lib.z_projections(form, w, c, o, c_in_pinv)
     heads, dv = o.shape[:2]
     n_r, r_in, n_pos = rho.shape[1], x_hat.shape[-1], x_hat.shape[1]
 
@@ -145,7 +146,7 @@ def squared_edges_sum(form, w, c, o, c_in_pinv, x_hat, sample_weights, rho, alph
 
     def finish(acc, inner, state):
         u, heads_part = inner
-        a_t = sums_lib.z_attributions(form, w, c, o, c_in_pinv, u)
+        a_t = sums_lib.z_attributions(pz, u)
         a_t = a_t + jnp.einsum("hfo,bhrfj->broj", o.astype(jnp.float64), heads_part)
         return acc + jnp.sum(a_t * a_t, axis=(0, 1))
 

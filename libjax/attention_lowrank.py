@@ -129,14 +129,14 @@ def m_prime_sum(form, w, c, o, xs, sample_weights, rho, alphas, weights, samples
     return sums_lib.assemble(form, w, c, o, total[0], group_sums, xs.shape[-1])
 
 
-def _attributions(form, w, c, o, c_in_pinv, x_hat, sw, rho, alphas, weights):
+def _attributions(form, w, o, pz, c_in_pinv, x_hat, sw, rho, alphas, weights):
     """Per sample and weighting, ``A^T = (sum_s diag(f^_s) C_in^+ G_s)^T`` ``(B, R, r, r_in)``:
-    the residual and value terms, then all rank-one terms in one batched matrix product."""
+    the residual and value terms (``pz``: :func:`sums_lib.z_projections`), then all rank-one
+    terms in one batched matrix product."""
     xs = x_hat @ c_in_pinv  # evaluated at the reconstruction, as the reference does
-    coeffs, sets = _row_sets(form, w, xs, rho, sw, alphas, weights,
-                                   merge_queries=False)
+    coeffs, sets = _row_sets(form, w, xs, rho, sw, alphas, weights, merge_queries=False)
     u = jnp.einsum("brsm,bsj->brmj", coeffs, x_hat.astype(coeffs.dtype))
-    a_t = sums_lib.z_attributions(form, w, c, o, c_in_pinv, u)
+    a_t = sums_lib.z_attributions(pz, u)
     lefts, rights = [], []
     for positions, groups, x, y in sets:
         w_g, o_g = sums_lib.group_weights(w, o, groups)
@@ -153,8 +153,10 @@ def _attributions(form, w, c, o, c_in_pinv, x_hat, sw, rho, alphas, weights):
 def squared_edges_sum(form, w, c, o, c_in_pinv, x_hat, sample_weights, rho, alphas, weights,
                       samples: int):
     """Unnormalised squared edges ``(r, r_in)`` of one batch, ``samples`` samples per step."""
+    pz = sums_lib.z_projections(form, w, c, o, c_in_pinv)
+
     def step(acc, chunk):
-        a_t = _attributions(form, w, c, o, c_in_pinv, *chunk, alphas, weights)
+        a_t = _attributions(form, w, o, pz, c_in_pinv, *chunk, alphas, weights)
         return acc + jnp.sum(a_t * a_t, axis=(0, 1)), None
 
     init = jnp.zeros((c.shape[1], x_hat.shape[-1]), jnp.float64)

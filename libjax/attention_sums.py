@@ -77,10 +77,16 @@ def assemble(form, w, c, o, s_cc, group_sums, width: int):
     return total
 
 
-def z_attributions(form, w, c, o, c_in_pinv, u):
+def z_projections(form, w, c, o, c_in_pinv):
+    """``(C_in^+ Z_m)^T`` ``(M, r, r_in)``: the residual and value terms' fixed matrices in the
+    edges (computed once per batch, outside the chunk loops)."""
+    return jnp.einsum("ji,mio->moj", c_in_pinv, z_matrices(form, w, c, o, c_in_pinv.shape[1]))
+
+
+def z_attributions(pz, u):
     """The residual and value terms of ``A^T = (sum_s diag(f^_s) C_in^+ G_s)^T``
-    ``(B, R, r, r_in)``, from ``u_m = sum_s c_sm f^_s`` ``(B, R, M, r_in)``."""
-    pz = jnp.einsum("ji,mio->moj", c_in_pinv, z_matrices(form, w, c, o, c_in_pinv.shape[1]))
+    ``(B, R, r, r_in)``, from :func:`z_projections` and ``u_m = sum_s c_sm f^_s``
+    ``(B, R, M, r_in)``."""
     pz = pz.astype(u.dtype)
     # a handful of terms: unrolled, XLA fuses them into one elementwise pass (an einsum over m
     # transposes its output and ran 5x slower)
