@@ -316,8 +316,7 @@ def compute_stats(model, inputs, cfg: BuildConfig, layers: Sequence[int],
                 raise NumericalError(
                     f"the last coordinate of node layer {model.node_layers[i]!r} is not the "
                     f"constant 1 of the folded biases (mean {ones}); the model is not bias-folded")
-        mean, gram = stats.mean_and_gram(m, cfg.center,
-                                         model.has_bias_coordinate[i])
+        mean, gram = stats.mean_and_gram(m, cfg.center, model.has_bias_coordinate[i])
         _check_finite(gram, f"the Gram matrix of {model.node_layers[i]!r}", model)
         means.append(np.asarray(mean))
         grams.append(np.asarray(gram))
