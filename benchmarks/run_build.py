@@ -33,8 +33,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository r
 
 import libjax  # noqa: E402,F401  (float64)
 from benchmarks import flops, measure  # noqa: E402
-from libjax import build, cli  # noqa: E402
-from models import gpt2, lm, modadd  # noqa: E402
+from libjax.runtime import cli  # noqa: E402
+from libjax.build import pipeline as build
+from models.modadd import model as modadd  # noqa: E402
+from models.lm import gpt2
+from models.lm import model as lm
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 GPT2_SMALL = {"model_type": "gpt2", "n_layer": 12, "n_embd": 768, "n_head": 12,

@@ -155,9 +155,9 @@ def lib_basis(gram, mean, m_prime, center: bool = True, isolate_var: bool = Fals
     """The LIB (``jacobian``) basis ``C = Y U D^-1/2 V Lambda^1/2`` (SPEC 1.6-1.9).
 
     Args:
-      gram, mean: the layer's Gram matrix and mean (:mod:`libjax.stats`).
+      gram, mean: the layer's Gram matrix and mean (:mod:`libjax.method.stats`).
       m_prime: ``M' = E[sum_s J_s^T J_s]`` of the next section in the next layer's basis
-        (:mod:`libjax.jacobian`), in this layer's neuron basis.
+        (:mod:`libjax.method.vjp`), in this layer's neuron basis.
       center: the Gram matrix is centred and the constant direction is kept first.
       isolate_var: coordinate 0 is a LayerNorm variance kept as its own direction.
       threshold: directions with Gram eigenvalue or Lambda below it are dropped.

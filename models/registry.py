@@ -1,7 +1,7 @@
 """Model families the command-line tools know, by ``--model`` name.
 
 A family turns model-agnostic options (checkpoint, data, node layers) into what a build needs:
-a :class:`~models.sectioned.SectionedModel`, its input data, and the paper's build settings for
+a :class:`~libjax.model.SectionedModel`, its input data, and the paper's build settings for
 that model. Adding a model means adding a family here; the scripts never change.
 """
 
@@ -13,8 +13,12 @@ from typing import Optional, Protocol, Sequence
 import numpy as np
 
 from libjax.errors import ConfigError, DataError
-from models import gpt2, gptneo, mlp, modadd, modadd_fourier
-from models.sectioned import SectionedModel
+from models.lm import gpt2
+from models.lm import gptneo
+from models.mlp import model as mlp
+from models.modadd import model as modadd
+from models.modadd import fourier as modadd_fourier
+from libjax.model import SectionedModel
 
 DTYPES = ("float64", "float32")
 

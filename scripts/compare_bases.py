@@ -24,7 +24,11 @@ from pathlib import Path
 import numpy as np
 from absl import flags
 
-from libjax import ablation, build, cli, comparison, store
+from libjax.ablation import evaluator as ablation
+from libjax.build import pipeline as build
+from libjax.runtime import cli
+from libjax.analysis import comparison
+from libjax.storage import store
 from libjax.errors import ConfigError
 from models import registry
 

@@ -6,7 +6,7 @@
     python scripts/compute_basis.py --checkpoint=../shared/data/weights_modadd_seed0.npz
     python scripts/compute_basis.py --model=gpt2 --layer=6 --checkpoint=DIR --data_dir=CORPUS
 
-Results go to --out_dir (orbax stages + summary.json; read them with ``libjax.graph.load``).
+Results go to --out_dir (orbax stages + summary.json; read them with ``libjax.storage.graph.load``).
 Rerunning the same command on the same --out_dir resumes an interrupted build.
 """
 
@@ -14,9 +14,10 @@ from __future__ import annotations
 
 from absl import flags
 
-from libjax import build, cli
+from libjax.build import pipeline as build
+from libjax.runtime import cli
 from libjax.errors import ConfigError
-from libjax.graph import format_summary, summary
+from libjax.storage.graph import format_summary, summary
 from models import registry
 
 _MODEL = flags.DEFINE_string("model", "modadd", "model family: " + ", ".join(registry.FAMILIES))

@@ -18,9 +18,14 @@ from pathlib import Path
 import numpy as np
 from absl import flags
 
-from libjax import ablation, build, cli, comparison, reference, store
+from libjax.ablation import evaluator as ablation
+from libjax.build import pipeline as build
+from libjax.runtime import cli
+from libjax.analysis import comparison
+from libjax.analysis import reference
+from libjax.storage import store
 from libjax.errors import CheckpointError
-from models import modadd
+from models.modadd import model as modadd
 
 _SEEDS = flags.DEFINE_string("seeds", "0,1,2,3,4", "comma-separated seeds")
 _WEIGHTS = flags.DEFINE_string("weights", "../shared/data/weights_modadd_seed{seed}.npz",

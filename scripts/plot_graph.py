@@ -18,9 +18,12 @@ from pathlib import Path
 
 from absl import flags
 
-from libjax import ablation, cli, plots, store
+from libjax.ablation import evaluator as ablation
+from libjax.runtime import cli
+from libjax.analysis import plots
+from libjax.storage import store
 from libjax.errors import ConfigError, DataError, StoreError
-from libjax.graph import load
+from libjax.storage.graph import load
 from models import registry
 
 _GRAPH_DIR = flags.DEFINE_string("graph_dir", None, "a finished build (compute_basis.py --out_dir)",

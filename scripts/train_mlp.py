@@ -16,9 +16,12 @@ from absl import flags
 import jax
 import numpy as np
 
-from libjax import cli
+from libjax.runtime import cli
 from libjax.errors import ConfigError
-from models import checkpoints, images, mlp, mlp_training
+from models.common import checkpoints
+from models.common import images
+from models.mlp import model as mlp
+from models.mlp import training as mlp_training
 
 # Train in float32 as the authors did; libjax (imported through models) switches JAX to float64.
 jax.config.update("jax_enable_x64", False)

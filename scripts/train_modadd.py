@@ -18,9 +18,10 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from libjax import cli
+from libjax.runtime import cli
 from libjax.errors import ConfigError
-from models import checkpoints, modadd
+from models.common import checkpoints
+from models.modadd import model as modadd
 
 # The authors trained in float32; libjax (imported through models) switches JAX to float64.
 jax.config.update("jax_enable_x64", False)

@@ -35,7 +35,7 @@ def tiny_transformer(node_layers, seed=0, last_pos_only=True, n_ctx=3, act_fn="r
     ``node_layers``; returns ``(model, tokens)`` with 64 random token sequences."""
     import numpy as np
 
-    from models import transformer
+    from models.common import transformer
 
     cfg = transformer.TransformerConfig(
         n_layers=1, d_model=8, n_heads=2, d_head=4, d_mlp=16, d_vocab=11, n_ctx=n_ctx,
@@ -62,7 +62,8 @@ def tiny_ln_transformer(node_layers, seed=0, n_ctx=5, n_layers=2):
     as pretrained language models are, cut at ``node_layers``; returns ``(model, tokens)``."""
     import numpy as np
 
-    from models import lm, transformer
+    from models.lm import model as lm
+    from models.common import transformer
 
     cfg = transformer.TransformerConfig(
         n_layers=n_layers, d_model=8, n_heads=2, d_head=4, d_mlp=16, d_vocab=11, n_ctx=n_ctx,

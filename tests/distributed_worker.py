@@ -17,14 +17,14 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from libjax import sharding  # noqa: E402
+from libjax.runtime import sharding  # noqa: E402
 
 if len(sys.argv) > 3:
     sharding.initialize(sys.argv[3], int(sys.argv[4]), int(sys.argv[5]))
 
 from conftest import tiny_transformer  # noqa: E402
-from libjax.build import BuildConfig, build  # noqa: E402
-from models import modadd  # noqa: E402
+from libjax.build.pipeline import BuildConfig, build  # noqa: E402
+from models.modadd import model as modadd  # noqa: E402
 
 CONFIG = BuildConfig(n_stochastic_sources_basis_pos=1, n_stochastic_sources_edges=1,
                      truncation_threshold=1e-10, batch_size=24, fast_paths=False)

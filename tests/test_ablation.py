@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 
 from conftest import tiny_transformer
-from libjax import ablation, build
+from libjax.ablation import evaluator as ablation
+from libjax.build import pipeline as build
 from libjax.errors import ConfigError, DataError
 
 LAYERS = ("ln1.0", "ln2.0", "unembed", "output")

@@ -7,8 +7,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from libjax import ablation, reference
-from models import modadd
+from libjax.ablation import evaluator as ablation
+from libjax.analysis import reference
+from models.modadd import model as modadd
 
 LAYERS = ("ln1.0", "ln2.0", "unembed", "output")
 DELTA = 0.001

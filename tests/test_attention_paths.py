@@ -8,9 +8,10 @@ import numpy as np
 import pytest
 
 from conftest import tiny_ln_transformer, tiny_transformer
-from libjax import attention_form, integration
-from libjax.build import BuildConfig, build, compute_edges, compute_m_prime
-from models import modadd
+from libjax.forms.attention import plan as attention_form
+from libjax.method import integration
+from libjax.build.pipeline import BuildConfig, build, compute_edges, compute_m_prime
+from models.modadd import model as modadd
 
 GENERAL = BuildConfig(fast_paths=False)
 METHODS = ("dense", "lowrank")

@@ -20,10 +20,12 @@ import pytest
 
 import hf_tiny
 from conftest import tiny_transformer
-from libjax import graph
-from libjax.build import BuildConfig, build
+from libjax.storage import graph
+from libjax.build.pipeline import BuildConfig, build
 from libjax.errors import StoreError
-from models import checkpoints, mlp, modadd
+from models.common import checkpoints
+from models.mlp import model as mlp
+from models.modadd import model as modadd
 from script_runs import run_script, snapshot
 
 

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from conftest import tiny_transformer
-from libjax.build import BuildConfig, build
-from models import modadd
+from libjax.build.pipeline import BuildConfig, build
+from models.modadd import model as modadd
 
 
 @functools.cache

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from libjax import graph
+from libjax.storage import graph
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -10,8 +10,9 @@ import numpy as np
 import pytest
 
 from image_files import random_mnist, write_mnist
-from libjax import build
-from models import mlp, registry
+from libjax.build import pipeline as build
+from models import registry
+from models.mlp import model as mlp
 from script_runs import run_script
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"

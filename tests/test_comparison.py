@@ -1,4 +1,4 @@
-"""LIB against PCA on the shipped digits MLP (libjax.comparison, libjax.experiments): the
+"""LIB against PCA on the shipped digits MLP (libjax.analysis.comparison, libjax.ablation.evaluator.experiments): the
 ablations score the MLP's ``(1, classes)`` outputs correctly, a comparison builds, ablates,
 summarises and plots both bases, and a rerun reuses exactly the records whose settings match."""
 
@@ -10,8 +10,12 @@ import json
 import numpy as np
 import pytest
 
-from libjax import ablation, build, comparison, experiments
-from models import images, mlp
+from libjax.ablation import evaluator as ablation
+from libjax.build import pipeline as build
+from libjax.analysis import comparison
+from libjax.ablation import experiments
+from models.common import images
+from models.mlp import model as mlp
 
 pytest.importorskip("sklearn")
 

@@ -3,7 +3,8 @@
 import os
 import subprocess
 
-from libjax import cli, graph
+from libjax.runtime import cli
+from libjax.storage import graph
 from script_runs import ROOT, assert_identical_graphs, script_command, snapshot
 
 BUILD = ("compute_basis.py", "--n_samples=40", "--noedges")

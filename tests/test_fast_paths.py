@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 
 from conftest import tiny_ln_transformer, tiny_transformer
-from libjax.build import BuildConfig, build, compute_edges, compute_m_prime
-from models import mlp
+from libjax.build.pipeline import BuildConfig, build, compute_edges, compute_m_prime
+from models.mlp import model as mlp
 
 FAST, GENERAL = BuildConfig(), BuildConfig(fast_paths=False)
 

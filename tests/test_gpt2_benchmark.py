@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 import hf_tiny
-from libjax import graph
+from libjax.storage import graph
 
 ROOT = Path(__file__).resolve().parents[1]
 N_SAMPLES = 2

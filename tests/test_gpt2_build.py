@@ -13,9 +13,9 @@ import numpy as np
 import pytest
 
 import hf_tiny
-from libjax import graph
+from libjax.storage import graph
 from libjax.basis import centring_matrices
-from models import lm
+from models.lm import model as lm
 
 ROOT = Path(__file__).resolve().parents[1]
 LAYERS = lm.block_node_layers(1, 2)  # ln1.1 ... mlp_in.1, ln_final

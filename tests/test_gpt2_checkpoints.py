@@ -14,7 +14,11 @@ import pytest
 
 import hf_tiny
 from libjax.errors import CheckpointError, ConfigError
-from models import gpt2, gptneo, hf, lm, registry
+from models import registry
+from models.lm import gpt2
+from models.lm import gptneo
+from models.common import hf
+from models.lm import model as lm
 
 ROOT = Path(__file__).resolve().parents[1]
 

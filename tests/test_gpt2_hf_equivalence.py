@@ -1,7 +1,7 @@
 """GPT-2 and GPT-Neo in JAX equal Hugging Face transformers (PyTorch, CPU) on tiny random models.
 
 Four levels, each in float32 (atol 1e-5) and float64 (atol 1e-10):
-* the converted, unprocessed model (:class:`models.lm.LanguageModel`) gives HF's logits;
+* the converted, unprocessed model (:class:`models.lm.model.LanguageModel`) gives HF's logits;
 * after TransformerLens's weight processing it gives HF's logits minus their mean over the
   vocabulary (the unembedding is centred);
 * so does the bias-folded, sectioned model that ``--model=gpt2`` / ``tinystories-1m`` load;
@@ -25,7 +25,13 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 
 import hf_tiny  # noqa: E402
-from models import gpt2, gptneo, hf, lm, registry, transformer, weight_processing  # noqa: E402
+from models import registry  # noqa: E402
+from models.common import weight_processing  # noqa: E402
+from models.lm import gpt2
+from models.lm import gptneo
+from models.common import hf
+from models.lm import model as lm
+from models.common import transformer
 
 N_POS = 12  # > the GPT-Neo window (4), so local attention matters
 TOL = {np.float32: 1e-5, np.float64: 1e-10}

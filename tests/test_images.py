@@ -12,7 +12,7 @@ import pytest
 
 from image_files import cifar_batch_bytes, idx_bytes, random_mnist, write_cifar, write_mnist
 from libjax.errors import ConfigError, DataError
-from models import images
+from models.common import images
 
 
 @pytest.fixture

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from libjax import integration
+from libjax.method import integration
 
 
 def test_reference_points_and_weights():

@@ -7,10 +7,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from libjax import integration
-from libjax.edges import squared_edges_sum
-from libjax.jacobian import m_prime_sum
-from libjax.probes import ProbeSet
+from libjax.method import integration
+from libjax.method.vjp_edges import squared_edges_sum
+from libjax.method.vjp import m_prime_sum
+from libjax.method.probes import ProbeSet
 
 P_IN, D_IN, D_OUT = 4, 5, 3
 

@@ -21,8 +21,9 @@ from pathlib import Path
 import pytest
 
 from conftest import tiny_transformer
-from libjax import graph, store
-from libjax.build import BuildConfig, build
+from libjax.storage import graph
+from libjax.storage import store
+from libjax.build.pipeline import BuildConfig, build
 from libjax.errors import StoreError
 from script_runs import (ROOT, assert_identical_graphs, run_script, script_command,
                          snapshot)

@@ -8,9 +8,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from libjax import build
+from libjax.build import pipeline as build
 from libjax.errors import CheckpointError, ConfigError, NodeLayerError
-from models import checkpoints, mlp, registry
+from models import registry
+from models.common import checkpoints
+from models.mlp import model as mlp
 
 
 def random_weights(cfg: mlp.MLPConfig, seed: int = 0, scale: float = 1.0) -> dict:

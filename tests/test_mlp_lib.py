@@ -8,8 +8,9 @@ import numpy as np
 import pytest
 
 from image_files import random_mnist, write_cifar, write_mnist
-from libjax import build
-from models import images, mlp
+from libjax.build import pipeline as build
+from models.common import images
+from models.mlp import model as mlp
 
 
 def batched(fn, model, x):

@@ -11,7 +11,9 @@ import numpy as np
 import pytest
 
 from libjax.errors import ConfigError
-from models import images, mlp, mlp_training
+from models.common import images
+from models.mlp import model as mlp
+from models.mlp import training as mlp_training
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from models import modadd_fourier
+from models.modadd import fourier as modadd_fourier
 
 P = 113
 

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from libjax.errors import CheckpointError, NodeLayerError
-from models import checkpoints, modadd
+from models.common import checkpoints
+from models.modadd import model as modadd
 
 
 def test_dataset_and_split():

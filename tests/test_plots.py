@@ -6,9 +6,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from libjax import ablation, plots
+from libjax.ablation import evaluator as ablation
+from libjax.analysis import plots
 from libjax.basis import Basis
-from libjax.graph import Graph
+from libjax.storage.graph import Graph
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 

@@ -15,11 +15,12 @@ import numpy as np
 import pytest
 
 from libjax.basis import neuron_basis
-from libjax.build import BuildConfig, compute_edges, compute_m_prime
-from libjax.edges import squared_edges_sum
-from libjax.jacobian import m_prime_sum
-from libjax.probes import ProbeSet
-from models import lm, transformer
+from libjax.build.pipeline import BuildConfig, compute_edges, compute_m_prime
+from libjax.method.vjp_edges import squared_edges_sum
+from libjax.method.vjp import m_prime_sum
+from libjax.method.probes import ProbeSet
+from models.lm import model as lm
+from models.common import transformer
 
 CFG = transformer.TransformerConfig(
     n_layers=1, d_model=8, n_heads=2, d_head=4, d_mlp=16, d_vocab=16, n_ctx=6, act_fn="gelu_new",

@@ -31,8 +31,9 @@ from hypothesis import HealthCheck, event, given, note, settings
 from hypothesis import strategies as st
 
 from conftest import tiny_transformer
-from libjax import basis, stats
-from libjax.build import BuildConfig, build
+from libjax import basis
+from libjax.method import stats
+from libjax.build.pipeline import BuildConfig, build
 from libjax.errors import BasisError, LibjaxError
 
 settings.register_profile("libjax-default", max_examples=50, deadline=None,

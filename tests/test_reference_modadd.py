@@ -16,9 +16,9 @@ import numpy as np
 import pytest
 
 from libjax import basis as basis_lib
-from libjax import reference
-from libjax.build import BuildConfig, build, compute_edges, compute_m_prime
-from models import modadd
+from libjax.analysis import reference
+from libjax.build.pipeline import BuildConfig, build, compute_edges, compute_m_prime
+from models.modadd import model as modadd
 
 LAYERS = modadd.PAPER_NODE_LAYERS
 TAU = 1e-15

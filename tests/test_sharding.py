@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from libjax import graph
+from libjax.storage import graph
 
 WORKER = Path(__file__).parent / "distributed_worker.py"
 

@@ -4,7 +4,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from libjax import stats
+from libjax.method import stats
 
 
 def _stream(acts, batch_size):

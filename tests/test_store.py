@@ -6,8 +6,9 @@ import numpy as np
 import pytest
 
 from conftest import tiny_transformer
-from libjax import graph, store
-from libjax.build import BuildConfig, build
+from libjax.storage import graph
+from libjax.storage import store
+from libjax.build.pipeline import BuildConfig, build
 from libjax.errors import StoreError
 
 LAYERS = ("ln1.0", "ln2.0", "unembed", "output")

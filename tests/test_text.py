@@ -10,7 +10,8 @@ import pytest
 
 import hf_tiny
 from libjax.errors import DataError
-from models import hf, text
+from models.common import hf
+from models.common import text
 
 
 def fake_encoder():

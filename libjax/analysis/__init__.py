@@ -1,0 +1,1 @@
+"""libjax.analysis."""

@@ -1,0 +1,155 @@
+"""``M'`` and the squared edges of attention sections from per-position head matrices (the dense
+method of :mod:`libjax.forms.attention.plan`, for long contexts).
+
+At input position ``s`` and weighting ``rho``, the key and query paths of ``G_s`` are
+``sum_h [W_K[h] W_Q[h]] Y_hs O_h`` with the ``(2 d_head, d_v)`` matrix ``Y_hs = [T_hs; U_hs]``,
+
+    T_hs = sum_t rho_t p_hts q_ht (v_hs - z_ht)^T / scale,
+    U_hs = rho_s sum_u p_hsu k_hu (v_hu - z_hs)^T / scale     (s a query position, else 0),
+
+so ``M'`` needs ``S^ZL_mh = sum c_m Y_hs^T`` and ``S^LL_hh' = sum Y_hs O_h O_h'^T Y_h's^T``
+(head-sized: ``O(H^2 d_head^2 d_v)`` per position instead of the ``O(d^2 r)`` of forming ``G_s``),
+and the edges ``sum_s Y_hs^T (C_in^+ [W_K W_Q])^T diag(f^_s)`` per head. Samples and positions
+are processed in chunks, so memory stays ``O(samples x positions x H^2 d_head d_v)`` per step.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from libjax.forms.attention import sums as sums_lib
+from libjax.runtime import memory
+
+
+def _patterns(form, w, xs, alphas):
+    """The attention of every sample at every evaluation point ``alpha x`` (see
+    :func:`sums_lib.attention`), batched: one tuple per point."""
+    return [jax.vmap(lambda x: sums_lib.attention(form, w, a * x))(xs) for a in alphas]
+
+
+def _head_matrices(form, att, rho, weight, n_pos: int, idx, is_query, slot):
+    """One sample's ``c`` ``(R, S, M)`` and ``Y`` ``(H, R, S, 2 dh, dv)`` at the positions
+    ``idx``, from its attention ``att`` at one evaluation point with quadrature ``weight``."""
+    q, k, v, p, z = att
+    c = sums_lib.coefficients(form, rho, p, n_pos)[:, idx]
+    a = jnp.einsum("rt,hts,hte->hrse", rho, p[:, :, idx], q)
+    b = jnp.einsum("rt,hts,hte,htf->hrsef", rho, p[:, :, idx], q, z)
+    t = a[..., None] * v[:, None, idx, None, :] - b
+    rho_s = rho[:, slot] * is_query  # (R, S): the query path's weight
+    pk = jnp.einsum("hsu,hue->hseu", p[:, slot], k)
+    lz = jnp.einsum("hseu,huf->hsef", pk, v) - jnp.sum(pk, -1)[..., None] * z[:, slot, None, :]
+    u = rho_s[None, :, :, None, None] * lz[:, None]
+    return weight * c, weight / form.scale * jnp.concatenate([t, u], axis=-2)
+
+
+def _chunk_matrices(form, atts, rho, sw, weights, n_pos: int, idx, valid):
+    """``c`` ``(B, R, S, M)`` and ``Y`` ``(B, H, R, S, 2 dh, dv)`` of a chunk, summed over the
+    quadrature points and scaled by the sample weights and the position mask, in float64."""
+    if form.last_only:
+        slot, is_query = jnp.zeros_like(idx), idx == n_pos - 1
+    else:
+        slot, is_query = idx, jnp.ones(idx.shape, bool)
+    parts = [jax.vmap(lambda at, r: _head_matrices(form, at, r, wt, n_pos, idx, is_query, slot))(
+        att, rho) for att, wt in zip(atts, weights)]
+    mask = sw[:, None, None] * valid[None, None, :]  # (B, 1, S)
+    c = sum(part[0] for part in parts) * mask[..., None]
+    y = sum(part[1] for part in parts) * mask[:, None, :, :, None, None]
+    return c.astype(jnp.float64), y.astype(jnp.float64)
+
+
+def _scan(xs_list, sample_weights, samples: int, positions: int, n_pos: int, acc, start, step,
+          finish):
+    """Per chunk of samples (padding samples get weight 0): ``state = start(chunk)``, fold
+    ``step(inner, state, idx, valid)`` over chunks of positions (padding positions have
+    ``valid = False``) from ``state["inner"]``, then ``acc = finish(acc, inner, state)``."""
+    positions = max(1, min(positions, n_pos))
+    n_steps = -(-n_pos // positions)
+    batches = memory.in_chunks(samples, *xs_list, sample_weights)
+
+    def over_samples(acc, chunk):
+        state = start(chunk)
+
+        def over_positions(inner, i):
+            idx = i * positions + jnp.arange(positions)
+            return step(inner, state, jnp.minimum(idx, n_pos - 1), idx < n_pos), None
+
+        inner = jax.lax.scan(over_positions, state["inner"], jnp.arange(n_steps))[0]
+        return finish(acc, inner, state), None
+
+    return jax.lax.scan(over_samples, acc, batches)[0]
+
+
+def _to_groups(s_zl, s_ll):
+    """Head sums over ``[K; Q]`` rows to the key/query groups of :func:`sums_lib.assemble`:
+    ``(M, H, dv, 2dh) -> (M, 2H, dv, dh)`` and ``(H, H, 2dh, 2dh) -> (2H, 2H, dh, dh)``."""
+    m, h, f, e2 = s_zl.shape
+    e = e2 // 2
+    s_zl = s_zl.reshape(m, h, f, 2, e).transpose(0, 3, 1, 2, 4).reshape(m, 2 * h, f, e)
+    s_ll = s_ll.reshape(h, h, 2, e, 2, e).transpose(2, 0, 4, 1, 3, 5).reshape(2 * h, 2 * h, e, e)
+    return s_zl, s_ll
+
+
+def m_prime_sum(form, w, c, o, xs, sample_weights, rho, alphas, weights, positions: int,
+                samples: int):
+    """Unnormalised ``M'`` ``(d_in, d_in)`` of one batch."""
+    heads, dv, d_head = o.shape[0], o.shape[1], w["W_Q"].shape[2]
+    n_m, n_pos = heads + 1, xs.shape[1]
+    omega = jnp.einsum("hfo,Hgo->hHfg", o, o).astype(jnp.float64)
+    zeros = tuple(jnp.zeros(shape, jnp.float64) for shape in (
+        (n_m, n_m), (n_m, heads, dv, 2 * d_head), (heads, heads, 2 * d_head, 2 * d_head)))
+
+    def start(chunk):
+        x, r, sw = chunk
+        return {"atts": _patterns(form, w, x, alphas), "rho": r, "sw": sw, "inner": zeros}
+
+    def step(acc, state, idx, valid):
+        cc, y = _chunk_matrices(form, state["atts"], state["rho"], state["sw"], weights, n_pos,
+                                idx, valid)
+        y_omega = jnp.einsum("bhrsef,hHfg->bhrseHg", y, omega)
+        new = (jnp.einsum("brsm,brsn->mn", cc, cc), jnp.einsum("brsm,bhrsef->mhfe", cc, y),
+               jnp.einsum("bhrseHg,bHrsxg->hHex", y_omega, y))
+        return jax.tree.map(jnp.add, acc, new)
+
+    finish = lambda acc, inner, state: jax.tree.map(jnp.add, acc, inner)  # noqa: E731
+    s_cc, s_zl, s_ll = _scan([xs, rho], sample_weights, samples, positions, n_pos, zeros, start,
+                             step, finish)
+    return sums_lib.assemble(form, w, c, o, s_cc, [(("K", "Q"), *_to_groups(s_zl, s_ll))],
+                             xs.shape[-1])
+
+
+def squared_edges_sum(form, w, c, o, c_in_pinv, x_hat, sample_weights, rho, alphas, weights,
+                      positions: int, samples: int):
+    """Unnormalised squared edges ``(r, r_in)`` of one batch (the section evaluated at the
+    reconstruction ``x_hat C_in^+``, as the reference does)."""
+    w_kq = jnp.concatenate([w["W_K"], w["W_Q"]], axis=-1)  # (H, D, 2dh)
+    pw = jnp.einsum("ji,hie->hej", c_in_pinv[:, :w_kq.shape[1]], w_kq).astype(jnp.float64)
+    pz = sums_lib.z_projections(form, w, c, o, c_in_pinv)
+    heads, dv = o.shape[:2]
+    n_r, r_in, n_pos = rho.shape[1], x_hat.shape[-1], x_hat.shape[1]
+
+    def start(chunk):
+        f_hat, r, sw = chunk
+        b = f_hat.shape[0]
+        inner = (jnp.zeros((b, n_r, heads + 1, r_in), jnp.float64),
+                 jnp.zeros((b, heads, n_r, dv, r_in), jnp.float64))
+        return {"atts": _patterns(form, w, f_hat @ c_in_pinv, alphas), "rho": r, "sw": sw,
+                "f_hat": f_hat, "inner": inner}
+
+    def step(inner, state, idx, valid):
+        cc, y = _chunk_matrices(form, state["atts"], state["rho"], state["sw"], weights, n_pos,
+                                idx, valid)
+        f_s = state["f_hat"][:, idx].astype(jnp.float64)
+        yp = jnp.einsum("bhrsef,hej->bhrsfj", y, pw)
+        return (inner[0] + jnp.einsum("brsm,bsj->brmj", cc, f_s),
+                inner[1] + jnp.einsum("bhrsfj,bsj->bhrfj", yp, f_s))
+
+    def finish(acc, inner, state):
+        u, heads_part = inner
+        a_t = sums_lib.z_attributions(pz, u)
+        a_t = a_t + jnp.einsum("hfo,bhrfj->broj", o.astype(jnp.float64), heads_part)
+        return acc + jnp.sum(a_t * a_t, axis=(0, 1))
+
+    acc = jnp.zeros((c.shape[1], r_in), jnp.float64)
+    return _scan([x_hat, rho], sample_weights, samples, positions, n_pos, acc, start, step,
+                 finish)

@@ -1,0 +1,146 @@
+"""The result of a build: bases and edges of every node layer, with config and timings.
+
+``graph.load(out_dir)`` reads a finished build written by :func:`libjax.build.pipeline.build`::
+
+    g = graph.load("out/modadd")
+    g.node_layers                      # ('ln1.0', 'ln2.0', 'unembed', 'output')
+    g.bases["ln1.0"].C                 # (orig, rib); .C_pinv, .Lambda (None for PCA/neuron)
+    g.edges[("ln1.0", "ln2.0")]        # (out, in), E >= 0
+
+``bases`` holds every node layer that has a basis (an unrotated final layer has none: its nodes
+are its neurons); ``orig_dims``/``dims`` give each layer's neuron and node counts.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from typing import Optional
+
+import numpy as np
+
+from libjax.storage import store
+from libjax.basis import Basis
+
+
+STATS_STAGE = "stats"
+
+
+def basis_stage(node_layer: str) -> str:
+    return f"basis_{node_layer}"
+
+
+def edge_stage(in_layer: str, out_layer: str) -> str:
+    return f"edges_{in_layer}__{out_layer}"
+
+
+def basis_to_tree(b: Basis) -> dict:
+    tree = {k: getattr(b, k) for k in ("C", "C_pinv", "W", "W_pinv", "Lambda", "gram_eigenvalues",
+                                        "V") if getattr(b, k) is not None}
+    tree["kind"] = np.asarray(["neuron", "pca", "lib"].index(b.kind))
+    return tree
+
+
+def basis_from_tree(tree: dict) -> Basis:
+    kind = ["neuron", "pca", "lib"][int(tree["kind"])]
+    arrays = {k: np.asarray(v) for k, v in tree.items() if k != "kind"}
+    return Basis(kind=kind, **arrays)
+
+
+@dataclasses.dataclass(frozen=True)
+class Graph:
+    """Bases, edges and statistics of one build.
+
+    Attributes:
+      node_layers: node-layer names in order.
+      bases: node layer -> :class:`~libjax.basis.Basis` (layers that have one).
+      edges: ``(in_layer, out_layer)`` -> ``(out_nodes, in_nodes)`` edge matrix.
+      means, grams: node layer -> mean ``(orig,)`` and Gram matrix ``(orig, orig)``.
+      orig_dims: node layer -> width of its (folded) activations.
+      config: the build configuration (JSON-able dict).
+      timings: phase -> seconds.
+    """
+
+    node_layers: tuple[str, ...]
+    bases: dict
+    edges: dict
+    means: dict
+    grams: dict
+    orig_dims: dict
+    config: dict
+    timings: dict = dataclasses.field(default_factory=dict)
+
+    def dim(self, node_layer: str) -> int:
+        """Number of nodes at ``node_layer``: kept directions, or neurons if it has no basis."""
+        b = self.bases.get(node_layer)
+        return b.dim if b is not None else self.orig_dims[node_layer]
+
+    @property
+    def edge_pairs(self) -> list[tuple[str, str]]:
+        return list(zip(self.node_layers[:-1], self.node_layers[1:]))
+
+    def basis(self, node_layer: str) -> Optional[Basis]:
+        return self.bases.get(node_layer)
+
+
+def edge_mass_count(edges: np.ndarray, fraction: float = 0.99) -> int:
+    """How many of the largest edges carry ``fraction`` of the total edge weight."""
+    flat = np.sort(np.asarray(edges, np.float64).ravel())[::-1]
+    total = flat.sum()
+    if total <= 0:
+        return 0
+    return int(np.searchsorted(np.cumsum(flat), fraction * total) + 1)
+
+
+def summary(g: Graph, n_lambdas: int = 3) -> dict:
+    """A JSON-able digest: per layer dims and leading Lambdas, per edge matrix shape and mass."""
+    layers = {}
+    for name in g.node_layers:
+        b = g.bases.get(name)
+        entry = {"orig_dim": int(g.orig_dims[name]), "dim": int(g.dim(name)),
+                 "basis": b.kind if b is not None else "none"}
+        if b is not None and b.Lambda is not None:
+            entry["leading_lambdas"] = [float(x) for x in b.Lambda[:n_lambdas]]
+        layers[name] = entry
+    edges = {}
+    for (a, b), e in g.edges.items():
+        edges[f"{a}->{b}"] = {"shape": list(e.shape), "sum": float(np.sum(e)),
+                              "n_edges_99pct": edge_mass_count(e)}
+    return {"complete": True, "node_layers": list(g.node_layers), "layers": layers,
+            "edges": edges, "timings_s": g.timings}
+
+
+def format_summary(s: dict) -> str:
+    """Human-readable lines of :func:`summary`'s output."""
+    lines = ["node layer        orig    kept  leading Lambdas"]
+    for name, e in s["layers"].items():
+        lam = ", ".join(f"{x:.6g}" for x in e.get("leading_lambdas", [])) or f"({e['basis']} basis)"
+        lines.append(f"{name:<16} {e['orig_dim']:>5} {e['dim']:>7}  {lam}")
+    lines.append("edges                          shape           sum   edges with 99% of it")
+    for name, e in s["edges"].items():
+        shape = "x".join(map(str, e["shape"]))
+        lines.append(f"{name:<28} {shape:>9} {e['sum']:>15.8g}   {e['n_edges_99pct']}")
+    lines.append("time: " + ", ".join(f"{k} {v:.2f}s" for k, v in s["timings_s"].items()))
+    return "\n".join(lines)
+
+
+def load(out_dir: str | os.PathLike) -> Graph:
+    """Read a finished build from ``out_dir`` (refuses an incomplete one)."""
+    path, info, summ = store.open_complete(out_dir)
+    node_layers = tuple(info["node_layers"])
+    stats = store.read_stage(path, STATS_STAGE)
+    bases = {}
+    for name in node_layers:
+        if (path / "stages" / basis_stage(name)).exists():
+            bases[name] = basis_from_tree(store.read_stage(path, basis_stage(name)))
+    edges = {}
+    for a, b in zip(node_layers[:-1], node_layers[1:]):
+        if (path / "stages" / edge_stage(a, b)).exists():
+            edges[(a, b)] = np.asarray(store.read_stage(path, edge_stage(a, b))["E"])
+    stat_layers = info["stat_layers"]
+    return Graph(
+        node_layers=node_layers, bases=bases, edges=edges,
+        means=dict(zip(stat_layers, map(np.asarray, stats["means"]))),
+        grams=dict(zip(stat_layers, map(np.asarray, stats["grams"]))),
+        orig_dims=dict(zip(node_layers, info["orig_dims"])), config=info["config"],
+        timings=summ.get("timings_s", {}))

@@ -1,0 +1,171 @@
+"""Hugging Face checkpoints without PyTorch: find one, read its config, weights and tokenizer.
+
+A checkpoint is a local directory with ``config.json`` and the weights (``model.safetensors``, a
+sharded ``model.safetensors.index.json``, or ``pytorch_model.bin``), or a hub name (``gpt2``,
+``roneneldan/TinyStories-1M``) that ``huggingface_hub`` takes from its cache or downloads when a
+network is there. Weights come back as NumPy arrays under their Hugging Face names; converting them
+is the architecture's job (:mod:`models.lm.model.gpt2`, :mod:`models.lm.model.gptneo`). Safetensors files are read
+with ``safetensors.numpy``; PyTorch is imported only to read a ``pytorch_model.bin``, and is never a
+dependency of libjax.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from libjax.errors import CheckpointError, DataError
+
+CONFIG = "config.json"
+SAFETENSORS = "model.safetensors"
+SAFETENSORS_INDEX = "model.safetensors.index.json"
+TORCH_BIN = "pytorch_model.bin"
+TOKENIZER_FILES = ["tokenizer.json", "tokenizer_config.json", "vocab.json", "merges.txt",
+                   "special_tokens_map.json"]
+
+Encoder = Callable[[list[str]], list[list[int]]]
+
+
+def _how_to_point(what: str, hub_name: str = "HUB_NAME") -> str:
+    return (f"To use a local copy of the {what} weights, fetch them where there is a network "
+            f"(e.g. `hf download {hub_name} --local-dir DIR`, or `save_pretrained(DIR)` in "
+            f"transformers) and pass --checkpoint=DIR: a directory with {CONFIG} and "
+            f"{SAFETENSORS} (or {TORCH_BIN}), plus the tokenizer files (tokenizer.json, or "
+            "vocab.json and merges.txt) for text data.")
+
+
+def _has_weights(directory: Path) -> bool:
+    return any((directory / f).is_file() for f in (SAFETENSORS, SAFETENSORS_INDEX, TORCH_BIN))
+
+
+def _from_hub(name: str, what: str) -> Path:
+    """The snapshot directory of hub repo ``name`` (cache first, then download): config, tokenizer
+    and safetensors weights, or ``pytorch_model.bin`` if the repo has no safetensors."""
+    try:
+        import huggingface_hub
+        from huggingface_hub import constants, errors
+    except ImportError:
+        raise CheckpointError(f"--checkpoint={name!r} is not a local directory, and the "
+                              f"huggingface_hub package that resolves hub names is not installed. "
+                              + _how_to_point(what, name)) from None
+    try:
+        snapshot = Path(huggingface_hub.snapshot_download(
+            name, allow_patterns=[CONFIG, "*.safetensors", SAFETENSORS_INDEX, *TOKENIZER_FILES]))
+        if not _has_weights(snapshot):
+            snapshot = Path(huggingface_hub.snapshot_download(name, allow_patterns=[TORCH_BIN]))
+    except (OSError, ValueError, errors.EntryNotFoundError) as err:
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise CheckpointError(
+            f"no {what} weights for --checkpoint={name!r}: there is no local directory "
+            f"{Path(name).resolve()}, and the Hugging Face hub (cache {constants.HF_HUB_CACHE}) "
+            f"could not provide {name!r} ({type(err).__name__}: {reason}). "
+            + _how_to_point(what, name)) from None
+    return snapshot
+
+
+def resolve(checkpoint: str, what: str) -> Path:
+    """The local directory of ``checkpoint``: itself if it is a directory, else a hub snapshot.
+
+    ``what`` names the model in error messages (e.g. ``"GPT-2"``).
+    """
+    path = Path(checkpoint).expanduser()
+    if path.is_dir():
+        return path
+    if path.exists():
+        raise CheckpointError(f"--checkpoint={checkpoint!r} is a file; give the Hugging Face "
+                              f"checkpoint directory that holds it (with {CONFIG}) or a hub name")
+    if checkpoint.startswith((".", "/", "~")):
+        raise CheckpointError(f"checkpoint directory {path.resolve()} does not exist. "
+                              + _how_to_point(what))
+    directory = _from_hub(checkpoint, what)
+    if not _has_weights(directory):
+        raise CheckpointError(f"the hub repo {checkpoint!r} has neither {SAFETENSORS} nor "
+                              f"{TORCH_BIN}; it is not a {what} checkpoint")
+    return directory
+
+
+def read_config(directory: Path) -> dict:
+    """The model's ``config.json``."""
+    path = Path(directory) / CONFIG
+    if not path.is_file():
+        raise CheckpointError(f"{directory} has no {CONFIG}; a Hugging Face checkpoint directory "
+                              f"holds {CONFIG} beside the weights")
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise CheckpointError(f"{path} is not valid JSON ({err})") from None
+
+
+def _torch_bin(path: Path) -> dict[str, np.ndarray]:
+    try:
+        import torch
+    except ImportError:
+        raise CheckpointError(
+            f"{path} is a PyTorch file, and reading it needs PyTorch, which libjax does not depend "
+            f"on. Install torch (pip install torch), or convert the file to {SAFETENSORS} once "
+            "where torch is available (transformers: save_pretrained(DIR, "
+            "safe_serialization=True))") from None
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    out = {}
+    for name, tensor in state.items():
+        if tensor.dtype == torch.bfloat16:  # NumPy has no bfloat16
+            tensor = tensor.to(torch.float32)
+        out[name] = tensor.detach().numpy()
+    return out
+
+
+def _safetensors(path: Path) -> dict[str, np.ndarray]:
+    from safetensors.numpy import load_file
+    try:
+        return load_file(str(path))
+    except Exception as err:  # safetensors raises its own error types for corrupt files
+        raise CheckpointError(f"{path} is not a readable safetensors file ({err}); re-download "
+                              "it") from None
+
+
+def read_weights(directory: Path) -> dict[str, np.ndarray]:
+    """All tensors of the checkpoint in ``directory``, by their Hugging Face names."""
+    directory = Path(directory)
+    if (directory / SAFETENSORS).is_file():
+        weights = _safetensors(directory / SAFETENSORS)
+    elif (directory / SAFETENSORS_INDEX).is_file():
+        shards = sorted(set(json.loads((directory / SAFETENSORS_INDEX).read_text())["weight_map"]
+                            .values()))
+        weights = {}
+        for shard in shards:
+            weights.update(_safetensors(directory / shard))
+    elif (directory / TORCH_BIN).is_file():
+        weights = _torch_bin(directory / TORCH_BIN)
+    else:
+        present = sorted(p.name for p in directory.iterdir())
+        raise CheckpointError(f"{directory} has no weights: expected {SAFETENSORS}, "
+                              f"{SAFETENSORS_INDEX} or {TORCH_BIN}; found {present}")
+    for name, value in weights.items():
+        if np.issubdtype(value.dtype, np.floating) and not np.all(np.isfinite(value)):
+            raise CheckpointError(f"{directory}: weight {name!r} contains NaN or inf; the "
+                                  "checkpoint is broken and cannot be analysed")
+    return weights
+
+
+def load_tokenizer(directory: Path) -> Encoder:
+    """The checkpoint's tokenizer as ``texts -> token ids`` (no special tokens added).
+
+    ``tokenizer.json`` is read with the ``tokenizers`` library; other layouts (``vocab.json`` +
+    ``merges.txt``) go through ``transformers.AutoTokenizer``.
+    """
+    directory = Path(directory)
+    if (directory / "tokenizer.json").is_file():
+        from tokenizers import Tokenizer
+        tok = Tokenizer.from_file(str(directory / "tokenizer.json"))
+        return lambda texts: [e.ids for e in tok.encode_batch(texts, add_special_tokens=False)]
+    try:
+        from transformers import AutoTokenizer
+        auto = AutoTokenizer.from_pretrained(str(directory))
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise DataError(f"no tokenizer in {directory} ({type(err).__name__}: {err}); text data "
+                        "needs the model's tokenizer there (tokenizer.json, or vocab.json and "
+                        "merges.txt), or give pre-tokenised .npy token ids") from None
+    return lambda texts: auto(texts, add_special_tokens=False)["input_ids"]

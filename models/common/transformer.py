@@ -1,0 +1,372 @@
+"""A bias-folded transformer as a flat list of per-sample modules (SPEC 1.2, 4.3).
+
+Module ids follow the reference: ``embed, pos_embed, add_embed``, then for each block ``L``
+``ln1.L, ln1_out.L, attn_in.L, attn_out.L, add_resid1.L, ln2.L, ln2_out.L, mlp_in.L, mlp_act.L,
+mlp_out.L, add_resid2.L``, then ``ln_final, ln_final_out, unembed``. Node layer ``X`` is the
+concatenated input tuple of module ``X``. Parameters are a flat dict keyed by TransformerLens
+names, already folded: every residual vector has width ``d_model + 1`` with last coordinate 1.
+
+LayerNorm is TransformerLens's ``LNPre`` (affine parts folded into the next weights), split in
+two: ``ln*`` emits ``(var, resid)`` and ``ln*_out`` normalises, so the variance is a node of its
+own. Without LayerNorm (``normalization=None``) the ``ln`` modules are identities and ``ln*_out``
+duplicates the residual, as in the reference.
+
+Attention is causal; GPT-Neo's local layers also mask keys ``local_attn_window`` or more positions
+back, and GPT-Neo does not scale the scores (``use_attn_scale=False``). The mask and scale are
+public (:func:`attention_mask`, :func:`attention_scale`) so that unfolded models share them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from einops import rearrange
+
+from libjax import model as sectioned
+
+
+@dataclasses.dataclass(frozen=True)
+class TransformerConfig:
+    """Architecture of a (folded) sequential transformer."""
+
+    n_layers: int
+    d_model: int
+    n_heads: int
+    d_head: int
+    d_mlp: int
+    d_vocab: int
+    n_ctx: int
+    act_fn: str = "relu"
+    normalization: str | None = None  # None or "LN" (LNPre after folding)
+    ln_eps: float = 1e-5  # added to the LayerNorm variance
+    use_attn_scale: bool = True  # divide attention scores by sqrt(d_head) (GPT-Neo: no)
+    local_attn_layers: tuple[int, ...] = ()  # blocks with GPT-Neo local (sliding-window) attention
+    local_attn_window: int = 256  # a query sees keys fewer than this many positions back
+    last_pos_module: str | None = None  # e.g. "add_resid1.0": keep only the last position after it
+
+
+ACTIVATIONS: dict[str, Callable] = {
+    "relu": jax.nn.relu,
+    "identity": lambda x: x,
+    "gelu_new": lambda x: jax.nn.gelu(x, approximate=True),
+    "gelu": lambda x: jax.nn.gelu(x, approximate=False),
+}
+
+
+def activation(name: str) -> Callable:
+    if name not in ACTIVATIONS:
+        raise ValueError(f"unknown activation {name!r}; supported: {sorted(ACTIVATIONS)} "
+                         "(tanh and sigmoid cannot be bias-folded)")
+    return ACTIVATIONS[name]
+
+
+# Scalar float64 twins of the activations, for root finding independent of JAX's dtype settings.
+_SCALAR_ACTIVATIONS: dict[str, Callable[[float], float]] = {
+    "relu": lambda x: max(x, 0.0),
+    "identity": lambda x: x,
+    "gelu_new": lambda x: 0.5 * x * (1 + math.tanh(math.sqrt(2 / math.pi) * (x + 0.044715 * x**3))),
+    "gelu": lambda x: 0.5 * x * (1 + math.erf(x / math.sqrt(2))),
+}
+
+
+def root_one(act_name: str) -> float:
+    """The input ``r`` with ``act(r) = 1`` (SPEC 1.2): 1 for relu/identity, otherwise bisection
+    on [-1, 4] until ``|act(r) - 1| < 1e-11``, which reproduces the reference's value bit for
+    bit."""
+    if act_name in ("relu", "identity"):
+        return 1.0
+    act = _SCALAR_ACTIVATIONS[act_name]
+    lo, hi = -1.0, 4.0
+    while True:
+        mid = (lo + hi) / 2
+        excess = act(mid) - 1.0
+        if abs(excess) < 1e-11:
+            return mid
+        lo, hi = (lo, mid) if excess > 0 else (mid, hi)
+
+
+def module_ids(cfg: TransformerConfig) -> list[str]:
+    ids = ["embed", "pos_embed", "add_embed"]
+    for layer in range(cfg.n_layers):
+        ids += [f"{m}.{layer}" for m in ("ln1", "ln1_out", "attn_in", "attn_out", "add_resid1",
+                                          "ln2", "ln2_out", "mlp_in", "mlp_act", "mlp_out",
+                                          "add_resid2")]
+    return ids + ["ln_final", "ln_final_out", "unembed"]
+
+
+# --- module functions (per sample; every array is (pos, width)) -----------------------------------
+
+def _ln_in(normalized: bool):
+    def fn(p, inputs):
+        (resid,) = inputs
+        if not normalized:
+            return (resid,)
+        var = jnp.var(resid[:, :-1], axis=-1, keepdims=True)
+        return (var, resid)
+    return fn
+
+
+def _normalise(var, resid, eps: float):
+    """``(resid - mean) / sqrt(var + eps)`` on the first d_model coords, then the constant 1."""
+    body = resid[:, :-1]
+    centred = body - jnp.mean(body, axis=-1, keepdims=True)
+    # Ablations can rotate the variance node below zero; clamp as the reference does.
+    normed = centred / jnp.sqrt(jnp.maximum(var, 0.0) + eps)
+    return jnp.concatenate([normed, jnp.ones_like(resid[:, -1:])], axis=-1)
+
+
+def _ln_out(normalized: bool, keep_resid: bool, eps: float):
+    def fn(p, inputs):
+        if not normalized:
+            (resid,) = inputs
+            return (resid, resid) if keep_resid else (resid,)
+        var, resid = inputs
+        n = _normalise(var, resid, eps)
+        return (n, resid) if keep_resid else (n,)
+    return fn
+
+
+def _attn_in(cfg: TransformerConfig, layer: int):
+    pre = f"blocks.{layer}.attn."
+
+    def project(n, w):  # (pos, D) x (heads, D, e) -> (pos, heads * e), as one 2-D matmul
+        return n @ rearrange(w, "h d e -> d (h e)")
+
+    def fn(p, inputs):
+        n, resid = inputs
+        return (project(n, p[pre + "W_Q"]), project(n, p[pre + "W_K"]),
+                project(n, p[pre + "W_V"]), resid)
+    return fn
+
+
+def attention_mask(cfg: TransformerConfig, layer: int, n_pos: int) -> np.ndarray:
+    """Which keys (columns) each query (row) of block ``layer`` attends to, ``(n_pos, n_pos)``:
+    causal, and on GPT-Neo's local layers only the last ``local_attn_window`` positions."""
+    query, key = np.arange(n_pos)[:, None], np.arange(n_pos)[None, :]
+    allowed = key <= query
+    if layer in cfg.local_attn_layers:
+        allowed &= query - key < cfg.local_attn_window
+    return allowed
+
+
+def attention_scale(cfg: TransformerConfig) -> float:
+    """The divisor of the attention scores: ``sqrt(d_head)``, or 1 without scaling (GPT-Neo)."""
+    return math.sqrt(cfg.d_head) if cfg.use_attn_scale else 1.0
+
+
+def _attend(cfg: TransformerConfig, layer: int, p, q, k, v, queries: slice):
+    """Attention output ``(queries, D)`` of the query positions ``queries`` (keys: all)."""
+    pre, h = f"blocks.{layer}.attn.", cfg.n_heads
+    # (heads, pos, e) layout: batch-like axes first, which XLA turns into fast batched matmuls
+    q, k, v = (rearrange(a, "p (h e) -> h p e", h=h) for a in (q[queries], k, v))
+    scores = q @ jnp.swapaxes(k, -1, -2) / attention_scale(cfg)
+    allowed = attention_mask(cfg, layer, k.shape[1])[queries]
+    pattern = jax.nn.softmax(jnp.where(allowed, scores, -jnp.inf), axis=-1)
+    z = rearrange(pattern @ v, "h p e -> p (h e)")
+    return z @ rearrange(p[pre + "W_O"], "h e d -> (h e) d")
+
+
+def _attn_out(cfg: TransformerConfig, layer: int):
+    def fn(p, inputs):
+        q, k, v, resid = inputs
+        return (_attend(cfg, layer, p, q, k, v, slice(None)), resid)
+    return fn
+
+
+def _attn_add_last(cfg: TransformerConfig, layer: int):
+    """``attn_out`` then ``add_resid1`` keeping only the last position, computing the attention
+    of the last query alone (the other queries' outputs would be discarded)."""
+    def fn(p, inputs):
+        q, k, v, resid = inputs
+        return (resid[-1:] + _attend(cfg, layer, p, q, k, v, slice(-1, None)),)
+    return fn
+
+
+def _add(last_pos_only: bool):
+    def fn(p, inputs):
+        update, resid = inputs
+        out = resid + update
+        return (out[-1:] if last_pos_only else out,)
+    return fn
+
+
+def _mlp_in(layer: int):
+    def fn(p, inputs):
+        n, resid = inputs
+        return (n @ p[f"blocks.{layer}.mlp.W_in"], resid)
+    return fn
+
+
+def _mlp_act(act: Callable):
+    def fn(p, inputs):
+        pre, resid = inputs
+        return (act(pre), resid)
+    return fn
+
+
+def _mlp_out(layer: int):
+    def fn(p, inputs):
+        post, resid = inputs
+        return (post @ p[f"blocks.{layer}.mlp.W_out"], resid)
+    return fn
+
+
+def _embed(p, tokens):
+    return (p["embed.W_E"][tokens], tokens)
+
+
+def _pos_embed(p, inputs):
+    tok, tokens = inputs
+    return (tok, p["pos_embed.W_pos"][: tokens.shape[0]])
+
+
+def _add_embed(p, inputs):
+    tok, pos = inputs
+    return (tok + pos,)
+
+
+def _unembed(p, inputs):
+    (n,) = inputs
+    return (n @ p["unembed.W_U"],)
+
+
+def modules(cfg: TransformerConfig) -> list[sectioned.Module]:
+    """The flat module list of a folded transformer, in reference order."""
+    ln = cfg.normalization is not None
+    act = activation(cfg.act_fn)
+    mods: list[sectioned.Module] = [("embed", _embed), ("pos_embed", _pos_embed),
+                                    ("add_embed", _add_embed)]
+    for layer in range(cfg.n_layers):
+        last1 = cfg.last_pos_module == f"add_resid1.{layer}"
+        last2 = cfg.last_pos_module == f"add_resid2.{layer}"
+        mods += [
+            (f"ln1.{layer}", _ln_in(ln)),
+            (f"ln1_out.{layer}", _ln_out(ln, keep_resid=True, eps=cfg.ln_eps)),
+            (f"attn_in.{layer}", _attn_in(cfg, layer)),
+            (f"attn_out.{layer}", _attn_out(cfg, layer)),
+            (f"add_resid1.{layer}", _add(last1)),
+            (f"ln2.{layer}", _ln_in(ln)),
+            (f"ln2_out.{layer}", _ln_out(ln, keep_resid=True, eps=cfg.ln_eps)),
+            (f"mlp_in.{layer}", _mlp_in(layer)),
+            (f"mlp_act.{layer}", _mlp_act(act)),
+            (f"mlp_out.{layer}", _mlp_out(layer)),
+            (f"add_resid2.{layer}", _add(last2)),
+        ]
+    mods += [("ln_final", _ln_in(ln)),
+             ("ln_final_out", _ln_out(ln, keep_resid=False, eps=cfg.ln_eps)),
+             ("unembed", _unembed)]
+    return mods
+
+
+def sectioned_model(name: str, cfg: TransformerConfig, folded_params, node_layers,
+                    n_pos: int | None = None) -> sectioned.SectionedModel:
+    """Cut the folded transformer at ``node_layers`` for inputs of ``n_pos`` tokens."""
+    n_pos = cfg.n_ctx if n_pos is None else n_pos
+    example = jax.ShapeDtypeStruct((n_pos,), jnp.int32)
+    mods = modules(cfg)
+    # Attention mixes positions; the add keeping only the last position changes them.
+    positionwise = [mid for mid, _ in mods
+                    if not mid.startswith("attn_out.") and mid != cfg.last_pos_module]
+    fused = {(f"attn_out.{layer}", f"add_resid1.{layer}"): _attn_add_last(cfg, layer)
+             for layer in range(cfg.n_layers) if cfg.last_pos_module == f"add_resid1.{layer}"}
+    return sectioned.cut(name, mods, folded_params, example, node_layers, positional=True,
+                         positionwise_modules=positionwise,
+                         form_of=lambda span: section_form(cfg, span), fused=fused)
+
+
+# Modules that pass their input through unchanged when the model has no LayerNorm.
+_IDENTITY_WITHOUT_LN = ("ln1", "ln2", "ln_final", "ln_final_out")
+
+
+def section_form(cfg: TransformerConfig, span: tuple[str, ...]) -> sectioned.SectionForm | None:
+    """The closed form (:mod:`libjax.model`) of a section made of ``span``'s modules, if any.
+
+    Recognised: a LayerNorm half alone (``ln*``: variance, ``ln*_out``: normalisation); the
+    attention block with its residual, entered at ``attn_in`` (input ``(n, resid)``) or, without
+    LayerNorm, at ``ln1``/``ln1_out`` (input ``resid``); the MLP block with its residual, entered
+    at ``mlp_in`` (input ``(n, resid)``: ``resid + act(n W_in) W_out``) or, without LayerNorm, at
+    ``ln2``/``ln2_out`` (input ``resid``: ``resid + act(resid W_in) W_out``); and the unembedding
+    alone (``n W_U``).
+    """
+    if cfg.normalization is None:
+        span = tuple(m for m in span if m.split(".")[0] not in _IDENTITY_WITHOUT_LN)
+    kinds = tuple(m.split(".")[0] for m in span)
+    if cfg.normalization is not None and len(kinds) == 1:
+        if kinds[0] in ("ln1", "ln2", "ln_final"):
+            return sectioned.LayerNormInForm()
+        if kinds[0] in ("ln1_out", "ln2_out", "ln_final_out"):
+            return sectioned.LayerNormOutForm(cfg.ln_eps, keep_resid=kinds[0] != "ln_final_out")
+    if kinds == ("unembed",):
+        return sectioned.MLPForm(None, lambda p: {"R": p["unembed.W_U"]})
+    attention = ("attn_in", "attn_out", "add_resid1")
+    if kinds in (attention, ("ln1_out",) + attention) and len({m.split(".")[1] for m in span}) == 1:
+        layer = int(span[-1].split(".")[1])
+        pre = f"blocks.{layer}.attn."
+        return sectioned.AttentionForm(
+            weights=lambda p: {n: p[pre + n] for n in ("W_Q", "W_K", "W_V", "W_O")},
+            mask=lambda n_pos: attention_mask(cfg, layer, n_pos), scale=attention_scale(cfg),
+            layout="shared" if kinds[0] == "ln1_out" else "split",
+            last_only=cfg.last_pos_module == f"add_resid1.{layer}")
+    mlp = ("mlp_in", "mlp_act", "mlp_out", "add_resid2")
+    if kinds not in (mlp, ("ln2_out",) + mlp) or len({m.split(".")[1] for m in span}) != 1:
+        return None
+    layer = span[-1].split(".")[1]
+    w_in, w_out = f"blocks.{layer}.mlp.W_in", f"blocks.{layer}.mlp.W_out"
+    act = activation(cfg.act_fn)
+    if kinds[0] == "ln2_out":  # no LayerNorm: the normed input is the residual itself
+        # constants in NumPy: no compiled op when libjax evaluates the form on the host
+        return sectioned.MLPForm(act, lambda p: {
+            "B": p[w_in], "D": p[w_out], "R": np.eye(p[w_out].shape[1], dtype=p[w_out].dtype)})
+
+    def weights(p):  # input (n, resid): n feeds the MLP, resid the skip connection
+        d = p[w_out].shape[1]
+        return {"B": jnp.concatenate([p[w_in], jnp.zeros_like(p[w_in])]), "D": p[w_out],
+                "R": np.concatenate([np.zeros((d, d)), np.eye(d)]).astype(p[w_out].dtype)}
+    return sectioned.MLPForm(act, weights)
+
+
+# --- bias folding (SPEC 1.2) ----------------------------------------------------------------------
+
+def fold_biases(cfg: TransformerConfig, tl: dict, dtype=np.float64) -> dict:
+    """TransformerLens-named weights and biases -> folded weights (residual width d_model + 1).
+
+    Missing biases count as zero. Returns NumPy arrays of ``dtype``.
+    """
+    a = lambda k: np.asarray(tl[k], dtype=np.float64)  # noqa: E731
+    zeros = lambda *s: np.zeros(s)  # noqa: E731
+    get = lambda k, *s: a(k) if k in tl else zeros(*s)  # noqa: E731
+    d, h, dh, m = cfg.d_model, cfg.n_heads, cfg.d_head, cfg.d_mlp
+    out = {
+        "embed.W_E": np.concatenate([a("embed.W_E"), zeros(cfg.d_vocab, 1)], axis=1),
+        "pos_embed.W_pos": np.concatenate(
+            [a("pos_embed.W_pos"), np.ones((len(tl["pos_embed.W_pos"]), 1))], axis=1),
+    }
+    r = root_one(cfg.act_fn)
+    for layer in range(cfg.n_layers):
+        at, ml = f"blocks.{layer}.attn.", f"blocks.{layer}.mlp."
+        for name in ("Q", "K"):
+            w, b = a(at + f"W_{name}"), get(at + f"b_{name}", h, dh)
+            out[at + f"W_{name}"] = np.concatenate([w, b[:, None, :]], axis=1)
+        w_v, b_v = a(at + "W_V"), get(at + "b_V", h, dh)
+        w_v = np.concatenate([w_v, b_v[:, None, :]], axis=1)  # (h, d+1, dh)
+        extra = np.zeros((h, d + 1, 1))
+        extra[:, d, 0] = 1.0
+        out[at + "W_V"] = np.concatenate([w_v, extra], axis=2)
+        w_o, b_o = a(at + "W_O"), get(at + "b_O", d)
+        w_o = np.concatenate([w_o, np.broadcast_to(b_o / h, (h, 1, d))], axis=1)  # (h, dh+1, d)
+        out[at + "W_O"] = np.concatenate([w_o, zeros(h, dh + 1, 1)], axis=2)
+        w_in, b_in = a(ml + "W_in"), get(ml + "b_in", m)
+        top = np.concatenate([w_in, zeros(d, 1)], axis=1)
+        bottom = np.concatenate([b_in, [r]])[None, :]
+        out[ml + "W_in"] = np.concatenate([top, bottom], axis=0)
+        w_out, b_out = a(ml + "W_out"), get(ml + "b_out", d)
+        w_out = np.concatenate([w_out, b_out[None, :]], axis=0)
+        out[ml + "W_out"] = np.concatenate([w_out, zeros(m + 1, 1)], axis=1)
+    out["unembed.W_U"] = np.concatenate(
+        [a("unembed.W_U"), get("unembed.b_U", cfg.d_vocab)[None, :]], axis=0)
+    return {k: v.astype(dtype, copy=False) for k, v in out.items()}

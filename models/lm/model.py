@@ -1,0 +1,259 @@
+"""Pretrained causal language models from Hugging Face checkpoints: what GPT-2 and GPT-Neo share.
+
+* :class:`LanguageModel`: the model as it was trained (LayerNorm with scale and shift), a Flax
+  module with TransformerLens parameter names; the architectures' converters produce its params.
+* :func:`sectioned`: TransformerLens's weight processing (:mod:`models.common.weight_processing`), bias
+  folding and cutting (:mod:`models.common.transformer`): the model LIB sees, whose node-layer
+  activations are the reference's.
+* :class:`LMFamily`: the ``--model`` family (:class:`models.registry.Family`) of an architecture:
+  checkpoint resolution (:mod:`models.common.hf`), one block's node layers, text data
+  (:mod:`models.common.text`) and the paper's build settings (SPEC 5).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from pathlib import Path
+from typing import Callable, Optional
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from libjax.errors import CheckpointError, ConfigError
+from models.common import checkpoints
+from models.common import hf
+from models.common import text
+from models.common import transformer
+from models.common import weight_processing
+
+# Hugging Face activation names -> ours (``gelu_pytorch_tanh`` is the same formula as gelu_new).
+ACTIVATIONS = {"gelu_new": "gelu_new", "gelu_pytorch_tanh": "gelu_new", "gelu": "gelu",
+               "relu": "relu"}
+BLOCK_NODE_MODULES = ("ln1", "ln1_out", "attn_in", "ln2", "ln2_out", "mlp_in")
+
+
+def activation(hf_name: str, what: str) -> str:
+    if hf_name not in ACTIVATIONS:
+        raise CheckpointError(f"{what} with activation {hf_name!r} is not supported (supported: "
+                              f"{', '.join(ACTIVATIONS)})")
+    return ACTIVATIONS[hf_name]
+
+
+# --- the unprocessed model ------------------------------------------------------------------------
+
+class LanguageModel(nn.Module):
+    """A pre-LayerNorm decoder (GPT-2, GPT-Neo) before weight processing, batched.
+
+    Parameters carry TransformerLens names and shapes (``blocks.L.attn.W_Q`` ``(H, d, dh)``,
+    ``blocks.L.ln1.w`` ...); attention masking and scaling follow ``cfg`` (causal, GPT-Neo's local
+    layers and unscaled scores), as in :mod:`models.common.transformer`.
+    """
+
+    cfg: transformer.TransformerConfig
+
+    @nn.compact
+    def __call__(self, tokens):
+        """tokens ``(batch, pos)`` -> logits ``(batch, pos, vocab)``."""
+        c = self.cfg
+        normal, zeros, ones = (nn.initializers.normal(0.02), nn.initializers.zeros,
+                               nn.initializers.ones)
+        p = lambda name, shape, init=normal: self.param(name, init, shape)  # noqa: E731
+
+        def layer_norm(x, name):
+            centred = x - jnp.mean(x, axis=-1, keepdims=True)
+            normed = centred / jnp.sqrt(jnp.mean(centred**2, axis=-1, keepdims=True) + c.ln_eps)
+            return normed * p(name + ".w", (c.d_model,), ones) + p(name + ".b", (c.d_model,), zeros)
+
+        n_pos = tokens.shape[-1]
+        resid = (p("embed.W_E", (c.d_vocab, c.d_model))[tokens]
+                 + p("pos_embed.W_pos", (c.n_ctx, c.d_model))[:n_pos])
+        act = transformer.activation(c.act_fn)
+        hd, hb = (c.n_heads, c.d_model, c.d_head), (c.n_heads, c.d_head)
+        for layer in range(c.n_layers):
+            block = f"blocks.{layer}."
+            x = layer_norm(resid, block + "ln1")
+            q, k, v = (jnp.einsum("bpd,hde->bhpe", x, p(block + f"attn.W_{n}", hd))
+                       + p(block + f"attn.b_{n}", hb, zeros)[:, None, :] for n in "QKV")
+            scores = q @ jnp.swapaxes(k, -1, -2) / transformer.attention_scale(c)
+            allowed = transformer.attention_mask(c, layer, n_pos)
+            pattern = jax.nn.softmax(jnp.where(allowed, scores, -jnp.inf), axis=-1)
+            w_o = p(block + "attn.W_O", (c.n_heads, c.d_head, c.d_model))
+            resid = (resid + jnp.einsum("bhpe,hed->bpd", pattern @ v, w_o)
+                     + p(block + "attn.b_O", (c.d_model,), zeros))
+            x = layer_norm(resid, block + "ln2")
+            pre = (x @ p(block + "mlp.W_in", (c.d_model, c.d_mlp))
+                   + p(block + "mlp.b_in", (c.d_mlp,), zeros))
+            resid = (resid + act(pre) @ p(block + "mlp.W_out", (c.d_mlp, c.d_model))
+                     + p(block + "mlp.b_out", (c.d_model,), zeros))
+        x = layer_norm(resid, "ln_final")
+        return x @ p("unembed.W_U", (c.d_model, c.d_vocab)) + p("unembed.b_U", (c.d_vocab,), zeros)
+
+
+def expected_shapes(cfg: transformer.TransformerConfig) -> dict[str, tuple[int, ...]]:
+    """TransformerLens name -> shape of every parameter of :class:`LanguageModel`."""
+    variables = jax.eval_shape(LanguageModel(cfg).init, jax.random.key(0),
+                               jnp.zeros((1, 1), jnp.int32))
+    return {k: tuple(v.shape) for k, v in variables["params"].items()}
+
+
+def sectioned(name: str, cfg: transformer.TransformerConfig, tl: dict, node_layers,
+              n_pos: int, dtype=np.float64):
+    """Process (TransformerLens), bias-fold and cut the model for inputs of ``n_pos`` tokens."""
+    processed = weight_processing.process(tl, cfg.n_layers)
+    folded = {k: jnp.asarray(v) for k, v in transformer.fold_biases(cfg, processed, dtype).items()}
+    return transformer.sectioned_model(name, cfg, folded, node_layers, n_pos)
+
+
+def block_node_layers(layer: int, n_layers: int) -> tuple[str, ...]:
+    """Block ``layer``'s node layers and the residual stream after it (``ln_final`` after the
+    last block) as the final node layer."""
+    final = f"ln1.{layer + 1}" if layer + 1 < n_layers else "ln_final"
+    return tuple(f"{m}.{layer}" for m in BLOCK_NODE_MODULES) + (final,)
+
+
+# --- converting Hugging Face weights --------------------------------------------------------------
+
+class HFWeights:
+    """A checkpoint's tensors under their Hugging Face names (``transformer.`` prefix dropped and
+    attention-mask buffers ignored), taken one by one so that leftovers can be reported."""
+
+    def __init__(self, weights: dict, what: str, buffer_suffixes: tuple[str, ...]):
+        self.what = what
+        self._left = {k.removeprefix("transformer."): v for k, v in weights.items()
+                      if not k.endswith(buffer_suffixes)}
+
+    def take(self, name: str) -> np.ndarray:
+        if name not in self._left:
+            raise CheckpointError(f"the {self.what} checkpoint has no weight {name!r}; is it a "
+                                  f"{self.what} checkpoint of the size its config.json says?")
+        return self._left.pop(name)
+
+    def mlp(self, src: str, dst: str, tl: dict, out_in: bool) -> None:
+        """Block ``src``'s MLP (``mlp.c_fc``, ``mlp.c_proj``) into ``tl`` as ``dst`` + ``mlp.W_in``
+        etc.; ``out_in``: weights stored ``(out, in)`` (``nn.Linear``) rather than ``(in, out)``."""
+        for ours, theirs in (("in", "c_fc"), ("out", "c_proj")):
+            weight = self.take(f"{src}mlp.{theirs}.weight")
+            tl[f"{dst}mlp.W_{ours}"] = weight.T if out_in else weight
+            tl[f"{dst}mlp.b_{ours}"] = self.take(f"{src}mlp.{theirs}.bias")
+
+    def finish(self, tl: dict, d_vocab: int) -> dict:
+        """Add the final LayerNorm and the unembedding (``lm_head.weight`` if stored, else tied to
+        the embedding; no bias), and refuse tensors the conversion did not use."""
+        tl["ln_final.w"], tl["ln_final.b"] = self.take("ln_f.weight"), self.take("ln_f.bias")
+        tied = "lm_head.weight" not in self._left
+        tl["unembed.W_U"] = (tl["embed.W_E"] if tied else self.take("lm_head.weight")).T
+        tl["unembed.b_U"] = np.zeros(d_vocab, tl["unembed.W_U"].dtype)
+        if self._left:
+            raise CheckpointError(f"the checkpoint has weights a {self.what} model does not use: "
+                                  f"{sorted(self._left)[:8]}")
+        return tl
+
+
+def heads_in(w: np.ndarray, n_heads: int) -> np.ndarray:
+    """``(d, H * dh)`` reading weight -> ``(H, d, dh)``."""
+    d = w.shape[0]
+    return w.reshape(d, n_heads, -1).transpose(1, 0, 2)
+
+
+# --- the --model family ---------------------------------------------------------------------------
+
+_resolve = functools.lru_cache(maxsize=8)(hf.resolve)
+
+
+@dataclasses.dataclass(frozen=True)
+class LMFamily:
+    """The ``--model`` family of a pretrained LM architecture (implements ``registry.Family``).
+
+    Attributes:
+      name, label: ``--model`` name and the model's name in messages.
+      config_from_hf: ``config.json`` dict -> architecture (raises on another architecture).
+      to_tl: (Hugging Face tensors, config) -> unprocessed TransformerLens-named weights.
+      default_checkpoint, default_dataset: hub names used when no flag is given.
+      n_ctx: default tokens per sample (None: the model's context).
+      max_ctx: cap on the model's context (W_pos is cut), as the reference does for TinyStories.
+      n_samples, n_gram_samples: default sample counts (the paper's).
+      batch_sizes: ``BuildConfig`` batch sizes for this model.
+      max_documents: documents read from a hub dataset (the paper's first 100k).
+    """
+
+    name: str
+    label: str
+    config_from_hf: Callable[[dict], transformer.TransformerConfig]
+    to_tl: Callable[[dict, transformer.TransformerConfig], dict]
+    default_checkpoint: str
+    default_dataset: str
+    n_ctx: Optional[int]
+    max_ctx: Optional[int]
+    n_samples: int
+    n_gram_samples: int
+    batch_sizes: dict
+    max_documents: int = 100_000
+
+    def _checkpoint(self, opts) -> tuple[Path, dict, transformer.TransformerConfig]:
+        directory = _resolve(opts.checkpoint or self.default_checkpoint, self.label)
+        hf_config = hf.read_config(directory)
+        cfg = self.config_from_hf(hf_config)
+        if self.max_ctx is not None and cfg.n_ctx > self.max_ctx:
+            cfg = dataclasses.replace(cfg, n_ctx=self.max_ctx)
+        return directory, hf_config, cfg
+
+    def _n_ctx(self, opts, cfg) -> int:
+        n_ctx = opts.n_ctx or self.n_ctx or cfg.n_ctx
+        if not 1 <= n_ctx <= cfg.n_ctx:
+            raise ConfigError(f"--n_ctx={n_ctx} does not fit {self.label}, whose context is "
+                              f"1..{cfg.n_ctx} tokens")
+        return n_ctx
+
+    def node_layers(self, opts):
+        if opts.node_layers:
+            if opts.layer is not None:
+                raise ConfigError("give --layer or --node_layers, not both")
+            return tuple(opts.node_layers)
+        _, _, cfg = self._checkpoint(opts)
+        layer = 0 if opts.layer is None else opts.layer
+        if not 0 <= layer < cfg.n_layers:
+            raise ConfigError(f"{self.label} has blocks 0..{cfg.n_layers - 1}; --layer={layer} "
+                              "does not exist")
+        return block_node_layers(layer, cfg.n_layers)
+
+    def build_defaults(self, opts):
+        # The paper's LM settings (SPEC 5): one positional source for M' and for the edges, the
+        # last node layer PCA-rotated.
+        return {"n_stochastic_sources_basis_pos": 1, "n_stochastic_sources_edges": 1,
+                "rotate_final_node_layer": True, **self.batch_sizes}
+
+    def load(self, opts, node_layers):
+        directory, _, cfg = self._checkpoint(opts)
+        tl = self.to_tl(hf.read_weights(directory), cfg)
+        tl["pos_embed.W_pos"] = tl["pos_embed.W_pos"][:cfg.n_ctx]
+        checkpoints.check_shapes(tl, expected_shapes(cfg), directory)
+        return sectioned(self.name, cfg, tl, node_layers, self._n_ctx(opts, cfg),
+                         np.dtype(opts.dtype))
+
+    def data(self, opts):
+        from models.registry import Data  # the registry imports this module
+        directory, hf_config, cfg = self._checkpoint(opts)
+        n_ctx = self._n_ctx(opts, cfg)
+        eos = hf_config.get("eos_token_id")
+        eos = eos[0] if isinstance(eos, list) else eos
+        if eos is None:
+            raise CheckpointError(f"{directory / hf.CONFIG} has no eos_token_id, which separates "
+                                  "documents")
+        if opts.data_dir:
+            pieces = text.local_corpus(opts.data_dir)
+        else:
+            pieces = text.hub_corpus(opts.dataset or self.default_dataset, self.max_documents,
+                                     opts.split or "train")
+        tokens = text.token_stream(pieces, lambda: hf.load_tokenizer(directory), eos)
+        text.check_vocab(tokens, cfg.d_vocab)
+        pool = text.chunks(tokens, n_ctx)
+        n = opts.n_samples or self.n_samples
+        n_gram = opts.n_gram_samples or (opts.n_samples or self.n_gram_samples)
+        inputs, gram_inputs = text.sample(pool, n, n_gram, opts.seed)
+        return Data(inputs.astype(np.int32), gram_inputs.astype(np.int32))
+
+    def model_id(self, opts):
+        return str(opts.checkpoint or self.default_checkpoint)
