@@ -179,7 +179,7 @@ def _check_build_steps() -> list[str]:
     """A small modular-addition build with a memory budget large enough that every probe scan
     has one trip: XLA's count then covers the whole program, and ours (matmuls only) should be
     at most that and close to it."""
-    from libjax.build import pipeline as build
+    from libjax import build
     from models.modadd import model as modadd
 
     cfg, weights = modadd.load()

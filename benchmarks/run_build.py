@@ -34,7 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository r
 import libjax  # noqa: E402,F401  (float64)
 from benchmarks import flops, measure  # noqa: E402
 from libjax.runtime import cli  # noqa: E402
-from libjax.build import pipeline as build
+from libjax import build
 from models.modadd import model as modadd  # noqa: E402
 from models.lm import gpt2
 from models.lm import model as lm

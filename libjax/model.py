@@ -1,14 +1,20 @@
-"""The one contract between models and libjax: a model cut into sections at node layers.
+"""The one contract between models and libjax: a model cut into sections at its node layers.
 
 A model is an ordered list of named modules. Each module is a pure per-sample function
 ``fn(params, inputs: tuple[Array, ...]) -> tuple[Array, ...]``; every array in a tuple is shaped
 ``(pos, width)`` (the first module receives the raw model input of one sample). Node layer ``X``
 is the concatenation, along the last axis, of the input tuple of module ``X``; ``"output"`` is
-the model output. :func:`cut` turns such a list into a :class:`SectionedModel`, the only view of a
-model that ``libjax`` ever sees.
+the model output (docs/method.md 1.1). :func:`cut` turns such a list into a
+:class:`SectionedModel`, the only view of a model that libjax ever sees:
 
-All functions of a :class:`SectionedModel` act on **one sample**; libjax vmaps them over batches.
-Params are always an explicit argument, never closed over, so jitted programs stay small.
+* its node layers are :class:`NodeLayer` records that say everything the method needs to know
+  about them (width, positions, where the constant coordinate and an isolated LayerNorm
+  variance sit), so that libjax never guesses from a name;
+* the sections between them are :class:`Section` records carrying their declared structure
+  (positionwise or not, a closed form of ``M'`` and the edges, :mod:`libjax.forms`).
+
+All functions act on **one sample**; libjax vmaps them over batches. Parameters are always an
+explicit argument, never closed over, so jitted programs stay small.
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ import jax
 import jax.numpy as jnp
 
 from libjax.errors import NodeLayerError
+from libjax.forms import Form
 
 OUTPUT = "output"
 
@@ -27,56 +34,40 @@ Module = tuple[str, Callable[[Any, tuple], tuple]]
 
 
 @dataclasses.dataclass(frozen=True)
-class MLPForm:
-    """Declares that a section is, at every position, ``x -> x R + act(x B) D``.
+class NodeLayer:
+    """One node layer: the concatenated, bias-folded activations ``(positions, width)``.
 
-    ``weights(params)`` returns a dict with ``"B"`` ``(d_in, m)``, ``"D"`` ``(m, d_out)`` (None:
-    identity) and ``"R"`` ``(d_in, d_out)`` (None: no such term); ``act`` is None for a linear
-    section ``x -> x R``. libjax then computes ``M'`` and edges in closed form
-    (:mod:`libjax.forms.dispatch`) instead of one VJP per output direction.
+    Attributes:
+      name: the module id whose input tuple this is (or ``"output"``).
+      width: coordinates of the concatenation.
+      positions: sequence positions (1 for models without a sequence axis).
+      constant: index of the coordinate that is the constant 1 of the folded biases
+        (docs/method.md 1.2); None for the model output, which has none.
+      variance: index of a LayerNorm variance coordinate that the method may isolate as its own
+        direction (docs/method.md 1.5), or None.
     """
 
-    act: Optional[Callable]
-    weights: Callable[[Any], dict]
-    kind = "mlp"
+    name: str
+    width: int
+    positions: int
+    constant: Optional[int]
+    variance: Optional[int] = None
 
 
 @dataclasses.dataclass(frozen=True)
-class LayerNormInForm:
-    """Declares the section ``x -> (var(x), x)`` at every position: the variance of the first
-    ``width - 1`` coordinates (the last is the folded bias), then the input itself (SPEC 4.3)."""
+class Section:
+    """The map from one node layer to the next.
 
-    kind = "ln_in"
+    Attributes:
+      fn: ``(params, acts (P_in, d_in)) -> acts (P_out, d_out)`` for one sample.
+      positionwise: the output at position ``t`` depends only on the input at ``t`` (then one
+        probe per output direction sums over positions exactly).
+      form: a closed form of ``M'`` and the edges (:class:`libjax.forms.Form`), or None.
+    """
 
-
-@dataclasses.dataclass(frozen=True)
-class LayerNormOutForm:
-    """Declares the section ``(v, x) -> (n, x)`` (or ``n`` alone without ``keep_resid``) at every
-    position, ``n = ((x_j - mean) / sqrt(max(v, 0) + eps))_j`` over the first ``width - 1``
-    coordinates followed by the constant 1 (SPEC 4.3)."""
-
-    eps: float
-    keep_resid: bool
-    kind = "ln_out"
-
-
-@dataclasses.dataclass(frozen=True)
-class AttentionForm:
-    """Declares an attention section ``x -> r_t + sum_h softmax(q k^T / scale) v W_O[h]`` at the
-    output positions (all, or the last only), ``q, k, v`` from ``n``; ``n`` and ``r`` are both ``x``
-    (``layout="shared"``) or its two halves (``"split"``, ``x = (n, r)``). ``weights(params)``
-    gives ``W_Q``, ``W_K`` ``(H, D, dh)``, ``W_V`` ``(H, D, dv)``, ``W_O`` ``(H, dv, D)``;
-    ``mask(P)`` the allowed ``(query, key)`` pairs."""
-
-    weights: Callable[[Any], dict]
-    mask: Callable[[int], Any]
-    scale: float
-    layout: str
-    last_only: bool
-    kind = "attention"
-
-
-SectionForm = MLPForm | LayerNormInForm | LayerNormOutForm | AttentionForm
+    fn: Callable
+    positionwise: bool = False
+    form: Optional[Form] = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -84,64 +75,53 @@ class SectionedModel:
     """A model as seen by libjax.
 
     Attributes:
-      node_layers: ordered node-layer names.
+      name: the model family's name (recorded with builds).
+      layers: the node layers, in order.
       params: the (bias-folded) parameter pytree, passed explicitly to every function.
-      embed: ``(params, input) -> acts`` at ``node_layers[0]``, shaped ``(pos, d)``.
-      sections: ``sections[i](params, acts_i) -> acts_{i+1}``, one per consecutive pair.
+      embed: ``(params, input) -> acts`` at ``layers[0]``, shaped ``(pos, d)``.
+      sections: one per consecutive pair of node layers.
       tail: ``(params, acts_last) -> model output (pos, vocab)``; identity if the last node
         layer is ``"output"``. Used to evaluate the whole model (ablations).
-      dims: width of each node layer (the concatenated, folded activation).
-      positions: number of positions of each node layer.
       positional: whether activations have a real sequence axis (transformers) or a singleton
         one (MLPs); stochastic position sources need a real one.
-      has_bias_coordinate: per node layer, whether its last coordinate is the constant 1 of the
-        folded biases (every layer but ``"output"``).
-      positionwise: per section, whether its output at position ``t`` depends only on its input
-        at ``t`` (then one probe per output direction sums over positions exactly).
-      forms: per section, a closed form (:class:`MLPForm`, :class:`LayerNormInForm`,
-        :class:`LayerNormOutForm`, :class:`AttentionForm`) where the model declares one, else None.
     """
 
     name: str
-    node_layers: tuple[str, ...]
+    layers: tuple[NodeLayer, ...]
     params: Any
     embed: Callable
-    sections: tuple[Callable, ...]
+    sections: tuple[Section, ...]
     tail: Callable
-    dims: tuple[int, ...]
-    positions: tuple[int, ...]
     positional: bool
-    has_bias_coordinate: tuple[bool, ...]
-    positionwise: tuple[bool, ...] = ()
-    forms: tuple[Optional[SectionForm], ...] = ()
 
-    def __post_init__(self):
-        n = len(self.sections)
-        if not self.positionwise:
-            object.__setattr__(self, "positionwise", (False,) * n)
-        if not self.forms:
-            object.__setattr__(self, "forms", (None,) * n)
+    @property
+    def node_layers(self) -> tuple[str, ...]:
+        return tuple(layer.name for layer in self.layers)
 
     def forward(self, params, x):
-        """Whole model on one sample: input -> output logits ``(pos, vocab)``."""
-        return self.tail(params, self.run_to(params, x, len(self.node_layers) - 1))
+        """Whole model on one sample: input -> output ``(pos, vocab)``."""
+        return self.run_from(params, self.run_to(params, x, len(self.layers) - 1),
+                             len(self.layers) - 1)
 
-    def run_to(self, params, x, layer_index: int):
-        """Activations of one sample at node layer ``layer_index``."""
+    def run_to(self, params, x, index: int):
+        """Activations of one sample at node layer ``index``."""
         acts = self.embed(params, x)
-        for section in self.sections[:layer_index]:
-            acts = section(params, acts)
+        for section in self.sections[:index]:
+            acts = section.fn(params, acts)
         return acts
+
+    def run_from(self, params, acts, index: int):
+        """The model output of one sample from its activations at node layer ``index``."""
+        for section in self.sections[index:]:
+            acts = section.fn(params, acts)
+        return self.tail(params, acts)
 
     def all_acts(self, params, x) -> list:
         """Activations of one sample at every node layer, in order."""
         acts = [self.embed(params, x)]
         for section in self.sections:
-            acts.append(section(params, acts[-1]))
+            acts.append(section.fn(params, acts[-1]))
         return acts
-
-    def index(self, node_layer: str) -> int:
-        return self.node_layers.index(node_layer)
 
 
 def _split(x, widths):
@@ -201,19 +181,21 @@ def validate_node_layers(node_layers: Sequence[str], valid: Sequence[str]) -> tu
 def cut(name: str, modules: Sequence[Module], params, example_input, node_layers: Sequence[str],
         positional: bool, selectable: Sequence[str] | None = None,
         positionwise_modules: Collection[str] = (),
-        form_of: Callable[[tuple[str, ...]], Optional[SectionForm]] | None = None,
-        fused: Mapping[tuple[str, ...], Callable] | None = None) -> SectionedModel:
+        form_of: Callable[[tuple[str, ...]], Optional[Form]] | None = None,
+        fused: Mapping[tuple[str, ...], Callable] | None = None,
+        variances: Mapping[str, int] | None = None) -> SectionedModel:
     """Cut a module list into a :class:`SectionedModel` at ``node_layers``.
 
     ``selectable`` restricts which module ids may be node layers (default: all but the first,
     plus ``"output"``). Input-tuple widths are found by abstract evaluation on ``example_input``.
+    Every node layer but ``"output"`` ends with the constant coordinate of the folded biases.
     ``positionwise_modules`` lists the modules that act on each position separately (a section
     made only of them, keeping its number of positions, is positionwise); ``form_of`` maps a
-    section's module ids to its closed form (:class:`MLPForm` ...), or None. ``fused`` maps runs
-    of consecutive module ids to faster equivalent functions, used inside sections that contain
-    the whole run.
+    section's module ids to its closed form, or None. ``fused`` maps runs of consecutive module
+    ids to faster equivalent functions, used inside sections that contain the whole run.
+    ``variances`` maps module ids to the coordinate of their input that is a LayerNorm variance.
     """
-    fused = dict(fused or {})
+    fused, variances = dict(fused or {}), dict(variances or {})
     params = jax.tree.map(jnp.asarray, params)
     ids = [mid for mid, _ in modules]
     valid = list(selectable) if selectable is not None else ids[1:] + [OUTPUT]
@@ -249,20 +231,20 @@ def cut(name: str, modules: Sequence[Module], params, example_input, node_layers
         run, w = _chain(span(start, stop), fused), widths[start]
         return lambda p, acts: _concat(run(p, _split(acts, w)))
 
-    pairs = list(zip(node_layers[:-1], node_layers[1:]))
-    sections = tuple(make_section(a, b) for a, b in pairs)
-    spans = [tuple(mid for mid, _ in span(a, b)) for a, b in pairs]
-    positionwise = tuple(positions[a] == positions[b] and set(ids_) <= set(positionwise_modules)
-                         for (a, b), ids_ in zip(pairs, spans))
-    forms = tuple(form_of(ids_) if form_of else None for ids_ in spans)
+    def node_layer(n: str) -> NodeLayer:
+        width = sum(widths[n])
+        return NodeLayer(n, width, positions[n], None if n == OUTPUT else width - 1,
+                         variances.get(n))
+
+    def section(a: str, b: str) -> Section:
+        span_ids = tuple(mid for mid, _ in span(a, b))
+        positionwise = positions[a] == positions[b] and set(span_ids) <= set(positionwise_modules)
+        return Section(make_section(a, b), positionwise, form_of(span_ids) if form_of else None)
+
     last = node_layers[-1]
-    if last == OUTPUT:
-        tail = lambda p, acts: acts  # noqa: E731
-    else:
-        tail = make_section(last, None)
+    tail = (lambda p, acts: acts) if last == OUTPUT else make_section(last, None)  # noqa: E731
     return SectionedModel(
-        name=name, node_layers=node_layers, params=params, embed=make_embed(), sections=sections,
-        tail=tail, dims=tuple(sum(widths[n]) for n in node_layers),
-        positions=tuple(positions[n] for n in node_layers), positional=positional,
-        has_bias_coordinate=tuple(n != OUTPUT for n in node_layers), positionwise=positionwise,
-        forms=forms)
+        name=name, layers=tuple(node_layer(n) for n in node_layers), params=params,
+        embed=make_embed(),
+        sections=tuple(section(a, b) for a, b in zip(node_layers[:-1], node_layers[1:])),
+        tail=tail, positional=positional)

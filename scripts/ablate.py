@@ -23,14 +23,13 @@ from pathlib import Path
 
 from absl import flags
 
-from libjax.ablation import evaluator as ablation
-from libjax.runtime import cli
-from libjax.ablation import experiments
+from libjax import ablation
 from libjax.analysis import plots
-from libjax.storage import store
 from libjax.errors import ConfigError, DataError
-from libjax.storage.graph import load
+from libjax.runtime import cli
+from libjax.storage import store
 from models import registry
+from models.opened import open_build
 
 _GRAPH_DIR = flags.DEFINE_string("graph_dir", None, "a finished build (compute_basis.py --out_dir)",
                                  required=True)
@@ -42,8 +41,8 @@ _NODE_LAYERS = flags.DEFINE_string(
     "node_layers", None, "comma-separated node layers to ablate (default: every layer with a "
     "basis for node ablation, every edge matrix's input layer for edge ablation)")
 _BASIS = flags.DEFINE_enum("basis", "lib", list(ablation.NODE_BASES),
-                           "node ablation in C (lib, alias rib) or in the PCA projection W "
-                           "(orthogonal)")
+                           "node ablation in the graph's basis C (lib) or in the PCA projection "
+                           "W of the layer's Gram matrix (pca)")
 _SCHEDULE = flags.DEFINE_enum("schedule", "exponential", ["exponential", "linear", "explicit"],
                               "node ablation schedule (explicit: only --specific_points)")
 _CUTOFF = flags.DEFINE_integer("ablate_every_vec_cutoff", None,
@@ -72,9 +71,6 @@ _EXP_NAME = flags.DEFINE_string("exp_name", None, "file name prefix (default: gr
 _COMPARE = flags.DEFINE_string("compare", None,
                                "comma-separated result files of other graphs to plot alongside")
 _PLOT = flags.DEFINE_boolean("plot", True, "write PNG/SVG plots")
-
-FALLBACK_DEFAULTS = {"metric": "accuracy", "batch_size": 512}
-
 
 def _int_list(value):
     try:
@@ -115,12 +111,10 @@ def _settings(defaults: dict):
     kinds = cli.comma_list(_ABLATIONS.value) or ()
     if not kinds or set(kinds) - {"node", "edge"}:
         raise ConfigError(f"--ablations must list node and/or edge, got {_ABLATIONS.value!r}")
-    schedule = ablation.Schedule(
-        kind=_SCHEDULE.value,
-        ablate_every_vec_cutoff=(_CUTOFF.value if _CUTOFF.present
-                                 else defaults.get("ablate_every_vec_cutoff")),
-        exp_base=_EXP_BASE.value or defaults.get("exp_base", 2.0), n_points=_N_POINTS.value,
-        specific_points=_int_list(_SPECIFIC.value), early_stopping_threshold=_EARLY_STOP.value)
+    schedule = ablation.schedule_for(
+        defaults, _SCHEDULE.value,
+        _CUTOFF.value if _CUTOFF.present else ablation.MODEL_DEFAULT, _EXP_BASE.value,
+        _N_POINTS.value, _int_list(_SPECIFIC.value), _EARLY_STOP.value)
     bisect = ablation.Bisect(_DELTA.value, _SCALING.value, _TOLERANCE.value)
     if "node" in kinds:
         schedule.validate()
@@ -131,7 +125,7 @@ def _settings(defaults: dict):
 
 def _node(ev, graph, layers, schedule, common, out_dir: Path, exp: str, compare) -> None:
     layers = layers or tuple(n for n in graph.node_layers if n in graph.bases)
-    record = experiments.node_experiment(ev, graph, layers, schedule, _BASIS.value, common)
+    record = ablation.node_experiment(ev, graph, layers, schedule, _BASIS.value, common)
     path = out_dir / f"{exp}_{_BASIS.value}_ablation_results.json"
     _write(record, path)
     print(f"node ablation ({_BASIS.value} basis, {record['time_taken']}) -> {path}")
@@ -147,7 +141,7 @@ def _edge(ev, graph, layers, bisect, common, out_dir: Path, exp: str, compare) -
     if not pairs:
         raise ConfigError(f"no edge matrix starts at {list(layers or ())}; edge matrices start at "
                           f"{', '.join(a for a, _ in graph.edges) or '(none: build with edges)'}")
-    record = experiments.edge_experiment(ev, graph, pairs, bisect, common)
+    record = ablation.edge_experiment(ev, graph, pairs, bisect, common)
     path = out_dir / f"{exp}_edge_ablation_results.json"
     _write(record, path)
     print(f"edge ablation ({record['time_taken']}) -> {path}")
@@ -160,20 +154,16 @@ def _edge(ev, graph, layers, bisect, common, out_dir: Path, exp: str, compare) -
 
 def main(argv):
     del argv
-    graph_dir = Path(_GRAPH_DIR.value).resolve()  # orbax needs absolute paths
-    _, info, _ = store.open_complete(graph_dir)
-    family = registry.of_build(info, _MODEL.value)
-    opts = registry.Options(checkpoint=_CHECKPOINT.value or info.get("model") or None,
-                            node_layers=tuple(info["node_layers"]), dataset=_DATASET.value,
-                            data_dir=_DATA_DIR.value, split=_SPLIT.value,
-                            n_samples=_N_SAMPLES.value, dtype=_DTYPE.value)
-    defaults = dict(FALLBACK_DEFAULTS)
-    if hasattr(family, "ablation_defaults"):  # the model's, for its checkpoint and dataset
-        defaults.update(family.ablation_defaults(opts))
-    opts = dataclasses.replace(opts, split=opts.split or defaults.get("split"))
+    opened = open_build(_GRAPH_DIR.value, _MODEL.value, _CHECKPOINT.value,
+                        dataset=_DATASET.value, data_dir=_DATA_DIR.value, split=_SPLIT.value,
+                        n_samples=_N_SAMPLES.value, dtype=_DTYPE.value)
+    family, graph, graph_dir = opened.family, opened.graph, opened.directory
+    defaults = family.ablation_defaults(opened.opts)  # the model's, for its checkpoint and data
+    if defaults is None:
+        raise ConfigError(f"--model={family.name} has no labelled evaluation data to ablate on")
+    opts = dataclasses.replace(opened.opts, split=opened.opts.split or defaults.get("split"))
     kinds, schedule, bisect = _settings(defaults)
     compare = _read_records(cli.comma_list(_COMPARE.value) or ())
-    graph = load(graph_dir)
     data = family.data(opts)
     metric = _METRIC.value or defaults["metric"]
     batch_size = defaults["batch_size"] if _BATCH.value is None else _BATCH.value

@@ -24,13 +24,14 @@ from pathlib import Path
 import numpy as np
 from absl import flags
 
-from libjax.ablation import evaluator as ablation
-from libjax.build import pipeline as build
+from libjax import ablation
+from libjax import build
 from libjax.runtime import cli
 from libjax.analysis import comparison
 from libjax.storage import store
 from libjax.errors import ConfigError
 from models import registry
+from models.family import Options
 
 _MODEL = flags.DEFINE_string("model", "mlp", "model family: " + ", ".join(registry.FAMILIES))
 _CHECKPOINT = flags.DEFINE_string("checkpoint", None, "weights (default: the model's shipped "
@@ -50,9 +51,8 @@ _OVERWRITE = flags.DEFINE_boolean("overwrite", False,
                                   "replace graphs in --out_dir built with other settings")
 
 
-def _plan(family, opts: registry.Options, defaults: dict) -> comparison.Plan:
-    schedule = ablation.Schedule("exponential", defaults.get("ablate_every_vec_cutoff"),
-                                 defaults.get("exp_base", 2.0))
+def _plan(family, opts: Options, defaults: dict) -> comparison.Plan:
+    schedule = ablation.schedule_for(defaults)
     bisect = ablation.Bisect(_DELTA.value, "linear", 1)
     plan = comparison.Plan(build.BuildConfig(**family.build_defaults(opts)), schedule, bisect)
     plan.validate()
@@ -62,13 +62,14 @@ def _plan(family, opts: registry.Options, defaults: dict) -> comparison.Plan:
 def main(argv):
     del argv
     family = registry.get(_MODEL.value)
-    if not hasattr(family, "ablation_defaults"):
-        usable = [n for n, f in registry.FAMILIES.items() if hasattr(f, "ablation_defaults")]
+    opts = Options(checkpoint=_CHECKPOINT.value, dataset=_DATASET.value,
+                   data_dir=_DATA_DIR.value, n_samples=_N_SAMPLES.value)
+    defaults = family.ablation_defaults(opts)
+    if defaults is None:
+        usable = [n for n in registry.FAMILIES
+                  if registry.get(n).ablation_defaults(Options()) is not None]
         raise ConfigError(f"--model={family.name} has no labelled evaluation data to ablate on; "
                           f"compare bases of {', '.join(usable)}")
-    opts = registry.Options(checkpoint=_CHECKPOINT.value, dataset=_DATASET.value,
-                            data_dir=_DATA_DIR.value, n_samples=_N_SAMPLES.value)
-    defaults = family.ablation_defaults(opts)
     eval_opts = dataclasses.replace(opts, split=_SPLIT.value or defaults["split"],
                                     n_samples=_N_EVAL.value, dtype="float32")
     plan = _plan(family, opts, defaults)

@@ -14,11 +14,12 @@ from __future__ import annotations
 
 from absl import flags
 
-from libjax.build import pipeline as build
+from libjax import build
+from libjax.build import config
 from libjax.runtime import cli
-from libjax.errors import ConfigError
 from libjax.storage.graph import format_summary, summary
 from models import registry
+from models.family import Options
 
 _MODEL = flags.DEFINE_string("model", "modadd", "model family: " + ", ".join(registry.FAMILIES))
 _CHECKPOINT = flags.DEFINE_string(
@@ -27,7 +28,7 @@ _CHECKPOINT = flags.DEFINE_string(
 _NODE_LAYERS = flags.DEFINE_string("node_layers", None,
                                    "comma-separated node layers (default: the paper's)")
 _LAYER = flags.DEFINE_integer("layer", None, "transformer block whose graph to build")
-_BASIS = flags.DEFINE_enum("basis", "lib", list(build.BASES), "basis of the non-final layers")
+_BASIS = flags.DEFINE_enum("basis", "lib", list(config.BASES), "basis of the non-final layers")
 _INTEGRATION = flags.DEFINE_enum("integration", "gradient",
                                  ["gradient", "gauss-legendre", "trapezoidal"], "quadrature rule")
 _N_INTERVALS = flags.DEFINE_integer("n_intervals", 0, "quadrature intervals (0 for gradient)")
@@ -40,8 +41,6 @@ _SRC_HIDDEN = flags.DEFINE_integer("n_stochastic_sources_basis_hidden", None,
 _SRC_EDGES = flags.DEFINE_integer("n_stochastic_sources_edges", None,
                                   "stochastic sources over output positions for the edges"
                                   + _SOURCES_HELP)
-SOURCE_FIELDS = ("n_stochastic_sources_basis_pos", "n_stochastic_sources_basis_hidden",
-                 "n_stochastic_sources_edges")
 _BATCH = flags.DEFINE_integer("batch_size", None, "samples per step (default: model's)")
 _GRAM_BATCH = flags.DEFINE_integer("gram_batch_size", None, "samples per Gram step")
 _EDGE_BATCH = flags.DEFINE_integer("edge_batch_size", None, "samples per edge step")
@@ -52,6 +51,7 @@ _ISOLATE = flags.DEFINE_boolean("isolate_ln_var", True, "isolate the LayerNorm v
 _ROTATE = flags.DEFINE_boolean("rotate_final_node_layer", None,
                                "PCA-rotate the last node layer (default: model's)")
 _EDGES = flags.DEFINE_boolean("edges", True, "compute the edges")
+FLAG_OF = {"compute_edges": "edges"}  # BuildConfig fields whose flag has another name
 _MEMORY = flags.DEFINE_float("memory_budget_gb", build.BuildConfig.memory_budget_gb,
                              "bound on the probe working set (GB)")
 _SEED = flags.DEFINE_integer("seed", 0, "seed of stochastic sources and data sampling")
@@ -67,34 +67,23 @@ _OVERWRITE = flags.DEFINE_boolean("overwrite", False, "replace a different build
 
 
 def build_config(family, opts) -> build.BuildConfig:
-    fields = dict(
+    values = dict(
         basis=_BASIS.value, integration=_INTEGRATION.value, n_intervals=_N_INTERVALS.value,
         n_stochastic_sources_basis_pos=_SRC_POS.value,
         n_stochastic_sources_basis_hidden=_SRC_HIDDEN.value,
         n_stochastic_sources_edges=_SRC_EDGES.value, center=_CENTER.value,
         isolate_ln_var=_ISOLATE.value, truncation_threshold=_THRESHOLD.value,
-        compute_edges=_EDGES.value, memory_budget_gb=_MEMORY.value, seed=_SEED.value)
-    defaults = family.build_defaults(opts)
-    if fields["basis"] != "lib":  # stochastic M' sources belong to the LIB (jacobian) basis
-        defaults = {k: v for k, v in defaults.items()
-                    if not k.startswith("n_stochastic_sources_basis")}
-    # The model's defaults replace the flags' defaults, never values given on the command line.
-    given = {k for k in defaults if k in flags.FLAGS and flags.FLAGS[k].present}
-    fields.update({k: v for k, v in defaults.items() if k not in given})
-    explicit = {"batch_size": _BATCH.value, "gram_batch_size": _GRAM_BATCH.value,
-                "edge_batch_size": _EDGE_BATCH.value, "rotate_final_node_layer": _ROTATE.value}
-    fields.update({k: v for k, v in explicit.items() if v is not None})
-    for k in SOURCE_FIELDS:
-        if fields[k] is not None and fields[k] < 0:
-            raise ConfigError(f"--{k} must be >= 0 (0: exact sums), got {fields[k]}")
-    fields.update({k: None for k in SOURCE_FIELDS if fields[k] == 0})  # 0 asks for exact sums
-    return build.BuildConfig(**fields)
+        compute_edges=_EDGES.value, memory_budget_gb=_MEMORY.value, seed=_SEED.value,
+        batch_size=_BATCH.value, gram_batch_size=_GRAM_BATCH.value,
+        edge_batch_size=_EDGE_BATCH.value, rotate_final_node_layer=_ROTATE.value)
+    given = {k for k in values if flags.FLAGS[FLAG_OF.get(k, k)].present}
+    return config.resolve(values, given, family.build_defaults(opts))
 
 
 def main(argv):
     del argv
     family = registry.get(_MODEL.value)
-    opts = registry.Options(
+    opts = Options(
         checkpoint=_CHECKPOINT.value, node_layers=cli.comma_list(_NODE_LAYERS.value),
         layer=_LAYER.value, dataset=_DATASET.value, data_dir=_DATA_DIR.value, split=_SPLIT.value,
         n_samples=_N_SAMPLES.value, n_gram_samples=_N_GRAM_SAMPLES.value, n_ctx=_N_CTX.value,

@@ -18,8 +18,8 @@ from pathlib import Path
 import numpy as np
 from absl import flags
 
-from libjax.ablation import evaluator as ablation
-from libjax.build import pipeline as build
+from libjax import ablation
+from libjax import build
 from libjax.runtime import cli
 from libjax.analysis import comparison
 from libjax.analysis import reference

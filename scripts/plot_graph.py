@@ -14,17 +14,14 @@ ablation found necessary are drawn (the strongest ``--n_edges`` of them).
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 from absl import flags
 
-from libjax.ablation import evaluator as ablation
+from libjax import ablation
 from libjax.runtime import cli
 from libjax.analysis import plots
-from libjax.storage import store
 from libjax.errors import ConfigError, DataError, StoreError
-from libjax.storage.graph import load
-from models import registry
+from models.opened import open_build
 
 _GRAPH_DIR = flags.DEFINE_string("graph_dir", None, "a finished build (compute_basis.py --out_dir)",
                                  required=True)
@@ -47,9 +44,8 @@ def main(argv):
     if _N_EDGES.value < 1 or _MAX_NODES.value < 1:
         raise ConfigError(f"--n_edges and --max_nodes must be >= 1, got {_N_EDGES.value} and "
                           f"{_MAX_NODES.value}")
-    graph_dir = Path(_GRAPH_DIR.value).resolve()  # orbax needs absolute paths
-    _, info, _ = store.open_complete(graph_dir)
-    graph = load(graph_dir)
+    opened = open_build(_GRAPH_DIR.value, _MODEL.value, _CHECKPOINT.value)
+    graph = opened.graph
     masks = None
     if _EDGE_RESULTS.value:
         try:
@@ -59,12 +55,9 @@ def main(argv):
             raise DataError(f"cannot read edge masks from {_EDGE_RESULTS.value}: {err}; pass the "
                             "*_edge_ablation_results.json written by ablate.py") from None
     labels = None
-    family = registry.of_build(info, _MODEL.value)
-    if _LABELS.value and hasattr(family, "direction_labels"):
-        opts = registry.Options(checkpoint=_CHECKPOINT.value or info.get("model") or None,
-                                node_layers=graph.node_layers)
-        labels = family.direction_labels(opts, family.load(opts, graph.node_layers), graph)
-    out = _OUT.value or str(graph_dir / "graph")
+    if _LABELS.value:
+        labels = opened.family.direction_labels(opened.opts, graph)
+    out = _OUT.value or str(opened.directory / "graph")
     try:
         paths = plots.interaction_graph(graph, out, n_edges=_N_EDGES.value,
                                         max_nodes=_MAX_NODES.value, masks=masks, labels=labels,

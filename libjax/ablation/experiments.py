@@ -1,23 +1,164 @@
-"""One node or edge ablation of a graph, timed and written up as a result record (SPEC 3.5).
+"""Node and edge ablation experiments of a graph (docs/method.md 3.1, 3.3), and the same as
+timed, self-describing result records (3.5).
 
-:mod:`libjax.ablation.evaluator` computes the scores; this module adds what a saved experiment needs
-around them: its full configuration (the caller's fields plus the ablation type, the layers and
-the schedule, so a record says how it was made) and the wall-clock and CPU time it took.
-``scripts/ablate.py`` and :mod:`libjax.analysis.comparison` both write their records through it, so
-records from either read the same way (``plots.ablation_curves``, ``--compare``).
+Counting follows the reference exactly: schedules count directions against the layer's
+**original** width (so truncated bases line up), ``m = max(n_ablated - (orig - rib), 0)`` columns
+are zeroed, ``m = 0`` reuses the unablated score; edges are counted against ``orig_in * orig_out``
+and the constant input node's edges (column 0 of a centred build) are kept for free.
+``scripts/ablate.py`` and :mod:`libjax.analysis.comparison` both write their records through
+:func:`node_experiment` and :func:`edge_experiment`, so records from either read the same way.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import logging
 import time
 from typing import Sequence
 
-from libjax.ablation import evaluator as ablation
+import numpy as np
+
+from libjax.ablation.evaluator import EdgeForward, Evaluator
+from libjax.ablation.masks import edge_mask, rotation_matrix
+from libjax.ablation.metrics import is_good
+from libjax.ablation.records import edge_record, node_record
+from libjax.ablation.schedules import Bisect, Schedule, bisect
+from libjax.errors import ConfigError
 from libjax.storage.graph import Graph
 
+log = logging.getLogger("libjax")
 
-def node_config(common: dict, layers: Sequence[str], schedule: ablation.Schedule,
+# Node ablation bases: the graph's own basis C, or the PCA projection W of its Gram matrix.
+NODE_BASES = {"lib": ("C", "C_pinv"), "pca": ("W", "W_pinv")}
+
+
+def _check_layers(graph: Graph, layers: Sequence[str], what: str) -> None:
+    for name in layers:
+        if name not in graph.node_layers:
+            raise ConfigError(f"unknown node layer {name!r} for {what}; the graph's node layers "
+                              f"are {', '.join(graph.node_layers)}")
+
+
+def _check_model(model, graph: Graph) -> None:
+    if tuple(model.node_layers) != tuple(graph.node_layers):
+        raise ConfigError(f"the model is cut at {list(model.node_layers)} but the graph at "
+                          f"{list(graph.node_layers)}; load the model with the graph's node layers")
+    dims = {layer.name: layer.width for layer in model.layers}
+    wrong = [n for n in graph.node_layers if dims[n] != graph.orig_dims[n]]
+    if wrong:
+        raise ConfigError(f"the model's widths at {wrong} ({[dims[n] for n in wrong]}) differ "
+                          f"from the graph's ({[graph.orig_dims[n] for n in wrong]}); use the "
+                          "checkpoint the graph was built from")
+
+
+def node_ablation(ev: Evaluator, graph: Graph, layers: Sequence[str], schedule: Schedule,
+                  basis: str = "lib") -> dict[str, dict[int, float]]:
+    """Score after ablating the least important directions of each layer in ``layers``.
+
+    Args:
+      ev: the evaluator (model, data, metric).
+      graph: supplies ``C, C^+`` (``basis="lib"``: the graph's own basis) or ``W, W^+``
+        (``"pca"``: the PCA projection of the layer's Gram matrix).
+      layers: node layers to ablate, one at a time.
+      schedule: which numbers of directions to ablate.
+    Returns:
+      ``{layer: {n_remaining: score}}``, keys descending; ``n_remaining = orig - n_ablated``.
+    """
+    if basis not in NODE_BASES:
+        raise ConfigError(f"unknown ablation basis {basis!r}; use one of {', '.join(NODE_BASES)}")
+    _check_model(ev.model, graph)
+    _check_layers(graph, layers, "node ablation")
+    schedule.validate()
+    for name in layers:
+        if graph.basis(name) is None:
+            raise ConfigError(f"node layer {name!r} has no basis (it is the graph's unrotated "
+                              f"final layer) and cannot be node-ablated; ablate one of "
+                              f"{', '.join(graph.bases)}")
+    c_key, pinv_key = NODE_BASES[basis]
+    results = {}
+    for name in layers:
+        b = graph.basis(name)
+        c, c_pinv = getattr(b, c_key), getattr(b, pinv_key)
+        orig, rib = c.shape
+        index = graph.node_layers.index(name)
+        scores: dict[int, float] = {}
+        first = None
+        for n_ablated in reversed(schedule.n_ablated(orig)):
+            m = max(n_ablated - (orig - rib), 0)
+            score = ev.base() if m == 0 else ev.node_score(index, rotation_matrix(c, c_pinv, m))
+            scores[orig - n_ablated] = score
+            first = score if first is None else first
+            threshold = schedule.early_stopping_threshold
+            if threshold is not None and abs(score - first) > threshold:
+                log.info("%s: stopping early at %d remaining (score %.4g)", name,
+                         orig - n_ablated, score)
+                break
+        results[name] = dict(sorted(scores.items(), reverse=True))
+        log.info("node ablation of %s: %d points", name, len(scores))
+    return results
+
+
+@dataclasses.dataclass(frozen=True)
+class EdgeResult:
+    """Edge-ablation outcome of one layer pair, keyed by its input layer.
+
+    Attributes:
+      scores: ``{n_edges_kept: score}`` of every probed count, descending.
+      n_edges_required: ``n - lower`` (conservative), ``n = orig_in * orig_out``.
+      mask: the edge mask keeping ``n_edges_required`` edges.
+    """
+
+    scores: dict[int, float]
+    n_edges_required: int
+    mask: np.ndarray
+
+
+def edge_ablation(ev: Evaluator, graph: Graph, pairs: Sequence[tuple[str, str]],
+                  cfg: Bisect) -> dict[str, EdgeResult]:
+    """For each consecutive pair, bisect for the fewest edges keeping the score within
+    ``cfg.score_target_difference`` of the unablated model (SPEC 3.3).
+
+    Uses ``C, C^+`` at both layers (the identity for a basis-less layer such as ``output``). The
+    constant input node's edges are kept for free when the graph was built centred.
+    """
+    _check_model(ev.model, graph)
+    cfg.validate()
+    free_const = bool(graph.config.get("center", True))
+    base = ev.base()
+    good = is_good(ev.metric, base, cfg.score_target_difference)
+    out = {}
+    for a, b in pairs:
+        _check_layers(graph, (a, b), "edge ablation")
+        if (a, b) not in graph.edges:
+            have = ", ".join(f"{x}->{y}" for x, y in graph.edges) or "none"
+            raise ConfigError(f"the graph has no edges {a}->{b}; edge ablation needs consecutive "
+                              f"node layers of a build with edges (this graph has: {have})")
+        if graph.basis(a) is None:
+            raise ConfigError(f"node layer {a!r} has no basis; it cannot be the input of an edge "
+                              "ablation")
+        edges = np.asarray(graph.edges[(a, b)])
+        b_in, b_out = graph.basis(a), graph.basis(b)
+        forward = EdgeForward(ev, graph.node_layers.index(a), b_in.C, b_in.C_pinv,
+                              None if b_out is None else (b_out.C, b_out.C_pinv))
+        n = graph.orig_dims[a] * graph.orig_dims[b]
+        scores: dict[int, float] = {}
+
+        def evaluate(n_ablated: int) -> float:
+            keep = n - n_ablated
+            mask = edge_mask(edges, keep, free_const)
+            scores[keep] = base if mask.all() else forward.score(mask)
+            return scores[keep]
+
+        lower, _ = bisect(evaluate, good, n, cfg)
+        required = n - lower
+        out[a] = EdgeResult(dict(sorted(scores.items(), reverse=True)), required,
+                            edge_mask(edges, required, free_const))
+        log.info("edge ablation %s->%s: %d of %d edges needed (%d evaluations)", a, b, required, n,
+                 len(scores))
+    return out
+
+
+def node_config(common: dict, layers: Sequence[str], schedule: Schedule,
                 basis: str) -> dict:
     """The configuration of a node ablation in ``basis`` of ``layers``: ``common`` plus the
     ablation type (the basis), the layers and the schedule."""
@@ -25,7 +166,7 @@ def node_config(common: dict, layers: Sequence[str], schedule: ablation.Schedule
                 schedule=dataclasses.asdict(schedule))
 
 
-def edge_config(common: dict, pairs: Sequence[tuple[str, str]], bisect: ablation.Bisect) -> dict:
+def edge_config(common: dict, pairs: Sequence[tuple[str, str]], bisect: Bisect) -> dict:
     """The configuration of an edge ablation of ``pairs``: ``common`` plus the ablation type,
     the input layers, the pairs and the bisection."""
     return dict(common, ablation_type="edge", node_layers=[a for a, _ in pairs],
@@ -33,20 +174,20 @@ def edge_config(common: dict, pairs: Sequence[tuple[str, str]], bisect: ablation
                 schedule={"schedule_type": "bisect", **dataclasses.asdict(bisect)})
 
 
-def node_experiment(ev: ablation.Evaluator, graph: Graph, layers: Sequence[str],
-                    schedule: ablation.Schedule, basis: str, common: dict) -> dict:
+def node_experiment(ev: Evaluator, graph: Graph, layers: Sequence[str],
+                    schedule: Schedule, basis: str, common: dict) -> dict:
     """Node ablation of each of ``layers`` (one at a time) as a timed result record."""
     t0, c0 = time.perf_counter(), time.process_time()
-    results = ablation.node_ablation(ev, graph, layers, schedule, basis)
-    return ablation.node_record(results, ev.base(), node_config(common, layers, schedule, basis),
+    results = node_ablation(ev, graph, layers, schedule, basis)
+    return node_record(results, ev.base(), node_config(common, layers, schedule, basis),
                                 time.perf_counter() - t0, time.process_time() - c0)
 
 
-def edge_experiment(ev: ablation.Evaluator, graph: Graph, pairs: Sequence[tuple[str, str]],
-                    bisect: ablation.Bisect, common: dict) -> dict:
+def edge_experiment(ev: Evaluator, graph: Graph, pairs: Sequence[tuple[str, str]],
+                    bisect: Bisect, common: dict) -> dict:
     """Edge ablation (bisection for the edges required) of each of ``pairs`` as a timed result
     record."""
     t0, c0 = time.perf_counter(), time.process_time()
-    results = ablation.edge_ablation(ev, graph, pairs, bisect)
-    return ablation.edge_record(results, ev.base(), edge_config(common, pairs, bisect),
+    results = edge_ablation(ev, graph, pairs, bisect)
+    return edge_record(results, ev.base(), edge_config(common, pairs, bisect),
                                 time.perf_counter() - t0, time.process_time() - c0)

@@ -24,15 +24,15 @@ from typing import Mapping, Optional
 
 import numpy as np
 
-from libjax.ablation import evaluator as ablation
-from libjax.build import pipeline as build
+from libjax import ablation
+from libjax import build
 from libjax.ablation import experiments
 from libjax.analysis import plots
 from libjax.storage import store
 from libjax.storage.graph import Graph
 
 BASES = {"lib": "LIB", "pca": "PCA"}
-NODE_ABLATION = "rib"  # each graph in its own C (the PCA graph's C is its W)
+NODE_ABLATION = "lib"  # each graph in its own C (the PCA graph's C is its W)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -1,1 +1,116 @@
-"""libjax.forms."""
+"""Closed forms: how ``M'`` and the edges of a section come out of sums over its tokens.
+
+A model may attach a form to a section (:class:`libjax.model.Section`). The build computes
+``M'`` of the section's input layer (docs/method.md 1.7) and the edges across it (2.2) by asking
+the section's *path* (its form, or :class:`libjax.method.vjp.VJPPath`, the general path of one
+VJP per output direction, which implements the same protocol):
+
+    applies(section, task)              may this path compute the task for this section?
+    probes(task)                        the random signs it draws per batch (None: exact)
+    plan(task, params)                  static chunk sizes, from shapes and the memory budget
+    zero(task, params)                  the empty accumulator (host arrays)
+    needs_data(task)                    whether the accumulator depends on the data at all
+    batch_sums(task, plan, params, x, sample_weights, signs, c_in_pinv, c_next)
+                                        one batch's contribution (traced inside a jitted step)
+    finish(task, params, sums, c_next)  unnormalised ``M'`` or edges on the host
+
+``x`` is the batch at the input layer, in the neuron basis for ``M'`` and in the input layer's
+basis for the edges; the build adds the contributions over batches and divides the result by
+``N * P_in * divisor(task)``. Adding a form means writing one class like those in this package;
+nothing is registered in the build.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Optional
+
+import numpy as np
+
+M_PRIME, EDGES = "m_prime", "edges"
+
+
+@dataclasses.dataclass(frozen=True)
+class Task:
+    """One ``M'`` or edge computation across a section, as far as it is known before any data.
+
+    Attributes:
+      kind: ``"m_prime"`` or ``"edges"``.
+      n_samples: samples the computation runs over.
+      n_pos, n_pos_out: input and output positions of the section.
+      d_in, d_out: widths of its input and output in the neuron basis.
+      out_dim: width of the output in the next layer's basis (``d_out`` without one).
+      in_dim: width of the input basis (edges; 0 for ``M'``).
+      pos_sources, hidden_sources: stochastic sources asked for (None: exact sums).
+      alphas, weights: the integration rule's points and weights (docs/method.md 2.5).
+      per_device: samples per device in one step.
+      budget_gb: memory for one step's working set.
+    """
+
+    kind: str
+    n_samples: int
+    n_pos: int
+    n_pos_out: int
+    d_in: int
+    d_out: int
+    out_dim: int
+    in_dim: int
+    pos_sources: Optional[int]
+    hidden_sources: Optional[int]
+    alphas: tuple
+    weights: tuple
+    per_device: int
+    budget_gb: float
+
+    @property
+    def rows(self) -> int:
+        """(sample, position) rows of the input layer: the normaliser of ``M'`` and the edges."""
+        return self.n_samples * self.n_pos
+
+
+class Form:
+    """Base class of the closed forms (and of the general path): defaults for an exact form of a
+    positionwise section whose result is the summed batch contributions."""
+
+    label = "closed form"  # what the log calls it
+
+    def applies(self, section, task: Task) -> bool:
+        return section.positionwise
+
+    def probes(self, task: Task):
+        return None
+
+    def divisor(self, task: Task) -> int:
+        probes = self.probes(task)
+        return 1 if probes is None else probes.divisor
+
+    def plan(self, task: Task, params) -> Any:
+        return None
+
+    def needs_data(self, task: Task) -> bool:
+        return True
+
+    def zero(self, task: Task, params):
+        return np.zeros((task.out_dim, task.in_dim) if task.kind == EDGES
+                        else (task.d_in, task.d_in))
+
+    def batch_sums(self, task: Task, plan, params, x, sample_weights, signs, c_in_pinv, c_next):
+        raise NotImplementedError
+
+    def finish(self, task: Task, params, sums, c_next):
+        return sums
+
+    def describe(self, task: Task, plan) -> str:
+        """A few words for the log: which path, exact or stochastic."""
+        return f"{self.label} ({'exact' if self.divisor(task) == 1 else 'stochastic'})"
+
+
+def as_float64(a) -> Optional[np.ndarray]:
+    return None if a is None else np.asarray(a, np.float64)
+
+
+def next_k(task: Task, c_next) -> np.ndarray:
+    """``K = C C^T`` of the next layer's basis (the identity without one), on the host: the only
+    way the next layer enters a closed-form ``M'``."""
+    c = np.eye(task.d_out) if c_next is None else np.asarray(c_next, np.float64)
+    return c @ c.T

@@ -16,9 +16,13 @@ token sums, instead of one VJP per output direction and ``P_out x d_in^2`` outer
 
 from __future__ import annotations
 
+import dataclasses
+
 import jax.numpy as jnp
 import numpy as np
 from flax import struct
+
+from libjax.forms import EDGES, M_PRIME, Form, next_k
 
 
 def centring(width: int) -> np.ndarray:
@@ -175,3 +179,52 @@ def ln_out_edges(x_hat, sample_weights, c_in_pinv, c_out, alphas, weights, eps,
         per_in = (per_in + a2 ** 2 * v0[:, None] + 2 * c_v[:, None] * a2 * g_b
                   + 2 * a1 * a2 * v1[:, None])
     return per_in.T
+
+
+# --- the forms ------------------------------------------------------------------------------------
+
+@dataclasses.dataclass(frozen=True)
+class LayerNormInForm(Form):
+    """The section ``x -> (var(x), x)`` at every position: the variance of the first
+    ``width - 1`` coordinates (the last is the folded bias), then the input itself. Its edges
+    are exact, also where edge sources were asked for (they cost nothing extra)."""
+
+    label = "closed form of a LayerNorm variance"
+
+    def zero(self, task, params):
+        return super().zero(task, params) if task.kind == EDGES else \
+            LNInMoments.zeros(task.d_in)
+
+    def batch_sums(self, task, plan, params, x, sample_weights, signs, c_in_pinv, c_next):
+        if task.kind == M_PRIME:
+            return ln_in_moments(x, sample_weights, task.alphas, task.weights)
+        return ln_in_edges(x, sample_weights, c_in_pinv, c_next, task.alphas, task.weights)
+
+    def finish(self, task, params, sums, c_next):
+        return sums if task.kind == EDGES else ln_in_m_prime(sums, next_k(task, c_next))
+
+
+@dataclasses.dataclass(frozen=True)
+class LayerNormOutForm(Form):
+    """The section ``(v, x) -> (n, x)`` (or ``n`` alone without ``keep_resid``) at every
+    position, ``n = ((x_j - mean) / sqrt(max(v, 0) + eps))_j`` over the first ``width - 1``
+    coordinates followed by the constant 1. Exact edges, as for :class:`LayerNormInForm`."""
+
+    eps: float
+    keep_resid: bool
+    label = "closed form of a LayerNorm normalisation"
+
+    def zero(self, task, params):
+        return super().zero(task, params) if task.kind == EDGES else \
+            LNOutMoments.zeros(task.d_in - 1)
+
+    def batch_sums(self, task, plan, params, x, sample_weights, signs, c_in_pinv, c_next):
+        if task.kind == M_PRIME:
+            return ln_out_moments(x, sample_weights, task.alphas, task.weights, self.eps)
+        return ln_out_edges(x, sample_weights, c_in_pinv, c_next, task.alphas, task.weights,
+                            self.eps, self.keep_resid)
+
+    def finish(self, task, params, sums, c_next):
+        if task.kind == EDGES:
+            return sums
+        return ln_out_m_prime(sums, next_k(task, c_next), self.keep_resid)

@@ -1,6 +1,6 @@
 """Closed forms of ``M'`` and the squared edges for MLP-shaped sections (SPEC 1.7, 2.2-2.3).
 
-A section declared as :class:`libjax.model.MLPForm` is, at every position,
+A section declared as :class:`MLPForm` is, at every position,
 ``F(x) = x R + act(x B) D``, so its integrated Jacobian is ``J = R + B diag(d) D`` with
 ``d = sum_k w_k act'(alpha_k x B)``. With ``K = C C^T`` of the next layer's basis,
 
@@ -18,11 +18,16 @@ All agree with the general VJP path to round-off (tests).
 
 from __future__ import annotations
 
+import dataclasses
+from typing import Any, Callable, Optional
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import struct
 
+from libjax.forms import EDGES, M_PRIME, Form, as_float64, next_k
+from libjax.method.probes import ProbeSet
 from libjax.runtime import memory
 
 
@@ -169,3 +174,66 @@ def stochastic_squared_edges_sum(act, form_weights: dict, x_hat, sample_weights,
 
     init = jnp.zeros((q_hat.shape[1], x_hat.shape[-1]), jnp.float64)
     return jax.lax.scan(body, init, memory.in_chunks(chunk, x_hat, rho, w))[0]
+
+
+@dataclasses.dataclass(frozen=True)
+class MLPForm(Form):
+    """A section that is, at every position, ``x -> x R + act(x B) D``.
+
+    ``weights(params)`` returns a dict with ``"B"`` ``(d_in, m)``, ``"D"`` ``(m, d_out)`` (None:
+    identity) and ``"R"`` ``(d_in, d_out)`` (None: no such term); ``act`` is None for a linear
+    section ``x -> x R``, whose ``M'`` needs no data. With edge sources the edges are the
+    reference's stochastic estimate (its exact edges cost ``P_out`` times as much).
+    """
+
+    act: Optional[Callable]
+    weights: Callable[[Any], dict]
+    label = "closed form of an MLP section"
+
+    def probes(self, task):
+        if task.kind == EDGES and task.pos_sources is not None:
+            return ProbeSet(task.n_pos_out, task.out_dim, task.pos_sources)
+        return None
+
+    def plan(self, task, params) -> int:
+        """``M'``: nothing to chunk. Edges: rows per step within the budget: tokens for the exact
+        edges (whose per-token ``(r_in, m)`` products are also kept cache-sized), samples for the
+        stochastic estimate."""
+        if task.kind == M_PRIME:
+            return 0
+        m = self.weights(params)["B"].shape[1] if self.act else 0
+        r_in, r_out, sources = task.in_dim, task.out_dim, task.pos_sources
+        if sources is None:
+            return memory.rows_per_step(8 * 3 * r_in * (m + r_out), task.budget_gb,
+                                        cached_bytes_per_row=8 * r_in * max(m, r_out))
+        per_row = 8 * (sources * r_in * (task.n_pos + 2 * m + 3 * r_out)
+                       + task.n_pos * (3 * m + task.d_in))
+        return memory.rows_per_step(per_row, task.budget_gb)
+
+    def needs_data(self, task):
+        return task.kind == EDGES or self.act is not None
+
+    def zero(self, task, params):
+        if task.kind == EDGES:
+            return super().zero(task, params)
+        return DerivativeMoments.zeros(self.weights(params)["B"].shape[1])
+
+    def batch_sums(self, task, plan, params, x, sample_weights, signs, c_in_pinv, c_next):
+        w = self.weights(params)
+        if task.kind == M_PRIME:
+            return derivative_moments(self.act, w["B"], x, sample_weights, task.alphas,
+                                      task.weights)
+        if signs is None:
+            return squared_edges_sum(self.act, w, x, sample_weights, c_in_pinv, c_next,
+                                     task.alphas, task.weights, plan)
+        rho = self.probes(task).position_weights(signs).astype(x.dtype)
+        return stochastic_squared_edges_sum(self.act, w, x, sample_weights, rho, c_in_pinv,
+                                            c_next, task.alphas, task.weights, plan)
+
+    def finish(self, task, params, sums, c_next):
+        if task.kind == EDGES:
+            return sums
+        weights = {key: as_float64(v) for key, v in self.weights(params).items()}
+        if sums is None:  # linear: M' is the number of rows times R K R^T
+            sums = DerivativeMoments(np.float64(task.rows), None, None)
+        return m_prime(weights, sums, next_k(task, c_next))

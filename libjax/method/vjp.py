@@ -1,4 +1,5 @@
-"""Integrated Jacobian-transpose products and the ``M'`` matrix of the LIB basis (SPEC 1.7).
+"""The general path: ``M'`` (SPEC 1.7) and the squared edges (SPEC 2.2, 2.3) from integrated
+Jacobian-transpose products, for any section.
 
 For a per-sample section ``fn: (P_in, d_in) -> (P_out, d_out)`` (already followed by the next
 layer's basis), a probe ``phi`` gives ``g_phi = sum_k w_k VJP_fn(alpha_k x)(phi)``, and
@@ -8,16 +9,31 @@ layer's basis), a probe ``phi`` gives ``g_phi = sum_k w_k VJP_fn(alpha_k x)(phi)
 Probes are processed ``chunk`` at a time inside a ``lax.scan`` (memory bounded by the chunk), each
 chunk as ``vmap`` over samples of ``vmap`` over probes of one VJP; nothing loops in Python over
 samples, probes or output dimensions.
+
+Edges: with ``F^(f^)`` the section written in basis coordinates on both sides, the attribution
+of input node ``j`` to output node ``i`` at output position ``t`` is the integrated gradient
+
+    A[t,i,j] = sum_k w_k sum_s dF^_{t,i}/df^_{s,j} (alpha_k f^) * f^_{s,j},
+
+and ``E_ij = sum_b sum_t A[t,i,j]^2`` (to be divided by ``N * P_in * R``). Stochastic edges replace
+the sum over ``t`` by ``R`` Rademacher combinations of positions (exact when ``P_out = 1``). For a
+positionwise section ``A[t,i,j] = g_i[t,j] f^_{t,j}`` with one probe per output dim (see
+:mod:`libjax.method.probes`), squared per position.
+
+:class:`VJPPath` offers both through the protocol of :mod:`libjax.forms`, for sections without
+a closed form (and for every section with ``BuildConfig(fast_paths=False)``).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from typing import Callable
 
 import jax
 import jax.numpy as jnp
 
+from libjax.forms import EDGES, Form
 from libjax.method.probes import ProbeSet
 
 
@@ -81,3 +97,67 @@ def m_prime_sum(fn: Callable, xs, sample_weights, probes: ProbeSet, signs, alpha
         return acc + jnp.einsum("bksi,bksj->ij", gw, g)
 
     return scan_probe_chunks(probes, chunk, add_chunk, jnp.zeros((dim, dim), jnp.float64))
+
+
+def squared_edges_sum(fn: Callable, xs, sample_weights, probes: ProbeSet, signs, alphas, weights,
+                      chunk: int):
+    """Unnormalised squared edges ``(d_out, d_in)`` of one batch, accumulated in float64.
+
+    Args:
+      fn: per-sample section in basis coordinates, ``(P_in, d_in) -> (P_out, d_out)``.
+      xs: inputs in the input layer's basis ``(batch, P_in, d_in)``.
+      probes: exact or position-stochastic probes over ``fn``'s output.
+      Other arguments as in :func:`m_prime_sum`.
+    """
+    def add_chunk(acc, ids):
+        g = probe_vjps(fn, xs, signs, probes, ids, alphas, weights)
+        terms = (g * xs[:, None]).astype(jnp.float64)  # (batch, k, P_in, d_in)
+        a2 = jnp.sum(terms ** 2, axis=2) if probes.positionwise else jnp.sum(terms, axis=2) ** 2
+        contrib = jnp.einsum("b,bkj->kj", sample_weights.astype(jnp.float64), a2)
+        return acc.at[probes.output_index(ids)].add(contrib)
+
+    init = jnp.zeros((probes.dim, xs.shape[-1]), jnp.float64)
+    return scan_probe_chunks(probes, chunk, add_chunk, init)
+
+
+def probe_chunk(probes: ProbeSet, batch: int, in_elems: int, n_alphas: int,
+                budget_gb: float) -> int:
+    """Probes per VJP batch so that gradients, cotangents and the backward pass fit the budget."""
+    per_probe = 8 * batch * n_alphas * (in_elems + probes.n_pos * probes.dim) * 4
+    return int(max(1, min(probes.n_probes, budget_gb * 2**30 // per_probe)))
+
+
+@dataclasses.dataclass(frozen=True)
+class VJPPath(Form):
+    """The general path for a section ``fn``, as a :class:`libjax.forms.Form`. With
+    ``positionwise`` (a positionwise section, fast paths on) one probe per output direction
+    sums over positions exactly, so position sources are not drawn."""
+
+    fn: Callable
+    positionwise: bool = False
+    label = "general path"
+
+    def applies(self, section, task):
+        return True
+
+    def probes(self, task):
+        pos_sources = None if self.positionwise else task.pos_sources
+        return ProbeSet(task.n_pos_out, task.out_dim, pos_sources, task.hidden_sources,
+                        positionwise=self.positionwise)
+
+    def plan(self, task, params) -> int:
+        width = task.in_dim if task.kind == EDGES else task.d_in
+        return probe_chunk(self.probes(task), task.per_device, task.n_pos * width,
+                           len(task.alphas), task.budget_gb)
+
+    def batch_sums(self, task, plan, params, x, sample_weights, signs, c_in_pinv, c_next):
+        def section(y):
+            out = self.fn(params, y)
+            return out if c_next is None else out @ c_next
+        args = (self.probes(task), signs, task.alphas, task.weights, plan)
+        if task.kind == EDGES:
+            return squared_edges_sum(lambda y: section(y @ c_in_pinv), x, sample_weights, *args)
+        return m_prime_sum(section, x, sample_weights, *args)
+
+    def describe(self, task, plan):
+        return f"{super().describe(task, plan)}, {self.probes(task).n_probes} probes per sample"

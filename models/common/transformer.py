@@ -28,6 +28,10 @@ import numpy as np
 from einops import rearrange
 
 from libjax import model as sectioned
+from libjax.forms import Form
+from libjax.forms.attention import AttentionForm
+from libjax.forms.layernorm import LayerNormInForm, LayerNormOutForm
+from libjax.forms.mlp import MLPForm
 
 
 @dataclasses.dataclass(frozen=True)
@@ -88,15 +92,6 @@ def root_one(act_name: str) -> float:
         if abs(excess) < 1e-11:
             return mid
         lo, hi = (lo, mid) if excess > 0 else (mid, hi)
-
-
-def module_ids(cfg: TransformerConfig) -> list[str]:
-    ids = ["embed", "pos_embed", "add_embed"]
-    for layer in range(cfg.n_layers):
-        ids += [f"{m}.{layer}" for m in ("ln1", "ln1_out", "attn_in", "attn_out", "add_resid1",
-                                          "ln2", "ln2_out", "mlp_in", "mlp_act", "mlp_out",
-                                          "add_resid2")]
-    return ids + ["ln_final", "ln_final_out", "unembed"]
 
 
 # --- module functions (per sample; every array is (pos, width)) -----------------------------------
@@ -274,17 +269,21 @@ def sectioned_model(name: str, cfg: TransformerConfig, folded_params, node_layer
                     if not mid.startswith("attn_out.") and mid != cfg.last_pos_module]
     fused = {(f"attn_out.{layer}", f"add_resid1.{layer}"): _attn_add_last(cfg, layer)
              for layer in range(cfg.n_layers) if cfg.last_pos_module == f"add_resid1.{layer}"}
+    # The input of ln*_out is (var, resid): its first coordinate is the LayerNorm variance.
+    variances = {} if cfg.normalization is None else {
+        f"{m}.{layer}": 0 for layer in range(cfg.n_layers) for m in ("ln1_out", "ln2_out")}
     return sectioned.cut(name, mods, folded_params, example, node_layers, positional=True,
                          positionwise_modules=positionwise,
-                         form_of=lambda span: section_form(cfg, span), fused=fused)
+                         form_of=lambda span: section_form(cfg, span), fused=fused,
+                         variances=variances)
 
 
 # Modules that pass their input through unchanged when the model has no LayerNorm.
 _IDENTITY_WITHOUT_LN = ("ln1", "ln2", "ln_final", "ln_final_out")
 
 
-def section_form(cfg: TransformerConfig, span: tuple[str, ...]) -> sectioned.SectionForm | None:
-    """The closed form (:mod:`libjax.model`) of a section made of ``span``'s modules, if any.
+def section_form(cfg: TransformerConfig, span: tuple[str, ...]) -> Form | None:
+    """The closed form (:mod:`libjax.forms`) of a section made of ``span``'s modules, if any.
 
     Recognised: a LayerNorm half alone (``ln*``: variance, ``ln*_out``: normalisation); the
     attention block with its residual, entered at ``attn_in`` (input ``(n, resid)``) or, without
@@ -298,36 +297,39 @@ def section_form(cfg: TransformerConfig, span: tuple[str, ...]) -> sectioned.Sec
     kinds = tuple(m.split(".")[0] for m in span)
     if cfg.normalization is not None and len(kinds) == 1:
         if kinds[0] in ("ln1", "ln2", "ln_final"):
-            return sectioned.LayerNormInForm()
+            return LayerNormInForm()
         if kinds[0] in ("ln1_out", "ln2_out", "ln_final_out"):
-            return sectioned.LayerNormOutForm(cfg.ln_eps, keep_resid=kinds[0] != "ln_final_out")
+            return LayerNormOutForm(cfg.ln_eps, keep_resid=kinds[0] != "ln_final_out")
     if kinds == ("unembed",):
-        return sectioned.MLPForm(None, lambda p: {"R": p["unembed.W_U"]})
+        return MLPForm(None, lambda p: {"R": p["unembed.W_U"]})
     attention = ("attn_in", "attn_out", "add_resid1")
-    if kinds in (attention, ("ln1_out",) + attention) and len({m.split(".")[1] for m in span}) == 1:
+    no_ln = cfg.normalization is None  # then ln*_out only duplicates the residual
+    entries = (attention, ("ln1_out",) + attention) if no_ln else (attention,)
+    if kinds in entries and len({m.split(".")[1] for m in span}) == 1:
         layer = int(span[-1].split(".")[1])
         pre = f"blocks.{layer}.attn."
-        return sectioned.AttentionForm(
+        return AttentionForm(
             weights=lambda p: {n: p[pre + n] for n in ("W_Q", "W_K", "W_V", "W_O")},
             mask=lambda n_pos: attention_mask(cfg, layer, n_pos), scale=attention_scale(cfg),
             layout="shared" if kinds[0] == "ln1_out" else "split",
             last_only=cfg.last_pos_module == f"add_resid1.{layer}")
     mlp = ("mlp_in", "mlp_act", "mlp_out", "add_resid2")
-    if kinds not in (mlp, ("ln2_out",) + mlp) or len({m.split(".")[1] for m in span}) != 1:
+    entries = (mlp, ("ln2_out",) + mlp) if no_ln else (mlp,)
+    if kinds not in entries or len({m.split(".")[1] for m in span}) != 1:
         return None
     layer = span[-1].split(".")[1]
     w_in, w_out = f"blocks.{layer}.mlp.W_in", f"blocks.{layer}.mlp.W_out"
     act = activation(cfg.act_fn)
     if kinds[0] == "ln2_out":  # no LayerNorm: the normed input is the residual itself
         # constants in NumPy: no compiled op when libjax evaluates the form on the host
-        return sectioned.MLPForm(act, lambda p: {
+        return MLPForm(act, lambda p: {
             "B": p[w_in], "D": p[w_out], "R": np.eye(p[w_out].shape[1], dtype=p[w_out].dtype)})
 
     def weights(p):  # input (n, resid): n feeds the MLP, resid the skip connection
         d = p[w_out].shape[1]
         return {"B": jnp.concatenate([p[w_in], jnp.zeros_like(p[w_in])]), "D": p[w_out],
                 "R": np.concatenate([np.zeros((d, d)), np.eye(d)]).astype(p[w_out].dtype)}
-    return sectioned.MLPForm(act, weights)
+    return MLPForm(act, weights)
 
 
 # --- bias folding (SPEC 1.2) ----------------------------------------------------------------------

@@ -12,6 +12,7 @@ import numpy as np
 
 from libjax.errors import CheckpointError
 from models.lm import model as lm
+from models.lm.family import LMFamily
 from models.common import transformer
 
 WHAT = "GPT-2"
@@ -55,7 +56,7 @@ def to_tl(weights: dict, cfg: transformer.TransformerConfig) -> dict:
     return w.finish(tl, cfg.d_vocab)
 
 
-FAMILY = lm.LMFamily(
+FAMILY = LMFamily(
     name="gpt2", label=WHAT, config_from_hf=config, to_tl=to_tl, default_checkpoint="gpt2",
     # SPEC 5: openwebtext tokenised for GPT-2, 500 samples for the bases and edges and 50 000
     # for the Grams, 1024 tokens each.

@@ -12,6 +12,7 @@ import numpy as np
 
 from libjax.errors import CheckpointError
 from models.lm import model as lm
+from models.lm.family import LMFamily
 from models.common import transformer
 
 WHAT = "GPT-Neo"
@@ -67,7 +68,7 @@ def to_tl(weights: dict, cfg: transformer.TransformerConfig) -> dict:
     return w.finish(tl, cfg.d_vocab)
 
 
-TINYSTORIES = lm.LMFamily(
+FAMILY = LMFamily(
     name="tinystories-1m", label="TinyStories-1M", config_from_hf=config, to_tl=to_tl,
     default_checkpoint="roneneldan/TinyStories-1M",
     # SPEC 4.4/5: the reference cuts the model's context to 511 positions and samples 200-token

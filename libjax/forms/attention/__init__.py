@@ -1,1 +1,87 @@
-"""libjax.forms.attention."""
+"""Closed forms of ``M'`` and the squared edges for attention sections (SPEC 1.7, 2.2, 4.3).
+
+The section maps ``x`` (positions ``P``) to ``F_t = r_t + sum_h sum_s p_hts v_hs W_O[h]`` at the
+output positions ``t`` (every position, or the last one only), with ``q = n W_Q``, ``k = n W_K``,
+``v = n W_V`` per head, ``p = softmax(q k^T / scale)`` under the mask, ``z = p v``, and ``n``, ``r``
+read from ``x`` (``shared``: both are ``x``; ``split``: ``x = (n, r)``).
+
+For a weighting ``rho`` of the output positions (one per exact output position, or the Rademacher
+signs of a position source) the probes of every output direction together need, at each input
+position ``s``, the matrix ``G_s = sum_t rho_t (dF_t/dx_s) C`` (``d_in x r``), and
+
+    M' = sum_rho sum_s G_s G_s^T,       A_ij = sum_s (C_in^+ G_s)_ji f^_sj  (edges: E += A^2).
+
+Writing ``O_h = W_O[h] C``, the value, key and query paths of ``G_s`` are
+
+    V: sum_h beta_hs W_V[h] O_h,                    beta_hs = sum_t rho_t p_hts
+    K: sum_h W_K[h] (a_hs (v_hs O_h) - B_hs O_h) / scale,
+       a_hs = sum_t rho_t p_hts q_ht,  B_hs = sum_t rho_t p_hts q_ht z_ht^T
+    Q: rho_s sum_h W_Q[h] (L_hs - kappa_hs z_hs^T) O_h / scale   (s a query position),
+       kappa_hs = sum_u p_hsu k_hu,   L_hs = sum_u p_hsu k_hu v_hu^T
+
+and the residual adds ``rho_s C`` at output positions. Neither method forms ``G_s``: both reduce
+``M'`` to head-sized sums over samples and positions (:func:`.sums.assemble`) and the edges to
+head-sized products, instead of one VJP per output direction through ``W_O`` and ``W_QKV``.
+:mod:`.lowrank` writes the key and query paths as rank-one terms (cheapest with few positions:
+modular addition), :mod:`.dense` as one ``(2 d_head, d_v)`` matrix per head and position (long
+contexts); :func:`.plan.plan` picks one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable
+
+from libjax.forms import EDGES, Form
+from libjax.forms.attention import dense, lowrank, plan, sums
+from libjax.method.probes import ProbeSet
+
+
+@dataclasses.dataclass(frozen=True)
+class AttentionForm(Form):
+    """An attention section ``x -> r_t + sum_h softmax(q k^T / scale) v W_O[h]`` at the output
+    positions (all, or the last only), ``q, k, v`` from ``n``; ``n`` and ``r`` are both ``x``
+    (``layout="shared"``) or its two halves (``"split"``, ``x = (n, r)``). ``weights(params)``
+    gives ``W_Q``, ``W_K`` ``(H, D, dh)``, ``W_V`` ``(H, D, dv)``, ``W_O`` ``(H, dv, D)``;
+    ``mask(P)`` the allowed ``(query, key)`` pairs. Position sources give the reference's
+    estimates with the general path's signs; hidden sources are left to the general path."""
+
+    weights: Callable[[Any], dict]
+    mask: Callable[[int], Any]
+    scale: float
+    layout: str
+    last_only: bool
+    label = "closed form of an attention section"
+
+    def applies(self, section, task):
+        return task.hidden_sources is None
+
+    def probes(self, task):
+        return ProbeSet(task.n_pos_out, task.out_dim, task.pos_sources)
+
+    def plan(self, task, params) -> tuple[str, int, int]:
+        n_weightings = task.n_pos_out if task.pos_sources is None else task.pos_sources
+        return plan.plan(self, params, task.n_pos, n_weightings, task.out_dim, task.in_dim,
+                         task.d_in, len(task.alphas), task.per_device, task.budget_gb)
+
+    def batch_sums(self, task, plan, params, x, sample_weights, signs, c_in_pinv, c_next):
+        rho = self.probes(task).position_weights(signs).astype(x.dtype)
+        return self.weighted_sums(task.kind, plan, params, x, sample_weights, rho, c_in_pinv,
+                                  c_next, task.alphas, task.weights)
+
+    def weighted_sums(self, kind, plan, params, x, sample_weights, rho, c_in_pinv, c_next,
+                      alphas, weights):
+        """Unnormalised ``M'`` ``(d_in, d_in)`` or edges ``(r_out, r_in)`` of one batch ``x``
+        ``(batch, P, d_in or r_in)`` for position weightings ``rho`` ``(batch, R, P_out)``."""
+        method, positions, samples = plan
+        w, c, o = sums.prepare(self, params, c_next)
+        args = (self, w, c, o) + ((c_in_pinv,) if kind == EDGES else ())
+        args += (x, sample_weights, rho, alphas, weights)
+        if method == "lowrank":
+            fn = lowrank.squared_edges_sum if kind == EDGES else lowrank.m_prime_sum
+            return fn(*args, samples)
+        fn = dense.squared_edges_sum if kind == EDGES else dense.m_prime_sum
+        return fn(*args, positions, samples)
+
+    def describe(self, task, plan):
+        return f"{super().describe(task, plan)}, {plan[0]} method"

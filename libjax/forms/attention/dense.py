@@ -1,5 +1,5 @@
 """``M'`` and the squared edges of attention sections from per-position head matrices (the dense
-method of :mod:`libjax.forms.attention.plan`, for long contexts).
+method of :mod:`libjax.forms.attention`, for long contexts).
 
 At input position ``s`` and weighting ``rho``, the key and query paths of ``G_s`` are
 ``sum_h [W_K[h] W_Q[h]] Y_hs O_h`` with the ``(2 d_head, d_v)`` matrix ``Y_hs = [T_hs; U_hs]``,

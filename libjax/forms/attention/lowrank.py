@@ -1,6 +1,6 @@
 """``M'`` and the squared edges of attention sections with few positions, from low-rank factors.
 
-:mod:`libjax.forms.attention.plan` writes, for a weighting ``rho`` of the output positions, the matrix
+:mod:`libjax.forms.attention` writes, for a weighting ``rho`` of the output positions, the matrix
 ``G_s = sum_t rho_t (dF_t/dx_s) C`` at input position ``s`` as a value, a key and a query path.
 Each path is a sum over positions of rank-one terms per head:
 

@@ -1,5 +1,5 @@
 """Pieces shared by the two closed-form methods for attention sections (see
-:mod:`libjax.forms.attention.plan` for the math): the attention pattern, the matrices ``Z_m`` of the
+:mod:`libjax.forms.attention` for the math): the attention pattern, the matrices ``Z_m`` of the
 residual and value paths, and ``M'`` assembled from head-sized sums."""
 
 from __future__ import annotations

@@ -1,0 +1,60 @@
+"""The matrices an ablation applies: the rotation that zeroes the least important directions
+(docs/method.md 3.1) and the mask that keeps the strongest edges (3.3)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from libjax.errors import ConfigError
+
+
+def rotation_matrix(c, c_pinv, n_zeroed: int) -> np.ndarray:
+    """``C_abl C^+`` with the last ``n_zeroed`` columns of ``C`` zeroed (SPEC 3.1); the identity
+    for ``n_zeroed = 0`` (not the projector ``C C^+``), zero for ``n_zeroed = rib``."""
+    c, c_pinv = np.asarray(c, np.float64), np.asarray(c_pinv, np.float64)
+    rib = c.shape[1]
+    if not 0 <= n_zeroed <= rib:
+        raise ConfigError(f"cannot zero {n_zeroed} of {rib} directions")
+    if n_zeroed == 0:
+        return np.eye(c.shape[0])
+    keep = rib - n_zeroed
+    return c[:, :keep] @ c_pinv[:keep]
+
+
+def edge_mask(edges, n_keep: int, free_const_column: bool) -> np.ndarray:
+    """Boolean ``(out, in)`` mask keeping the ``n_keep`` strongest edges (SPEC 3.3).
+
+    With ``free_const_column`` (a centred build) the edges of input node 0, the constant
+    direction, are always kept and not counted. Entries ``>=`` the ``n_keep``-th largest
+    candidate are kept, so ties may keep more; ``n_keep`` above the number of candidates keeps all.
+    """
+    edges = np.asarray(edges)
+    if n_keep < 0:
+        raise ConfigError(f"cannot keep a negative number of edges ({n_keep})")
+    start = 1 if free_const_column else 0
+    candidates = edges[:, start:]
+    mask = np.ones(edges.shape, bool)
+    if n_keep > candidates.size:
+        return mask
+    if n_keep == 0:
+        mask[:, start:] = False
+    else:
+        k = candidates.size - n_keep
+        threshold = np.partition(candidates.ravel(), k)[k]  # the n_keep-th largest
+        mask[:, start:] = candidates >= threshold
+    return mask
+
+
+def group_rows(mask, compute) -> tuple[np.ndarray, np.ndarray]:
+    """Group the rows of an edge mask that must be computed by their pattern of kept inputs.
+
+    Returns ``(patterns, inverse)``: the distinct patterns of the rows with ``compute`` set, as
+    0/1 floats ``(U, in)``, and for each row the index of its pattern, or -1 for the other rows.
+    """
+    mask, compute = np.asarray(mask, bool), np.asarray(compute, bool)
+    inverse = np.full(mask.shape[0], -1, np.int32)
+    if not compute.any():
+        return np.zeros((0, mask.shape[1]), np.float32), inverse
+    patterns, inv = np.unique(mask[compute], axis=0, return_inverse=True)
+    inverse[compute] = np.ravel(inv)
+    return patterns.astype(np.float32), inverse

@@ -1,0 +1,138 @@
+"""What a build computes: :class:`BuildConfig`, its validation, and the integration points of
+a node layer."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any, Collection, Mapping, Optional
+
+from libjax.errors import ConfigError
+from libjax.method import integration
+
+BASES = ("lib", "pca", "neuron")
+
+
+@dataclasses.dataclass(frozen=True)
+class BuildConfig:
+    """What to build (defaults: the paper's LIB configuration, SPEC 5).
+
+    Attributes:
+      basis: ``lib`` (the jacobian formula), ``pca`` or ``neuron``.
+      integration, n_intervals: quadrature rule for the basis and edges (SPEC 2.5); either may be
+        a dict keyed by node layer or module prefix.
+      n_stochastic_sources_basis_pos, n_stochastic_sources_basis_hidden: Rademacher sources
+        replacing the exact sum over output positions / hidden dims in ``M'`` (None = exact).
+      n_stochastic_sources_edges: the same for output positions in the edges.
+      center: centre the Gram matrices (constant direction first).
+      isolate_ln_var: keep a LayerNorm variance coordinate that the model declares
+        (:attr:`libjax.model.NodeLayer.variance`) as its own direction.
+      truncation_threshold: drop directions with eigenvalue below this.
+      rotate_final_node_layer: give the last node layer a PCA basis.
+      compute_edges: compute the edge matrices.
+      batch_size, gram_batch_size, edge_batch_size: samples per step of each phase.
+      memory_budget_gb: bounds the probes processed at once in ``M'`` and edges.
+      seed: seed of the stochastic sources.
+      fast_paths: use the structure-aware paths where the model allows them: closed forms for
+        attention, MLP and LayerNorm sections, one probe per output direction for positionwise
+        sections. They compute the same numbers as the general VJP path (stochastic estimates
+        with the same signs), except that positionwise sections without a form and LayerNorm
+        forms give the exact edges where edge sources were asked for (at no extra cost). False
+        reproduces the reference's computation everywhere.
+    """
+
+    basis: str = "lib"
+    integration: Any = "gradient"
+    n_intervals: Any = 0
+    n_stochastic_sources_basis_pos: Optional[int] = None
+    n_stochastic_sources_basis_hidden: Optional[int] = None
+    n_stochastic_sources_edges: Optional[int] = None
+    center: bool = True
+    isolate_ln_var: bool = True
+    truncation_threshold: float = 1e-15
+    rotate_final_node_layer: bool = False
+    compute_edges: bool = True
+    batch_size: int = 4096
+    gram_batch_size: Optional[int] = None
+    edge_batch_size: Optional[int] = None
+    memory_budget_gb: float = 0.25
+    seed: int = 0
+    fast_paths: bool = True
+
+    def validate(self, model) -> None:
+        """Reject option combinations the method does not define (SPEC 5 validation)."""
+        if self.basis not in BASES:
+            raise ConfigError(f"unknown basis {self.basis!r}; choose one of {', '.join(BASES)}")
+        if self.basis == "neuron" and self.center:
+            raise ConfigError("the neuron basis cannot be centred; pass --nocenter with "
+                              "--basis=neuron")
+        stochastic_basis = (self.n_stochastic_sources_basis_pos,
+                            self.n_stochastic_sources_basis_hidden)
+        if any(s is not None for s in stochastic_basis) and self.basis != "lib":
+            raise ConfigError("stochastic basis sources only apply to the lib (jacobian) basis")
+        sources = stochastic_basis + (self.n_stochastic_sources_edges,)
+        for s in sources:
+            if s is not None and s < 1:
+                raise ConfigError(f"a number of stochastic sources must be >= 1, got {s}")
+        if (self.n_stochastic_sources_basis_pos or self.n_stochastic_sources_edges) and \
+                not model.positional:
+            raise ConfigError(f"stochastic position sources need activations with a sequence "
+                              f"axis; model {model.name!r} has none")
+        for size in (self.batch_size, self.gram_batch_size, self.edge_batch_size):
+            if size is not None and size < 1:
+                raise ConfigError(f"batch sizes must be >= 1, got {size}")
+        if not 0 <= self.truncation_threshold < math.inf:
+            raise ConfigError(f"truncation_threshold must be a finite number >= 0, got "
+                              f"{self.truncation_threshold}")
+        if not 0 < self.memory_budget_gb < math.inf:
+            raise ConfigError(f"memory_budget_gb must be a finite number > 0, got "
+                              f"{self.memory_budget_gb}")
+        if not 0 <= self.seed < 2**63:
+            raise ConfigError(f"the seed must be in [0, 2**63), got {self.seed}")
+        if self.rotate_final_node_layer and self.center and model.layers[-1].constant is None:
+            raise ConfigError(f"a centred PCA rotation of the final node layer "
+                              f"{model.node_layers[-1]!r} is undefined (it has no constant "
+                              "coordinate); end the node layers before it or do not rotate the "
+                              "final layer")
+        for name in model.node_layers[:-1]:
+            points(self, name)  # raises on a bad rule or interval count
+
+    def to_json(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def points(cfg: BuildConfig, node_layer: str):
+    try:
+        rule = integration.for_layer(cfg.integration, node_layer)
+        n = integration.for_layer(cfg.n_intervals, node_layer)
+        return integration.points(rule, int(n))
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
+
+
+SOURCE_FIELDS = ("n_stochastic_sources_basis_pos", "n_stochastic_sources_basis_hidden",
+                 "n_stochastic_sources_edges")
+
+
+def resolve(values: Mapping[str, Any], given: Collection[str],
+            model_defaults: Mapping[str, Any]) -> BuildConfig:
+    """The configuration a user asked for: ``values`` of :class:`BuildConfig` fields (None:
+    unset), of which ``given`` were stated explicitly, over a model's paper defaults.
+
+    Precedence: a stated value, then the model's default, then a value that was not stated (an
+    option's own default), then :class:`BuildConfig`'s. The model's stochastic ``M'`` sources
+    apply only to the LIB basis; a source count of 0 asks for the exact sums (None)."""
+    if values.get("basis", "lib") != "lib":
+        model_defaults = {k: v for k, v in model_defaults.items()
+                          if not k.startswith("n_stochastic_sources_basis")}
+    fields = {k: v for k, v in values.items() if v is not None}
+    fields.update({k: v for k, v in model_defaults.items() if k not in given})
+    for k in SOURCE_FIELDS:
+        if fields.get(k) is not None and fields[k] < 0:
+            raise ConfigError(f"--{k} must be >= 0 (0: exact sums), got {fields[k]}")
+        if fields.get(k) == 0:
+            fields[k] = None
+    unknown = sorted(set(fields) - {f.name for f in dataclasses.fields(BuildConfig)})
+    if unknown:
+        raise ConfigError(f"unknown build options {unknown}")
+    return BuildConfig(**fields)

@@ -1,0 +1,116 @@
+"""What every model family shares: the user's options, the data a build runs on, and the
+:class:`Family` base class that turns options into a sectioned model and its data.
+
+Nothing here imports another module of ``models/``: families import this module, the registry
+imports the families.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Optional, Sequence
+
+import numpy as np
+
+from libjax.errors import ConfigError, DataError
+from libjax.model import SectionedModel
+
+DTYPES = ("float64", "float32")
+
+
+@dataclasses.dataclass(frozen=True)
+class Options:
+    """What the user asked for, independent of the model family (``None`` = family default)."""
+
+    checkpoint: Optional[str] = None
+    node_layers: Optional[tuple[str, ...]] = None
+    layer: Optional[int] = None
+    dataset: Optional[str] = None
+    data_dir: Optional[str] = None
+    split: Optional[str] = None
+    n_samples: Optional[int] = None
+    n_gram_samples: Optional[int] = None
+    n_ctx: Optional[int] = None
+    dtype: str = "float64"
+    seed: int = 0
+
+    def __post_init__(self):
+        for name in ("n_samples", "n_gram_samples", "n_ctx"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ConfigError(f"--{name} must be >= 1, got {value}")
+        if self.layer is not None and self.layer < 0:
+            raise ConfigError(f"--layer must be >= 0, got {self.layer}")
+        if self.dtype not in DTYPES:
+            raise ConfigError(f"unknown dtype {self.dtype!r}; choose one of {', '.join(DTYPES)}")
+        if self.seed < 0:
+            raise ConfigError(f"the seed must be >= 0, got {self.seed}")
+
+
+def reject_unused(opts: Options, model: str, names: Sequence[str]) -> None:
+    """Options that a family has no use for are errors, never silently ignored."""
+    given = [f"--{n}" for n in names if getattr(opts, n) is not None]
+    if given:
+        raise ConfigError(f"{model} does not take {', '.join(given)}; leave it out")
+
+
+def first_samples(x: np.ndarray, opts: Options, source: str) -> tuple[np.ndarray, np.ndarray]:
+    """The build's inputs and Gram inputs: the first ``--n_samples`` and ``--n_gram_samples``
+    (default: ``--n_samples``; all if neither) of ``x``. Asking for more samples than ``source``
+    has is a :class:`DataError`, not a silently smaller dataset."""
+    def first(n: Optional[int], flag: str) -> np.ndarray:
+        if n is not None and n > len(x):
+            raise DataError(f"{source} has {len(x)} samples, fewer than {flag}={n}; lower {flag}")
+        return x if n is None else x[:n]
+
+    gram_flag = "--n_gram_samples" if opts.n_gram_samples else "--n_samples"
+    return (first(opts.n_samples, "--n_samples"),
+            first(opts.n_gram_samples or opts.n_samples, gram_flag))
+
+
+@dataclasses.dataclass(frozen=True)
+class Data:
+    """Model inputs for the basis/edges and for the Gram matrices, and labels where known."""
+
+    inputs: np.ndarray
+    gram_inputs: np.ndarray
+    labels: Optional[np.ndarray] = None
+
+
+class Family:
+    """A model the command-line tools know by ``--model`` name. Subclasses implement the first
+    five methods; the optional capabilities have defaults.
+    """
+
+    name: str
+
+    def node_layers(self, opts: Options) -> tuple[str, ...]:
+        """The node layers to use (``opts.node_layers`` or the family's default)."""
+        raise NotImplementedError
+
+    def build_defaults(self, opts: Options) -> dict:
+        """``BuildConfig`` fields that this model's paper configuration sets."""
+        return {}
+
+    def load(self, opts: Options, node_layers: tuple[str, ...]) -> SectionedModel:
+        """The sectioned model, with weights from ``opts.checkpoint``."""
+        raise NotImplementedError
+
+    def data(self, opts: Options) -> Data:
+        """The build's inputs."""
+        raise NotImplementedError
+
+    def model_id(self, opts: Options) -> str:
+        """A string identifying the weights (recorded with every build)."""
+        raise NotImplementedError
+
+    def ablation_defaults(self, opts: Options) -> Optional[dict]:
+        """The paper's ablation settings for this model: evaluation ``split``, ``metric``,
+        ``batch_size`` and the exponential schedule's ``ablate_every_vec_cutoff``/``exp_base``;
+        None (the default) for a model without labelled data to ablate on."""
+        return None
+
+    def direction_labels(self, opts: Options, graph) -> Optional[dict[str, list[str]]]:
+        """A short text per direction of each node layer of ``graph`` (built with ``opts``), for
+        graph plots (default: none)."""
+        return None

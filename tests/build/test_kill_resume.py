@@ -1,0 +1,256 @@
+"""Interrupted builds: a ``compute_basis.py`` killed with SIGKILL anywhere and rerun gives the
+graph of an uninterrupted run, bit for bit; failed writes and crashes mid-write leave the
+finished stages as they were; the same command twice gives the same graph.
+
+The build is the shipped modular-addition model on 120 samples in batches of 40 with stochastic
+sources (so a resumed stage must redraw exactly the same signs): 5-15 s uninterrupted. One kill
+point runs by default; ``-m slow`` adds every kill point of :data:`KILL_POINTS`, a directory
+killed five times in a row, and a full disk in the middle of a build.
+"""
+
+from __future__ import annotations
+
+import errno
+import shutil
+import signal
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.helpers.tiny import tiny_transformer
+from libjax.storage import graph
+from libjax.storage import store
+from libjax.build import BuildConfig, build
+from libjax.errors import StoreError
+from tests.helpers.script_runs import (ROOT, assert_identical_graphs, run_script, script_command,
+                         snapshot)
+
+COMMAND = ("--n_samples=120", "--batch_size=40", "--n_stochastic_sources_basis_pos=1",
+           "--n_stochastic_sources_edges=1")
+
+
+def compute(out: Path, **kwargs):
+    return run_script("compute_basis.py", *COMMAND, f"--out_dir={out}", **kwargs)
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory) -> Path:
+    """An uninterrupted build."""
+    out = tmp_path_factory.mktemp("reference") / "graph"
+    result = compute(out)
+    assert result.returncode == 0, result.stderr
+    return out
+
+
+# --- killing a build ------------------------------------------------------------------------------
+
+def committed(out: Path) -> set[str]:
+    stages = out / "stages"
+    return {p.name for p in stages.iterdir() if (p / store.COMMIT_FILE).exists()} \
+        if stages.is_dir() else set()
+
+
+def writing(out: Path, stage: str) -> bool:
+    """orbax is writing ``stage`` (its temporary directory exists)."""
+    stages = out / "stages"
+    return stages.is_dir() and any(p.name.startswith(stage + store.TMP_SUFFIX)
+                                   for p in stages.iterdir())
+
+
+# Kill points: (name, trigger(out_dir, stderr lines so far), seconds to wait after it fires).
+KILL_POINTS = {
+    "during the Grams": (lambda out, log: (out / store.BUILD_FILE).exists(), 0.5),
+    "writing the stats stage": (lambda out, log: writing(out, "stats"), 0.0),
+    "between two bases": (lambda out, log: "basis_unembed" in committed(out), 0.0),
+    # M' of ln1.0 takes milliseconds once compiled: kill as soon as it starts
+    "during M' of ln1.0": (lambda out, log: any("M' ln1.0:" in x for x in log), 0.0),
+    "writing a basis": (lambda out, log: writing(out, "basis_ln1.0"), 0.0),
+    "during the first edges": (lambda out, log: "basis_ln1.0" in committed(out), 0.5),
+    "between two edge matrices": (lambda out, log: "edges_ln1.0__ln2.0" in committed(out), 0.0),
+    "after the last edges": (lambda out, log: "edges_unembed__output" in committed(out), 0.0),
+}
+
+
+def run_and_kill(out: Path, trigger, delay: float, timeout: float = 120) -> bool:
+    """Run the build, SIGKILL it ``delay`` s after ``trigger`` fires; True if it was killed
+    (rather than finishing first)."""
+    proc = subprocess.Popen(script_command("compute_basis.py", *COMMAND, f"--out_dir={out}"),
+                            cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            text=True)
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.extend(proc.stderr), daemon=True)
+    reader.start()
+    deadline = time.monotonic() + timeout
+    while proc.poll() is None and not trigger(out, lines):
+        assert time.monotonic() < deadline, "the trigger never fired"
+        time.sleep(0.001)
+    time.sleep(delay)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    reader.join()
+    assert "Traceback" not in "".join(lines), "".join(lines)
+    return proc.returncode == -signal.SIGKILL
+
+
+def resume_and_compare(out: Path, reference: Path) -> None:
+    """An interrupted directory is refused as a graph; rerunning finishes it identically."""
+    if not (out / store.SUMMARY_FILE).exists():
+        with pytest.raises(StoreError, match="incomplete"):
+            graph.load(out)
+    result = compute(out)
+    assert result.returncode == 0, result.stderr
+    assert "resuming" in result.stderr
+    assert_identical_graphs(graph.load(out), graph.load(reference))
+    assert not [p for p in (out / "stages").iterdir() if store.TMP_SUFFIX in p.name]
+
+
+def test_killed_during_m_prime_resumes_to_the_same_graph(tmp_path, reference):
+    trigger, delay = KILL_POINTS["during M' of ln1.0"]
+    assert run_and_kill(tmp_path / "g", trigger, delay)
+    assert "basis_ln1.0" not in committed(tmp_path / "g")
+    resume_and_compare(tmp_path / "g", reference)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("point", list(KILL_POINTS))
+def test_killed_anywhere_resumes_to_the_same_graph(tmp_path, reference, point):
+    trigger, delay = KILL_POINTS[point]
+    killed = run_and_kill(tmp_path / "g", trigger, delay)
+    partial = [p.name for p in (tmp_path / "g" / "stages").iterdir()
+               if store.TMP_SUFFIX in p.name]
+    print(f"{point}: {'killed' if killed else 'finished first'}, committed stages "
+          f"{sorted(committed(tmp_path / 'g'))}, partial writes {partial}")
+    assert killed or point == "after the last edges"
+    resume_and_compare(tmp_path / "g", reference)
+
+
+@pytest.mark.slow
+def test_killed_again_and_again_resumes_to_the_same_graph(tmp_path, reference):
+    """One directory, killed at each point in turn (every rerun resumes, then dies again)."""
+    out, kills = tmp_path / "g", 0
+    for point in ("during the Grams", "during M' of ln1.0", "writing a basis",
+                  "during the first edges", "between two edge matrices"):
+        trigger, delay = KILL_POINTS[point]
+        before = committed(out)
+        kills += run_and_kill(out, trigger, delay)
+        assert committed(out) >= before  # a kill never loses a finished stage
+    assert kills == 5
+    resume_and_compare(out, reference)
+
+
+def test_the_same_command_twice_gives_the_same_graph(tmp_path, reference):
+    result = compute(tmp_path / "again")
+    assert result.returncode == 0, result.stderr
+    assert_identical_graphs(graph.load(tmp_path / "again"), graph.load(reference))
+
+
+# --- failed writes --------------------------------------------------------------------------------
+
+@pytest.mark.slow
+def test_a_full_disk_keeps_the_finished_stages_and_the_rerun_finishes(tmp_path, reference):
+    out = tmp_path / "g"
+    shutil.copytree(reference, out)
+    (out / store.SUMMARY_FILE).unlink()
+    for stage in ("edges_ln1.0__ln2.0", "edges_ln2.0__unembed", "edges_unembed__output"):
+        shutil.rmtree(out / "stages" / stage)
+    before = snapshot(out)
+    result = compute(out, max_file_bytes=32 * 1024)  # an edge matrix is ~100 kB
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+    assert "could not write stage 'edges_ln1.0__ln2.0'" in result.stderr
+    assert "File too large" in result.stderr and "rerun the same command" in result.stderr
+    assert snapshot(out) == before  # nothing half-written left behind, nothing lost
+    resume_and_compare(out, reference)
+
+
+# --- in-process: failed writes and partial stages on a small model --------------------------------
+
+TINY_LAYERS = ("ln1.0", "ln2.0", "unembed", "output")
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    """``(model, tokens, graph, directory)`` of a finished build of a small random transformer."""
+    model, tokens = tiny_transformer(TINY_LAYERS)
+    out = tmp_path_factory.mktemp("tiny") / "graph"
+    return model, tokens, build(model, tokens, BuildConfig(), out_dir=out), out
+
+
+def interrupted_copy(src: Path, dst: Path, drop: tuple[str, ...]) -> Path:
+    """A copy of a finished build without its summary and the stages ``drop``."""
+    shutil.copytree(src, dst)
+    (dst / store.SUMMARY_FILE).unlink()
+    for stage in drop:
+        shutil.rmtree(dst / "stages" / stage)
+    return dst
+
+
+class _FailingCheckpointer:
+    """orbax's checkpointer whose writes start (a temporary directory), then fail with ``err``."""
+
+    def __init__(self, err: Exception, real):
+        self.err = err
+        self.restore = real.restore
+
+    def save(self, path, tree, force=False):
+        (Path(f"{path}{store.TMP_SUFFIX}") / "d").mkdir(parents=True)
+        raise self.err
+
+
+@pytest.mark.parametrize("err", [OSError(errno.ENOSPC, "No space left on device"),
+                                 ValueError("OUT_OF_RANGE: Error writing ... [os_error_code=28]")])
+def test_a_failed_stage_write_is_a_store_error_and_changes_nothing(tmp_path, monkeypatch, tiny,
+                                                                   err):
+    model, tokens, full, done = tiny
+    part = interrupted_copy(done, tmp_path / "part", ("edges_unembed__output",))
+    before = {d: snapshot(d) for d in (done, part)}
+    real = store._checkpointer()
+    monkeypatch.setattr(store, "_checkpointer", lambda: _FailingCheckpointer(err, real))
+
+    with pytest.raises(StoreError, match="could not write stage 'edges_unembed__output'.*disk"):
+        build(model, tokens, BuildConfig(), out_dir=part)
+    # A finished build is only read: its rerun needs no write at all.
+    assert_identical_graphs(build(model, tokens, BuildConfig(), out_dir=done), full)
+    assert {d: snapshot(d) for d in (done, part)} == before
+
+
+def test_partial_stages_left_by_a_crash_are_removed_and_recomputed(tmp_path, tiny):
+    """A crash mid-write leaves orbax's temporary directory (with or without its commit marker,
+    which orbax writes just before the rename) or, on filesystems without atomic renames, a stage
+    without its marker; reopening removes them and recomputes those stages."""
+    model, tokens, full, done = tiny
+    out = interrupted_copy(done, tmp_path / "crashed", ())
+    stages = out / "stages"
+    for stage in ("edges_ln2.0__unembed", "edges_unembed__output"):
+        (stages / stage).rename(stages / f"{stage}{store.TMP_SUFFIX}")
+    (stages / f"edges_unembed__output{store.TMP_SUFFIX}" / store.COMMIT_FILE).unlink()
+    (stages / "basis_ln1.0" / store.COMMIT_FILE).unlink()
+    (out / f"{store.RESERVATION}x").write_bytes(b"")
+    with pytest.raises(StoreError, match="incomplete"):
+        graph.load(out)
+    assert_identical_graphs(build(model, tokens, BuildConfig(), out_dir=out), full)
+    assert sorted(p.name for p in stages.iterdir()) == sorted(
+        p.name for p in (done / "stages").iterdir())
+    assert not list(out.glob(f"{store.RESERVATION}*"))
+    assert_identical_graphs(graph.load(out), full)
+
+
+def test_a_build_with_a_missing_stage_is_refused(tmp_path, tiny):
+    out = shutil.copytree(tiny[3], tmp_path / "g")
+    shutil.rmtree(out / "stages" / "basis_ln2.0")
+    with pytest.raises(StoreError, match="damaged: its stage.s. basis_ln2.0 are missing"):
+        graph.load(out)
+
+
+def test_an_unreadable_build_record_is_refused_unless_overwritten(tmp_path, tiny):
+    model, tokens, full, done = tiny
+    out = shutil.copytree(done, tmp_path / "g")
+    (out / store.BUILD_FILE).write_text('{"model": ')
+    with pytest.raises(StoreError, match="build.json is unreadable"):
+        graph.load(out)
+    with pytest.raises(StoreError, match="build.json is unreadable.*--overwrite"):
+        build(model, tokens, BuildConfig(), out_dir=out)
+    assert_identical_graphs(build(model, tokens, BuildConfig(), out_dir=out, overwrite=True), full)
+    assert_identical_graphs(graph.load(out), full)

@@ -1,0 +1,113 @@
+"""The two closed-form methods for attention sections (dense head products, low-rank factors)
+agree with each other and with the general VJP path, and the cheaper one is chosen."""
+
+import functools
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from tests.helpers.tiny import tiny_ln_transformer, tiny_transformer
+from libjax.forms.attention import AttentionForm
+from libjax.forms.attention import plan as attention_form
+from libjax.method import integration
+from libjax.build import BuildConfig, build
+from libjax.build.pipeline import compute_edges, compute_m_prime
+from models.modadd import model as modadd
+
+GENERAL = BuildConfig(fast_paths=False)
+METHODS = ("dense", "lowrank")
+
+
+@functools.cache
+def case(name):
+    if name == "last_only":  # the modular-addition shape: one output position
+        model, tokens = tiny_transformer(("ln1.0", "ln2.0", "unembed", "output"))
+    elif name == "all_positions":
+        model, tokens = tiny_transformer(("ln1.0", "ln2.0", "unembed", "output"),
+                                         last_pos_only=False, n_ctx=4)
+    else:  # split (n, resid) input of GPT-2's attn_in
+        model, tokens = tiny_ln_transformer(("attn_in.0", "ln2.0", "ln2_out.0", "mlp_in.0"))
+    graph = build(model, tokens, GENERAL)
+    index = next(i for i, s in enumerate(model.sections) if isinstance(s.form, AttentionForm))
+    return model, tokens, graph, index
+
+
+def section_inputs(name):
+    """Inputs of the attention section, sample weights with padding, ``C`` of both layers."""
+    model, tokens, graph, i = case(name)
+    xs = jnp.stack([model.run_to(model.params, jnp.asarray(t), i) for t in tokens])
+    weights = jnp.asarray(np.arange(len(xs)) % 5 != 0, xs.dtype)
+    nxt = graph.bases.get(model.node_layers[i + 1])
+    return model, i, xs, weights, graph.bases[model.node_layers[i]], \
+        None if nxt is None else jnp.asarray(nxt.C)
+
+
+def rel(a, b):
+    return float(np.max(np.abs(np.asarray(a) - np.asarray(b))) / np.max(np.abs(np.asarray(b))))
+
+
+def both_methods(name, rho, rule):
+    """``{method: (M', edges)}`` unnormalised, with position weightings ``rho``; the low-rank
+    method in chunks of 7 samples (so padding chunks are exercised)."""
+    model, i, xs, weights, b_in, c = section_inputs(name)
+    form, params = model.sections[i].form, model.params
+    alphas, quad = integration.points(*rule)
+    x_hat = xs @ jnp.asarray(b_in.C)
+    out = {}
+    for method in METHODS:
+        chunks = (method, xs.shape[1], 7)
+        out[method] = (
+            form.weighted_sums("m_prime", chunks, params, xs, weights, rho, None, c, alphas,
+                               quad),
+            form.weighted_sums("edges", chunks, params, x_hat, weights, rho,
+                               jnp.asarray(b_in.C_pinv), c, alphas, quad))
+    return out
+
+
+@pytest.mark.parametrize("name, rule", [("last_only", ("gradient", 0)),
+                                        ("all_positions", ("gradient", 0)),
+                                        ("split", ("gradient", 0)),
+                                        ("last_only", ("gauss-legendre", 3))])
+def test_low_rank_and_dense_methods_agree_for_any_weighting(name, rule):
+    model, i, xs, *_ = section_inputs(name)
+    n_out = model.layers[i + 1].positions
+    signs = np.random.default_rng(3).choice([-1.0, 1.0], size=(len(xs), 2, n_out))
+    for rho in (jnp.broadcast_to(jnp.eye(n_out), (len(xs), n_out, n_out)), jnp.asarray(signs)):
+        out = both_methods(name, rho, rule)
+        assert rel(out["lowrank"][0], out["dense"][0]) < 1e-10
+        assert rel(out["lowrank"][1], out["dense"][1]) < 1e-10
+
+
+@pytest.mark.parametrize("name", ["last_only", "split"])
+def test_low_rank_method_equals_the_general_path(name):
+    """Exact probes, every sample weighted 1: the low-rank sums, normalised, are the build's."""
+    model, tokens, graph, i = case(name)
+    xs = jnp.stack([model.run_to(model.params, jnp.asarray(t), i) for t in tokens])
+    n_out = model.layers[i + 1].positions
+    rho = jnp.broadcast_to(jnp.eye(n_out), (len(xs), n_out, n_out))
+    nxt = graph.bases.get(model.node_layers[i + 1])
+    c = None if nxt is None else jnp.asarray(nxt.C)
+    b_in = graph.bases[model.node_layers[i]]
+    ones, norm = jnp.ones(len(xs)), len(xs) * model.layers[i].positions
+    chunks = ("lowrank", xs.shape[1], 16)
+    form = model.sections[i].form
+    m_prime = form.weighted_sums("m_prime", chunks, model.params, xs, ones, rho, None, c, [1.0],
+                                 [1.0]) / norm
+    edges = form.weighted_sums("edges", chunks, model.params, xs @ b_in.C, ones, rho,
+                               jnp.asarray(b_in.C_pinv), c, [1.0], [1.0]) / norm
+    assert rel(m_prime, compute_m_prime(model, i, tokens, GENERAL, nxt and nxt.C)) < 1e-10
+    assert rel(edges, compute_edges(model, i, tokens, GENERAL, b_in, nxt and nxt.C)) < 1e-10
+
+
+def test_the_cheaper_method_is_planned():
+    """Few positions (modular addition: 3, one output) -> low rank; long contexts -> dense."""
+    cfg, weights = modadd.load()
+    model = modadd.sectioned(weights, cfg, modadd.PAPER_NODE_LAYERS)
+    form, params = model.sections[0].form, model.params
+    plan = functools.partial(attention_form.plan, form, params, n_weightings=1, out_dim=111,
+                             in_dim=115, d_in=129, per_device=4096, budget_gb=0.25)
+    method, _, samples = plan(n_pos=3, n_alphas=1)
+    assert method == "lowrank" and 1 <= samples <= 4096
+    assert plan(n_pos=3, n_alphas=3)[0] == "dense"  # 9 terms per head: near d_head / 4
+    assert plan(n_pos=64, n_alphas=1)[0] == "dense"

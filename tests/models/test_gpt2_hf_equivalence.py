@@ -1,0 +1,176 @@
+"""GPT-2 and GPT-Neo in JAX equal Hugging Face transformers (PyTorch, CPU) on tiny random models.
+
+Four levels, each in float32 (atol 1e-5) and float64 (atol 1e-10):
+* the converted, unprocessed model (:class:`models.lm.model.LanguageModel`) gives HF's logits;
+* after TransformerLens's weight processing it gives HF's logits minus their mean over the
+  vocabulary (the unembedding is centred);
+* so does the bias-folded, sectioned model that ``--model=gpt2`` / ``tinystories-1m`` load;
+* at every node layer the activations are HF's: residual streams minus their mean over d_model
+  (centred writing weights) plus the constant 1, LayerNorm variances, and normalised vectors that
+  HF's LayerNorm outputs once its scale and shift are applied.
+
+HF's GPT-Neo computes attention scores in float32 even in a float64 model; the float64 GPT-Neo
+comparisons patch that cast out (:func:`_attn_in_model_dtype`).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+transformers = pytest.importorskip("transformers")
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+
+from tests.helpers import hf_tiny  # noqa: E402
+from models.family import Options
+from models.common import weight_processing  # noqa: E402
+from models.lm import gpt2
+from models.lm import gptneo
+from models.common import hf
+from models.lm import model as lm
+from models.common import transformer
+
+N_POS = 12  # > the GPT-Neo window (4), so local attention matters
+TOL = {np.float32: 1e-5, np.float64: 1e-10}
+ARCHS = {"gpt2": (hf_tiny.gpt2, gpt2), "gptneo": (hf_tiny.gptneo, gptneo)}
+FAMILIES = {"gpt2": gpt2.FAMILY, "gptneo": gptneo.FAMILY}
+
+
+@pytest.fixture(scope="module")
+def checkpoints(tmp_path_factory):
+    """arch -> (checkpoint directory, torch model)."""
+    out = {}
+    for name, (make, _) in ARCHS.items():
+        directory = tmp_path_factory.mktemp(name)
+        out[name] = (directory, make(directory))
+    return out
+
+
+@pytest.fixture(scope="module")
+def tokens():
+    return np.random.default_rng(0).integers(0, hf_tiny.VOCAB, (3, N_POS))
+
+
+def _attn_in_model_dtype(self, query, key, value, attention_mask=None):
+    """HF GPT-Neo's eager attention without its cast of queries and keys to float32."""
+    scores = query @ key.transpose(-1, -2)
+    q_len, k_len = query.size(-2), key.size(-2)
+    causal = self.bias[:, :, k_len - q_len:k_len, :k_len]
+    scores = torch.where(causal, scores, torch.finfo(scores.dtype).min)
+    if attention_mask is not None:
+        scores = scores + attention_mask
+    weights = torch.softmax(scores, dim=-1)
+    return weights @ value, weights
+
+
+def hf_run(model, tokens, dtype, monkeypatch):
+    """HF logits and, per LayerNorm module name, its (input, output), in ``dtype``."""
+    if dtype == np.float64:
+        from transformers.models.gpt_neo import modeling_gpt_neo
+        monkeypatch.setattr(modeling_gpt_neo.GPTNeoSelfAttention, "_attn", _attn_in_model_dtype)
+    model = model.to(torch.float64 if dtype == np.float64 else torch.float32)
+    seen = {}
+    hooks = [module.register_forward_hook(
+        lambda mod, inputs, output, name=name: seen.__setitem__(
+            name, (inputs[0].detach().numpy(), output.detach().numpy())))
+        for name, module in model.named_modules() if isinstance(module, torch.nn.LayerNorm)]
+    try:
+        with torch.no_grad():
+            logits = model(torch.tensor(tokens)).logits.numpy()
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return logits, seen
+
+
+def ours(directory, arch):
+    cfg = arch.config(hf.read_config(directory))
+    return cfg, arch.to_tl(hf.read_weights(directory), cfg)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("name", ARCHS)
+def test_logits_equal_hf_before_and_after_processing(name, dtype, checkpoints, tokens, monkeypatch):
+    directory, model = checkpoints[name]
+    logits, _ = hf_run(model, tokens, dtype, monkeypatch)
+    cfg, tl = ours(directory, ARCHS[name][1])
+
+    apply = jax.jit(lm.LanguageModel(cfg).apply)
+    run = lambda w: apply({"params": {k: jnp.asarray(v, dtype) for k, v in w.items()}},  # noqa
+                          jnp.asarray(tokens))
+    unprocessed = run(tl)
+    assert unprocessed.dtype == dtype
+    np.testing.assert_allclose(np.asarray(unprocessed), logits, rtol=0, atol=TOL[dtype])
+    centred = logits - logits.mean(-1, keepdims=True)
+
+    # TransformerLens's processing alone: LayerNorms become LNPre (unit scale, zero shift)
+    processed = weight_processing.process(tl, cfg.n_layers)
+    for ln in [k[:-2] for k in tl if k.endswith("ln1.w") or k.endswith("ln2.w")] + ["ln_final"]:
+        processed[ln + ".w"], processed[ln + ".b"] = np.ones(cfg.d_model), np.zeros(cfg.d_model)
+    np.testing.assert_allclose(np.asarray(run(processed)), centred, rtol=0, atol=TOL[dtype])
+
+    opts = Options(checkpoint=str(directory), n_ctx=N_POS, dtype=np.dtype(dtype).name)
+    folded = FAMILIES[name].load(opts, ("ln1.0", "unembed"))  # --model=gpt2 / tinystories-1m
+    out = jax.jit(jax.vmap(folded.forward, (None, 0)))(folded.params, jnp.asarray(tokens))
+    assert out.dtype == dtype
+    np.testing.assert_allclose(np.asarray(out), centred, rtol=0, atol=TOL[dtype])
+
+
+@pytest.mark.parametrize("name", ARCHS)
+def test_node_layer_activations_equal_hf(name, checkpoints, tokens, monkeypatch):
+    directory, model = checkpoints[name]
+    logits, seen = hf_run(model, tokens, np.float64, monkeypatch)
+    cfg, tl = ours(directory, ARCHS[name][1])
+    node_layers = tuple(mid for mid, _ in transformer.modules(cfg)[2:]) + ("output",)  # every module point
+    folded = lm.sectioned(name, cfg, tl, node_layers, N_POS)
+    acts = jax.jit(jax.vmap(folded.all_acts, (None, 0)))(folded.params, jnp.asarray(tokens))
+    acts = dict(zip(node_layers, map(np.asarray, acts)))
+    d, tol = cfg.d_model, TOL[np.float64]
+
+    def check_ln(ln_module: str, resid_layer: str, var_layer: str, normed, ln: str):
+        """Residual, variance and normalised vector around one HF LayerNorm."""
+        hf_in, hf_out = seen[ln_module]
+        resid = acts[resid_layer]
+        np.testing.assert_array_equal(resid[..., -1], 1.0)
+        np.testing.assert_allclose(resid[..., :d], hf_in - hf_in.mean(-1, keepdims=True), atol=tol)
+        np.testing.assert_allclose(acts[var_layer][..., 0], hf_in.var(-1), atol=tol)
+        np.testing.assert_array_equal(normed[..., d], 1.0)
+        affine = normed[..., :d] * tl[ln + ".w"] + tl[ln + ".b"]
+        np.testing.assert_allclose(affine, hf_out, atol=tol)
+
+    for layer in range(cfg.n_layers):
+        hf_block, block = f"transformer.h.{layer}.", f"blocks.{layer}."
+        check_ln(hf_block + "ln_1", f"ln1.{layer}", f"ln1_out.{layer}",
+                 acts[f"attn_in.{layer}"][..., :d + 1], block + "ln1")
+        np.testing.assert_array_equal(acts[f"attn_in.{layer}"][..., d + 1:], acts[f"ln1.{layer}"])
+        check_ln(hf_block + "ln_2", f"ln2.{layer}", f"ln2_out.{layer}",
+                 acts[f"mlp_in.{layer}"][..., :d + 1], block + "ln2")
+    check_ln("transformer.ln_f", "ln_final", "ln_final_out", acts["unembed"], "ln_final")
+    np.testing.assert_allclose(acts["output"], logits - logits.mean(-1, keepdims=True), atol=tol)
+
+
+def test_numpy_written_checkpoint_is_hf_format(tmp_path, tokens):
+    """The torch-free test checkpoints (``hf_tiny.gpt2_numpy``) load in transformers unchanged."""
+    hf_tiny.gpt2_numpy(tmp_path)
+    model = transformers.GPT2LMHeadModel.from_pretrained(tmp_path, attn_implementation="eager")
+    with torch.no_grad():
+        logits = model.eval()(torch.tensor(tokens)).logits.numpy()
+    cfg, tl = ours(tmp_path, gpt2)
+    mine = jax.jit(lm.LanguageModel(cfg).apply)(
+        {"params": {k: jnp.asarray(v) for k, v in tl.items()}}, jnp.asarray(tokens))
+    np.testing.assert_allclose(np.asarray(mine), logits, atol=1e-5)
+
+
+def test_pytorch_bin_checkpoint_gives_the_same_weights(checkpoints, tmp_path):
+    directory, model = checkpoints["gpt2"]
+    (tmp_path / hf.CONFIG).write_text((directory / hf.CONFIG).read_text())
+    torch.save(model.to(torch.float32).state_dict(), tmp_path / hf.TORCH_BIN)
+    from_bin, from_safetensors = hf.read_weights(tmp_path), hf.read_weights(directory)
+    cfg = gpt2.config(hf.read_config(directory))
+    a, b = gpt2.to_tl(from_bin, cfg), gpt2.to_tl(from_safetensors, cfg)
+    assert a.keys() == b.keys()
+    for key in a:
+        np.testing.assert_array_equal(a[key], b[key])

@@ -1,0 +1,52 @@
+"""The command-line entry points, run as a user runs them."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from libjax.storage import graph
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def run_script(name, *args, timeout=600, cwd=ROOT):
+    return subprocess.run([sys.executable, str(ROOT / "scripts" / name), *args], cwd=cwd,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def test_compute_basis_builds_and_summarises(tmp_path):
+    out = tmp_path / "graph"
+    result = run_script("compute_basis.py", "--n_samples=150", f"--out_dir={out}")
+    assert result.returncode == 0, result.stderr
+    for text in ("ln1.0", "unembed->output", "edges with 99%", "time: stats"):
+        assert text in result.stdout
+    g = graph.load(out)
+    assert g.node_layers == ("ln1.0", "ln2.0", "unembed", "output")
+    assert g.bases["ln1.0"].kind == "lib" and np.all(g.edges[("ln1.0", "ln2.0")] >= 0)
+    # The same command again resumes: nothing is recomputed, the graph is unchanged.
+    again = run_script("compute_basis.py", "--n_samples=150", f"--out_dir={out}")
+    assert again.returncode == 0 and "resuming" in again.stderr
+    assert np.array_equal(graph.load(out).edges[("ln2.0", "unembed")],
+                          g.edges[("ln2.0", "unembed")])
+
+
+def test_default_output_directory_is_relative_to_the_working_directory(tmp_path):
+    result = run_script("compute_basis.py", "--n_samples=40", "--noedges", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert graph.load(tmp_path / "out" / "modadd_lib").bases["ln1.0"].kind == "lib"
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--model=resnet"], "unknown model 'resnet'"),
+    (["--node_layers=ln1.0,nope,output"], "unknown node layer 'nope'"),
+    (["--checkpoint=/nonexistent.npz"], "does not exist"),
+    (["--basis=neuron"], "cannot be centred"),
+    (["--integration=gradient", "--n_intervals=3"], "takes no intervals"),
+])
+def test_bad_input_ends_with_a_message_not_a_traceback(tmp_path, args, message):
+    result = run_script("compute_basis.py", *args, f"--out_dir={tmp_path / 'o'}", "--n_samples=10")
+    assert result.returncode == 2
+    assert message in result.stderr and "Traceback" not in result.stderr
