@@ -203,6 +203,7 @@ def check() -> list[str]:
 
 
 if __name__ == "__main__":
-    import libjax  # noqa: F401  (float64)
+    from libjax.runtime import precision
+    precision.enable_float64()
 
     print("\n".join(check()))

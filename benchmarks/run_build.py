@@ -31,7 +31,9 @@ from absl import flags
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root
 
-import libjax  # noqa: E402,F401  (float64)
+from libjax.runtime import precision  # noqa: E402
+
+precision.enable_float64()
 from benchmarks import flops, measure  # noqa: E402
 from libjax.runtime import cli  # noqa: E402
 from libjax import build
@@ -60,7 +62,8 @@ _OUT = flags.DEFINE_string("out", None, "JSON record to write", required=True)
 
 
 def modadd_setup():
-    """The paper's seed-0 build (SPEC 5), on ``--n_samples`` samples of the train split."""
+    """The paper's seed-0 build (docs/method.md 5), on ``--n_samples`` samples of the train
+    split."""
     weights = SHARED / "weights_modadd_seed0.npz"
     cfg, w = modadd.load(weights if weights.exists() else None)
     tokens, _ = modadd.split_data("train")

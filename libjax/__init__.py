@@ -1,14 +1,8 @@
 """libjax: the Local Interaction Basis (LIB, arXiv 2405.10928) in JAX.
 
-Importing libjax turns on float64 (``jax_enable_x64``) and full-precision matmuls
-(``jax_default_matmul_precision="highest"``, i.e. no TF32 or bf16 passes on accelerators):
-LIB is numerically delicate (eigenvalues spanning 20 orders of magnitude) and every build
-accumulates in float64. Arrays created with an explicit dtype are unaffected.
+Importing libjax changes no JAX setting. Builds run in float64 by default, which must be asked
+for: ``libjax.runtime.precision.enable_float64()`` (what the scripts do) or the context manager
+``libjax.runtime.precision.float64()``; a build refuses to start without it.
 """
-
-import jax
-
-jax.config.update("jax_enable_x64", True)
-jax.config.update("jax_default_matmul_precision", "highest")
 
 __version__ = "0.1.0"

@@ -1,5 +1,5 @@
-"""The bases as pure float64 linear algebra: ``neuron``, ``pca`` (= ``svd``) and ``lib``
-(SPEC 1.5-1.9).
+"""The bases as pure float64 linear algebra: ``neuron``, ``pca`` and ``lib``
+(docs/method.md 1.5-1.9).
 
 Everything here is NumPy on the host: the matrices are ``d x d`` with ``d`` at most a few thousand,
 host LAPACK is deterministic on every backend, and TPUs have no float64 ``eigh``. A researcher who
@@ -57,7 +57,7 @@ class Basis:
 
 def eigh_descending(matrix) -> tuple[np.ndarray, np.ndarray]:
     """Eigen-decomposition of a symmetric matrix in float64: ``|eigenvalues|`` sorted descending
-    and the matching eigenvector columns (SPEC 1.5 step 1)."""
+    and the matching eigenvector columns (docs/method.md 1.5 step 1)."""
     vals, vecs = np.linalg.eigh(np.asarray(matrix, np.float64))
     vals = np.abs(vals)
     order = np.argsort(-vals, kind="stable")
@@ -66,7 +66,7 @@ def eigh_descending(matrix) -> tuple[np.ndarray, np.ndarray]:
 
 def centring_matrices(mean, center: bool) -> tuple[np.ndarray, np.ndarray]:
     """``Y`` and ``Y^-1`` with ``(f Y)_j = f_j - mu_j`` for ``j < last`` and ``(f Y)_last = 1``
-    when ``f_last = 1`` (SPEC 1.6); identities without centring."""
+    when ``f_last = 1`` (docs/method.md 1.6); identities without centring."""
     dim = len(mean)
     y, y_inv = np.eye(dim), np.eye(dim)
     if center:
@@ -89,7 +89,7 @@ def _masked_eigh(matrix, n_masked: int) -> tuple[np.ndarray, np.ndarray]:
 
 def gram_eigenbasis(gram, center: bool, isolate_var: bool) -> tuple[np.ndarray, np.ndarray]:
     """Eigenvectors ``U`` (columns) and eigenvalues ``D`` of a Gram matrix, ordered
-    ``[const (if center), var (if isolate_var), rest by D descending]`` (SPEC 1.5, 8.5).
+    ``[const (if center), var (if isolate_var), rest by D descending]`` (docs/method.md 1.5, 8.5).
 
     With centring the Gram matrix is ``blockdiag(Cov, 1)`` analytically, so the constant direction
     ``e_last`` (eigenvalue ``G[-1, -1]``) is inserted exactly instead of being searched for among
@@ -145,14 +145,15 @@ def neuron_basis(dim: int) -> Basis:
 
 def pca_basis(gram, mean, center: bool = True, isolate_var: bool = False,
               threshold: float = 1e-15) -> Basis:
-    """PCA (``svd``) basis: ``C = W`` (centred Gram eigenvectors, no scaling)."""
+    """PCA basis (the reference's ``svd`` formula): ``C = W`` (centred Gram eigenvectors, no
+    scaling)."""
     w, w_pinv, d = _gram_projection(gram, mean, center, isolate_var, threshold)
     return Basis(C=w, C_pinv=w_pinv, W=w, W_pinv=w_pinv, gram_eigenvalues=d, kind="pca")
 
 
 def lib_basis(gram, mean, m_prime, center: bool = True, isolate_var: bool = False,
               threshold: float = 1e-15) -> Basis:
-    """The LIB (``jacobian``) basis ``C = Y U D^-1/2 V Lambda^1/2`` (SPEC 1.6-1.9).
+    """The LIB (``jacobian``) basis ``C = Y U D^-1/2 V Lambda^1/2`` (docs/method.md 1.6-1.9).
 
     Args:
       gram, mean: the layer's Gram matrix and mean (:mod:`libjax.method.stats`).

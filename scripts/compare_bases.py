@@ -24,12 +24,11 @@ from pathlib import Path
 import numpy as np
 from absl import flags
 
-from libjax import ablation
-from libjax import build
-from libjax.runtime import cli
+from libjax import ablation, build
 from libjax.analysis import comparison
-from libjax.storage import store
 from libjax.errors import ConfigError
+from libjax.runtime import cli
+from libjax.storage import store
 from models import registry
 from models.family import Options
 

@@ -8,7 +8,7 @@ resumable under --out_dir), then runs the paper's ablations on the test split in
 accuracy: node ablation with the exponential schedule (cutoff 10, base 1.05) and edge ablation by
 bisection (Delta 0.001, tolerance 1). Writes the result records, ``table.md`` (edges needed per
 transition, LIB and PCA side by side, with the mean; agreement of seed 0 with the reference
-numbers of SPEC Appendix A) and LIB-vs-PCA plots of every seed.
+numbers of docs/method.md Appendix A) and LIB-vs-PCA plots of every seed.
 """
 
 from __future__ import annotations
@@ -18,13 +18,11 @@ from pathlib import Path
 import numpy as np
 from absl import flags
 
-from libjax import ablation
-from libjax import build
-from libjax.runtime import cli
-from libjax.analysis import comparison
-from libjax.analysis import reference
-from libjax.storage import store
+from libjax import ablation, build
+from libjax.analysis import comparison, reference
 from libjax.errors import CheckpointError
+from libjax.runtime import cli
+from libjax.storage import store
 from models.modadd import model as modadd
 
 _SEEDS = flags.DEFINE_string("seeds", "0,1,2,3,4", "comma-separated seeds")
@@ -41,7 +39,7 @@ PLAN = comparison.Plan(build.BuildConfig(batch_size=99999),
                        ablation.Bisect(score_target_difference=0.001, scaling="linear",
                                        tolerance=1))
 
-# SPEC Appendix A: the reference's seed-0 results (test accuracy, float32).
+# docs/method.md Appendix A: the reference's seed-0 results (test accuracy, float32).
 REF_NO_ABLATION = reference.MODADD_SEED0_ACCURACY
 REF_EDGES = reference.MODADD_SEED0_EDGES_REQUIRED
 REF_NODE_LIB = reference.MODADD_SEED0_NODE_ABLATION
@@ -66,7 +64,7 @@ def compare_seed(seed: int, path: Path, out_dir: Path) -> dict[str, comparison.O
 
 
 def node_agreement(record: dict) -> list[str]:
-    """Seed-0 LIB node ablation against the reference's points (SPEC Appendix A)."""
+    """Seed-0 LIB node ablation against the reference's points (docs/method.md Appendix A)."""
     lines, worst = [], 0.0
     for name, points in REF_NODE_LIB.items():
         ours = {int(k): v for k, v in record["results"][name].items()}
@@ -126,7 +124,7 @@ def main(argv):
             lib = outcomes["lib"].node
             report += [f"Seed 0 unablated test accuracy: {lib['no_ablation_result']:.7f} "
                        f"(reference {REF_NO_ABLATION})", "", "Seed 0 LIB node ablation against "
-                       "SPEC Appendix A:"] + node_agreement(lib) + [""]
+                       "docs/method.md Appendix A:"] + node_agreement(lib) + [""]
     lines = ["# Edges needed to stay within 0.001 test accuracy (bisection, tolerance 1)", ""]
     lines += table(edges, times) + [""] + report
     (out_dir / "table.md").write_text("\n".join(lines) + "\n")

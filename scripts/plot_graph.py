@@ -18,9 +18,9 @@ import json
 from absl import flags
 
 from libjax import ablation
-from libjax.runtime import cli
 from libjax.analysis import plots
 from libjax.errors import ConfigError, DataError, StoreError
+from libjax.runtime import cli
 from models.opened import open_build
 
 _GRAPH_DIR = flags.DEFINE_string("graph_dir", None, "a finished build (compute_basis.py --out_dir)",

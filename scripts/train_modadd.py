@@ -1,4 +1,5 @@
-"""Train the paper's modular-addition transformer (SPEC 4.2) with optax and write a checkpoint.
+"""Train the paper's modular-addition transformer (docs/method.md 4.2) with optax and write a
+checkpoint.
 
     python scripts/train_modadd.py --out=models/assets/modadd_p113_seed0.npz
 
@@ -18,13 +19,11 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from libjax.runtime import cli
 from libjax.errors import ConfigError
+from libjax.runtime import cli
 from models.common import checkpoints
 from models.modadd import model as modadd
 
-# The authors trained in float32; libjax (imported through models) switches JAX to float64.
-jax.config.update("jax_enable_x64", False)
 
 _OUT = flags.DEFINE_string("out", str(modadd.DEFAULT_CHECKPOINT), "checkpoint to write (.npz)")
 _EPOCHS = flags.DEFINE_integer("epochs", 60000, "full-batch training steps")
@@ -106,4 +105,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    cli.run(main)
+    cli.run(main, float64=False)  # the authors trained in float32

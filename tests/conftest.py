@@ -1,4 +1,4 @@
-"""Shared test fixtures. Every test runs in float64 on the CPU (``import libjax`` enables x64);
+"""Shared test fixtures. Every test runs in float64 on the CPU;
 helpers that tests import live in :mod:`tests.helpers`."""
 
 from __future__ import annotations
@@ -11,7 +11,9 @@ from pathlib import Path
 
 import pytest
 
-import libjax  # noqa: F401  (float64, highest matmul precision)
+from libjax.runtime import precision
+
+precision.enable_float64()  # every test runs in float64 with full-precision matmuls
 
 # Scripts run by the tests share one compilation cache for the session (repeated shapes compile
 # once), never the user's ~/.cache.

@@ -116,7 +116,7 @@ class EdgeResult:
 def edge_ablation(ev: Evaluator, graph: Graph, pairs: Sequence[tuple[str, str]],
                   cfg: Bisect) -> dict[str, EdgeResult]:
     """For each consecutive pair, bisect for the fewest edges keeping the score within
-    ``cfg.score_target_difference`` of the unablated model (SPEC 3.3).
+    ``cfg.score_target_difference`` of the unablated model (docs/method.md 3.3).
 
     Uses ``C, C^+`` at both layers (the identity for a basis-less layer such as ``output``). The
     constant input node's edges are kept for free when the graph was built centred.

@@ -9,7 +9,8 @@ from libjax.errors import ConfigError
 
 
 def rotation_matrix(c, c_pinv, n_zeroed: int) -> np.ndarray:
-    """``C_abl C^+`` with the last ``n_zeroed`` columns of ``C`` zeroed (SPEC 3.1); the identity
+    """``C_abl C^+`` with the last ``n_zeroed`` columns of ``C`` zeroed (docs/method.md 3.1); the
+    identity
     for ``n_zeroed = 0`` (not the projector ``C C^+``), zero for ``n_zeroed = rib``."""
     c, c_pinv = np.asarray(c, np.float64), np.asarray(c_pinv, np.float64)
     rib = c.shape[1]
@@ -22,7 +23,7 @@ def rotation_matrix(c, c_pinv, n_zeroed: int) -> np.ndarray:
 
 
 def edge_mask(edges, n_keep: int, free_const_column: bool) -> np.ndarray:
-    """Boolean ``(out, in)`` mask keeping the ``n_keep`` strongest edges (SPEC 3.3).
+    """Boolean ``(out, in)`` mask keeping the ``n_keep`` strongest edges (docs/method.md 3.3).
 
     With ``free_const_column`` (a centred build) the edges of input node 0, the constant
     direction, are always kept and not counted. Entries ``>=`` the ``n_keep``-th largest

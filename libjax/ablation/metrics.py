@@ -17,7 +17,7 @@ def metric_sums(metric: str, logits, labels, weights):
     """Per-batch sums of a metric: ``(total, count)`` over the real (weight 1) samples.
 
     Outputs with one position are compared with per-sample labels at their last position; label
-    arrays with a position axis count every token (SPEC 3.4).
+    arrays with a position axis count every token (docs/method.md 3.4).
     """
     if labels.ndim == 1:
         logits = logits[:, -1]
@@ -34,7 +34,7 @@ def metric_sums(metric: str, logits, labels, weights):
 
 def combine(metric: str, sums: Sequence[tuple[float, float]]) -> float:
     """The score from per-batch ``(total, count)``: overall accuracy, or the mean over batches of
-    the per-token cross-entropy (the reference's convention, SPEC 3.4)."""
+    the per-token cross-entropy (the reference's convention, docs/method.md 3.4)."""
     if metric == "accuracy":
         return float(sum(t for t, _ in sums) / sum(c for _, c in sums))
     return float(np.mean([t / c for t, c in sums]))

@@ -26,7 +26,8 @@ class EdgeResult:
 
 def node_record(results: dict[str, dict[int, float]], no_ablation_result: float, config: dict,
                 seconds: float, cpu_seconds: Optional[float] = None) -> dict:
-    """The JSON record of a node ablation (SPEC 3.5): ``results[layer][n_remaining] = score``,
+    """The JSON record of a node ablation (docs/method.md 3.5): ``results[layer][n_remaining] =
+    score``,
     with the wall-clock (and CPU) time it took."""
     return {"config": config,
             "results": {name: {str(k): v for k, v in scores.items()}
@@ -37,9 +38,9 @@ def node_record(results: dict[str, dict[int, float]], no_ablation_result: float,
 
 def edge_record(results: dict[str, EdgeResult], no_ablation_result: float, config: dict,
                 seconds: float, cpu_seconds: Optional[float] = None) -> dict:
-    """The JSON record of an edge ablation (SPEC 3.5): ``results[layer][n_edges_kept] = score``,
-    ``n_edges_required``, and ``edge_masks[layer][n_edges_required]``: the mask of the required
-    edges as one string of 0/1 per output node (compact, unlike nested lists)."""
+    """The JSON record of an edge ablation (docs/method.md 3.5): ``results[layer][n_edges_kept] =
+    score``, ``n_edges_required``, and ``edge_masks[layer][n_edges_required]``: the mask of the
+    required edges as one string of 0/1 per output node (compact, unlike nested lists)."""
     record = node_record({k: r.scores for k, r in results.items()}, no_ablation_result, config,
                          seconds, cpu_seconds)
     record["n_edges_required"] = {k: r.n_edges_required for k, r in results.items()}

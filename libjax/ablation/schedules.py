@@ -14,7 +14,7 @@ from libjax.errors import ConfigError
 
 @dataclasses.dataclass(frozen=True)
 class Schedule:
-    """Which numbers of directions to ablate (SPEC 3.2).
+    """Which numbers of directions to ablate (docs/method.md 3.2).
 
     Attributes:
       kind: ``exponential`` (every value for the last ``ablate_every_vec_cutoff`` directions, then
@@ -105,7 +105,7 @@ def with_specific_points(values: Sequence[int], n: int, remaining: Iterable[int]
 
 @dataclasses.dataclass(frozen=True)
 class Bisect:
-    """Bisection for the largest ablatable count (SPEC 3.2 "bisect").
+    """Bisection for the largest ablatable count (docs/method.md 3.2 "bisect").
 
     Attributes:
       score_target_difference: ``Delta``; a score is good when accuracy ``>= base - Delta`` (or

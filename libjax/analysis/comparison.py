@@ -24,8 +24,7 @@ from typing import Mapping, Optional
 
 import numpy as np
 
-from libjax import ablation
-from libjax import build
+from libjax import ablation, build
 from libjax.ablation import experiments
 from libjax.analysis import plots
 from libjax.storage import store

@@ -3,12 +3,12 @@
 The reference results are ``.npz`` files with keys ``mean/<layer>``, ``gram/<layer>``,
 ``C/<layer>``, ``C_pinv/<layer>``, ``W/<layer>``, ``W_pinv/<layer>``, ``V/<layer>``,
 ``Lambda/<layer>`` (all ``k`` eigenvalues, in ``V``'s order) and ``E_hat/<in>-><out>``.
-:func:`load_graph` turns one into a :class:`~libjax.storage.graph.Graph`, so every libjax tool (ablations,
-plots, comparisons) works on the reference's numbers too.
+:func:`load_graph` turns one into a :class:`~libjax.storage.graph.Graph`, so every libjax tool
+(ablations, plots, comparisons) works on the reference's numbers too.
 
-Comparisons follow SPEC 8.3: eigenvector signs are arbitrary and (near-)degenerate directions
-are only defined as subspaces, so directions are compared by ``|cos|`` and only where their
-eigenvalue is well separated from its neighbours and well above round-off.
+Comparisons follow docs/method.md 8.3: eigenvector signs are arbitrary and (near-)degenerate
+directions are only defined as subspaces, so directions are compared by ``|cos|`` and only where
+their eigenvalue is well separated from its neighbours and well above round-off.
 """
 
 from __future__ import annotations
@@ -21,7 +21,8 @@ from libjax.basis import Basis
 from libjax.storage.graph import Graph
 
 
-# SPEC Appendix A: the authors' seed-0 modular-addition ablations (test split, float32, accuracy).
+# docs/method.md Appendix A: the authors' seed-0 modular-addition ablations (test split, float32,
+# accuracy).
 MODADD_SEED0_ACCURACY = 0.9995525  # unablated: 4 errors in 8939
 MODADD_SEED0_EDGES_REQUIRED = {"lib": {"ln1.0": 133, "ln2.0": 82, "unembed": 633},
                                "pca": {"ln1.0": 167, "ln2.0": 114, "unembed": 682}}  # Delta 0.001

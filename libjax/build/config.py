@@ -15,11 +15,12 @@ BASES = ("lib", "pca", "neuron")
 
 @dataclasses.dataclass(frozen=True)
 class BuildConfig:
-    """What to build (defaults: the paper's LIB configuration, SPEC 5).
+    """What to build (defaults: the paper's LIB configuration, docs/method.md 5).
 
     Attributes:
       basis: ``lib`` (the jacobian formula), ``pca`` or ``neuron``.
-      integration, n_intervals: quadrature rule for the basis and edges (SPEC 2.5); either may be
+      integration, n_intervals: quadrature rule for the basis and edges (docs/method.md 2.5); either
+      may be
         a dict keyed by node layer or module prefix.
       n_stochastic_sources_basis_pos, n_stochastic_sources_basis_hidden: Rademacher sources
         replacing the exact sum over output positions / hidden dims in ``M'`` (None = exact).
@@ -60,7 +61,7 @@ class BuildConfig:
     fast_paths: bool = True
 
     def validate(self, model) -> None:
-        """Reject option combinations the method does not define (SPEC 5 validation)."""
+        """Reject option combinations the method does not define (docs/method.md 5 validation)."""
         if self.basis not in BASES:
             raise ConfigError(f"unknown basis {self.basis!r}; choose one of {', '.join(BASES)}")
         if self.basis == "neuron" and self.center:

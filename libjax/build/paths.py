@@ -8,11 +8,11 @@ positionwise section (fast paths on) needs one probe per output direction only.
 from __future__ import annotations
 
 from libjax.build.config import BuildConfig, points
-from libjax.forms import EDGES, M_PRIME, Form, Task
+from libjax.forms import EDGES, Form, M_PRIME, Task
 from libjax.method.vjp import VJPPath
 
 
-def task(model, index: int, kind: str, cfg: BuildConfig, n_samples: int, out_dim: int,
+def section_task(model, index: int, kind: str, cfg: BuildConfig, n_samples: int, out_dim: int,
          in_dim: int, per_device: int) -> Task:
     """The :class:`~libjax.forms.Task` of ``M'`` (``kind="m_prime"``) or the edges across
     section ``index``; ``out_dim`` is the output's width in the next basis, ``in_dim`` the input
@@ -26,11 +26,11 @@ def task(model, index: int, kind: str, cfg: BuildConfig, n_samples: int, out_dim
     return Task(kind=kind, n_samples=n_samples, n_pos=a.positions, n_pos_out=b.positions,
                 d_in=a.width, d_out=b.width, out_dim=out_dim,
                 in_dim=in_dim if kind == EDGES else 0, pos_sources=pos, hidden_sources=hidden,
-                alphas=tuple(alphas), weights=tuple(weights), per_device=per_device,
+                alphas=tuple(alphas), quad_weights=tuple(weights), per_device=per_device,
                 budget_gb=cfg.memory_budget_gb)
 
 
-def choose(section, task: Task, fast_paths: bool) -> Form:
+def choose_path(section, task: Task, fast_paths: bool) -> Form:
     """The section's closed form where it applies, else the general path."""
     if fast_paths and section.form is not None and section.form.applies(section, task):
         return section.form

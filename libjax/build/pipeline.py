@@ -2,9 +2,10 @@
 1.1).
 
 Each phase streams over the data with a jitted, float64-accumulating step
-(:mod:`libjax.build.steps`) on the path that :mod:`libjax.build.paths` chooses; every finished
-stage is stored at once (:mod:`libjax.storage.store`), so an interrupted build resumes where it
-stopped and gives exactly the same graph (stochastic sources are keyed by seed, stage and batch).
+(:mod:`libjax.build.steps`) on the path that :func:`~libjax.build.paths.choose_path` chooses; every
+finished stage is stored at once (:mod:`libjax.storage.store`), so an interrupted build resumes
+where it stopped and gives exactly the same graph (stochastic sources are keyed by seed, stage and
+batch).
 """
 
 from __future__ import annotations
@@ -19,12 +20,13 @@ import jax.numpy as jnp
 import numpy as np
 
 from libjax import basis as basis_lib
-from libjax.build import paths
 from libjax.build.config import BuildConfig
+from libjax.build.paths import choose_path, section_task
 from libjax.build.steps import accumulate, accumulation_step, stats_step
 from libjax.errors import BasisError, ConfigError, NumericalError
 from libjax.forms import EDGES, M_PRIME
 from libjax.method import stats
+from libjax.runtime import precision
 from libjax.runtime.batching import batch_size_for
 from libjax.runtime.sharding import Placement
 from libjax.storage import store
@@ -93,8 +95,8 @@ def _section_sum(model, index: int, kind: str, inputs, cfg: BuildConfig, c_in, c
     per_device = batch_size_for(len(inputs), size, placement.size) // placement.size
     out_dim = model.layers[index + 1].width if c_next is None else c_next.shape[1]
     in_dim = 0 if c_in is None else c_in.shape[1]
-    task = paths.task(model, index, kind, cfg, len(inputs), out_dim, in_dim, per_device)
-    path = paths.choose(model.sections[index], task, cfg.fast_paths)
+    task = section_task(model, index, kind, cfg, len(inputs), out_dim, in_dim, per_device)
+    path = choose_path(model.sections[index], task, cfg.fast_paths)
     a, b = model.node_layers[index], model.node_layers[index + 1]
     what, stage = ((f"M' {a}", basis_stage(a)) if kind == M_PRIME
                    else (f"edges {a}->{b}", edge_stage(a, b)))
@@ -146,7 +148,8 @@ def _build_info(model, cfg: BuildConfig, inputs, gram_inputs, model_id: str) -> 
     stat_layers = _stat_layers(model, cfg)
     return {
         "family": model.name, "model": model_id, "node_layers": list(model.node_layers),
-        "orig_dims": [layer.width for layer in model.layers], "stat_layers": [model.node_layers[i] for i in stat_layers],
+        "orig_dims": [layer.width for layer in model.layers],
+        "stat_layers": [model.node_layers[i] for i in stat_layers],
         "config": cfg.to_json(), "n_samples": len(inputs), "data_sha256": digest(inputs),
         "n_gram_samples": len(gram_inputs), "gram_data_sha256": digest(gram_inputs),
         "params_sha256": _params_digest(model.params),
@@ -180,6 +183,7 @@ def build(model, inputs, cfg: BuildConfig = BuildConfig(), gram_inputs=None,
       model_id: identifies the model (e.g. checkpoint path) in ``out_dir``'s build record.
       placement: the devices to use (default: a ``data`` mesh over every device).
     """
+    precision.require("float64")
     cfg.validate(model)
     _check_layout(model)
     gram_inputs = inputs if gram_inputs is None else gram_inputs
@@ -251,7 +255,8 @@ def build(model, inputs, cfg: BuildConfig = BuildConfig(), gram_inputs=None,
     g = Graph(node_layers=layers, bases={layers[i]: b for i, b in sorted(bases.items())},
               edges=edges, means={layers[i]: stat[i][0] for i in stat},
               grams={layers[i]: stat[i][1] for i in stat},
-              orig_dims={layer.name: layer.width for layer in model.layers}, config=cfg.to_json(), timings=timings)
+              orig_dims={layer.name: layer.width for layer in model.layers}, config=cfg.to_json(),
+              timings=timings)
     st.finish(summary(g))
     log.info("build finished: %s", ", ".join(f"{k} {v:.2f}s" for k, v in timings.items()))
     return g

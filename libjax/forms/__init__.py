@@ -42,7 +42,7 @@ class Task:
       out_dim: width of the output in the next layer's basis (``d_out`` without one).
       in_dim: width of the input basis (edges; 0 for ``M'``).
       pos_sources, hidden_sources: stochastic sources asked for (None: exact sums).
-      alphas, weights: the integration rule's points and weights (docs/method.md 2.5).
+      alphas, quad_weights: the integration rule's points and weights (docs/method.md 2.5).
       per_device: samples per device in one step.
       budget_gb: memory for one step's working set.
     """
@@ -58,7 +58,7 @@ class Task:
     pos_sources: Optional[int]
     hidden_sources: Optional[int]
     alphas: tuple
-    weights: tuple
+    quad_weights: tuple
     per_device: int
     budget_gb: float
 

@@ -1,4 +1,5 @@
-"""Closed forms of ``M'`` and the squared edges for the two halves of a LayerNorm (SPEC 4.3).
+"""Closed forms of ``M'`` and the squared edges for the two halves of a LayerNorm (docs/method.md
+4.3).
 
 Inputs are row vectors whose last coordinate is the folded-bias 1; ``x~`` is ``x`` with its first
 ``d = width - 1`` coordinates centred and the last set to 0, and ``P`` the matrix doing that.
@@ -22,7 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import struct
 
-from libjax.forms import EDGES, M_PRIME, Form, next_k
+from libjax.forms import EDGES, Form, M_PRIME, next_k
 
 
 def centring(width: int) -> np.ndarray:
@@ -197,8 +198,8 @@ class LayerNormInForm(Form):
 
     def batch_sums(self, task, plan, params, x, sample_weights, signs, c_in_pinv, c_next):
         if task.kind == M_PRIME:
-            return ln_in_moments(x, sample_weights, task.alphas, task.weights)
-        return ln_in_edges(x, sample_weights, c_in_pinv, c_next, task.alphas, task.weights)
+            return ln_in_moments(x, sample_weights, task.alphas, task.quad_weights)
+        return ln_in_edges(x, sample_weights, c_in_pinv, c_next, task.alphas, task.quad_weights)
 
     def finish(self, task, params, sums, c_next):
         return sums if task.kind == EDGES else ln_in_m_prime(sums, next_k(task, c_next))
@@ -220,8 +221,8 @@ class LayerNormOutForm(Form):
 
     def batch_sums(self, task, plan, params, x, sample_weights, signs, c_in_pinv, c_next):
         if task.kind == M_PRIME:
-            return ln_out_moments(x, sample_weights, task.alphas, task.weights, self.eps)
-        return ln_out_edges(x, sample_weights, c_in_pinv, c_next, task.alphas, task.weights,
+            return ln_out_moments(x, sample_weights, task.alphas, task.quad_weights, self.eps)
+        return ln_out_edges(x, sample_weights, c_in_pinv, c_next, task.alphas, task.quad_weights,
                             self.eps, self.keep_resid)
 
     def finish(self, task, params, sums, c_next):

@@ -1,4 +1,5 @@
-"""Closed forms of ``M'`` and the squared edges for MLP-shaped sections (SPEC 1.7, 2.2-2.3).
+"""Closed forms of ``M'`` and the squared edges for MLP-shaped sections (docs/method.md 1.7,
+2.2-2.3).
 
 A section declared as :class:`MLPForm` is, at every position,
 ``F(x) = x R + act(x B) D``, so its integrated Jacobian is ``J = R + B diag(d) D`` with
@@ -10,10 +11,10 @@ A section declared as :class:`MLPForm` is, at every position,
 where only ``n`` (rows), ``s_d = sum d`` and ``S_dd = sum d d^T`` depend on the data: a pass over
 the data costs ``O(m^2)`` per token instead of one VJP per output direction. Exact edges need the
 per-token matrix ``C_in^+ J C_out``, which is formed directly (no probes, no re-linearisation):
-``r_in m r_out`` per token. That is ``P_out`` times the cost of the stochastic estimate (SPEC 2.3)
-in closed form, which needs only sign-weighted token sums per source; so when sources are asked
-for, the section gets the reference's estimate, with the very signs of the general path.
-All agree with the general VJP path to round-off (tests).
+``r_in m r_out`` per token. That is ``P_out`` times the cost of the stochastic estimate
+(docs/method.md 2.3) in closed form, which needs only sign-weighted token sums per source; so when
+sources are asked for, the section gets the reference's estimate, with the very signs of the general
+path. All agree with the general VJP path to round-off (tests).
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import struct
 
-from libjax.forms import EDGES, M_PRIME, Form, as_float64, next_k
+from libjax.forms import EDGES, Form, M_PRIME, as_float64, next_k
 from libjax.method.probes import ProbeSet
 from libjax.runtime import memory
 
@@ -62,13 +63,13 @@ def derivative_moments(act, b, xs, sample_weights, alphas, weights) -> Derivativ
                              jnp.einsum("bp,bpm,bpn->mn", w, d, d))
 
 
-def m_prime(form_weights: dict, moments: DerivativeMoments, k):
+def m_prime(matrices: dict, moments: DerivativeMoments, k):
     """Unnormalised ``M'`` from the derivative moments; ``k = C C^T`` of the next layer (or I).
 
-    ``form_weights`` are the section's ``B``, ``D``, ``R`` (float64); for a linear section only
+    ``matrices`` are the section's ``B``, ``D``, ``R`` (float64); for a linear section only
     ``moments.rows`` is used.
     """
-    b, d, r = form_weights.get("B"), form_weights.get("D"), form_weights.get("R")
+    b, d, r = matrices.get("B"), matrices.get("D"), matrices.get("R")
     total = 0.0
     if r is not None:
         total = moments.rows * (r @ k @ r.T)
@@ -82,10 +83,10 @@ def m_prime(form_weights: dict, moments: DerivativeMoments, k):
     return total
 
 
-def _basis_weights(form_weights: dict, c_in_pinv, c_out):
+def _basis_matrices(matrices: dict, c_in_pinv, c_out):
     """``(P, Q, R^)`` = ``(C_in^+ B, D C_out, C_in^+ R C_out)``, None where the section lacks the
     term: per token the Jacobian in basis coordinates is ``R^ + P diag(d) Q`` ``(r_in, r_out)``."""
-    b, d, r = form_weights.get("B"), form_weights.get("D"), form_weights.get("R")
+    b, d, r = matrices.get("B"), matrices.get("D"), matrices.get("R")
     right = lambda a: a if c_out is None else a @ c_out  # noqa: E731
     r_hat = None if r is None else right(c_in_pinv @ r)
     if b is None:
@@ -98,19 +99,19 @@ def _linear_edges(r_hat, mass):
     return (r_hat.astype(jnp.float64) ** 2 * mass[:, None]).T
 
 
-def squared_edges_sum(act, form_weights: dict, x_hat, sample_weights, c_in_pinv, c_out, alphas,
+def squared_edges_sum(act, matrices: dict, x_hat, sample_weights, c_in_pinv, c_out, alphas,
                       weights, chunk: int):
     """Exact unnormalised squared edges ``(r_out, r_in)`` of one batch, for a positionwise MLP
     section: per token ``A_t = diag(x^_t) (R^ + P diag(d_t) Q)``, squared and summed.
 
     Args:
       act: the section's activation (None if linear).
-      form_weights: ``B``, ``D``, ``R`` in the model dtype.
+      matrices: ``B``, ``D``, ``R`` in the model dtype.
       x_hat: inputs in the input basis ``(batch, pos, r_in)``.
       c_in_pinv: ``(r_in, d_in)``; c_out: ``(d_out_neurons, r_out)`` or None.
       chunk: tokens per step (memory ~ chunk * r_in * r_out).
     """
-    p_hat, q_hat, r_hat = _basis_weights(form_weights, c_in_pinv, c_out)
+    p_hat, q_hat, r_hat = _basis_matrices(matrices, c_in_pinv, c_out)
     r_in = x_hat.shape[-1]
     tokens = x_hat.reshape(-1, r_in)
     w = jnp.repeat(sample_weights, x_hat.shape[1]).astype(jnp.float64)
@@ -123,7 +124,7 @@ def squared_edges_sum(act, form_weights: dict, x_hat, sample_weights, c_in_pinv,
 
     def body(acc, inputs):
         f_hat, wt = inputs
-        dbar = integrated_derivative(act, (f_hat @ c_in_pinv) @ form_weights["B"], alphas,
+        dbar = integrated_derivative(act, (f_hat @ c_in_pinv) @ matrices["B"], alphas,
                                      weights)
         per_token = (p_hat[None] * dbar[:, None, :]) @ q_hat  # (chunk, r_in, r_out)
         if r_hat is not None:
@@ -140,9 +141,9 @@ def _pad_columns(a, multiple: int):
     return jnp.pad(a, ((0, 0), (0, -a.shape[1] % multiple)))
 
 
-def stochastic_squared_edges_sum(act, form_weights: dict, x_hat, sample_weights, rho, c_in_pinv,
+def stochastic_squared_edges_sum(act, matrices: dict, x_hat, sample_weights, rho, c_in_pinv,
                                  c_out, alphas, weights, chunk: int):
-    """The stochastic estimate (SPEC 2.3) of a positionwise MLP section's squared edges
+    """The stochastic estimate (docs/method.md 2.3) of a positionwise MLP section's squared edges
     ``(r_out, r_in)``, unnormalised, for one batch.
 
     Per sample and source ``A = sum_t rho_t diag(x^_t) (R^ + P diag(d_t) Q)
@@ -156,7 +157,7 @@ def stochastic_squared_edges_sum(act, form_weights: dict, x_hat, sample_weights,
       chunk: samples per step (memory ~ chunk * R * r_in * (pos + m + r_out)).
       Others as in :func:`squared_edges_sum`.
     """
-    p_hat, q_hat, r_hat = _basis_weights(form_weights, c_in_pinv, c_out)
+    p_hat, q_hat, r_hat = _basis_matrices(matrices, c_in_pinv, c_out)
     w = sample_weights.astype(jnp.float64)
     if p_hat is None:
         u = jnp.einsum("brt,btj->brj", rho, x_hat).astype(jnp.float64)
@@ -164,7 +165,7 @@ def stochastic_squared_edges_sum(act, form_weights: dict, x_hat, sample_weights,
 
     def body(acc, inputs):
         f_hat, rho_c, wt = inputs
-        dbar = integrated_derivative(act, (f_hat @ c_in_pinv) @ form_weights["B"], alphas,
+        dbar = integrated_derivative(act, (f_hat @ c_in_pinv) @ matrices["B"], alphas,
                                      weights)  # (chunk, pos, m)
         weighted = rho_c[..., None] * f_hat[:, None]  # (chunk, R, pos, r_in)
         a = (p_hat * jnp.einsum("crtj,ctm->crjm", weighted, dbar)) @ q_hat
@@ -180,14 +181,14 @@ def stochastic_squared_edges_sum(act, form_weights: dict, x_hat, sample_weights,
 class MLPForm(Form):
     """A section that is, at every position, ``x -> x R + act(x B) D``.
 
-    ``weights(params)`` returns a dict with ``"B"`` ``(d_in, m)``, ``"D"`` ``(m, d_out)`` (None:
+    ``matrices(params)`` returns a dict with ``"B"`` ``(d_in, m)``, ``"D"`` ``(m, d_out)`` (None:
     identity) and ``"R"`` ``(d_in, d_out)`` (None: no such term); ``act`` is None for a linear
     section ``x -> x R``, whose ``M'`` needs no data. With edge sources the edges are the
     reference's stochastic estimate (its exact edges cost ``P_out`` times as much).
     """
 
     act: Optional[Callable]
-    weights: Callable[[Any], dict]
+    matrices: Callable[[Any], dict]
     label = "closed form of an MLP section"
 
     def probes(self, task):
@@ -201,7 +202,7 @@ class MLPForm(Form):
         stochastic estimate."""
         if task.kind == M_PRIME:
             return 0
-        m = self.weights(params)["B"].shape[1] if self.act else 0
+        m = self.matrices(params)["B"].shape[1] if self.act else 0
         r_in, r_out, sources = task.in_dim, task.out_dim, task.pos_sources
         if sources is None:
             return memory.rows_per_step(8 * 3 * r_in * (m + r_out), task.budget_gb,
@@ -216,24 +217,24 @@ class MLPForm(Form):
     def zero(self, task, params):
         if task.kind == EDGES:
             return super().zero(task, params)
-        return DerivativeMoments.zeros(self.weights(params)["B"].shape[1])
+        return DerivativeMoments.zeros(self.matrices(params)["B"].shape[1])
 
     def batch_sums(self, task, plan, params, x, sample_weights, signs, c_in_pinv, c_next):
-        w = self.weights(params)
+        w = self.matrices(params)
         if task.kind == M_PRIME:
             return derivative_moments(self.act, w["B"], x, sample_weights, task.alphas,
-                                      task.weights)
+                                      task.quad_weights)
         if signs is None:
             return squared_edges_sum(self.act, w, x, sample_weights, c_in_pinv, c_next,
-                                     task.alphas, task.weights, plan)
+                                     task.alphas, task.quad_weights, plan)
         rho = self.probes(task).position_weights(signs).astype(x.dtype)
         return stochastic_squared_edges_sum(self.act, w, x, sample_weights, rho, c_in_pinv,
-                                            c_next, task.alphas, task.weights, plan)
+                                            c_next, task.alphas, task.quad_weights, plan)
 
     def finish(self, task, params, sums, c_next):
         if task.kind == EDGES:
             return sums
-        weights = {key: as_float64(v) for key, v in self.weights(params).items()}
+        matrices = {key: as_float64(v) for key, v in self.matrices(params).items()}
         if sums is None:  # linear: M' is the number of rows times R K R^T
             sums = DerivativeMoments(np.float64(task.rows), None, None)
-        return m_prime(weights, sums, next_k(task, c_next))
+        return m_prime(matrices, sums, next_k(task, c_next))

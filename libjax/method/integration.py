@@ -1,4 +1,5 @@
-"""Quadrature rules for integrated gradients along ``alpha * f``, ``alpha`` in [0, 1] (SPEC 2.5).
+"""Quadrature rules for integrated gradients along ``alpha * f``, ``alpha`` in [0, 1]
+(docs/method.md 2.5).
 
 Every rule returns points ``alphas`` and weights summing to 1; a Jacobian integrated with a rule is
 ``sum_k w_k J(alpha_k f)``. ``gradient`` is the plain Jacobian at ``f`` (the paper's setting).

@@ -1,4 +1,5 @@
-"""Probe (cotangent) sets for Jacobian-transpose products, exact or stochastic (SPEC 1.7, 2.3).
+"""Probe (cotangent) sets for Jacobian-transpose products, exact or stochastic (docs/method.md 1.7,
+2.3).
 
 A probe is a tensor ``phi`` of the section's output shape ``(P_out, d_out)``; a VJP with it gives
 ``sum_{t,i} phi[t,i] dF_{t,i}/df``. The exact set is every one-hot ``e_{t,i}``. Stochastic sets

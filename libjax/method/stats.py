@@ -1,4 +1,4 @@
-"""Streaming means and Gram matrices of node-layer activations (SPEC 1.3, 1.4).
+"""Streaming means and Gram matrices of node-layer activations (docs/method.md 1.3, 1.4).
 
 One pass over the data: each batch contributes its count, mean and centred scatter matrix, merged
 with Chan et al.'s parallel update. This avoids both the reference's second pass and the
@@ -50,7 +50,8 @@ def merge(a: Moments, b: Moments) -> Moments:
 
 
 def mean_and_gram(m: Moments, center: bool, has_bias_coordinate: bool):
-    """The layer's mean and Gram matrix, each divided by (samples x positions) (SPEC 1.3-1.4).
+    """The layer's mean and Gram matrix, each divided by (samples x positions) (docs/method.md
+    1.3-1.4).
 
     Centred: ``G = E[(f - mu~)^T (f - mu~)]`` with ``mu~`` = mean with its bias entry set to 0, so
     ``G = [[Cov, 0], [0, 1]]`` exactly. Uncentred: ``G = E[f^T f]``. The ``output`` layer has no

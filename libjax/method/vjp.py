@@ -1,5 +1,5 @@
-"""The general path: ``M'`` (SPEC 1.7) and the squared edges (SPEC 2.2, 2.3) from integrated
-Jacobian-transpose products, for any section.
+"""The general path: ``M'`` (docs/method.md 1.7) and the squared edges (docs/method.md 2.2, 2.3)
+from integrated Jacobian-transpose products, for any section.
 
 For a per-sample section ``fn: (P_in, d_in) -> (P_out, d_out)`` (already followed by the next
 layer's basis), a probe ``phi`` gives ``g_phi = sum_k w_k VJP_fn(alpha_k x)(phi)``, and
@@ -44,7 +44,7 @@ def integrated_vjps(fn: Callable, x, cotangents, alphas, weights):
       fn: per-sample function ``(P_in, d_in) -> (P_out, d_out)``.
       x: one sample's input ``(P_in, d_in)``.
       cotangents: ``(k, P_out, d_out)``.
-      alphas, weights: quadrature points and weights (SPEC 2.5).
+      alphas, weights: quadrature points and weights (docs/method.md 2.5).
     Returns:
       ``(k, P_in, d_in)``.
     """
@@ -154,7 +154,7 @@ class VJPPath(Form):
         def section(y):
             out = self.fn(params, y)
             return out if c_next is None else out @ c_next
-        args = (self.probes(task), signs, task.alphas, task.weights, plan)
+        args = (self.probes(task), signs, task.alphas, task.quad_weights, plan)
         if task.kind == EDGES:
             return squared_edges_sum(lambda y: section(y @ c_in_pinv), x, sample_weights, *args)
         return m_prime_sum(section, x, sample_weights, *args)

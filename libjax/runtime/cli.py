@@ -20,6 +20,7 @@ import jax
 from absl import app, flags
 
 from libjax.errors import ConfigError, LibjaxError
+from libjax.runtime import precision
 
 _CACHE_DIR = flags.DEFINE_string(
     "compilation_cache_dir", None,
@@ -63,9 +64,12 @@ def use_compilation_cache(path: str) -> None:
         jax.config.update("jax_persistent_cache_min_entry_size_bytes", -1)
 
 
-def run(main: Callable[[list[str]], None]) -> None:
-    """``absl.app.run(main)`` with libjax's logging, compilation cache and user-error handling."""
+def run(main: Callable[[list[str]], None], float64: bool = True) -> None:
+    """``absl.app.run(main)`` with libjax's logging, compilation cache and user-error handling,
+    in float64 (:func:`libjax.runtime.precision.enable_float64`) unless ``float64`` is False."""
     def wrapped(argv):
+        if float64:
+            precision.enable_float64()
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s",
                             datefmt="%H:%M:%S", force=True)
         _quiet_third_party()

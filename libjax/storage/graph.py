@@ -19,8 +19,8 @@ from typing import Optional
 
 import numpy as np
 
-from libjax.storage import store
 from libjax.basis import Basis
+from libjax.storage import store
 
 
 STATS_STAGE = "stats"

@@ -1,1 +1,2 @@
-"""models.common."""
+"""What several model families share: activations and the folded transformer, checkpoint files,
+Hugging Face files, text and image data, TransformerLens weight processing."""

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
-from libjax.storage import store
 from libjax.errors import CheckpointError
+from libjax.storage import store
 
 META_KEY = "__meta__"
 # TransformerLens buffers stored beside the weights (causal mask, -inf fill value, rotary tables):

@@ -4,9 +4,10 @@ A checkpoint is a local directory with ``config.json`` and the weights (``model.
 sharded ``model.safetensors.index.json``, or ``pytorch_model.bin``), or a hub name (``gpt2``,
 ``roneneldan/TinyStories-1M``) that ``huggingface_hub`` takes from its cache or downloads when a
 network is there. Weights come back as NumPy arrays under their Hugging Face names; converting them
-is the architecture's job (:mod:`models.lm.model.gpt2`, :mod:`models.lm.model.gptneo`). Safetensors files are read
-with ``safetensors.numpy``; PyTorch is imported only to read a ``pytorch_model.bin``, and is never a
-dependency of libjax.
+is the architecture's job (:mod:`models.lm.gpt2`, :mod:`models.lm.gptneo`), which first checks
+the config against the attributes it understands (:func:`check_config`). Safetensors files are
+read with ``safetensors.numpy``; PyTorch is imported only to read a ``pytorch_model.bin``, and is
+never a dependency of libjax.
 """
 
 from __future__ import annotations
@@ -27,6 +28,37 @@ TOKENIZER_FILES = ["tokenizer.json", "tokenizer_config.json", "vocab.json", "mer
                    "special_tokens_map.json"]
 
 Encoder = Callable[[list[str]], list[list[int]]]
+
+
+# Attributes of every Hugging Face config that do not change what a causal LM computes in
+# evaluation: names, token ids, output switches, generation settings, initialisation.
+GENERIC = frozenset({
+    "_name_or_path", "architectures", "model_type", "transformers_version", "dtype", "torch_dtype",
+    "bos_token_id", "eos_token_id", "pad_token_id", "sep_token_id", "decoder_start_token_id",
+    "id2label", "label2id", "num_labels", "problem_type", "finetuning_task", "task_specific_params",
+    "tokenizer_class", "prefix", "return_dict", "output_attentions", "output_hidden_states",
+    "torchscript", "use_cache", "chunk_size_feed_forward", "initializer_range",
+    "gradient_checkpointing", "is_decoder", "attn_implementation", "_attn_implementation",
+    "max_length", "min_length", "do_sample", "early_stopping", "num_beams", "temperature", "top_k",
+    "top_p", "repetition_penalty", "length_penalty", "no_repeat_ngram_size", "bad_words_ids",
+    "num_return_sequences", "typical_p", "use_bfloat16", "tf_legacy_loss",
+    "cross_attention_hidden_size",
+})
+
+
+def check_config(config: dict, what: str, understood, required: dict | None = None) -> None:
+    """Refuse a ``config.json`` that sets anything the converter does not understand: every
+    attribute must be :data:`GENERIC`, in ``understood`` (read or known to be training-only), or
+    in ``required`` with the value given there (a feature libjax does not implement)."""
+    required = required or {}
+    unknown = sorted(set(config) - GENERIC - set(understood) - set(required))
+    if unknown:
+        raise CheckpointError(f"the {what} config.json sets {', '.join(unknown)}, which libjax's "
+                              f"{what} converter does not know; it cannot vouch for such a model")
+    for name, value in required.items():
+        if name in config and config[name] != value:
+            raise CheckpointError(f"{what} with {name}={config[name]!r} is not supported "
+                                  f"(libjax needs {value!r})")
 
 
 def _how_to_point(what: str, hub_name: str = "HUB_NAME") -> str:

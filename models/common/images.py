@@ -1,4 +1,5 @@
-"""Image classification data for the MLPs (SPEC 4.1): MNIST, CIFAR-10 and scikit-learn's digits.
+"""Image classification data for the MLPs (docs/method.md 4.1): MNIST, CIFAR-10 and scikit-learn's
+digits.
 
 Every loader returns ``(images, labels)``: ``float32`` pixels in ``[0, 1]`` (``uint8 / 255``, no
 normalisation, as torchvision's ``ToTensor``) shaped ``(N, 28, 28)`` for MNIST, ``(N, 3, 32, 32)``

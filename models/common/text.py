@@ -1,4 +1,5 @@
-"""Language-model data (SPEC 4.4): corpus -> token stream -> ``n_ctx`` chunks -> seeded samples.
+"""Language-model data (docs/method.md 4.4): corpus -> token stream -> ``n_ctx`` chunks -> seeded
+samples.
 
 A corpus is a sequence of pieces, each a text document or an array of token ids. Text documents
 are tokenised with the model's tokenizer and each gets the EOS token appended; token arrays

@@ -1,4 +1,4 @@
-"""A bias-folded transformer as a flat list of per-sample modules (SPEC 1.2, 4.3).
+"""A bias-folded transformer as a flat list of per-sample modules (docs/method.md 1.2, 4.3).
 
 Module ids follow the reference: ``embed, pos_embed, add_embed``, then for each block ``L``
 ``ln1.L, ln1_out.L, attn_in.L, attn_out.L, add_resid1.L, ln2.L, ln2_out.L, mlp_in.L, mlp_act.L,
@@ -79,9 +79,9 @@ _SCALAR_ACTIVATIONS: dict[str, Callable[[float], float]] = {
 
 
 def root_one(act_name: str) -> float:
-    """The input ``r`` with ``act(r) = 1`` (SPEC 1.2): 1 for relu/identity, otherwise bisection
-    on [-1, 4] until ``|act(r) - 1| < 1e-11``, which reproduces the reference's value bit for
-    bit."""
+    """The input ``r`` with ``act(r) = 1`` (docs/method.md 1.2): 1 for relu/identity, otherwise
+    bisection on [-1, 4] until ``|act(r) - 1| < 1e-11``, which reproduces the reference's value bit
+    for bit."""
     if act_name in ("relu", "identity"):
         return 1.0
     act = _SCALAR_ACTIVATIONS[act_name]
@@ -309,7 +309,7 @@ def section_form(cfg: TransformerConfig, span: tuple[str, ...]) -> Form | None:
         layer = int(span[-1].split(".")[1])
         pre = f"blocks.{layer}.attn."
         return AttentionForm(
-            weights=lambda p: {n: p[pre + n] for n in ("W_Q", "W_K", "W_V", "W_O")},
+            matrices=lambda p: {n: p[pre + n] for n in ("W_Q", "W_K", "W_V", "W_O")},
             mask=lambda n_pos: attention_mask(cfg, layer, n_pos), scale=attention_scale(cfg),
             layout="shared" if kinds[0] == "ln1_out" else "split",
             last_only=cfg.last_pos_module == f"add_resid1.{layer}")
@@ -325,14 +325,15 @@ def section_form(cfg: TransformerConfig, span: tuple[str, ...]) -> Form | None:
         return MLPForm(act, lambda p: {
             "B": p[w_in], "D": p[w_out], "R": np.eye(p[w_out].shape[1], dtype=p[w_out].dtype)})
 
-    def weights(p):  # input (n, resid): n feeds the MLP, resid the skip connection
+    def matrices(p):  # input (n, resid): n feeds the MLP, resid the skip connection
         d = p[w_out].shape[1]
         return {"B": jnp.concatenate([p[w_in], jnp.zeros_like(p[w_in])]), "D": p[w_out],
                 "R": np.concatenate([np.zeros((d, d)), np.eye(d)]).astype(p[w_out].dtype)}
-    return MLPForm(act, weights)
+    return MLPForm(act, matrices)
 
 
-# --- bias folding (SPEC 1.2) ----------------------------------------------------------------------
+# --- bias folding (docs/method.md 1.2)
+# ----------------------------------------------------------------------
 
 def fold_biases(cfg: TransformerConfig, tl: dict, dtype=np.float64) -> dict:
     """TransformerLens-named weights and biases -> folded weights (residual width d_model + 1).

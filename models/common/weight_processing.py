@@ -1,5 +1,5 @@
 """TransformerLens's default weight processing, which the reference's LM activations inherit
-(SPEC 4.4).
+(docs/method.md 4.4).
 
 Input and output are TransformerLens-named weight dicts (``blocks.L.attn.W_Q`` ``(H, d, dh)``,
 ``blocks.L.ln1.w`` ...) of a pre-LayerNorm transformer. Four function-preserving rewrites, in order:

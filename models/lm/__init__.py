@@ -1,1 +1,2 @@
-"""models.lm.model.model."""
+"""Pretrained causal language models: the unprocessed Flax model and TransformerLens processing
+(:mod:`.model`), the ``--model`` family (:mod:`.family`), one converter per architecture."""

@@ -75,8 +75,8 @@ class LMFamily(Family):
         return block_node_layers(layer, cfg.n_layers)
 
     def build_defaults(self, opts):
-        # The paper's LM settings (SPEC 5): one positional source for M' and for the edges, the
-        # last node layer PCA-rotated.
+        # The paper's LM settings (docs/method.md 5): one positional source for M' and for the
+        # edges, the last node layer PCA-rotated.
         return {"n_stochastic_sources_basis_pos": 1, "n_stochastic_sources_edges": 1,
                 "rotate_final_node_layer": True, **self.batch_sizes}
 

@@ -1,4 +1,4 @@
-"""GPT-2 from Hugging Face checkpoints (SPEC 4.4) and its ``--model=gpt2`` family.
+"""GPT-2 from Hugging Face checkpoints (docs/method.md 4.4) and its ``--model=gpt2`` family.
 
 Hugging Face stores GPT-2's linear maps as ``Conv1D`` weights of shape ``(in, out)`` (``x W + b``)
 and fuses the query, key and value projections into one ``c_attn`` of width ``3 d``; the
@@ -11,21 +11,27 @@ from __future__ import annotations
 import numpy as np
 
 from libjax.errors import CheckpointError
+from models.common import transformer
+from models.common.hf import check_config
 from models.lm import model as lm
 from models.lm.family import LMFamily
-from models.common import transformer
 
 WHAT = "GPT-2"
 BUFFERS = (".attn.bias", ".attn.masked_bias")  # causal-mask buffers of older checkpoints
+UNDERSTOOD = ("n_embd", "n_head", "n_layer", "n_inner", "vocab_size", "n_positions", "n_ctx",
+              "activation_function", "layer_norm_epsilon", "scale_attn_weights",
+              "tie_word_embeddings", "reorder_and_upcast_attn",  # upcasting: no change in float32+
+              "resid_pdrop", "embd_pdrop", "attn_pdrop", "summary_type", "summary_use_proj",
+              "summary_activation", "summary_first_dropout", "summary_proj_to_labels")
+REQUIRED = {"scale_attn_by_inverse_layer_idx": False, "add_cross_attention": False,
+            "is_encoder_decoder": False, "pruned_heads": {}}
 
 
 def config(hf: dict) -> transformer.TransformerConfig:
     """The architecture of a Hugging Face ``gpt2`` ``config.json``."""
     if hf.get("model_type") != "gpt2":
         raise CheckpointError(f"the checkpoint is a {hf.get('model_type')!r} model, not GPT-2")
-    for unsupported in ("scale_attn_by_inverse_layer_idx", "add_cross_attention"):
-        if hf.get(unsupported):
-            raise CheckpointError(f"GPT-2 with {unsupported}=true is not supported")
+    check_config(hf, WHAT, UNDERSTOOD, REQUIRED)
     d, h = hf["n_embd"], hf["n_head"]
     return transformer.TransformerConfig(
         n_layers=hf["n_layer"], d_model=d, n_heads=h, d_head=d // h,
@@ -58,8 +64,8 @@ def to_tl(weights: dict, cfg: transformer.TransformerConfig) -> dict:
 
 FAMILY = LMFamily(
     name="gpt2", label=WHAT, config_from_hf=config, to_tl=to_tl, default_checkpoint="gpt2",
-    # SPEC 5: openwebtext tokenised for GPT-2, 500 samples for the bases and edges and 50 000
-    # for the Grams, 1024 tokens each.
+    # docs/method.md 5: openwebtext tokenised for GPT-2, 500 samples for the bases and edges and 50
+    # 000 for the Grams, 1024 tokens each.
     default_dataset="apollo-research/Skylion007-openwebtext-tokenizer-gpt2", n_ctx=None,
     max_ctx=None, n_samples=500, n_gram_samples=50_000,
     batch_sizes={"batch_size": 3, "gram_batch_size": 4, "edge_batch_size": 3})

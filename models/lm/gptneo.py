@@ -1,4 +1,5 @@
-"""GPT-Neo from Hugging Face checkpoints (SPEC 4.4) and the ``--model=tinystories-1m`` family.
+"""GPT-Neo from Hugging Face checkpoints (docs/method.md 4.4) and the ``--model=tinystories-1m``
+family.
 
 GPT-Neo differs from GPT-2 in three ways that matter here: attention scores are not scaled by
 ``1/sqrt(d_head)``; layers listed as ``local`` in the config (TinyStories: the odd ones) attend
@@ -11,12 +12,20 @@ from __future__ import annotations
 import numpy as np
 
 from libjax.errors import CheckpointError
+from models.common import transformer
+from models.common.hf import check_config
 from models.lm import model as lm
 from models.lm.family import LMFamily
-from models.common import transformer
 
 WHAT = "GPT-Neo"
 BUFFERS = (".attn.attention.bias", ".attn.attention.masked_bias")
+UNDERSTOOD = ("hidden_size", "num_heads", "num_layers", "intermediate_size", "vocab_size",
+              "max_position_embeddings", "activation_function", "layer_norm_epsilon",
+              "attention_layers", "attention_types", "window_size", "tie_word_embeddings",
+              "attention_dropout", "embed_dropout", "resid_dropout", "classifier_dropout",
+              "summary_type", "summary_use_proj", "summary_activation", "summary_first_dropout",
+              "summary_proj_to_labels")
+REQUIRED = {"add_cross_attention": False, "is_encoder_decoder": False, "pruned_heads": {}}
 
 
 def _attention_layers(hf: dict) -> list[str]:
@@ -32,6 +41,7 @@ def config(hf: dict) -> transformer.TransformerConfig:
     """The architecture of a Hugging Face ``gpt_neo`` ``config.json``."""
     if hf.get("model_type") != "gpt_neo":
         raise CheckpointError(f"the checkpoint is a {hf.get('model_type')!r} model, not GPT-Neo")
+    check_config(hf, WHAT, UNDERSTOOD, REQUIRED)
     kinds = _attention_layers(hf)
     if len(kinds) != hf["num_layers"] or set(kinds) - {"global", "local"}:
         raise CheckpointError(f"GPT-Neo attention layers {kinds} do not give 'global' or 'local' "
@@ -71,8 +81,8 @@ def to_tl(weights: dict, cfg: transformer.TransformerConfig) -> dict:
 FAMILY = LMFamily(
     name="tinystories-1m", label="TinyStories-1M", config_from_hf=config, to_tl=to_tl,
     default_checkpoint="roneneldan/TinyStories-1M",
-    # SPEC 4.4/5: the reference cuts the model's context to 511 positions and samples 200-token
-    # chunks of TinyStories, 50 000 of them.
+    # docs/method.md 4.4/5: the reference cuts the model's context to 511 positions and samples
+    # 200-token chunks of TinyStories, 50 000 of them.
     default_dataset="roneneldan/TinyStories", n_ctx=200, max_ctx=511, n_samples=50_000,
     n_gram_samples=50_000,
     batch_sizes={"batch_size": 32, "gram_batch_size": 400, "edge_batch_size": 32})

@@ -1,1 +1,2 @@
-"""models.mlp.model.model."""
+"""MLPs on images: model, folding and checkpoints (:mod:`.model`), training (:mod:`.training`),
+the ``--model=mlp`` family (:mod:`.family`)."""

@@ -29,8 +29,8 @@ class MLPFamily(Family):
         return check_node_layers(opts.node_layers or all_node_layers(cfg), cfg)
 
     def ablation_defaults(self, opts: Options) -> dict:
-        """Accuracy in batches of 512 (SPEC 5). MNIST and CIFAR-10: the paper's MNIST ablations,
-        on the train split with the exponential schedule (cutoff 10, base 2). digits: the
+        """Accuracy in batches of 512 (docs/method.md 5). MNIST and CIFAR-10: the paper's MNIST
+        ablations, on the train split with the exponential schedule (cutoff 10, base 2). digits: the
         held-out test split, which the graphs (built on the train split) never saw, as in the
         paper's modular-addition ablations: with 1437 train images (not MNIST's 60 000) scores
         on the build data would flatter both bases. Every number of directions is evaluated

@@ -1,11 +1,12 @@
-"""Multi-layer perceptrons on images (SPEC 4.1): Flax model, bias folding, sections, checkpoints.
+"""Multi-layer perceptrons on images (docs/method.md 4.1): Flax model, bias folding, sections,
+checkpoints.
 
 ``layers.i`` computes ``act(x W + b)`` (no activation after the last layer) on the flattened
 image; ``W`` is stored ``(in, out)`` under the reference's names ``layers.i.W``/``layers.i.b``, so
 the authors' MNIST/CIFAR checkpoints and ours share one ``.npz`` format (widths are read from the
 shapes, the activation from the metadata, ``relu`` if there is none).
 
-For LIB the weights are bias-folded (SPEC 1.2) and the model becomes the module list
+For LIB the weights are bias-folded (docs/method.md 1.2) and the model becomes the module list
 ``flatten, layers.0, ..., layers.{n-1}``: ``flatten`` turns one image into a single row
 ``(1, pixels + 1)`` ending in the constant 1 (an MLP has no position axis, so activations carry a
 singleton one and the model is not ``positional``). Node layer ``layers.i`` is the input of layer
@@ -56,7 +57,7 @@ class MLPConfig:
 
 def check_activation(act_fn: str) -> None:
     """Reject activations that cannot carry the folded bias: folding needs an ``r`` with
-    ``act(r) = 1`` (SPEC 1.2), and tanh and sigmoid only approach 1."""
+    ``act(r) = 1`` (docs/method.md 1.2), and tanh and sigmoid only approach 1."""
     if act_fn not in FOLDABLE:
         why = (" never reaches 1, so its biases cannot be folded into the weights"
                if act_fn in ("tanh", "sigmoid") else " is unknown")
@@ -98,7 +99,8 @@ def expected_shapes(cfg: MLPConfig) -> dict[str, tuple[int, ...]]:
     return shapes
 
 
-# --- bias folding and sections (SPEC 1.2, 4.1) ----------------------------------------------------
+# --- bias folding and sections (docs/method.md 1.2, 4.1)
+# ----------------------------------------------------
 
 def fold_biases(cfg: MLPConfig, weights: dict, dtype=np.float64) -> dict:
     """``layers.i.W``/``layers.i.b`` -> folded ``layers.i.W`` only: ``[[W, 0], [b, r]]`` for hidden
@@ -146,7 +148,8 @@ def all_node_layers(cfg: MLPConfig) -> tuple[str, ...]:
 
 
 def check_node_layers(node_layers, cfg: MLPConfig) -> tuple[str, ...]:
-    """Valid, ordered and **consecutive** node layers (each section is one layer, SPEC 4.1)."""
+    """Valid, ordered and **consecutive** node layers (each section is one layer, docs/method.md
+    4.1)."""
     valid = all_node_layers(cfg)
     node_layers = sectioned.validate_node_layers(node_layers, valid)
     idx = [valid.index(n) for n in node_layers]

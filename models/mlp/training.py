@@ -1,4 +1,5 @@
-"""Training an image MLP (:class:`models.mlp.model.MLP`) with optax, as the reference trains its MLPs.
+"""Training an image MLP (:class:`models.mlp.model.MLP`) with optax, as the reference trains its
+MLPs.
 
 Adam on mean cross-entropy over shuffled minibatches (reference: lr 1e-3, batch 64, 12 epochs);
 each epoch is one jitted ``lax.scan`` over its steps, and the last partial batch of an epoch is

@@ -1,4 +1,5 @@
-"""The paper's modular-addition transformer (SPEC 4.2): data, split, Flax model, checkpoints.
+"""The paper's modular-addition transformer (docs/method.md 4.2): data, split, Flax model,
+checkpoints.
 
 One layer, no LayerNorm, ReLU MLP, tokens ``[a, b, "="]`` with label ``(a + b) mod p`` at the
 last position. The trainable model is a plain Flax module whose parameters carry
@@ -21,8 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from libjax.errors import ConfigError
-from models.common import checkpoints
-from models.common import transformer
+from models.common import checkpoints, transformer
 
 P = 113
 ASSETS = Path(__file__).resolve().parents[1] / "assets"
@@ -113,10 +113,6 @@ def tl_to_flax(tl: dict) -> dict:
     return {"params": {k: jnp.asarray(v) for k, v in tl.items()}}
 
 
-def flax_to_tl(variables: dict) -> dict:
-    return {k: np.asarray(v) for k, v in variables["params"].items()}
-
-
 # --- checkpoints ----------------------------------------------------------------------------------
 
 def load(path: str | os.PathLike | None = None) -> tuple[transformer.TransformerConfig, dict]:
@@ -150,7 +146,8 @@ def save(path: str | os.PathLike, weights: dict, **meta) -> None:
 
 def sectioned(weights: dict, cfg: transformer.TransformerConfig, node_layers=PAPER_NODE_LAYERS,
               dtype=np.float64, last_pos_only: bool = True):
-    """Folded, sectioned model (SPEC 4.2); ``last_pos_only`` keeps only the last position after
+    """Folded, sectioned model (docs/method.md 4.2); ``last_pos_only`` keeps only the last position
+    after
     attention, as the paper's builds do."""
     cfg = dataclasses.replace(cfg, last_pos_module="add_resid1.0" if last_pos_only else None)
     folded = {k: jnp.asarray(v) for k, v in transformer.fold_biases(cfg, weights, dtype).items()}

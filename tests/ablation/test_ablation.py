@@ -1,5 +1,5 @@
 """Ablations on hand-made cases: schedules, bisection, edge masks, rotations, metrics, and the
-fast edge-masked forward against a direct per-row implementation (SPEC 3)."""
+fast edge-masked forward against a direct per-row implementation (docs/method.md 3)."""
 
 from __future__ import annotations
 
@@ -11,10 +11,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from tests.helpers.tiny import tiny_transformer
-from libjax import ablation
-from libjax import build
+from libjax import ablation, build
 from libjax.errors import ConfigError, DataError
+from tests.helpers.tiny import tiny_transformer
 
 LAYERS = ("ln1.0", "ln2.0", "unembed", "output")
 
@@ -22,7 +21,7 @@ LAYERS = ("ln1.0", "ln2.0", "unembed", "output")
 # --- schedules ------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("n, cutoff, base, expected", [
-    (12, 3, 2.0, [12, 11, 10, 9, 8, 6, 2, 0]),  # SPEC 3.2
+    (12, 3, 2.0, [12, 11, 10, 9, 8, 6, 2, 0]),  # docs/method.md 3.2
     (12, 0, 2.0, [12, 11, 9, 5, 0]),
     (12, 1, 2.0, [12, 11, 10, 8, 4, 0]),
     (24, 3, 2.0, [24, 23, 22, 21, 20, 18, 14, 6, 0]),
@@ -91,7 +90,7 @@ def test_bisect_finds_the_boundary(scaling, threshold):
     assert (lower, upper) == (threshold, threshold + 1)
     assert len(set(probes)) == len(probes)  # never probes the same count twice
     if scaling == "linear":
-        assert probes[0] == 8320  # keeps 16641 - 8320 = 8321 edges first (SPEC 3.3)
+        assert probes[0] == 8320  # keeps 16641 - 8320 = 8321 edges first (docs/method.md 3.3)
         assert len(probes) <= math.ceil(math.log2(16641)) + 1
 
 
@@ -193,7 +192,7 @@ def test_metric_sums_and_batch_convention():
     # Labels with a position axis count every token.
     hits, count = ablation._metric_sums("accuracy", logits, labels[:, None], weights)
     assert (float(hits), float(count)) == (1.0, 2.0)
-    # Accuracy pools tokens; the loss is the mean of per-batch means (SPEC 3.4).
+    # Accuracy pools tokens; the loss is the mean of per-batch means (docs/method.md 3.4).
     assert ablation.combine("accuracy", [(1.0, 2.0), (3.0, 3.0)]) == pytest.approx(0.8)
     assert ablation.combine("ce_loss", [(1.0, 2.0), (3.0, 3.0)]) == pytest.approx(0.75)
 
@@ -222,7 +221,8 @@ def _ev(tiny, metric="ce_loss", batch_size=24):
 
 
 def _direct_edge_score(tiny, index, mask, metric="ce_loss"):
-    """The edge-masked model computed row by row, as the reference's hook does (SPEC 3.3)."""
+    """The edge-masked model computed row by row, as the reference's hook does (docs/method.md
+    3.3)."""
     model, g, tokens, labels = tiny
     a, b = g.node_layers[index], g.node_layers[index + 1]
     p = model.params

@@ -1,5 +1,6 @@
 """Ablations of the authors' seed-0 modular-addition graphs against the reference's results
-(SPEC Appendix A): test split, float32, accuracy. The graphs are the reference's own (LIB and
+(docs/method.md Appendix A): test split, float32, accuracy. The graphs are the reference's own (LIB
+and
 PCA), so no build is needed; the exhaustive schedules are marked slow."""
 
 from __future__ import annotations

@@ -9,11 +9,11 @@ import json
 import numpy as np
 import pytest
 
-from tests.helpers.image_files import random_mnist, write_mnist
 from libjax import build
-from models.family import Options
 from models import registry
+from models.family import Options
 from models.mlp import model as mlp
+from tests.helpers.image_files import random_mnist, write_mnist
 from tests.helpers.script_runs import run_script
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -45,7 +45,7 @@ def test_compare_bases_on_the_shipped_digits_mlp(tmp_path):
 
 def test_mlp_ablation_defaults_follow_the_dataset(tmp_path):
     """digits: the held-out test split, every number of directions; MNIST: the paper's train
-    split and exponential schedule (SPEC 5)."""
+    split and exponential schedule (docs/method.md 5)."""
     family = registry.get("mlp")
     digits = family.ablation_defaults(Options())
     assert digits["split"] == "test" and digits["ablate_every_vec_cutoff"] is None
@@ -92,7 +92,7 @@ def test_ablate_reads_mnist_from_data_dir(mnist_mlp, tmp_path):
     node = json.loads((out / "graph_lib_ablation_results.json").read_text())
     assert node["config"]["data_dir"] == str(mnist_mlp["data_dir"])
     assert node["config"]["dataset"] == "mnist" and node["config"]["n_samples"] == 40
-    assert node["config"]["schedule"]["ablate_every_vec_cutoff"] == 10  # SPEC 5, MNIST
+    assert node["config"]["schedule"]["ablate_every_vec_cutoff"] == 10  # docs/method.md 5, MNIST
     edge = json.loads((out / "graph_edge_ablation_results.json").read_text())
     assert set(edge["n_edges_required"]) == {"layers.0", "layers.1", "layers.2"}
 

@@ -1,6 +1,7 @@
-"""LIB against PCA on the shipped digits MLP (libjax.analysis.comparison, libjax.ablation.experiments): the
-ablations score the MLP's ``(1, classes)`` outputs correctly, a comparison builds, ablates,
-summarises and plots both bases, and a rerun reuses exactly the records whose settings match."""
+"""LIB against PCA on the shipped digits MLP (libjax.analysis.comparison,
+libjax.ablation.experiments): the ablations score the MLP's ``(1, classes)`` outputs correctly, a
+comparison builds, ablates, summarises and plots both bases, and a rerun reuses exactly the records
+whose settings match."""
 
 from __future__ import annotations
 
@@ -10,9 +11,8 @@ import json
 import numpy as np
 import pytest
 
-from libjax import ablation
+from libjax import ablation, build
 from libjax.ablation import experiments
-from libjax import build
 from libjax.analysis import comparison
 from models.common import images
 from models.mlp import model as mlp

@@ -1,4 +1,5 @@
-"""Regression against the authors' seed-0 modular-addition graphs (SPEC Appendix A, 8.2-8.4).
+"""Regression against the authors' seed-0 modular-addition graphs (docs/method.md Appendix A,
+8.2-8.4).
 
 Each step is checked *layer-wise* (ours given the reference's inputs to that step: its statistics
 and the next layer's basis) and *end to end* (our whole build). Layer-wise agreement is at
@@ -78,7 +79,7 @@ def test_lib_bases_layerwise(shared_data):
 @pytest.mark.parametrize("kind", ["lib", "pca"])
 def test_edges_layerwise(shared_data, kind):
     """Given the reference's bases, our edges equal the reference's (which it accumulated in
-    float32: rtol ~1e-7, SPEC 8.2)."""
+    float32: rtol ~1e-7, docs/method.md 8.2)."""
     model, tokens = setup(shared_data)
     r = ref(shared_data, kind)
     for i, (a, b) in enumerate(zip(LAYERS[:-1], LAYERS[1:])):
@@ -111,7 +112,7 @@ def test_lib_lambdas_end_to_end(shared_data):
                                   floor=1e-4) < 1e-4
     assert reference.lambda_error(o.bases["ln1.0"].Lambda, r.bases["ln1.0"].Lambda,
                                   floor=1e-8) < 1e-2
-    # SPEC Appendix A, first three Lambdas per layer.
+    # docs/method.md Appendix A, first three Lambdas per layer.
     np.testing.assert_array_equal(np.round(o.bases["ln2.0"].Lambda[:3], 1),
                                   [295856.2, 16415.7, 5035.4])
     np.testing.assert_array_equal(np.round(o.bases["unembed"].Lambda[:3], 1),

@@ -18,15 +18,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.helpers import hf_tiny
-from tests.helpers.tiny import tiny_transformer
-from libjax.storage import graph
 from libjax.build import BuildConfig, build
 from libjax.errors import StoreError
+from libjax.storage import graph
 from models.common import checkpoints
 from models.mlp import model as mlp
 from models.modadd import model as modadd
+from tests.helpers import hf_tiny
 from tests.helpers.script_runs import run_script, snapshot
+from tests.helpers.tiny import tiny_transformer
 
 
 @dataclasses.dataclass(frozen=True)

@@ -1,4 +1,5 @@
-"""Invariants of built graphs (SPEC 1.9, 1.12, 7) on the shipped model and small random models."""
+"""Invariants of built graphs (docs/method.md 1.9, 1.12, 7) on the shipped model and small random
+models."""
 
 import functools
 
@@ -7,9 +8,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from tests.helpers.tiny import tiny_transformer
 from libjax.build import BuildConfig, build
 from models.modadd import model as modadd
+from tests.helpers.tiny import tiny_transformer
 
 
 @functools.cache
@@ -71,7 +72,8 @@ def test_lib_coordinates_are_uncorrelated_with_variance_lambda(name):
 
 @pytest.mark.parametrize("name", CASES)
 def test_unit_jacobian_norm_per_direction(name):
-    """SPEC 1.12-1: (1/NP) sum (dF^/df^_k)^2 = 1, from a direct jax.jacrev of each section."""
+    """docs/method.md 1.12-1: (1/NP) sum (dF^/df^_k)^2 = 1, from a direct jax.jacrev of each
+    section."""
     model, _ = case(name)
     g = graph(name)
     for i, layer, b in based_layers(name):
@@ -112,7 +114,8 @@ def test_edges_are_nonnegative_and_shaped(name, basis):
 
 @pytest.mark.parametrize("name", CASES)
 def test_output_sum_rule_is_the_same_for_lib_and_pca(name):
-    """SPEC 1.12-3: a linear section into the unrotated output gives sum_j E_ij = E[F_i^2]."""
+    """docs/method.md 1.12-3: a linear section into the unrotated output gives sum_j E_ij =
+    E[F_i^2]."""
     logits = acts(name)[-1].reshape(-1, acts(name)[-1].shape[-1])
     expected = np.mean(logits ** 2, axis=0)
     for basis in ("lib", "pca"):
@@ -123,7 +126,7 @@ def test_output_sum_rule_is_the_same_for_lib_and_pca(name):
 
 @pytest.mark.parametrize("name", ["modadd", "tiny"])
 def test_constant_column_carries_lambda_0_with_one_input_position(name):
-    """SPEC 1.12-4: with one input position, sum_i E_{i,0} = Lambda_0."""
+    """docs/method.md 1.12-4: with one input position, sum_i E_{i,0} = Lambda_0."""
     model, _ = case(name)
     g = graph(name)
     checked = 0

@@ -20,11 +20,10 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers.tiny import tiny_transformer
-from libjax.storage import graph
-from libjax.storage import store
 from libjax.build import BuildConfig, build
 from libjax.errors import StoreError
+from libjax.storage import graph, store
+from tests.helpers.tiny import tiny_transformer
 from tests.helpers.script_runs import (ROOT, assert_identical_graphs, run_script, script_command,
                          snapshot)
 

@@ -7,13 +7,13 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from tests.helpers.tiny import tiny_ln_transformer, tiny_transformer
+from libjax.build import BuildConfig, build
+from libjax.build.pipeline import compute_edges, compute_m_prime
 from libjax.forms.attention import AttentionForm
 from libjax.forms.attention import plan as attention_form
 from libjax.method import integration
-from libjax.build import BuildConfig, build
-from libjax.build.pipeline import compute_edges, compute_m_prime
 from models.modadd import model as modadd
+from tests.helpers.tiny import tiny_ln_transformer, tiny_transformer
 
 GENERAL = BuildConfig(fast_paths=False)
 METHODS = ("dense", "lowrank")

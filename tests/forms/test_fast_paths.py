@@ -6,13 +6,13 @@ import functools
 import numpy as np
 import pytest
 
-from tests.helpers.tiny import tiny_ln_transformer, tiny_transformer
 from libjax.build import BuildConfig, build
 from libjax.build.pipeline import compute_edges, compute_m_prime
 from libjax.forms.attention import AttentionForm
 from libjax.forms.layernorm import LayerNormInForm, LayerNormOutForm
 from libjax.forms.mlp import MLPForm
 from models.mlp import model as mlp
+from tests.helpers.tiny import tiny_ln_transformer, tiny_transformer
 
 FAST, GENERAL = BuildConfig(), BuildConfig(fast_paths=False)
 

@@ -2,12 +2,12 @@
 
     python tests/helpers/distributed_worker.py CASE OUT_DIR [COORDINATOR NUM_PROCESSES PROCESS_ID]
 
-Used by tests/runtime/test_sharding.py in subprocesses (device counts and jax.distributed are fixed per
-process). ``CASE``: ``tiny``, the tiny transformer through the general VJP path with stochastic
+Used by tests/runtime/test_sharding.py in subprocesses (device counts and jax.distributed are fixed
+per process). ``CASE``: ``tiny``, the tiny transformer through the general VJP path with stochastic
 sources; ``modadd``, the shipped modular-addition model through the closed forms (low-rank
-attention, MLP forms). Thresholds keep every direction well above round-off (1e-10; 1e-4 for
-modadd, whose Gram eigenvalues reach 1e-11 and would amplify round-off through ``D^-1/2``), so
-results must not depend on how the work is split.
+attention, MLP forms). Thresholds keep every direction well above round-off (1e-10; 1e-4 for modadd,
+whose Gram eigenvalues reach 1e-11 and would amplify round-off through ``D^-1/2``), so results must
+not depend on how the work is split.
 """
 
 import sys

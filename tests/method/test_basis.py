@@ -1,4 +1,4 @@
-"""The bases as linear algebra (SPEC 1.5-1.9) on random statistics."""
+"""The bases as linear algebra (docs/method.md 1.5-1.9) on random statistics."""
 
 import numpy as np
 import pytest

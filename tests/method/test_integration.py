@@ -1,4 +1,4 @@
-"""Quadrature rules (SPEC 2.5): points, weights, exactness and convergence."""
+"""Quadrature rules (docs/method.md 2.5): points, weights, exactness and convergence."""
 
 import numpy as np
 import pytest
@@ -50,7 +50,7 @@ def test_trapezoid_exact_on_lines_up_to_endpoint_shift():
 
 
 def test_convergence_on_reference_integral():
-    # SPEC 7: integral_0^1 (e^x + x^sin(x)) dx = 2.5096861280.
+    # docs/method.md 7: integral_0^1 (e^x + x^sin(x)) dx = 2.5096861280.
     f = lambda x: np.exp(x) + x ** np.sin(x)  # noqa: E731
     err = lambda rule, n: abs(np.dot(integration.points(rule, n)[1],  # noqa: E731
                                      f(integration.points(rule, n)[0])) - 2.5096861280)

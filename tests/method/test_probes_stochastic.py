@@ -1,5 +1,6 @@
-"""Stochastic probes (SPEC 1.7, 2.3) on a small LayerNorm transformer: unbiased estimates of the
-exact ``M'`` and edges, converging as sources grow, and exactly equal with one output position.
+"""Stochastic probes (docs/method.md 1.7, 2.3) on a small LayerNorm transformer: unbiased estimates
+of the exact ``M'`` and edges, converging as sources grow, and exactly equal with one output
+position.
 
 The section is ``attn_in.0 -> ln2.0`` (attention and the residual add), so output positions mix
 input positions.
@@ -17,10 +18,10 @@ import pytest
 from libjax.basis import neuron_basis
 from libjax.build import BuildConfig
 from libjax.build.pipeline import compute_edges, compute_m_prime
-from libjax.method.vjp import m_prime_sum, squared_edges_sum
 from libjax.method.probes import ProbeSet
-from models.lm import model as lm
+from libjax.method.vjp import m_prime_sum, squared_edges_sum
 from models.common import transformer
+from models.lm import model as lm
 
 CFG = transformer.TransformerConfig(
     n_layers=1, d_model=8, n_heads=2, d_head=4, d_mlp=16, d_vocab=16, n_ctx=6, act_fn="gelu_new",

@@ -4,8 +4,8 @@ Layers are random activations ending in the folded-bias 1 (rank-deficient, colum
 to 8 orders of magnitude, means up to 1e6 times the spread) and random MLP sections behind them
 (``x -> act(x B) D + x R`` with badly scaled weights and dead units), so Gram matrices and ``M'``
 are positive semi-definite, often singular and badly conditioned. Every build either satisfies
-the SPEC 1.9 invariants or raises a :class:`~libjax.errors.LibjaxError`; a NaN, an inf or a
-floating-point exception (division by zero, overflow, invalid value) is a failure.
+the docs/method.md 1.9 invariants or raises a :class:`~libjax.errors.LibjaxError`; a NaN, an inf or
+a floating-point exception (division by zero, overflow, invalid value) is a failure.
 
 Tolerances follow from the conditioning, not from the examples: eigenvectors are orthonormal to
 ``~d eps``, and whitening by ``D^-1/2`` amplifies that by ``sqrt(D_max / D_min)`` (``C^+ C``) or
@@ -30,11 +30,11 @@ import pytest
 from hypothesis import HealthCheck, event, given, note, settings
 from hypothesis import strategies as st
 
-from tests.helpers.tiny import tiny_transformer
 from libjax import basis
-from libjax.method import stats
 from libjax.build import BuildConfig, build
 from libjax.errors import BasisError, LibjaxError
+from libjax.method import stats
+from tests.helpers.tiny import tiny_transformer
 
 settings.register_profile("libjax-default", max_examples=50, deadline=None,
                           suppress_health_check=[HealthCheck.too_slow])
@@ -95,7 +95,8 @@ def mlp_sections(draw, d_in):
 
 
 def m_prime(jacobian, f) -> np.ndarray:
-    """``M' = (1/N) sum_b J_b J_b^T`` in the neuron basis of the next layer (SPEC 1.7, P = 1)."""
+    """``M' = (1/N) sum_b J_b J_b^T`` in the neuron basis of the next layer (docs/method.md 1.7, P =
+    1)."""
     return sum(jacobian(x) @ jacobian(x).T for x in f) / len(f)
 
 
@@ -110,7 +111,8 @@ def gram_and_mean(f, center: bool, batch: int):
 
 
 def coordinate_moments(c, gram, mean, center: bool) -> np.ndarray:
-    """``E[f_hat^T f_hat] = C^T S C`` with ``S = Y^-T G Y^-1`` (SPEC 1.9), summed in longdouble
+    """``E[f_hat^T f_hat] = C^T S C`` with ``S = Y^-T G Y^-1`` (docs/method.md 1.9), summed in
+    longdouble
     as ``(Y^-1 C)^T G (Y^-1 C)``: forming ``S`` first would cancel terms of size ``mu^2``."""
     _, y_inv = basis.centring_matrices(mean, center)
     z = y_inv.astype(EXACT) @ c.astype(EXACT)
@@ -155,21 +157,23 @@ def test_lib_basis_satisfies_spec_1_9_or_says_why(data, center, isolate, thresho
     rounding = (np.abs(b.C_pinv) @ np.abs(b.C))[np.ix_(big, big)]  # of the product itself
     tol = 100 * d * EPS * (np.sqrt(_kappa(b)) + rounding)
     assert np.all(np.abs(product - np.eye(big.sum())) <= tol)
-    # Unit Jacobian norm per direction (SPEC 1.12): C^+ M' C^+T = I, up to the round-off of
-    # Lambda (eps Lambda_max / Lambda_k) and of C^+ (that of the quadratic form |C^+| |M'| |C^+|).
+    # Unit Jacobian norm per direction (docs/method.md 1.12): C^+ M' C^+T = I, up to the round-off
+    # of Lambda (eps Lambda_max / Lambda_k) and of C^+ (that of the quadratic form |C^+| |M'|
+    # |C^+|).
     c_pinv = b.C_pinv.astype(EXACT)
     unit = np.diag(c_pinv @ mp.astype(EXACT) @ c_pinv.T)
     rounding = np.diag(np.abs(b.C_pinv) @ np.abs(mp) @ np.abs(b.C_pinv).T)
     tol = 100 * d * EPS * (b.Lambda.max() / b.Lambda + rounding)
     assert np.all((np.abs(unit - 1) <= tol)[big])
-    if not isolate:  # LIB coordinates uncorrelated, with variances Lambda (SPEC 1.9)
+    if not isolate:  # LIB coordinates uncorrelated, with variances Lambda (docs/method.md 1.9)
         cov = coordinate_moments(b.C, gram, mean, center)
         tol = 100 * d * EPS * _kappa(b)
         event(f"C^T S C = Lambda checked to {'better' if tol < 1e-6 else 'worse'} than 1e-6")
         assert np.all(np.abs(np.diag(cov)[big] / b.Lambda[big] - 1) <= tol)
         off = np.abs(cov - np.diag(np.diag(cov)))[np.ix_(big, big)]
         assert np.all(off <= tol * b.Lambda.max())
-    if center:  # the constant direction (SPEC 1.9): first, reads (mu, 1), nobody else reads the 1
+    if center:  # the constant direction (docs/method.md 1.9): first, reads (mu, 1), nobody else
+        # reads the 1
         sign = np.sign(b.C_pinv[0, -1])
         np.testing.assert_allclose(b.C_pinv[0], sign * mean / np.sqrt(b.Lambda[0]), rtol=1e-13)
         assert np.all(b.C_pinv[1:, -1] == 0) and np.all(b.C[:-1, 0] == 0)

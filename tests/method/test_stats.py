@@ -1,4 +1,4 @@
-"""Streaming means and Gram matrices (SPEC 1.3, 1.4)."""
+"""Streaming means and Gram matrices (docs/method.md 1.3, 1.4)."""
 
 import jax.numpy as jnp
 import numpy as np
@@ -42,7 +42,7 @@ def test_streamed_moments_equal_two_pass_statistics(acts, batch_size):
 def test_centred_gram_is_blockdiag_covariance_and_one(acts):
     mean, gram = stats.mean_and_gram(_stream(acts, 10), center=True, has_bias_coordinate=True)
     rows = acts.reshape(-1, acts.shape[-1])
-    shifted = rows - np.append(rows.mean(0)[:-1], 0.0)  # SPEC 1.4: bias entry not shifted
+    shifted = rows - np.append(rows.mean(0)[:-1], 0.0)  # docs/method.md 1.4: bias entry not shifted
     np.testing.assert_allclose(gram, shifted.T @ shifted / len(rows), rtol=1e-12, atol=1e-13)
     assert gram[-1, -1] == 1.0 and np.all(np.asarray(gram[-1, :-1]) == 0.0)
     assert mean[-1] == 1.0

@@ -1,4 +1,4 @@
-"""Probe sets, M' and squared edges against direct Jacobians (SPEC 1.7, 2.2-2.3, 2.5)."""
+"""Probe sets, M' and squared edges against direct Jacobians (docs/method.md 1.7, 2.2-2.3, 2.5)."""
 
 import functools
 
@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from libjax.method import integration
-from libjax.method.vjp import m_prime_sum, squared_edges_sum
 from libjax.method.probes import ProbeSet
+from libjax.method.vjp import m_prime_sum, squared_edges_sum
 
 P_IN, D_IN, D_OUT = 4, 5, 3
 

@@ -1,5 +1,6 @@
 """End to end: ``scripts/compute_basis.py --model=gpt2 --layer=1`` on a tiny random GPT-2 checkpoint
-with a tokenizer trained on the spot and a small text corpus; the written graph satisfies SPEC 1.9,
+with a tokenizer trained on the spot and a small text corpus; the written graph satisfies
+docs/method.md 1.9,
 including LayerNorm-variance isolation at ``ln1_out``/``ln2_out``."""
 
 from __future__ import annotations
@@ -12,10 +13,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.helpers import hf_tiny
-from libjax.storage import graph
 from libjax.basis import centring_matrices
+from libjax.storage import graph
 from models.lm import model as lm
+from tests.helpers import hf_tiny
 
 ROOT = Path(__file__).resolve().parents[2]
 LAYERS = lm.block_node_layers(1, 2)  # ln1.1 ... mlp_in.1, ln_final

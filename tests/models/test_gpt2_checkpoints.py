@@ -12,14 +12,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.helpers import hf_tiny
 from libjax.errors import CheckpointError, ConfigError
-from models.family import Options
 from models import registry
-from models.lm import gpt2
-from models.lm import gptneo
 from models.common import hf
+from models.family import Options
+from models.lm import gpt2, gptneo
 from models.lm import model as lm
+from tests.helpers import hf_tiny
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -65,7 +64,8 @@ def test_family_node_layers_and_paper_defaults(ckpt):
 
 
 def test_loaded_model_dims(ckpt):
-    """Folded widths (SPEC 4.4, d = 16): resid d+1, (var, resid) d+2, (normed, resid) 2d+2."""
+    """Folded widths (docs/method.md 4.4, d = 16): resid d+1, (var, resid) d+2, (normed, resid)
+    2d+2."""
     opts = Options(checkpoint=str(ckpt), n_ctx=8)
     node_layers = gpt2.FAMILY.node_layers(opts)
     model = gpt2.FAMILY.load(opts, node_layers)
@@ -74,13 +74,14 @@ def test_loaded_model_dims(ckpt):
     assert model.params["embed.W_E"].dtype == np.float64
     with pytest.raises(ConfigError, match="1..16"):
         gpt2.FAMILY.load(Options(checkpoint=str(ckpt), n_ctx=17), node_layers)
-    # every module point of SPEC 4.3 is a node layer (4 heads x 4: v has 5 columns per head)
+    # every module point of docs/method.md 4.3 is a node layer (4 heads x 4: v has 5 columns per
+    # head)
     block = ("ln2.1", "ln2_out.1", "mlp_in.1", "mlp_act.1", "mlp_out.1", "add_resid2.1",
              "ln1.2", "ln1_out.2", "attn_in.2", "attn_out.2", "add_resid1.2")
     tail = ("ln_final", "ln_final_out", "unembed", "output")
     model = gpt2.FAMILY.load(opts, block + tail)
-    assert tuple(layer.width for layer in model.layers) == (17, 18, 34, 82, 82, 34, 17, 18, 34, 16 + 16 + 20 + 17, 34,
-                          17, 18, 17, hf_tiny.VOCAB)
+    assert tuple(layer.width for layer in model.layers) == (
+        17, 18, 34, 82, 82, 34, 17, 18, 34, 16 + 16 + 20 + 17, 34, 17, 18, 17, hf_tiny.VOCAB)
 
 
 def test_missing_directory_says_where_and_how(tmp_path):

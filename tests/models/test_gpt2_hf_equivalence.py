@@ -27,11 +27,9 @@ import jax.numpy as jnp  # noqa: E402
 from tests.helpers import hf_tiny  # noqa: E402
 from models.family import Options
 from models.common import weight_processing  # noqa: E402
-from models.lm import gpt2
-from models.lm import gptneo
-from models.common import hf
+from models.common import hf, transformer
+from models.lm import gpt2, gptneo
 from models.lm import model as lm
-from models.common import transformer
 
 N_POS = 12  # > the GPT-Neo window (4), so local attention matters
 TOL = {np.float32: 1e-5, np.float64: 1e-10}
@@ -124,7 +122,8 @@ def test_node_layer_activations_equal_hf(name, checkpoints, tokens, monkeypatch)
     directory, model = checkpoints[name]
     logits, seen = hf_run(model, tokens, np.float64, monkeypatch)
     cfg, tl = ours(directory, ARCHS[name][1])
-    node_layers = tuple(mid for mid, _ in transformer.modules(cfg)[2:]) + ("output",)  # every module point
+    # every module point
+    node_layers = tuple(mid for mid, _ in transformer.modules(cfg)[2:]) + ("output",)
     folded = lm.sectioned(name, cfg, tl, node_layers, N_POS)
     acts = jax.jit(jax.vmap(folded.all_acts, (None, 0)))(folded.params, jnp.asarray(tokens))
     acts = dict(zip(node_layers, map(np.asarray, acts)))

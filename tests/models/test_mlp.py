@@ -1,5 +1,6 @@
-"""The image MLP (models/mlp.py): Flax model, bias folding (SPEC 1.2), sections and node layers
-(SPEC 4.1), checkpoints, and the ``--model=mlp`` family."""
+"""The image MLP (models/mlp.py): Flax model, bias folding (docs/method.md 1.2), sections and node
+layers
+(docs/method.md 4.1), checkpoints, and the ``--model=mlp`` family."""
 
 from __future__ import annotations
 
@@ -10,9 +11,9 @@ import pytest
 
 from libjax import build
 from libjax.errors import CheckpointError, ConfigError, NodeLayerError
-from models.family import Options
 from models import registry
 from models.common import checkpoints
+from models.family import Options
 from models.mlp import model as mlp
 
 
@@ -95,8 +96,10 @@ def test_node_layers_dims_and_validation():
     cfg = mlp.MLPConfig((12, 7, 5, 3))
     model = mlp.sectioned_model(random_weights(cfg), cfg)
     assert model.node_layers == ("layers.0", "layers.1", "layers.2", "output")
-    assert tuple(layer.width for layer in model.layers) == (13, 8, 6, 3) and tuple(layer.positions for layer in model.layers) == (1, 1, 1, 1)
-    assert not model.positional and tuple(layer.constant is not None for layer in model.layers) == (True, True, True, False)
+    assert [(layer.width, layer.positions) for layer in model.layers] == \
+        [(13, 1), (8, 1), (6, 1), (3, 1)]
+    assert not model.positional
+    assert [layer.constant is not None for layer in model.layers] == [True, True, True, False]
     sub = mlp.sectioned_model(random_weights(cfg), cfg, ("layers.1", "layers.2"))
     assert tuple(layer.width for layer in sub.layers) == (8, 6)
     valid = "alid node layers in order: layers.0, layers.1, layers.2, output"
@@ -112,7 +115,8 @@ def test_node_layers_dims_and_validation():
 
 
 def test_means_on_zero_data_are_relu_of_biases():
-    """SPEC 7 (test_data_accumulator): zero images give ``layers.1`` mean ``[relu(b_0), 1]``."""
+    """docs/method.md 7 (test_data_accumulator): zero images give ``layers.1`` mean ``[relu(b_0),
+    1]``."""
     cfg = mlp.MLPConfig((6, 5, 4, 3))
     weights = random_weights(cfg)
     model = mlp.sectioned_model(weights, cfg)
@@ -164,7 +168,7 @@ def test_family_defaults_and_errors(tmp_path):
     opts = Options()
     assert fam.node_layers(opts) == ("layers.0", "layers.1", "layers.2", "output")
     assert fam.dataset(opts) == "digits" and fam.model_id(opts).endswith("mlp_digits_50_50.npz")
-    assert fam.ablation_defaults(opts)["exp_base"] == 2.0  # SPEC 5, MNIST ablations
+    assert fam.ablation_defaults(opts)["exp_base"] == 2.0  # docs/method.md 5, MNIST ablations
     with pytest.raises(ConfigError, match="--layer selects a transformer block"):
         fam.node_layers(Options(layer=1))
     with pytest.raises(NodeLayerError, match="consecutive"):

@@ -1,5 +1,6 @@
 """LIB on MLPs: the authors' MNIST and CIFAR-10 checkpoints fed from files in the real formats
-(folded = unfolded, SPEC 1.9 invariants), and linear MLPs, whose edges have a known structure."""
+(folded = unfolded, docs/method.md 1.9 invariants), and linear MLPs, whose edges have a known
+structure."""
 
 from __future__ import annotations
 
@@ -7,10 +8,10 @@ import jax
 import numpy as np
 import pytest
 
-from tests.helpers.image_files import random_mnist, write_cifar, write_mnist
 from libjax import build
 from models.common import images
 from models.mlp import model as mlp
+from tests.helpers.image_files import random_mnist, write_cifar, write_mnist
 
 
 def batched(fn, model, x):
@@ -23,8 +24,8 @@ def acts_at(model, x, index: int) -> np.ndarray:
 
 
 def check_lib_invariants(model, graph, x):
-    """SPEC 1.9 on every basis: ``C+ C = I``, ``C^T S C = diag(Lambda)`` with the uncentred second
-    moment ``S = E[f^T f]``, and the centred constant direction first.
+    """docs/method.md 1.9 on every basis: ``C+ C = I``, ``C^T S C = diag(Lambda)`` with the
+    uncentred second moment ``S = E[f^T f]``, and the centred constant direction first.
 
     Directions kept just above the truncation threshold (Lambda ~ 1e-15, round-off) have columns
     of ``C`` of size ``sqrt(Lambda)`` and rows of ``C+`` of size ``1/sqrt(Lambda)``, so their raw
@@ -81,12 +82,13 @@ def test_mnist_reference_checkpoint(shared_data, mnist_files):
     cfg, weights, _ = mlp.load(shared_data / "weights_mnist_mlp_100_100.npz")
     assert cfg == mlp.MLPConfig((784, 100, 100, 10), "relu")
     model = mlp.sectioned_model(weights, cfg)
-    assert tuple(layer.width for layer in model.layers) == (785, 101, 101, 10)  # SPEC 4.1
+    assert tuple(layer.width for layer in model.layers) == (785, 101, 101, 10)  # docs/method.md 4.1
     x, _ = images.load("mnist", "train", mnist_files)
     check_folded_equals_unfolded(cfg, weights, model, x)
     graph = build.build(model, x, build.BuildConfig())
     check_lib_invariants(model, graph, x)
-    # the always-blank border (SPEC 4.1 data: 28 x 28 with a 4-pixel margin here) is truncated
+    # the always-blank border (docs/method.md 4.1 data: 28 x 28 with a 4-pixel margin here) is
+    # truncated
     assert graph.dim("layers.0") <= 20 * 20 + 1
 
 
@@ -122,7 +124,7 @@ def linear_mlp(widths=(6, 5, 4, 3), n: int = 400):
 
 def test_linear_mlp_lib_edges_are_diagonal():
     """With identity activations each section is linear, and LIB pairs every direction with one
-    direction of the next layer (SPEC 7): ``F^ = C+ W C'`` has orthonormal rows (``M`` is
+    direction of the next layer (docs/method.md 7): ``F^ = C+ W C'`` has orthonormal rows (``M`` is
     whitened and diagonalised) and maps uncorrelated coordinates to uncorrelated ones, so with
     distinct Lambdas it is diagonal; so are the edges ``E_ij = F^_ji^2 E[f^_j^2]``."""
     cfg, weights, x = linear_mlp()

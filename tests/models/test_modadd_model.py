@@ -1,4 +1,5 @@
-"""The modular-addition model: data, split, checkpoints, folding and sectioning (SPEC 4.2, 1.2)."""
+"""The modular-addition model: data, split, checkpoints, folding and sectioning (docs/method.md 4.2,
+1.2)."""
 
 import jax
 import jax.numpy as jnp
@@ -60,7 +61,8 @@ def test_every_node_layer_has_the_reference_width():
               "ln_final_out": 129, "unembed": 129, "output": 114}
     model = modadd.sectioned(weights, cfg, tuple(widths))
     assert dict(zip(model.node_layers, tuple(layer.width for layer in model.layers))) == widths
-    assert tuple(layer.positions for layer in model.layers)[:5] == (3, 3, 3, 3, 3) and set(tuple(layer.positions for layer in model.layers)[5:]) == {1}
+    positions = [layer.positions for layer in model.layers]
+    assert positions[:5] == [3, 3, 3, 3, 3] and set(positions[5:]) == {1}
     # Any cut gives the same model output, and every residual-carrying layer ends in 1.
     tokens = jnp.asarray(modadd.dataset()[0][:50])
     acts = jax.vmap(lambda x: model.all_acts(model.params, x))(tokens)
@@ -123,6 +125,7 @@ def test_last_query_attention_equals_the_module_by_module_section():
     split = modadd.sectioned(weights, cfg, ("ln1.0", "add_resid1.0", "ln2.0", "output"))
     x = jax.vmap(lambda t: fused.embed(fused.params, t))(jnp.asarray(modadd.dataset()[0][::53]))
     one = jax.vmap(lambda a: fused.sections[0].fn(fused.params, a))(x)
-    two = jax.vmap(lambda a: split.sections[1].fn(split.params, split.sections[0].fn(split.params, a)))(x)
+    two = jax.vmap(lambda a: split.sections[1].fn(
+        split.params, split.sections[0].fn(split.params, a)))(x)
     assert split.layers[1].positions == 3 and one.shape == two.shape
     np.testing.assert_allclose(one, two, rtol=1e-13, atol=1e-13)

@@ -1,4 +1,5 @@
-"""Language-model data (SPEC 4.4): corpus files, EOS per document, n_ctx chunks, seeded samples."""
+"""Language-model data (docs/method.md 4.4): corpus files, EOS per document, n_ctx chunks, seeded
+samples."""
 
 from __future__ import annotations
 
@@ -8,10 +9,9 @@ import sys
 import numpy as np
 import pytest
 
-from tests.helpers import hf_tiny
 from libjax.errors import DataError
-from models.common import hf
-from models.common import text
+from models.common import hf, text
+from tests.helpers import hf_tiny
 
 
 def fake_encoder():

@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import hf_tiny
 from libjax.storage import graph
+from tests.helpers import hf_tiny
 
 ROOT = Path(__file__).resolve().parents[2]
 N_SAMPLES = 2

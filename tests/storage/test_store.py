@@ -5,11 +5,10 @@ import shutil
 import numpy as np
 import pytest
 
-from tests.helpers.tiny import tiny_transformer
-from libjax.storage import graph
-from libjax.storage import store
 from libjax.build import BuildConfig, build
 from libjax.errors import StoreError
+from libjax.storage import graph, store
+from tests.helpers.tiny import tiny_transformer
 
 LAYERS = ("ln1.0", "ln2.0", "unembed", "output")
 

@@ -1,4 +1,5 @@
-"""Closed forms of ``M'`` and the squared edges for attention sections (SPEC 1.7, 2.2, 4.3).
+"""Closed forms of ``M'`` and the squared edges for attention sections (docs/method.md 1.7, 2.2,
+4.3).
 
 The section maps ``x`` (positions ``P``) to ``F_t = r_t + sum_h sum_s p_hts v_hs W_O[h]`` at the
 output positions ``t`` (every position, or the last one only), with ``q = n W_Q``, ``k = n W_K``,
@@ -41,12 +42,12 @@ from libjax.method.probes import ProbeSet
 class AttentionForm(Form):
     """An attention section ``x -> r_t + sum_h softmax(q k^T / scale) v W_O[h]`` at the output
     positions (all, or the last only), ``q, k, v`` from ``n``; ``n`` and ``r`` are both ``x``
-    (``layout="shared"``) or its two halves (``"split"``, ``x = (n, r)``). ``weights(params)``
+    (``layout="shared"``) or its two halves (``"split"``, ``x = (n, r)``). ``matrices(params)``
     gives ``W_Q``, ``W_K`` ``(H, D, dh)``, ``W_V`` ``(H, D, dv)``, ``W_O`` ``(H, dv, D)``;
     ``mask(P)`` the allowed ``(query, key)`` pairs. Position sources give the reference's
     estimates with the general path's signs; hidden sources are left to the general path."""
 
-    weights: Callable[[Any], dict]
+    matrices: Callable[[Any], dict]
     mask: Callable[[int], Any]
     scale: float
     layout: str
@@ -67,7 +68,7 @@ class AttentionForm(Form):
     def batch_sums(self, task, plan, params, x, sample_weights, signs, c_in_pinv, c_next):
         rho = self.probes(task).position_weights(signs).astype(x.dtype)
         return self.weighted_sums(task.kind, plan, params, x, sample_weights, rho, c_in_pinv,
-                                  c_next, task.alphas, task.weights)
+                                  c_next, task.alphas, task.quad_weights)
 
     def weighted_sums(self, kind, plan, params, x, sample_weights, rho, c_in_pinv, c_next,
                       alphas, weights):

@@ -18,7 +18,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from libjax.forms.attention import sums as sums_lib
+import libjax.forms.attention.sums as sums_lib
 from libjax.runtime import memory
 
 

@@ -30,7 +30,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from libjax.forms.attention import sums as sums_lib
+import libjax.forms.attention.sums as sums_lib
 from libjax.runtime import memory
 
 

@@ -3,8 +3,8 @@ budget (see :mod:`libjax.forms.attention` for the math)."""
 
 from __future__ import annotations
 
-from libjax.forms.attention import lowrank
-from libjax.forms.attention import sums as sums_lib
+import libjax.forms.attention.lowrank as lowrank
+import libjax.forms.attention.sums as sums_lib
 from libjax.runtime import memory
 
 
@@ -13,7 +13,7 @@ def plan(form, params, n_pos: int, n_weightings: int, out_dim: int, in_dim: int,
     """``(method, positions, samples)`` per step: the low-rank method while its rank per head is
     well below ``d_head``, else the dense one; chunk sizes keep the working set near
     ``budget_gb`` (``in_dim``: the input basis's width for the edges, 0 for ``M'``)."""
-    w = form.weights(params)
+    w = form.matrices(params)
     heads, d_head, d_v = w["W_Q"].shape[0], w["W_Q"].shape[2], w["W_V"].shape[2]
     rank = lowrank.rank_per_head(n_alphas, len(sums_lib.queries(form, n_pos)), n_pos)
     if 4 * rank <= d_head:

@@ -38,7 +38,7 @@ def coefficients(form, rho, p, n_pos: int):
 def prepare(form, params, c):
     """The section's weights, the next layer's ``C`` (identity if None) and ``O = W_O C``
     ``(H, dv, r)``."""
-    w = form.weights(params)
+    w = form.matrices(params)
     c = jnp.eye(w["W_O"].shape[-1], dtype=w["W_O"].dtype) if c is None else c
     return w, c, jnp.einsum("hed,do->heo", w["W_O"], c)
 
