@@ -85,6 +85,10 @@ class BuildConfig:
         if not 0 <= self.truncation_threshold < math.inf:
             raise ConfigError(f"truncation_threshold must be a finite number >= 0, got "
                               f"{self.truncation_threshold}")
+        if self.center and self.truncation_threshold >= 1:
+            raise ConfigError(f"truncation_threshold={self.truncation_threshold} would drop the "
+                              "constant direction, whose centred Gram eigenvalue is 1; use a "
+                              "threshold below 1")
         if not 0 < self.memory_budget_gb < math.inf:
             raise ConfigError(f"memory_budget_gb must be a finite number > 0, got "
                               f"{self.memory_budget_gb}")

@@ -154,6 +154,10 @@ class Store:
             raise StoreError(f"output directory {self.out_dir} is not writable; choose another "
                              "--out_dir")
         build_file = self.out_dir / BUILD_FILE
+        if not build_file.exists() and any(self.out_dir.iterdir()):
+            raise StoreError(f"output directory {self.out_dir} is not empty and holds no libjax "
+                             "build; libjax writes only into a new or empty directory or its own "
+                             "build: choose another --out_dir")
         wanted = json.loads(json.dumps(build_info))
         exists, previous = build_file.exists(), None
         if exists:

@@ -39,3 +39,11 @@ def test_basis_sources_of_the_model_apply_to_lib_only():
 def test_unknown_options_are_refused():
     with pytest.raises(ConfigError, match="unknown build options"):
         resolve({"bases": "lib"}, {"bases"}, {})
+
+
+def test_a_threshold_that_drops_the_constant_direction_is_refused_before_any_data():
+    from tests.helpers.tiny import tiny_transformer
+    model, _ = tiny_transformer(("ln1.0", "ln2.0", "unembed", "output"))
+    with pytest.raises(ConfigError, match="constant direction"):
+        BuildConfig(truncation_threshold=1.0).validate(model)
+    BuildConfig(truncation_threshold=1.0, center=False).validate(model)  # no constant direction

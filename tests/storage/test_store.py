@@ -79,3 +79,11 @@ def test_builds_are_deterministic_and_seeded():
 def test_not_a_build_directory(tmp_path):
     with pytest.raises(StoreError, match="holds no libjax build"):
         graph.load(tmp_path)
+
+
+def test_a_directory_with_other_files_is_left_alone(tmp_path):
+    model, tokens = tiny_transformer(LAYERS)
+    (tmp_path / "notes.txt").write_text("mine")
+    with pytest.raises(StoreError, match="not empty and holds no libjax build"):
+        build(model, tokens, BuildConfig(), out_dir=tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt"]
