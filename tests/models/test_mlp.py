@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from libjax import build
+from libjax.build.pipeline import compute_stats
 from libjax.errors import CheckpointError, ConfigError, NodeLayerError
 from models import registry
 from models.common import checkpoints
@@ -120,7 +121,7 @@ def test_means_on_zero_data_are_relu_of_biases():
     cfg = mlp.MLPConfig((6, 5, 4, 3))
     weights = random_weights(cfg)
     model = mlp.sectioned_model(weights, cfg)
-    means, grams = build.compute_stats(model, np.zeros((7, 6)), build.BuildConfig(), [0, 1])
+    means, grams = compute_stats(model, np.zeros((7, 6)), build.BuildConfig(), [0, 1])
     np.testing.assert_array_equal(means[0], np.r_[np.zeros(6), 1])
     np.testing.assert_allclose(means[1], np.r_[np.maximum(weights["layers.0.b"], 0), 1], atol=1e-15)
     assert grams[1].shape == (6, 6)
