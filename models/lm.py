@@ -253,3 +253,8 @@ class LMFamily:
 
     def model_id(self, opts):
         return str(opts.checkpoint or self.default_checkpoint)
+
+    def feature_cards(self, opts, model, graph, data, node_layers, **options):
+        from models import cards  # it imports the modadd modules too
+        decode = cards.decoder(self._checkpoint(opts)[0])
+        return cards.context_cards(model, graph, data, node_layers, decode, **options)

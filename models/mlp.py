@@ -279,3 +279,8 @@ class MLPFamily:
 
     def model_id(self, opts: Options) -> str:
         return str(opts.checkpoint or DEFAULT_CHECKPOINT)
+
+    def feature_cards(self, opts: Options, model, graph, data: Data, node_layers, **options):
+        from models import cards  # it imports the modadd modules too
+        shape = images.IMAGE_SHAPES[self.dataset(opts)]
+        return cards.image_cards(model, graph, data, node_layers, shape, **options)

@@ -105,6 +105,11 @@ class Family(Protocol):
     def direction_labels(self, opts: Options, model: SectionedModel, graph) -> dict[str, list[str]]:
         """A short text per direction of each node layer of ``graph``, for graph plots."""
 
+    def feature_cards(self, opts: Options, model: SectionedModel, graph, data: Data,
+                      node_layers, **options) -> dict:
+        """Per node layer, the feature cards of its directions
+        (:mod:`libjax.analysis.feature_cards`)."""
+
 
 class ModAdd:
     """The modular-addition transformer; default: the checkpoint shipped in the package."""
@@ -141,6 +146,10 @@ class ModAdd:
 
     def direction_labels(self, opts, model, graph):
         return modadd_fourier.labels(model, graph)
+
+    def feature_cards(self, opts, model, graph, data, node_layers, **options):
+        from models import cards  # it imports libjax.analysis, which scripts may not need
+        return cards.modadd_cards(model, graph, node_layers, **options)
 
 
 FAMILIES: dict[str, Family] = {"modadd": ModAdd(), "mlp": mlp.MLPFamily(), "gpt2": gpt2.FAMILY,

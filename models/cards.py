@@ -1,0 +1,120 @@
+"""Feature-card content of the model families (format: :mod:`libjax.analysis.feature_cards`).
+
+* :func:`modadd_cards`: each direction's activation over the whole ``(a, b)`` grid, at the
+  position where it varies most, with its dominant Fourier frequencies (the paper's reading);
+* :func:`image_cards`: the top-activating images, and the direction drawn as an image (at the
+  input layer the direction itself, deeper the correlation of its activation with each pixel);
+* :func:`context_cards`: the top-activating token contexts, activating token highlighted,
+  decoded with the model's tokenizer when there is one.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable, Optional
+
+import numpy as np
+
+from libjax.analysis import activations, feature_cards
+from models import modadd, modadd_fourier
+
+
+def modadd_cards(model, graph, node_layers, p: int = modadd.P) -> dict:
+    tokens, _ = modadd.dataset(p)
+    cards = {}
+    for name in node_layers:
+        acts = activations.basis_activations(model, name, tokens,
+                                             feature_cards.basis_matrix(graph, name), 4096)
+        grid = acts.reshape(p, p, *acts.shape[1:])  # (a, b, pos, dirs)
+        freqs = modadd_fourier.frequencies(grid)
+        position = grid.var(axis=(0, 1)).argmax(axis=0)  # (dirs,)
+        best = np.take_along_axis(grid, position[None, None, None, :], axis=2)[:, :, 0]
+        codes, scale = feature_cards.quantise(np.moveaxis(best, -1, 0), axis=(1, 2))
+        label = [f.label() for f in freqs]
+        if graph.basis(name) is None:
+            label = [f"logit {j}: {text}" for j, text in enumerate(label)]
+        summary = [", ".join(f"{g}: k={f.dominant[g]} ({100 * f.share[g]:.0f}%)"
+                             for g in modadd_fourier.GROUPS) if not f.constant else "constant"
+                   for f in freqs]
+        cards[name] = {"kind": "grid", "grid": codes, "scale": scale, "position": position,
+                       "label": np.asarray(label), "summary": np.asarray(summary),
+                       "axes": np.asarray(["a", "b"])}
+    return cards
+
+
+def image_cards(model, graph, data, node_layers, image_shape, k: int = 8) -> dict:
+    images = np.asarray(data.inputs, np.float64)
+    flat = images.reshape(len(images), -1)
+    labels = None if data.labels is None else np.asarray(data.labels)
+    cards = {}
+    for name in node_layers:
+        C = feature_cards.basis_matrix(graph, name)
+        acts = activations.basis_activations(model, name, images, C, 1024)[:, 0]  # (n, dirs)
+        order = np.argsort(-np.abs(acts), axis=0, kind="stable")[:k].T  # (dirs, k)
+        if model.index(name) == 0 and graph.basis(name) is not None:
+            direction = np.asarray(graph.basis(name).C_pinv, np.float64)[:, :flat.shape[1]]
+        else:  # correlation of each direction's activation with each pixel
+            a = acts - acts.mean(axis=0)
+            x = flat - flat.mean(axis=0)
+            denom = np.outer(np.linalg.norm(a, axis=0), np.linalg.norm(x, axis=0))
+            direction = np.divide(a.T @ x, denom, out=np.zeros(denom.shape), where=denom > 0)
+        used, top = np.unique(order, return_inverse=True)
+        card = {"kind": "images", "top": top.reshape(order.shape).astype(np.int32),
+                "top_values": np.take_along_axis(acts.T, order, axis=1),
+                "images": np.clip(np.rint(images[used] * 255), 0, 255).astype(np.uint8)
+                .reshape(len(used), *image_shape),
+                "direction": direction,
+                "direction_kind": np.asarray("direction" if model.index(name) == 0
+                                             else "pixel correlation")}
+        if labels is not None:
+            classes = labels[order]
+            common, count = feature_cards.majority(classes)
+            card["top_classes"] = classes.astype(np.int32)
+            card["label"] = np.asarray([f"class {c} ({n}/{classes.shape[1]})"
+                                        for c, n in zip(common, count)])
+        cards[name] = card
+    return cards
+
+
+def context_cards(model, graph, data, node_layers, decode=None, k: int = 6, before: int = 12,
+                  after: int = 3, batch_size: int = 8) -> dict:
+    """``decode(token_id) -> str`` (None: token ids shown as ``#id``)."""
+    tokens = np.asarray(data.inputs)
+    n_ctx = tokens.shape[1]
+    cards = {}
+    for name in node_layers:
+        top = activations.top_activations(model, name, feature_cards.basis_matrix(graph, name),
+                                          tokens, k, batch_size)
+        sample, pos = top.sample.T, top.position.T  # (dirs, k)
+        offsets = np.arange(-before, after + 1)
+        where = pos[..., None] + offsets  # (dirs, k, window)
+        inside = (where >= 0) & (where < n_ctx)
+        window = np.where(inside, tokens[sample[..., None], np.clip(where, 0, n_ctx - 1)], -1)
+        vocab = np.unique(window[window >= 0])
+        text = np.asarray([decode(int(t)) if decode else f"#{t}" for t in vocab], dtype=str)
+        index = np.where(window >= 0, np.searchsorted(vocab, np.maximum(window, 0)), -1)
+        active = tokens[sample, pos]
+        common, count = feature_cards.majority(active)
+        label = [f"{(decode(int(t)) if decode else f'#{t}')!r} ({n}/{active.shape[1]})"
+                 for t, n in zip(common, count)]
+        cards[name] = {"kind": "contexts", "tokens": index.astype(np.int32),
+                       "vocab_ids": vocab.astype(np.int32), "vocab_text": text,
+                       "highlight": np.asarray(before),
+                       "top_values": top.values.T, "sample": sample, "position": pos,
+                       "label": np.asarray(label, dtype=str)}
+    return cards
+
+
+def decoder(directory) -> Optional[Callable[[int], str]]:
+    """``token id -> text`` with the checkpoint's tokenizer in ``directory`` (None without one)."""
+    directory = Path(directory)
+    if (directory / "tokenizer.json").is_file():
+        from tokenizers import Tokenizer
+        tok = Tokenizer.from_file(str(directory / "tokenizer.json"))
+        return lambda t: tok.decode([t], skip_special_tokens=False)
+    try:
+        from transformers import AutoTokenizer
+        auto = AutoTokenizer.from_pretrained(str(directory))
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return lambda t: auto.decode([t])

@@ -1,0 +1,58 @@
+"""Open a finished build: its graph and record, and on demand its model family, model and data.
+
+One call for every tool that reads a build back (the explorer, feature cards, clustering):
+``scripts/ablate.py`` and ``scripts/plot_graph.py`` rebuild the model the same way by hand and
+should move to :func:`open_build` too. It lives in ``models`` because it needs the registry
+(``libjax`` never imports ``models``)::
+
+    build = open_build("out/modadd_lib")
+    build.graph.bases["ln1.0"].C
+    build.model                   # the SectionedModel the build was made from (loaded once)
+    build.data.inputs             # the build's inputs (read once)
+
+The weights are the ones ``build.json`` records unless ``checkpoint`` is given; options the record
+does not keep (a language model's ``data_dir``, ``n_ctx``, ...) are passed as keyword arguments.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from pathlib import Path
+
+from libjax import graph as graph_io
+from libjax import store
+from models import registry
+
+
+@dataclasses.dataclass(frozen=True)
+class OpenedBuild:
+    """A finished build. ``graph`` and ``info`` (``build.json``) are read at once; ``model`` and
+    ``data`` are built on first use and kept."""
+
+    directory: Path
+    info: dict
+    graph: graph_io.Graph
+    family: registry.Family
+    opts: registry.Options
+
+    @functools.cached_property
+    def model(self):
+        return self.family.load(self.opts, self.graph.node_layers)
+
+    @functools.cached_property
+    def data(self) -> registry.Data:
+        return self.family.data(self.opts)
+
+
+def open_build(graph_dir, model: str | None = None, checkpoint: str | None = None,
+               **options) -> OpenedBuild:
+    """The finished build in ``graph_dir`` (refuses an incomplete one). ``model`` and
+    ``checkpoint`` override the family and weights that ``build.json`` records; ``options`` are
+    further :class:`models.registry.Options` fields (``data_dir``, ``n_ctx``, ``split``, ...)."""
+    directory = Path(graph_dir).resolve()  # orbax needs absolute paths
+    _, info, _ = store.open_complete(directory)
+    family = registry.of_build(info, model)
+    opts = registry.Options(checkpoint=checkpoint or info.get("model") or None,
+                            node_layers=tuple(info["node_layers"]), **options)
+    return OpenedBuild(directory, info, graph_io.load(directory), family, opts)
