@@ -70,8 +70,8 @@ def image_cards(model, graph, data, node_layers, image_shape, k: int = 8) -> dic
             classes = labels[order]
             common, count = feature_cards.majority(classes)
             card["top_classes"] = classes.astype(np.int32)
-            card["label"] = np.asarray([f"class {c} ({n}/{classes.shape[1]})"
-                                        for c, n in zip(common, count)])
+            card["label"] = _const_first(graph, name, [f"class {c} ({n}/{classes.shape[1]})"
+                                                        for c, n in zip(common, count)])
         cards[name] = card
     return cards
 
@@ -101,8 +101,16 @@ def context_cards(model, graph, data, node_layers, decode=None, k: int = 6, befo
                        "vocab_ids": vocab.astype(np.int32), "vocab_text": text,
                        "highlight": np.asarray(before),
                        "top_values": top.values.T, "sample": sample, "position": pos,
-                       "label": np.asarray(label, dtype=str)}
+                       "label": _const_first(graph, name, label)}
     return cards
+
+
+def _const_first(graph, node_layer: str, labels) -> np.ndarray:
+    """``labels`` with a centred basis's first direction called ``const``, as it is."""
+    labels = np.asarray(labels, dtype=str)
+    if graph.config.get("center", True) and graph.basis(node_layer) is not None:
+        labels[0] = "const"
+    return labels
 
 
 def decoder(directory) -> Optional[Callable[[int], str]]:

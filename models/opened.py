@@ -11,18 +11,26 @@ should move to :func:`open_build` too. It lives in ``models`` because it needs t
     build.data.inputs             # the build's inputs (read once)
 
 The weights are the ones ``build.json`` records unless ``checkpoint`` is given; options the record
-does not keep (a language model's ``data_dir``, ``n_ctx``, ...) are passed as keyword arguments.
+does not keep (a language model's ``data_dir``, ``n_ctx``, ...) are passed as keyword arguments;
+the sample counts and seed default to the build's, so the data is the build's own (a warning
+says when it is not).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
+import hashlib
+import logging
 from pathlib import Path
+
+import numpy as np
 
 from libjax import graph as graph_io
 from libjax import store
 from models import registry
+
+log = logging.getLogger("libjax")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -42,7 +50,13 @@ class OpenedBuild:
 
     @functools.cached_property
     def data(self) -> registry.Data:
-        return self.family.data(self.opts)
+        data = self.family.data(self.opts)
+        digest = hashlib.sha256(np.ascontiguousarray(data.inputs).tobytes()).hexdigest()[:16]
+        if digest != self.info.get("data_sha256"):
+            log.warning("the data read for %s differs from the data it was built on (other "
+                        "--data_dir, --n_ctx or --n_samples?); results describe the data read",
+                        self.directory)
+        return data
 
 
 def open_build(graph_dir, model: str | None = None, checkpoint: str | None = None,
@@ -53,6 +67,8 @@ def open_build(graph_dir, model: str | None = None, checkpoint: str | None = Non
     directory = Path(graph_dir).resolve()  # orbax needs absolute paths
     _, info, _ = store.open_complete(directory)
     family = registry.of_build(info, model)
+    recorded = {"n_samples": info.get("n_samples"), "n_gram_samples": info.get("n_gram_samples"),
+                "seed": info["config"].get("seed", 0)}
     opts = registry.Options(checkpoint=checkpoint or info.get("model") or None,
-                            node_layers=tuple(info["node_layers"]), **options)
+                            node_layers=tuple(info["node_layers"]), **{**recorded, **options})
     return OpenedBuild(directory, info, graph_io.load(directory), family, opts)
