@@ -107,10 +107,10 @@ def context_cards(model, graph, data, node_layers, decode=None, k: int = 6, befo
 
 def _const_first(graph, node_layer: str, labels) -> np.ndarray:
     """``labels`` with a centred basis's first direction called ``const``, as it is."""
-    labels = np.asarray(labels, dtype=str)
+    labels = [str(x) for x in labels]
     if graph.config.get("center", True) and graph.basis(node_layer) is not None:
         labels[0] = "const"
-    return labels
+    return np.asarray(labels, dtype=str)
 
 
 def decoder(directory) -> Optional[Callable[[int], str]]:
@@ -120,6 +120,8 @@ def decoder(directory) -> Optional[Callable[[int], str]]:
         from tokenizers import Tokenizer
         tok = Tokenizer.from_file(str(directory / "tokenizer.json"))
         return lambda t: tok.decode([t], skip_special_tokens=False)
+    if not (directory / "vocab.json").is_file():  # GPT-2's older layout, with merges.txt
+        return None
     try:
         from transformers import AutoTokenizer
         auto = AutoTokenizer.from_pretrained(str(directory))
