@@ -12,3 +12,11 @@ jax.config.update("jax_enable_x64", True)
 jax.config.update("jax_default_matmul_precision", "highest")
 
 __version__ = "0.1.0"
+
+
+def __getattr__(name):
+    """``libjax.explore``, imported on first use so that ``import libjax`` stays cheap."""
+    if name == "explore":
+        from libjax.analysis.explorer import explore
+        return explore
+    raise AttributeError(f"module 'libjax' has no attribute {name!r}")

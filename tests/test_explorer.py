@@ -13,6 +13,7 @@ import urllib.request
 import numpy as np
 import pytest
 
+import libjax
 import synthetic_graphs
 from libjax import build
 from libjax import graph as graph_io
@@ -208,6 +209,9 @@ def test_explore_script_writes_serves_and_shows_image_cards(mlp_build, browser):
     assert (mlp_build / "analysis" / "cards" / "layers.1.npz").is_file()
     assert clustering.load(mlp_build).settings["node_layers"] == ["layers.0", "layers.1",
                                                                  "layers.2"]  # no output
+    stored = libjax.explore(mlp_build).data["layers"]  # what a notebook shows of the build
+    assert all("card" in L for L in stored) and [("cluster" in L) for L in stored] == [
+        True, True, True, False]
     g = graph_io.load(mlp_build)
     page, problems = open_page(browser, path)
     assert drawn(page)[0] == sum(g.dim(n) for n in g.node_layers)

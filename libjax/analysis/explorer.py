@@ -10,8 +10,9 @@ Python prunes first: per transition only the strongest edges up to ``max_share``
 the cumulative share of each transition's total (default 0.98, as circuit-tracer prunes edges)
 and the top ``k`` edges per node. :func:`visible_edge_counts` is the same filter in Python.
 
-``explore(graph, ...)`` returns an :class:`Explorer`: ``.save(path)`` writes the page, and
-Jupyter shows it inline (an ``iframe`` whose ``srcdoc`` is the page, so its scripts run).
+``explore(graph, ...)`` (also ``libjax.explore``) returns an :class:`Explorer`: ``.save(path)``
+writes the page, and Jupyter shows it inline (an ``iframe`` whose ``srcdoc`` is the page, so its
+scripts run). Given a build's directory it shows the cards and clustering stored there.
 """
 
 from __future__ import annotations
@@ -20,13 +21,17 @@ import base64
 import gzip
 import html
 import json
+import os
 from importlib import resources
 from pathlib import Path
 from typing import Mapping, Optional, Sequence
 
 import numpy as np
 
+from libjax import graph as graph_io
 from libjax import store
+from libjax.analysis import clustering as clustering_io
+from libjax.analysis import feature_cards
 from libjax.errors import ConfigError, StoreError
 
 DEFAULT_SHARE = 0.98
@@ -237,7 +242,17 @@ class Explorer:
 
 def explore(graph, labels=None, cards=None, clustering=None, title: str = "",
             **options) -> Explorer:
-    """The explorer of ``graph`` (a :class:`libjax.graph.Graph`); ``labels`` (per node layer,
+    """The explorer of ``graph``: a :class:`libjax.graph.Graph`, or a finished build's directory
+    (then the feature cards and clustering stored with it are shown). ``labels`` (per node layer,
     a text per node), ``cards`` (:mod:`libjax.analysis.feature_cards`) and ``clustering``
     (:mod:`libjax.analysis.clustering`) are optional; ``options``: ``max_share``, ``max_edges``."""
+    if isinstance(graph, (str, os.PathLike)):
+        directory = Path(graph).resolve()  # orbax needs absolute paths
+        _, info, _ = store.open_complete(directory)
+        graph = graph_io.load(directory)
+        if cards is None:
+            cards = feature_cards.load(directory, info, graph.node_layers)
+        if clustering is None:
+            clustering = clustering_io.load(directory)
+        title = title or directory.name
     return Explorer(page_data(graph, labels, cards, clustering, title, **options))
