@@ -27,7 +27,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from libjax import store
+from libjax import progress, store
 from libjax.errors import ConfigError
 
 log = logging.getLogger("libjax")
@@ -98,10 +98,11 @@ def compute(build, node_layers: Optional[Sequence[str]] = None, recompute: bool 
     have = {} if recompute else load(build.directory, build.info, layers)
     missing = [n for n in layers if n not in have]
     if missing and hasattr(build.family, "feature_cards"):
-        made = build.family.feature_cards(build.opts, build.model, build.graph, build.data,
-                                          missing, **options)
-        save(made, build.directory, build.info)
-        have.update(made)
+        for name in progress.track(missing, len(missing), "feature cards", "node layers"):
+            made = build.family.feature_cards(build.opts, build.model, build.graph, build.data,
+                                              [name], **options)
+            save(made, build.directory, build.info)  # layer by layer: an interruption keeps them
+            have.update(made)
     return {n: have[n] for n in layers if n in have}
 
 
