@@ -152,7 +152,7 @@ def cluster(graph, norm: str = "sqrt", gamma: float = 1.0, seed: int = 0, eps=No
                           f"the graph ({', '.join(graph.node_layers)})")
     pairs, weights = _weighted_edges(graph, layers, norm, eps)
     n = sum(graph.dim(name) for name in layers)
-    g = igraph.Graph(n=n, edges=pairs.tolist(), directed=False)
+    g = igraph.Graph(n=n, edges=pairs, directed=False)
     g.es["weight"] = weights.tolist()
     igraph.set_random_number_generator(random.Random(seed))
     try:

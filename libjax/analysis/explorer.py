@@ -69,9 +69,9 @@ def node_sizes(graph, node_layer: str) -> np.ndarray:
         return np.ones(graph.dim(node_layer))
     gram = np.asarray(gram, np.float64)
     if b is None:
-        return np.diag(gram).copy()
+        return np.maximum(np.diag(gram), 0)
     C = np.asarray(b.C, np.float64)
-    return np.einsum("ij,ik,kj->j", C, gram, C)
+    return np.maximum(np.einsum("ij,ik,kj->j", C, gram, C), 0)  # round-off can dip below 0
 
 
 def _has_const(graph, node_layer: str) -> bool:
