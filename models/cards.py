@@ -15,7 +15,7 @@ from typing import Callable, Optional
 
 import numpy as np
 
-from libjax.analysis import activations, feature_cards
+from libjax.analysis import activations, clustering, feature_cards
 from models import modadd, modadd_fourier
 
 
@@ -108,7 +108,7 @@ def context_cards(model, graph, data, node_layers, decode=None, k: int = 6, befo
 def _const_first(graph, node_layer: str, labels) -> np.ndarray:
     """``labels`` with a centred basis's first direction called ``const``, as it is."""
     labels = [str(x) for x in labels]
-    if graph.config.get("center", True) and graph.basis(node_layer) is not None:
+    if clustering.has_constant_direction(graph, node_layer):
         labels[0] = "const"
     return np.asarray(labels, dtype=str)
 

@@ -81,7 +81,7 @@ def main(argv):
     if not cards and hasattr(build.family, "direction_labels"):
         labels = build.family.direction_labels(build.opts, build.model, build.graph)
     found = None
-    if _CLUSTER.value:
+    if _CLUSTER.value and build.graph.edges:  # a build made with --noedges has nothing to cluster
         start = time.perf_counter()
         found = clustering.load(build.directory)
         if found is None:

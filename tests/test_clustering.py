@@ -58,6 +58,14 @@ def test_normalisations_are_the_references():
         clustering.normalise(E, "cube")
 
 
+def test_constant_directions_are_those_of_centred_lib_and_pca_bases():
+    for kind, center, want in (("lib", True, True), ("pca", True, True), ("neuron", True, False),
+                               ("lib", False, False)):
+        g = synthetic_graphs.graph({"x": 3, "y": 3}, {"x": 3}, kind=kind, center=center)
+        assert clustering.has_constant_direction(g, "x") == want, (kind, center)
+        assert not clustering.has_constant_direction(g, "y")  # no basis: neurons
+
+
 def test_leiden_finds_the_planted_blocks():
     graph = planted()
     result = clustering.cluster(graph, norm="sqrt", include_output=True)

@@ -58,14 +58,22 @@ def normalise(E: np.ndarray, norm: str, eps: Optional[float] = None) -> np.ndarr
     raise ConfigError(f"unknown edge normalisation {norm!r}; choose one of {', '.join(NORMS)}")
 
 
+def has_constant_direction(graph, node_layer: str) -> bool:
+    """Whether direction 0 of ``node_layer`` is a centred LIB/PCA basis's constant direction."""
+    b = graph.basis(node_layer)
+    return bool(graph.config.get("center", True)) and b is not None and b.kind != "neuron"
+
+
 def eps_from_edge_ablation(graph, masks: Mapping[str, np.ndarray]) -> dict[str, float]:
     """Per input layer, the smallest edge an edge ablation kept (``ablation.required_masks``),
     constant-direction edges left out in a centred build: the reference's log-norm zero point."""
-    skip = 1 if graph.config.get("center", True) else 0
     eps = {}
     for (a, b), E in graph.edges.items():
         if a in masks:
-            kept = np.asarray(E)[skip:, skip:][np.asarray(masks[a], bool)[skip:, skip:]]
+            keep = np.asarray(masks[a], bool).copy()
+            keep[0, :] &= not has_constant_direction(graph, b)
+            keep[:, 0] &= not has_constant_direction(graph, a)
+            kept = np.asarray(E)[keep]
             if kept.size:
                 eps[a] = float(kept.min())
     return eps
@@ -113,16 +121,15 @@ class Clustering:
 def _weighted_edges(graph, layers: Sequence[str], norm: str, eps) -> tuple[np.ndarray, np.ndarray]:
     """``(n_edges, 2)`` vertex pairs and their weights over the transitions within ``layers``."""
     offset = dict(zip(layers, np.cumsum([0] + [graph.dim(n) for n in layers[:-1]])))
-    centred = graph.config.get("center", True)
     pairs, weights = [], []
     for a, b in zip(layers[:-1], layers[1:]):
         if (a, b) not in graph.edges:
             continue
         layer_eps = eps.get(a) if isinstance(eps, Mapping) else eps
         E = normalise(graph.edges[(a, b)], norm, layer_eps)
-        if centred and a in graph.bases:
+        if has_constant_direction(graph, a):
             E[:, 0] = 0
-        if centred and b in graph.bases:
+        if has_constant_direction(graph, b):
             E[0, :] = 0
         out, inp = np.nonzero(E > 0)
         pairs.append(np.stack([inp + offset[a], out + offset[b]], axis=1))

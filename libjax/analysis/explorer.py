@@ -74,11 +74,6 @@ def node_sizes(graph, node_layer: str) -> np.ndarray:
     return np.maximum(np.einsum("ij,ik,kj->j", C, gram, C), 0)  # round-off can dip below 0
 
 
-def _has_const(graph, node_layer: str) -> bool:
-    """Whether node 0 of ``node_layer`` is a centred build's constant direction."""
-    return graph.config.get("center", True) and graph.basis(node_layer) is not None
-
-
 def _prune(E: np.ndarray, const_out: bool, const_in: bool, max_share: float, max_edges: int):
     """Edges to write, strongest first: the prefix reaching ``max_share`` of the total with the
     constant direction's edges and the one without them (their union is again a prefix of the
@@ -122,7 +117,7 @@ def page_data(graph, labels: Optional[Mapping[str, Sequence[str]]] = None,
                  "size": encode(node_sizes(graph, name).astype(np.float32)),
                  "size_kind": ("Lambda" if graph.basis(name) is not None
                                and graph.basis(name).Lambda is not None else "variance"),
-                 "const": bool(_has_const(graph, name))}
+                 "const": clustering_io.has_constant_direction(graph, name)}
         layer_labels = labels.get(name)
         if layer_labels is None and name in cards and "label" in cards[name]:
             layer_labels = cards[name]["label"]
@@ -138,14 +133,15 @@ def page_data(graph, labels: Optional[Mapping[str, Sequence[str]]] = None,
         if (a, b) not in graph.edges:
             continue
         E = np.asarray(graph.edges[(a, b)], np.float64)
-        chosen, const, totals = _prune(E, _has_const(graph, b), _has_const(graph, a), max_share,
-                                       max_edges)
+        const = clustering_io.has_constant_direction
+        chosen, is_const, totals = _prune(E, const(graph, b), const(graph, a), max_share,
+                                          max_edges)
         out, inp = np.unravel_index(chosen, E.shape)
         index = np.uint16 if max(E.shape) < 2**16 else np.uint32
         transitions.append({"from": a, "to": b, "n_total": int(E.size), **totals,
                             "src": encode(inp.astype(index)), "dst": encode(out.astype(index)),
                             "w": encode(E.ravel()[chosen].astype(np.float32)),
-                            "const": encode(const.astype(np.uint8))})
+                            "const": encode(is_const.astype(np.uint8))})
     meta = {"title": title, "basis": graph.config.get("basis"), "default_share": DEFAULT_SHARE,
             "max_share": max_share, "max_edges": max_edges}
     if clustering is not None:
