@@ -25,6 +25,7 @@ CHROMIUM = shutil.which("chromium")
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
          "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 SMALL = {"a": 6, "b": 10, "c": 12}
+TRICKY = "</script><!-- <b>&amp;"  # a label that must reach the page as text
 
 
 def small_graph(center=True):
@@ -123,7 +124,8 @@ def grid_cards(g):
                    "scale": rng.uniform(1, 2, g.dim(name)), "position": np.zeros(g.dim(name), int),
                    "summary": np.asarray([f"summary {j}" for j in range(g.dim(name))]),
                    "axes": np.asarray(["a", "b"]),
-                   "label": np.asarray([f"{name} feature {j}" for j in range(g.dim(name))])}
+                   "label": np.asarray([TRICKY if (name, j) == ("c", 0) else f"{name} feature {j}"
+                                        for j in range(g.dim(name))])}
             for name in g.node_layers}
 
 
@@ -153,8 +155,11 @@ def test_page_draws_what_python_computes(browser, tmp_path):
     assert "b feature 3" in card.inner_text() and "summary 3" in card.inner_text()
     assert card.locator("canvas.heat").count() == 1
     assert page.locator("circle.pinned").count() == 1
-    page.fill("#search", "feature 1")  # feature 1, 10, 11 where they exist
-    assert page.locator("circle.match").count() == 3 + 2
+    page.fill("#search", "feature 1")
+    want = sum("feature 1" in text for L in data["layers"] for text in L["labels"])
+    assert page.locator("circle.match").count() == want == 5  # a/1, b/1, c/1, c/10, c/11
+    page.locator('[data-node="c/0"]').click()
+    assert TRICKY in card.inner_text()
     page.mouse.wheel(0, -300)  # zoom does not break anything
     assert problems == []
 

@@ -203,9 +203,10 @@ def _ranks(ids: np.ndarray) -> np.ndarray:
 
 
 def page(data: dict) -> str:
-    """The explorer page with ``data`` embedded (``</`` escaped so no string ends the script)."""
+    """The explorer page with ``data`` embedded (every ``<`` escaped, so that no text in it, a
+    token ``</script>`` or ``<!--``, can end or confuse the script element)."""
     template = resources.files("libjax.analysis").joinpath("explorer_page.html").read_text()
-    blob = json.dumps(data, separators=(",", ":")).replace("</", "<\\/")
+    blob = json.dumps(data, separators=(",", ":")).replace("<", "\\u003c")
     return template.replace(PLACEHOLDER, blob)
 
 
