@@ -19,6 +19,7 @@ from libjax import build
 from libjax import graph as graph_io
 from libjax.analysis import clustering, explorer
 from models import registry
+from models.opened import open_build
 from script_runs import ROOT, run_script, script_command
 
 CHROMIUM = shutil.which("chromium")
@@ -187,6 +188,16 @@ def mlp_build(tmp_path_factory):
     build.build(model, data.inputs, build.BuildConfig(), gram_inputs=data.gram_inputs,
                 out_dir=out, model_id=family.model_id(opts))
     return out
+
+
+def test_open_build_gives_back_the_models_and_data_of_the_build(mlp_build, caplog):
+    opened = open_build(mlp_build)
+    assert opened.family.name == "mlp" and opened.model.node_layers == opened.graph.node_layers
+    assert opened.opts.n_samples == opened.info["n_samples"] == len(opened.data.inputs)
+    assert opened.model is opened.model and opened.data is opened.data  # made once
+    assert "differs" not in caplog.text
+    fewer = open_build(mlp_build, n_samples=100)
+    assert len(fewer.data.inputs) == 100 and "differs from the data it was built on" in caplog.text
 
 
 def test_explore_script_writes_serves_and_shows_image_cards(mlp_build, browser):
