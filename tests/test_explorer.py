@@ -73,8 +73,12 @@ def test_python_pruning_keeps_what_every_control_setting_can_show():
             assert {tuple(map(int, np.unravel_index(f, E.shape))) for f in flat[:n]} <= written
         weights = explorer.decode(t["w"])
         assert (np.diff(weights.astype(np.float64)) <= 0).all()  # strongest first
+    for t in data["transitions"]:
+        assert t["written_share"] >= 0.9 and t["written_share_plain"] >= 0.9
     capped = explorer.page_data(g, max_edges=5)
-    assert all(len(explorer.decode(t["w"])) == 5 for t in capped["transitions"])
+    for t, E in zip(capped["transitions"], g.edges.values()):
+        assert len(explorer.decode(t["w"])) == 5
+        assert t["written_share"] == pytest.approx(np.sort(E, axis=None)[-5:].sum() / E.sum())
     counts = [explorer.visible_edge_counts(data, s) for s in (0.3, 0.6, 0.9)]
     assert counts[0] <= counts[1] <= counts[2] and counts[0] != counts[2]
 

@@ -99,7 +99,12 @@ def _prune(E: np.ndarray, const_out: bool, const_in: bool, max_share: float, max
     keep = np.sort(np.concatenate([np.flatnonzero(const_sorted),
                                    np.flatnonzero(~const_sorted)[:n_plain]]))[:max_edges]
     chosen = order[keep]
-    totals = {"total": float(flat.sum()), "total_plain": float(flat[~is_const.ravel()].sum())}
+    plain_total = float(flat[~is_const.ravel()].sum())
+    written_plain = flat[chosen][~is_const.ravel()[chosen]].sum()
+    totals = {"total": float(flat.sum()), "total_plain": plain_total,
+              # what the written edges hold: below max_share where max_edges cut them
+              "written_share": float(flat[chosen].sum() / max(flat.sum(), 1e-300)),
+              "written_share_plain": float(written_plain / max(plain_total, 1e-300))}
     return chosen, is_const.ravel()[chosen], totals
 
 
