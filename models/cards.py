@@ -51,7 +51,8 @@ def image_cards(model, graph, data, node_layers, image_shape, k: int = 8) -> dic
         C = feature_cards.basis_matrix(graph, name)
         acts = activations.basis_activations(model, name, images, C, 1024)[:, 0]  # (n, dirs)
         order = np.argsort(-np.abs(acts), axis=0, kind="stable")[:k].T  # (dirs, k)
-        if model.index(name) == 0 and graph.basis(name) is not None:
+        at_input = model.index(name) == 0 and graph.basis(name) is not None
+        if at_input:
             direction = np.asarray(graph.basis(name).C_pinv, np.float64)[:, :flat.shape[1]]
         else:  # correlation of each direction's activation with each pixel
             a = acts - acts.mean(axis=0)
@@ -64,8 +65,7 @@ def image_cards(model, graph, data, node_layers, image_shape, k: int = 8) -> dic
                 "images": np.clip(np.rint(images[used] * 255), 0, 255).astype(np.uint8)
                 .reshape(len(used), *image_shape),
                 "direction": direction,
-                "direction_kind": np.asarray("direction" if model.index(name) == 0
-                                             else "pixel correlation")}
+                "direction_kind": np.asarray("direction" if at_input else "pixel correlation")}
         if labels is not None:
             classes = labels[order]
             common, count = feature_cards.majority(classes)

@@ -149,7 +149,10 @@ class ModAdd:
 
     def feature_cards(self, opts, model, graph, data, node_layers, **options):
         from models import cards  # it imports libjax.analysis, which scripts may not need
-        return cards.modadd_cards(model, graph, node_layers, **options)
+        if options:
+            raise ConfigError(f"modular-addition cards show the whole (a, b) grid; "
+                              f"{', '.join(f'--{k}' for k in options)} does not apply")
+        return cards.modadd_cards(model, graph, node_layers)
 
 
 FAMILIES: dict[str, Family] = {"modadd": ModAdd(), "mlp": mlp.MLPFamily(), "gpt2": gpt2.FAMILY,

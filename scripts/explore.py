@@ -1,6 +1,6 @@
 """The interactive explorer of a built graph: one self-contained page, offline from file://.
 
-    python scripts/explore.py --graph_dir=out/modadd_lib           # writes the page, prints its path
+    python scripts/explore.py --graph_dir=out/modadd_lib           # writes the page, prints where
     python scripts/explore.py --graph_dir=out/modadd_lib --serve   # and serves it on localhost
     python scripts/explore.py --graph_dir=out/gpt2_lib --data_dir=CORPUS --n_ctx=1024
 
