@@ -169,6 +169,12 @@ def test_page_draws_what_python_computes(browser, tmp_path):
     assert problems == []
 
 
+def test_page_of_a_graph_without_edges(browser, tmp_path):
+    g = synthetic_graphs.graph({"a": 3, "b": 4}, {"a": 3, "b": 4}, edges={})  # --noedges build
+    page, problems = open_page(browser, explorer.explore(g).save(tmp_path / "p.html"))
+    assert drawn(page) == (7, 0) and problems == []
+
+
 def test_notebook_object_renders_the_page_inline(browser):
     g = small_graph()
     html = explorer.explore(g)._repr_html_()
