@@ -65,10 +65,11 @@ def test_modadd_cards_show_the_grid_and_its_frequencies():
     graph = synthetic_graphs.graph({n: d for n, d in zip(model.node_layers, model.dims)},
                                    {"ln2.0": 12, "unembed": 10})
     made = cards.modadd_cards(model, graph, ["ln2.0", "output"])
-    grids = dict(zip(model.node_layers, modadd_fourier.grid_activations(model)))
+    tokens, _ = modadd.dataset()  # every (a, b), a-major
     for name in ("ln2.0",):
         card = made[name]
-        truth = grids[name] @ graph.basis(name).C  # (p, p, pos, dirs)
+        truth = direct(model, name, tokens, graph.basis(name).C)
+        truth = truth.reshape(modadd.P, modadd.P, *truth.shape[1:])  # (a, b, pos, dirs)
         assert card["grid"].shape == (12, modadd.P, modadd.P)
         for j in range(card["grid"].shape[0]):
             t = card["position"][j]
