@@ -6,3 +6,11 @@ for: ``libjax.runtime.precision.enable_float64()`` (what the scripts do) or the 
 """
 
 __version__ = "0.1.0"
+
+
+def __getattr__(name):
+    """``libjax.explore``, imported on first use so that ``import libjax`` stays cheap."""
+    if name == "explore":
+        from libjax.analysis.explorer import explore
+        return explore
+    raise AttributeError(f"module 'libjax' has no attribute {name!r}")

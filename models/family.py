@@ -110,6 +110,12 @@ class Family:
         None (the default) for a model without labelled data to ablate on."""
         return None
 
+    def feature_cards(self, opts: Options, model: SectionedModel, graph, data: Data,
+                      node_layers, **options) -> dict:
+        """Per node layer, the feature cards of its directions
+        (:mod:`libjax.analysis.feature_cards`; default: none)."""
+        return {}
+
     def direction_labels(self, opts: Options, graph) -> Optional[dict[str, list[str]]]:
         """A short text per direction of each node layer of ``graph`` (built with ``opts``), for
         graph plots (default: none)."""

@@ -1,59 +1,75 @@
-"""A finished build, opened again: its record, its graph, and its model and data on demand.
+"""Open a finished build: its graph and record, and on demand its model family, model and data.
 
-Every script that reads a build (``ablate.py``, ``plot_graph.py``, explorers) starts here, so a
-build is found, checked and matched to its model family in one way: the family and checkpoint
-recorded in ``build.json`` unless the caller overrides them.
+One call for every tool that reads a build back (``ablate.py``, ``plot_graph.py``, the
+explorer, feature cards, clustering), so a build is found, checked and matched to its model
+family in one way. It lives in ``models`` because it needs the registry (``libjax`` never
+imports ``models``)::
+
+    build = open_build("out/modadd_lib")
+    build.graph.bases["ln1.0"].C
+    build.model                   # the SectionedModel the build was made from (loaded once)
+    build.data.inputs             # the build's inputs (read once)
+
+The weights are the ones ``build.json`` records unless ``checkpoint`` is given; options the record
+does not keep (a language model's ``data_dir``, ``n_ctx``, ...) are passed as keyword arguments;
+the sample counts and seed default to the build's, so the data is the build's own (a warning
+says when it is not).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
+import hashlib
+import logging
 from pathlib import Path
-from typing import Optional
 
-from libjax.model import SectionedModel
-from libjax.storage import graph as graph_lib
+import numpy as np
+
+from libjax.storage import graph as graph_io
 from libjax.storage import store
 from models import registry
 from models.family import Data, Family, Options
 
+log = logging.getLogger("libjax")
+
 
 @dataclasses.dataclass(frozen=True)
 class OpenedBuild:
-    """A finished build.
-
-    Attributes:
-      directory: the build's ``--out_dir`` (absolute).
-      info: its ``build.json``.
-      graph: its graph.
-      family: the model family it was built with (or the caller's override).
-      opts: options naming its checkpoint and node layers, plus the caller's.
-    """
+    """A finished build. ``graph`` and ``info`` (``build.json``) are read at once; ``model`` and
+    ``data`` are built on first use and kept."""
 
     directory: Path
     info: dict
-    graph: graph_lib.Graph
+    graph: graph_io.Graph
     family: Family
     opts: Options
 
-    def model(self, **options) -> SectionedModel:
-        """The build's model cut at its node layers (``options`` override, e.g. ``dtype``)."""
-        return self.family.load(dataclasses.replace(self.opts, **options),
-                                self.graph.node_layers)
+    @functools.cached_property
+    def model(self):
+        return self.family.load(self.opts, self.graph.node_layers)
 
-    def data(self, **options) -> Data:
-        """The model family's data with the build's options (``options`` override)."""
-        return self.family.data(dataclasses.replace(self.opts, **options))
+    @functools.cached_property
+    def data(self) -> Data:
+        data = self.family.data(self.opts)
+        digest = hashlib.sha256(np.ascontiguousarray(data.inputs).tobytes()).hexdigest()[:16]
+        if digest != self.info.get("data_sha256"):
+            log.warning("the data read for %s differs from the data it was built on (other "
+                        "--data_dir, --n_ctx or --n_samples?); results describe the data read",
+                        self.directory)
+        return data
 
 
-def open_build(graph_dir, model: Optional[str] = None, checkpoint: Optional[str] = None,
+def open_build(graph_dir, model: str | None = None, checkpoint: str | None = None,
                **options) -> OpenedBuild:
-    """Open the finished build in ``graph_dir``; ``model`` and ``checkpoint`` replace the
-    recorded family and weights, ``options`` (``dataset``, ``split``, ...) go into its
-    :class:`~models.family.Options`."""
+    """The finished build in ``graph_dir`` (refuses an incomplete one). ``model`` and
+    ``checkpoint`` override the family and weights that ``build.json`` records; ``options`` are
+    further :class:`models.family.Options` fields (``data_dir``, ``n_ctx``, ``split``, ...)."""
     directory = Path(graph_dir).resolve()  # orbax needs absolute paths
     _, info, _ = store.open_complete(directory)
-    graph = graph_lib.load(directory)
+    family = registry.of_build(info, model)
+    recorded = {"n_samples": info.get("n_samples"), "n_gram_samples": info.get("n_gram_samples"),
+                "seed": info["config"].get("seed", 0)}
     opts = Options(checkpoint=checkpoint or info.get("model") or None,
-                   node_layers=tuple(graph.node_layers), **options)
-    return OpenedBuild(directory, info, graph, registry.of_build(info, model), opts)
+                   node_layers=tuple(info["node_layers"]), **{**recorded, **options})
+    return OpenedBuild(directory, info, graph_io.load(directory), family, opts)

@@ -17,9 +17,11 @@ Sources, in order of preference:
   NumPy arrays, so a tampered file cannot run code.
 * no ``data_dir``: Hugging Face ``datasets`` or ``tensorflow-datasets``, whichever is installed
   (neither is a dependency); they download over the network.
-* ``digits`` ships with scikit-learn (``pip install -e ".[digits]"``), so it always works offline.
-  It has no official split: a fixed permutation (legacy ``RandomState(0)``, whose stream NumPy
-  keeps stable) holds out the last 360 of the 1797 images as the test split.
+* ``digits`` (scikit-learn's 1797 8 x 8 images) ships with the package as
+  ``models/assets/digits.npz``, so it works offline with no extra dependency (see
+  :func:`load_digits`). It has no official split: a fixed permutation (legacy
+  ``RandomState(0)``, whose stream NumPy keeps stable) holds out the last 360 images as the test
+  split.
 
 Anything missing, truncated or malformed is a :class:`~libjax.errors.DataError` naming the file
 and what was expected.
@@ -54,6 +56,7 @@ MNIST_FILES = {"train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
 CIFAR_FILES = {"train": tuple(f"data_batch_{i}" for i in range(1, 6)), "test": ("test_batch",)}
 CIFAR_PIXELS = 3 * 32 * 32
 DIGITS_TEST_SIZE = 360
+DIGITS_FILE = Path(__file__).parent / "assets" / "digits.npz"
 
 HF_NAMES = {"mnist": ("ylecun/mnist", "image"), "cifar10": ("uoft-cs/cifar10", "img")}
 
@@ -67,7 +70,7 @@ def load(name: str, split: str = "train", data_dir=None) -> tuple[np.ndarray, np
         raise ConfigError(f"unknown split {split!r} of {name}; choose one of {', '.join(SPLITS)}")
     if name == "digits":
         if data_dir is not None:
-            raise ConfigError("the digits dataset ships with scikit-learn; do not pass a data "
+            raise ConfigError("the digits dataset ships with libjax; do not pass a data "
                               "directory for it")
         return load_digits(split)
     if data_dir is not None:
@@ -244,7 +247,7 @@ def load_cifar10(data_dir, split: str) -> tuple[np.ndarray, np.ndarray]:
     return _pixels(images), np.concatenate([p[1] for p in parts])
 
 
-# --- digits (scikit-learn) ------------------------------------------------------------------------
+# --- digits (shipped) -----------------------------------------------------------------------------
 
 def digits_split_indices(split: str, n: int = 1797) -> np.ndarray:
     """Indices of the fixed digits split: a ``RandomState(0)`` permutation, last 360 = test."""
@@ -253,16 +256,16 @@ def digits_split_indices(split: str, n: int = 1797) -> np.ndarray:
 
 
 def load_digits(split: str) -> tuple[np.ndarray, np.ndarray]:
-    """scikit-learn's 8 x 8 digits (pixel values 0..16, scaled to [0, 1])."""
-    try:
-        from sklearn.datasets import load_digits as sklearn_digits
-    except ImportError:
-        raise DataError("the digits dataset needs scikit-learn: pip install -e \".[digits]\" "
-                        "(or pip install scikit-learn)") from None
-    bunch = sklearn_digits()
-    idx = digits_split_indices(split, len(bunch.images))
-    images = (bunch.images[idx] / 16.0).astype(np.float32)
-    return images, _labels(bunch.target[idx], len(idx), "scikit-learn digits")
+    """scikit-learn's 8 x 8 digits (pixel values 0..16, scaled to [0, 1]), read from
+    ``models/assets/digits.npz``: ``images`` ``(1797, 8, 8)`` and ``labels`` ``(1797,)`` as
+    uint8, written once with ``np.savez_compressed(path, images=d.images.astype(np.uint8),
+    labels=d.target.astype(np.uint8))`` for ``d = sklearn.datasets.load_digits()`` (scikit-learn
+    1.9.1; its pixels are whole numbers, so the file holds them exactly)."""
+    with np.load(DIGITS_FILE, allow_pickle=False) as f:
+        all_images, all_labels = f["images"], f["labels"]
+    idx = digits_split_indices(split, len(all_images))
+    images = (all_images[idx] / 16.0).astype(np.float32)
+    return images, _labels(all_labels[idx], len(idx), str(DIGITS_FILE))
 
 
 # --- download (optional packages, network) --------------------------------------------------------

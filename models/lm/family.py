@@ -11,7 +11,7 @@ from typing import Callable, Optional
 import numpy as np
 
 from libjax.errors import CheckpointError, ConfigError
-from models.common import checkpoints, hf, text, transformer
+from models.common import cards, checkpoints, hf, text, transformer
 from models.family import Data, Family
 from models.lm.model import block_node_layers, expected_shapes, sectioned
 
@@ -111,3 +111,7 @@ class LMFamily(Family):
 
     def model_id(self, opts):
         return str(opts.checkpoint or self.default_checkpoint)
+
+    def feature_cards(self, opts, model, graph, data, node_layers, **options):
+        decode = cards.decoder(self._checkpoint(opts)[0])
+        return cards.context_cards(model, graph, data, node_layers, decode, **options)

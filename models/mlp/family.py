@@ -6,7 +6,7 @@ import numpy as np
 
 from libjax.errors import ConfigError
 from libjax.model import SectionedModel
-from models.common import images
+from models.common import cards, images
 from models.family import Data, Family, Options, first_samples, reject_unused
 from models.mlp.model import (DEFAULT_CHECKPOINT, all_node_layers, check_node_layers, load,
                               sectioned_model)
@@ -66,6 +66,10 @@ class MLPFamily(Family):
 
     def model_id(self, opts: Options) -> str:
         return str(opts.checkpoint or DEFAULT_CHECKPOINT)
+
+    def feature_cards(self, opts: Options, model, graph, data: Data, node_layers, **options):
+        shape = images.IMAGE_SHAPES[self.dataset(opts)]
+        return cards.image_cards(model, graph, data, node_layers, shape, **options)
 
 
 FAMILY = MLPFamily()

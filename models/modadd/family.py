@@ -6,7 +6,7 @@ import numpy as np
 
 from libjax.errors import ConfigError
 from models.family import Data, Family, first_samples, reject_unused
-from models.modadd import fourier
+from models.modadd import cards, fourier
 from models.modadd import model as modadd
 
 
@@ -39,6 +39,12 @@ class ModAdd(Family):
     def ablation_defaults(self, opts):
         return {"split": "test", "metric": "accuracy", "batch_size": 99999,
                 "ablate_every_vec_cutoff": 10, "exp_base": 1.05}
+
+    def feature_cards(self, opts, model, graph, data, node_layers, **options):
+        if options:
+            raise ConfigError(f"modular-addition cards show the whole (a, b) grid; "
+                              f"{', '.join(f'--{k}' for k in options)} does not apply")
+        return cards.modadd_cards(model, graph, node_layers)
 
     def direction_labels(self, opts, graph):
         return fourier.labels(self.load(opts, graph.node_layers), graph)

@@ -156,8 +156,8 @@ def test_cifar_missing_files(tmp_path, rng):
 
 # --- digits and dispatch --------------------------------------------------------------------------
 
-def test_digits_split():
-    pytest.importorskip("sklearn")
+def test_digits_split(monkeypatch):
+    monkeypatch.setitem(sys.modules, "sklearn", None)  # the shipped file needs no scikit-learn
     x_train, y_train = images.load("digits", "train")
     x_test, y_test = images.load("digits", "test")
     assert x_train.shape == (1437, 8, 8) and x_test.shape == (360, 8, 8)
@@ -168,12 +168,22 @@ def test_digits_split():
     np.testing.assert_array_equal(images.load("digits", "test")[0], x_test)  # deterministic
 
 
+def test_shipped_digits_are_scikit_learns():
+    sklearn_datasets = pytest.importorskip("sklearn.datasets")
+    bunch = sklearn_datasets.load_digits()
+    for split in ("train", "test"):
+        idx = images.digits_split_indices(split)
+        x, y = images.load("digits", split)
+        np.testing.assert_array_equal(x, (bunch.images[idx] / 16.0).astype(np.float32))
+        np.testing.assert_array_equal(y, bunch.target[idx])
+
+
 def test_load_rejects_bad_requests(tmp_path, monkeypatch):
     with pytest.raises(ConfigError, match="unknown dataset 'svhn'"):
         images.load("svhn")
     with pytest.raises(ConfigError, match="unknown split 'val'"):
         images.load("mnist", "val", tmp_path)
-    with pytest.raises(ConfigError, match="ships with scikit-learn"):
+    with pytest.raises(ConfigError, match="ships with libjax"):
         images.load("digits", "train", tmp_path)
     # no data_dir and no hub package: say how to get the data (and never touch the network)
     monkeypatch.setitem(sys.modules, "datasets", None)

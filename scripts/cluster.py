@@ -1,0 +1,75 @@
+"""Leiden modularity clustering of a built graph, stored with the build, and its static figure.
+
+    python scripts/cluster.py --graph_dir=out/modadd_lib                    # sqrt edges, gamma 1
+    python scripts/cluster.py --graph_dir=out/modadd_lib --norm=log \\
+        --edge_results=out/modadd_lib/ablations/modadd_lib_edge_ablation_results.json
+    python scripts/cluster.py --graph_dir=out/modadd_lib --gamma=2 --seed=3 --norm=max
+
+Writes ``<graph_dir>/analysis/clustering.json`` (read by ``scripts/explore.py``, which colours
+the nodes by cluster) and ``<out>.png``/``.svg`` (default ``<graph_dir>/analysis/clustering``),
+and prints the clusters with their directions' labels where the model family gives labels
+(modular addition: Fourier frequencies). The build's own files are never changed.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+
+from absl import flags
+
+from libjax import ablation
+from libjax.runtime import cli
+from libjax.analysis import clustering
+from libjax.errors import ConfigError, DataError
+from models.opened import open_build
+
+_GRAPH_DIR = flags.DEFINE_string("graph_dir", None, "a finished build (compute_basis.py --out_dir)",
+                                 required=True)
+_NORM = flags.DEFINE_enum("norm", "sqrt", list(clustering.NORMS), "edge normalisation")
+_GAMMA = flags.DEFINE_float("gamma", 1.0, "Leiden resolution (higher: more, smaller clusters)")
+_SEED = flags.DEFINE_integer("seed", 0, "Leiden's random seed")
+_EPS = flags.DEFINE_float("eps", None, "log normalisation: the edge strength that maps to 0")
+_EDGE_RESULTS = flags.DEFINE_string("edge_results", None, "log normalisation: take each "
+                                    "transition's eps from this edge-ablation result file")
+_INCLUDE_OUTPUT = flags.DEFINE_boolean("include_output", False, "also cluster the output layer")
+_OUT = flags.DEFINE_string("out", None, "figure path without suffix "
+                           "(default <graph_dir>/analysis/clustering)")
+_LABELS = flags.DEFINE_boolean("labels", True, "show the model family's direction labels")
+_MODEL = flags.DEFINE_string("model", None, "model family, for the labels (default: the build's)")
+
+
+def _eps(graph):
+    if _EDGE_RESULTS.value and _EPS.value is not None:
+        raise ConfigError("give --eps or --edge_results, not both")
+    if not _EDGE_RESULTS.value:
+        return _EPS.value
+    try:
+        with open(_EDGE_RESULTS.value) as f:
+            masks = ablation.required_masks(json.load(f))
+    except (OSError, ValueError, KeyError) as err:
+        raise DataError(f"cannot read edge masks from {_EDGE_RESULTS.value}: {err}; pass the "
+                        "*_edge_ablation_results.json written by ablate.py") from None
+    return clustering.eps_from_edge_ablation(graph, masks)
+
+
+def main(argv):
+    del argv
+    build = open_build(_GRAPH_DIR.value, _MODEL.value)
+    start = time.perf_counter()
+    result = clustering.cluster(build.graph, _NORM.value, _GAMMA.value, _SEED.value,
+                                _eps(build.graph), include_output=_INCLUDE_OUTPUT.value)
+    seconds = time.perf_counter() - start
+    labels = None
+    if _LABELS.value:
+        labels = build.family.direction_labels(build.opts, build.graph)
+    path = clustering.save(result, build.directory)
+    figure = clustering.figure(build.graph, result, _OUT.value or path.with_suffix(""), labels)
+    print("\n".join(clustering.describe(result, labels)))
+    print(f"clustering ({seconds:.2f}s) -> {path}")
+    for p in figure:
+        print(f"  figure: {p}")
+
+
+if __name__ == "__main__":
+    cli.run(main)
