@@ -56,7 +56,7 @@ MNIST_FILES = {"train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
 CIFAR_FILES = {"train": tuple(f"data_batch_{i}" for i in range(1, 6)), "test": ("test_batch",)}
 CIFAR_PIXELS = 3 * 32 * 32
 DIGITS_TEST_SIZE = 360
-DIGITS_FILE = Path(__file__).parent / "assets" / "digits.npz"
+DIGITS_FILE = Path(__file__).resolve().parents[1] / "assets" / "digits.npz"
 
 HF_NAMES = {"mnist": ("ylecun/mnist", "image"), "cifar10": ("uoft-cs/cifar10", "img")}
 
