@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from libjax import ablation, build
+from libjax.ablation.metrics import metric_sums
 from libjax.errors import ConfigError, DataError
 from tests.helpers.tiny import tiny_transformer
 
@@ -184,13 +185,13 @@ def test_metric_sums_and_batch_convention():
     logits = jnp.asarray([[[0.0, 2.0, 1.0]], [[3.0, 0.0, 1.0]], [[0.0, 0.0, 5.0]]])  # (B, 1, V)
     labels = jnp.asarray([1, 2, 2])
     weights = jnp.asarray([1.0, 1.0, 0.0])  # the last sample is padding
-    hits, count = ablation._metric_sums("accuracy", logits, labels, weights)
+    hits, count = metric_sums("accuracy", logits, labels, weights)
     assert (float(hits), float(count)) == (1.0, 2.0)
-    total, count = ablation._metric_sums("ce_loss", logits, labels, weights)
+    total, count = metric_sums("ce_loss", logits, labels, weights)
     logp = jax.nn.log_softmax(logits[:, 0], axis=-1)
     assert float(total) == pytest.approx(-float(logp[0, 1] + logp[1, 2]))
     # Labels with a position axis count every token.
-    hits, count = ablation._metric_sums("accuracy", logits, labels[:, None], weights)
+    hits, count = metric_sums("accuracy", logits, labels[:, None], weights)
     assert (float(hits), float(count)) == (1.0, 2.0)
     # Accuracy pools tokens; the loss is the mean of per-batch means (docs/method.md 3.4).
     assert ablation.combine("accuracy", [(1.0, 2.0), (3.0, 3.0)]) == pytest.approx(0.8)
@@ -235,8 +236,8 @@ def _direct_edge_score(tiny, index, mask, metric="ce_loss"):
             for o in range(mask.shape[0])]
     out = jnp.stack(rows, axis=-1)
     out = out if out_basis is None else out @ out_basis.C_pinv
-    logits = jax.vmap(lambda z: ablation._run_from(model, p, z, index + 1))(out)
-    return ablation.combine(metric, [ablation._metric_sums(metric, logits, labels,
+    logits = jax.vmap(lambda z: model.run_from(p, z, index + 1))(out)
+    return ablation.combine(metric, [metric_sums(metric, logits, labels,
                                                            jnp.ones(len(tokens)))])
 
 

@@ -17,7 +17,9 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repository root
 
-from libjax.runtime import sharding  # noqa: E402
+from libjax.runtime import precision, sharding  # noqa: E402
+
+precision.enable_float64()
 
 if len(sys.argv) > 3:
     sharding.initialize(sys.argv[3], int(sys.argv[4]), int(sys.argv[5]))
