@@ -95,10 +95,9 @@ class BuildConfig:
         if not 0 <= self.seed < 2**63:
             raise ConfigError(f"the seed must be in [0, 2**63), got {self.seed}")
         if self.rotate_final_node_layer and self.center and model.layers[-1].constant is None:
-            raise ConfigError(f"a centred PCA rotation of the final node layer "
-                              f"{model.node_layers[-1]!r} is undefined (it has no constant "
-                              "coordinate); end the node layers before it or do not rotate the "
-                              "final layer")
+            raise ConfigError(f"a centred PCA rotation of the {model.node_layers[-1]!r} node layer "
+                              "is undefined (it has no constant coordinate); end the node layers "
+                              "before it or do not rotate the final layer")
         for name in model.node_layers[:-1]:
             points(self, name)  # raises on a bad rule or interval count
 
