@@ -21,7 +21,7 @@ import numpy as np
 from libjax.ablation.evaluator import EdgeForward, Evaluator
 from libjax.ablation.masks import edge_mask, rotation_matrix
 from libjax.ablation.metrics import is_good
-from libjax.ablation.records import edge_record, node_record
+from libjax.ablation.records import EdgeResult, edge_record, node_record
 from libjax.ablation.schedules import Bisect, Schedule, bisect
 from libjax.errors import ConfigError
 from libjax.storage.graph import Graph
@@ -96,21 +96,6 @@ def node_ablation(ev: Evaluator, graph: Graph, layers: Sequence[str], schedule: 
         results[name] = dict(sorted(scores.items(), reverse=True))
         log.info("node ablation of %s: %d points", name, len(scores))
     return results
-
-
-@dataclasses.dataclass(frozen=True)
-class EdgeResult:
-    """Edge-ablation outcome of one layer pair, keyed by its input layer.
-
-    Attributes:
-      scores: ``{n_edges_kept: score}`` of every probed count, descending.
-      n_edges_required: ``n - lower`` (conservative), ``n = orig_in * orig_out``.
-      mask: the edge mask keeping ``n_edges_required`` edges.
-    """
-
-    scores: dict[int, float]
-    n_edges_required: int
-    mask: np.ndarray
 
 
 def edge_ablation(ev: Evaluator, graph: Graph, pairs: Sequence[tuple[str, str]],

@@ -39,7 +39,8 @@ def direct(model, name, tokens, C):
 
 def test_basis_activations_are_f_times_C_in_any_batching(tiny):
     model, tokens = tiny
-    C = np.random.default_rng(0).normal(size=(model.layers[model.node_layers.index("attn_in.0")].width, 7))
+    width = model.layers[model.node_layers.index("attn_in.0")].width
+    C = np.random.default_rng(0).normal(size=(width, 7))
     want = direct(model, "attn_in.0", tokens, C)
     for batch in (48, 7):  # one batch; batches of 7 with a padded last one
         got = activations.basis_activations(model, "attn_in.0", tokens, C, batch)
@@ -53,7 +54,8 @@ def test_basis_activations_are_f_times_C_in_any_batching(tiny):
 
 def test_top_activations_are_the_largest_over_samples_and_positions(tiny):
     model, tokens = tiny
-    C = np.random.default_rng(1).normal(size=(model.layers[model.node_layers.index("ln2_out.0")].width, 9))
+    width = model.layers[model.node_layers.index("ln2_out.0")].width
+    C = np.random.default_rng(1).normal(size=(width, 9))
     acts = direct(model, "ln2_out.0", tokens, C)  # (n, pos, dirs)
     flat = acts.reshape(-1, 9)
     order = np.argsort(-np.abs(flat), axis=0, kind="stable")[:6]  # (k, dirs)
