@@ -245,9 +245,10 @@ class Explorer:
 def explore(graph, labels=None, cards=None, clustering=None, title: str = "",
             **options) -> Explorer:
     """The explorer of ``graph``: a :class:`libjax.storage.graph.Graph`, or a finished build's
-    directory (then the feature cards and clustering stored with it are shown). ``labels`` (per node layer,
-    a text per node), ``cards`` (:mod:`libjax.analysis.feature_cards`) and ``clustering``
-    (:mod:`libjax.analysis.clustering`) are optional; ``options``: ``max_share``, ``max_edges``."""
+    directory (then the feature cards and clustering stored with it are shown). ``labels`` (per
+    node layer, a text per node), ``cards`` (:mod:`libjax.analysis.feature_cards`) and
+    ``clustering`` (:mod:`libjax.analysis.clustering`) are optional; ``options``: ``max_share``,
+    ``max_edges``."""
     if isinstance(graph, (str, os.PathLike)):
         directory = Path(graph).resolve()  # orbax needs absolute paths
         _, info, _ = store.open_complete(directory)
