@@ -10,6 +10,7 @@ import jax
 import numpy as np
 import pytest
 
+from libjax.basis import lib_basis, pca_basis
 from libjax.build import BuildConfig, build
 from libjax.errors import ConfigError, StoreError
 from tests.helpers.tiny import tiny_ln_transformer, tiny_transformer
@@ -138,3 +139,17 @@ def test_the_relative_threshold_defaults_per_policy():
     assert BuildConfig().relative_threshold == 0.0
     assert BuildConfig(precision="mixed").relative_threshold == 1e-6
     assert BuildConfig(precision="mixed", relative_truncation_threshold=0).relative_threshold == 0
+
+
+def test_the_relative_threshold_drops_small_free_directions_but_never_the_constant():
+    variances = np.array([4e8, 1e3, 1e2, 1e-3, 1e-9])  # the constant's 1 is far below 1e-6 x 4e8
+    gram = np.diag(np.append(variances, 1.0))
+    mean = np.append(np.zeros(5), 1.0)
+    assert pca_basis(gram, mean, threshold=1e-15).dim == 6
+    kept = pca_basis(gram, mean, threshold=1e-15, relative=1e-6)
+    np.testing.assert_array_equal(kept.gram_eigenvalues, [1.0, 4e8, 1e3])
+    # Lambdas: with M' = diag(m) in these coordinates, Lambda_j = D_j m_j
+    d, lam = np.array([4.0, 3.0, 2.0, 1.0, 0.5]), np.array([1.0, 0.5, 1e-2, 1e-3, 1e-5])
+    gram, m_prime = np.diag(np.append(d, 1.0)), np.diag(np.append(lam / d, 1e-9))
+    lib = lib_basis(gram, mean, m_prime, threshold=1e-15, relative=1e-3)
+    np.testing.assert_allclose(lib.Lambda, [1e-9, 1.0, 0.5, 1e-2, 1e-3])  # constant first
