@@ -116,8 +116,20 @@ def _check_finite(name: str, matrix) -> None:
                              "finite (check the checkpoint and the input data)")
 
 
-def _gram_projection(gram, mean, center: bool, isolate_var: bool, threshold: float):
-    """``W = Y U``, ``W^+ = U^T Y^-1`` and ``D`` after the first truncation (``D > threshold``)."""
+def _relative_keep(values, n_fixed: int, relative: float) -> np.ndarray:
+    """Which of ``values`` the relative truncation keeps: the first ``n_fixed`` (the constant and
+    an isolated variance) always, the rest where at least ``relative`` times their largest."""
+    keep = np.ones(len(values), bool)
+    rest = values[n_fixed:]
+    if relative > 0 and len(rest):
+        keep[n_fixed:] = rest >= relative * rest.max()
+    return keep
+
+
+def _gram_projection(gram, mean, center: bool, isolate_var: bool, threshold: float,
+                     relative: float = 0.0):
+    """``W = Y U``, ``W^+ = U^T Y^-1`` and ``D`` after the first truncation (``D > threshold``,
+    and not below ``relative`` of the largest free eigenvalue)."""
     _check_finite("the Gram matrix", gram)
     u, d = gram_eigenbasis(gram, center, isolate_var)
     fixed = ["constant"] * center + ["LayerNorm-variance"] * isolate_var
@@ -127,7 +139,7 @@ def _gram_projection(gram, mean, center: bool, isolate_var: bool, threshold: flo
             raise BasisError(f"the {name} direction has Gram eigenvalue {value:.3g} <= the "
                              f"truncation threshold {threshold}, so it would be dropped; lower "
                              f"the threshold{advice}")
-    keep = d > threshold
+    keep = (d > threshold) & _relative_keep(d, len(fixed), relative)
     if not np.any(keep):
         raise BasisError(f"every Gram eigenvalue is <= the truncation threshold {threshold} "
                          f"(largest {d.max():.3g}), so no direction is left: the activations are "
@@ -144,15 +156,15 @@ def neuron_basis(dim: int) -> Basis:
 
 
 def pca_basis(gram, mean, center: bool = True, isolate_var: bool = False,
-              threshold: float = 1e-15) -> Basis:
+              threshold: float = 1e-15, relative: float = 0.0) -> Basis:
     """PCA basis (the reference's ``svd`` formula): ``C = W`` (centred Gram eigenvectors, no
     scaling)."""
-    w, w_pinv, d = _gram_projection(gram, mean, center, isolate_var, threshold)
+    w, w_pinv, d = _gram_projection(gram, mean, center, isolate_var, threshold, relative)
     return Basis(C=w, C_pinv=w_pinv, W=w, W_pinv=w_pinv, gram_eigenvalues=d, kind="pca")
 
 
 def lib_basis(gram, mean, m_prime, center: bool = True, isolate_var: bool = False,
-              threshold: float = 1e-15) -> Basis:
+              threshold: float = 1e-15, relative: float = 0.0) -> Basis:
     """The LIB (``jacobian``) basis ``C = Y U D^-1/2 V Lambda^1/2`` (docs/method.md 1.6-1.9).
 
     Args:
@@ -162,9 +174,11 @@ def lib_basis(gram, mean, m_prime, center: bool = True, isolate_var: bool = Fals
       center: the Gram matrix is centred and the constant direction is kept first.
       isolate_var: coordinate 0 is a LayerNorm variance kept as its own direction.
       threshold: directions with Gram eigenvalue or Lambda below it are dropped.
+      relative: so are the free directions whose Gram eigenvalue or Lambda is below this
+        fraction of the largest (float32 round-off; 0: none).
     """
     _check_finite("M'", m_prime)
-    w, w_pinv, d = _gram_projection(gram, mean, center, isolate_var, threshold)
+    w, w_pinv, d = _gram_projection(gram, mean, center, isolate_var, threshold, relative)
     sqrt_d = np.sqrt(d)
     r, r_pinv = w / sqrt_d, sqrt_d[:, None] * w_pinv
     m = r_pinv @ np.asarray(m_prime, np.float64) @ r_pinv.T
@@ -172,7 +186,7 @@ def lib_basis(gram, mean, m_prime, center: bool = True, isolate_var: bool = Fals
     lam, v = _masked_eigh(m, n_masked)
     # Second truncation: the masked directions stay first, the rest is already sorted by Lambda,
     # and as many trailing directions are dropped as there are Lambdas below the threshold.
-    n_small = int(np.sum(lam < threshold))
+    n_small = int(np.sum((lam < threshold) | ~_relative_keep(lam, n_masked, relative)))
     if np.any(lam[:n_masked] < threshold):
         raise BasisError(f"a fixed direction has Lambda {lam[:n_masked]} < truncation threshold "
                          f"{threshold}; the next layer does not depend on it. Lower the threshold.")

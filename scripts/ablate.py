@@ -26,7 +26,7 @@ from absl import flags
 from libjax import ablation
 from libjax.analysis import plots
 from libjax.errors import ConfigError, DataError
-from libjax.runtime import cli
+from libjax.runtime import cli, precision
 from libjax.storage import store
 from models import registry
 from models.opened import open_build
@@ -154,6 +154,10 @@ def _edge(ev, graph, layers, bisect, common, out_dir: Path, exp: str, compare) -
 
 def main(argv):
     del argv
+    # Float64 where the build was made in float64 (as before) or asked for; a mixed build is
+    # ablated with JAX's 64-bit types as the process has them (off on a TPU).
+    recorded = precision.of_record(store.open_complete(_GRAPH_DIR.value)[1])
+    precision.enable_for("float64" if _DTYPE.value == "float64" else recorded)
     opened = open_build(_GRAPH_DIR.value, _MODEL.value, _CHECKPOINT.value,
                         dataset=_DATASET.value, data_dir=_DATA_DIR.value, split=_SPLIT.value,
                         n_samples=_N_SAMPLES.value, dtype=_DTYPE.value)
@@ -188,4 +192,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    cli.run(main)
+    cli.run(main, float64=False)  # main enables float64 where the build's policy needs it

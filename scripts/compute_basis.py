@@ -5,6 +5,8 @@
     python scripts/compute_basis.py --basis=pca --out_dir=out/pca
     python scripts/compute_basis.py --checkpoint=../shared/data/weights_modadd_seed0.npz
     python scripts/compute_basis.py --model=gpt2 --layer=6 --checkpoint=DIR --data_dir=CORPUS
+    JAX_ENABLE_X64=0 python scripts/compute_basis.py --precision=mixed --out_dir=out/mixed
+                                                         # float32 steps, as on a TPU
 
 Results go to --out_dir (orbax stages + summary.json; read them with ``libjax.storage.graph.load``).
 Rerunning the same command on the same --out_dir resumes an interrupted build.
@@ -12,11 +14,12 @@ Rerunning the same command on the same --out_dir resumes an interrupted build.
 
 from __future__ import annotations
 
+import jax
 from absl import flags
 
 from libjax import build
 from libjax.build import config
-from libjax.runtime import cli
+from libjax.runtime import cli, precision
 from libjax.storage.graph import format_summary, summary
 from models import registry
 from models.family import Options
@@ -64,6 +67,12 @@ _N_GRAM_SAMPLES = flags.DEFINE_integer("n_gram_samples", None,
 _N_CTX = flags.DEFINE_integer("n_ctx", None, "tokens per sample (language models)")
 _OUT_DIR = flags.DEFINE_string("out_dir", None, "output directory (default out/<model>_<basis>)")
 _OVERWRITE = flags.DEFINE_boolean("overwrite", False, "replace a different build in --out_dir")
+_PRECISION = flags.DEFINE_enum("precision", None, list(precision.POLICIES),
+                               "float64: every step in float64; mixed: float32 steps, float64 host "
+                               "sums (default: mixed on TPU, else float64)")
+_REL_THRESHOLD = flags.DEFINE_float("relative_truncation_threshold", None,
+                                    "also drop directions below this fraction of the layer's "
+                                    "largest (default: the policy's, 0 for float64, 1e-6 mixed)")
 
 
 def build_config(family, opts) -> build.BuildConfig:
@@ -75,13 +84,19 @@ def build_config(family, opts) -> build.BuildConfig:
         isolate_ln_var=_ISOLATE.value, truncation_threshold=_THRESHOLD.value,
         compute_edges=_EDGES.value, memory_budget_gb=_MEMORY.value, seed=_SEED.value,
         batch_size=_BATCH.value, gram_batch_size=_GRAM_BATCH.value,
-        edge_batch_size=_EDGE_BATCH.value, rotate_final_node_layer=_ROTATE.value)
+        edge_batch_size=_EDGE_BATCH.value, rotate_final_node_layer=_ROTATE.value,
+        precision=_PRECISION.value or precision.default_policy(),
+        relative_truncation_threshold=_REL_THRESHOLD.value)
     given = {k for k in values if flags.FLAGS[FLAG_OF.get(k, k)].present}
     return config.resolve(values, given, family.build_defaults(opts))
 
 
 def main(argv):
     del argv
+    policy = _PRECISION.value or precision.default_policy()
+    print(f"precision: {policy}" +
+          ("" if _PRECISION.present else f" (the default on {jax.default_backend()})"))
+    precision.enable_for(policy)  # before the model is made
     family = registry.get(_MODEL.value)
     opts = Options(
         checkpoint=_CHECKPOINT.value, node_layers=cli.comma_list(_NODE_LAYERS.value),
@@ -101,4 +116,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    cli.run(main)
+    cli.run(main, float64=False)  # main enables what the chosen policy needs

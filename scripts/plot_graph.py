@@ -20,7 +20,8 @@ from absl import flags
 from libjax import ablation
 from libjax.analysis import plots
 from libjax.errors import ConfigError, DataError, StoreError
-from libjax.runtime import cli
+from libjax.runtime import cli, precision
+from libjax.storage import store
 from models.opened import open_build
 
 _GRAPH_DIR = flags.DEFINE_string("graph_dir", None, "a finished build (compute_basis.py --out_dir)",
@@ -44,6 +45,7 @@ def main(argv):
     if _N_EDGES.value < 1 or _MAX_NODES.value < 1:
         raise ConfigError(f"--n_edges and --max_nodes must be >= 1, got {_N_EDGES.value} and "
                           f"{_MAX_NODES.value}")
+    precision.enable_for(precision.of_record(store.open_complete(_GRAPH_DIR.value)[1]))
     opened = open_build(_GRAPH_DIR.value, _MODEL.value, _CHECKPOINT.value)
     graph = opened.graph
     masks = None
@@ -70,4 +72,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    cli.run(main)
+    cli.run(main, float64=False)  # main enables float64 where the build's policy needs it

@@ -24,10 +24,11 @@ def metric_sums(metric: str, logits, labels, weights):
         token_weights = weights
     else:
         token_weights = jnp.broadcast_to(weights[:, None], labels.shape)
+    wide = jnp.result_type(float)  # float64 where JAX has it (x64 on), else float32 (a TPU)
     if metric == "accuracy":
-        hits = (jnp.argmax(logits, axis=-1) == labels).astype(jnp.float64)
+        hits = (jnp.argmax(logits, axis=-1) == labels).astype(wide)
         return jnp.sum(hits * token_weights), jnp.sum(token_weights)
-    logp = jax.nn.log_softmax(logits.astype(jnp.float64), axis=-1)
+    logp = jax.nn.log_softmax(logits.astype(wide), axis=-1)
     nll = -jnp.take_along_axis(logp, labels[..., None], axis=-1)[..., 0]
     return jnp.sum(nll * token_weights), jnp.sum(token_weights)
 

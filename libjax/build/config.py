@@ -9,6 +9,7 @@ from typing import Any, Collection, Mapping, Optional
 
 from libjax.errors import ConfigError
 from libjax.method import integration
+from libjax.runtime import precision as precision_lib
 
 BASES = ("lib", "pca", "neuron")
 
@@ -29,6 +30,11 @@ class BuildConfig:
       isolate_ln_var: keep a LayerNorm variance coordinate that the model declares
         (:attr:`libjax.model.NodeLayer.variance`) as its own direction.
       truncation_threshold: drop directions with eigenvalue below this.
+      relative_truncation_threshold: also drop the directions (other than the constant and an
+        isolated variance) whose Gram eigenvalue or Lambda is below this fraction of the layer's
+        largest; None: the policy's default (:data:`RELATIVE_TRUNCATION`).
+      precision: ``float64`` (every step in float64) or ``mixed`` (steps in float32, sums merged
+        on the host in float64); see :mod:`libjax.runtime.precision`.
       rotate_final_node_layer: give the last node layer a PCA basis.
       compute_edges: compute the edge matrices.
       batch_size, gram_batch_size, edge_batch_size: samples per step of each phase.
@@ -51,6 +57,7 @@ class BuildConfig:
     center: bool = True
     isolate_ln_var: bool = True
     truncation_threshold: float = 1e-15
+    relative_truncation_threshold: Optional[float] = None
     rotate_final_node_layer: bool = False
     compute_edges: bool = True
     batch_size: int = 4096
@@ -59,6 +66,13 @@ class BuildConfig:
     memory_budget_gb: float = 0.25
     seed: int = 0
     fast_paths: bool = True
+    precision: str = "float64"
+
+    @property
+    def relative_threshold(self) -> float:
+        """The relative truncation threshold in force: the one given, else the policy's."""
+        given = self.relative_truncation_threshold
+        return RELATIVE_TRUNCATION[self.precision] if given is None else given
 
     def validate(self, model) -> None:
         """Reject option combinations the method does not define (docs/method.md 5 validation)."""
@@ -89,6 +103,10 @@ class BuildConfig:
             raise ConfigError(f"truncation_threshold={self.truncation_threshold} would drop the "
                               "constant direction, whose centred Gram eigenvalue is 1; use a "
                               "threshold below 1")
+        rel = self.relative_truncation_threshold
+        if rel is not None and not 0 <= rel < 1:
+            raise ConfigError(f"relative_truncation_threshold must be in [0, 1), got {rel}")
+        precision_lib.check(self.precision)
         if not 0 < self.memory_budget_gb < math.inf:
             raise ConfigError(f"memory_budget_gb must be a finite number > 0, got "
                               f"{self.memory_budget_gb}")
@@ -103,6 +121,13 @@ class BuildConfig:
 
     def to_json(self) -> dict:
         return dataclasses.asdict(self)
+
+
+# The float64 policy keeps the paper's absolute threshold only. Float32 steps leave round-off of
+# about eps32 = 1.2e-7 times the largest eigenvalue in every Gram and M' entry (more after sums
+# and the D^-1/2 scaling), so directions below ~10 eps32 of the largest carry no signal: 1e-6
+# drops them (measured: BUILD_NOTES.md "Precision policy").
+RELATIVE_TRUNCATION = {"float64": 0.0, "mixed": 1e-6}
 
 
 def points(cfg: BuildConfig, node_layer: str):

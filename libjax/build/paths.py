@@ -10,6 +10,7 @@ from __future__ import annotations
 from libjax.build.config import BuildConfig, points
 from libjax.forms import EDGES, Form, M_PRIME, Task
 from libjax.method.vjp import VJPPath
+from libjax.runtime import precision
 
 
 def section_task(model, index: int, kind: str, cfg: BuildConfig, n_samples: int, out_dim: int,
@@ -27,7 +28,8 @@ def section_task(model, index: int, kind: str, cfg: BuildConfig, n_samples: int,
                 d_in=a.width, d_out=b.width, out_dim=out_dim,
                 in_dim=in_dim if kind == EDGES else 0, pos_sources=pos, hidden_sources=hidden,
                 alphas=tuple(alphas), quad_weights=tuple(weights), per_device=per_device,
-                budget_gb=cfg.memory_budget_gb)
+                budget_gb=cfg.memory_budget_gb,
+                acc_dtype=precision.accumulation_dtype(cfg.precision))
 
 
 def choose_path(section, task: Task, fast_paths: bool) -> Form:

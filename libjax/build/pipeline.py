@@ -1,11 +1,11 @@
 """The LIB build pipeline: statistics -> bases (last node layer first) -> edges (docs/method.md
 1.1).
 
-Each phase streams over the data with a jitted, float64-accumulating step
-(:mod:`libjax.build.steps`) on the path that :func:`~libjax.build.paths.choose_path` chooses; every
-finished stage is stored at once (:mod:`libjax.storage.store`), so an interrupted build resumes
-where it stopped and gives exactly the same graph (stochastic sources are keyed by seed, stage and
-batch).
+Each phase streams over the data with a jitted step (:mod:`libjax.build.steps`) on the path that
+:func:`~libjax.build.paths.choose_path` chooses, accumulating as the precision policy says
+(:mod:`libjax.runtime.precision`); every finished stage is stored at once
+(:mod:`libjax.storage.store`), so an interrupted build resumes where it stopped and gives exactly
+the same graph (stochastic sources are keyed by seed, stage and batch).
 """
 
 from __future__ import annotations
@@ -64,9 +64,10 @@ def compute_stats(model, inputs, cfg: BuildConfig, layers: Sequence[int],
     """Means and Gram matrices of the node layers ``layers`` in one pass over ``inputs``."""
     init = ([stats.Moments.zeros(model.layers[i].width) for i in layers],
             np.ones(len(layers), bool))
-    acc, finite = accumulate(stats_step(model, layers), init, inputs,
-                             cfg.gram_batch_size or cfg.batch_size, "means and Grams", cfg.seed,
-                             STATS_STAGE, placement or Placement(), model.params)
+    with precision.scope(cfg.precision):
+        acc, finite = accumulate(stats_step(model, layers, cfg.precision), init, inputs,
+                                 cfg.gram_batch_size or cfg.batch_size, "means and Grams",
+                                 cfg.seed, STATS_STAGE, placement or Placement(), model.params)
     if not np.all(finite):
         bad = [model.node_layers[i] for i, ok in zip(layers, finite) if not ok]
         raise NumericalError(f"NaN or inf in the activations of node layer(s) {bad} while "
@@ -104,9 +105,10 @@ def _section_sum(model, index: int, kind: str, inputs, cfg: BuildConfig, c_in, c
     log.info("%s: %s", what, path.describe(task, plan))
     sums = None
     if path.needs_data(task):
-        sums = accumulate(accumulation_step(model, index, path, task, plan),
-                          path.zero(task, model.params), inputs, size, what, cfg.seed, stage,
-                          placement, model.params, c_in, c_in_pinv, c_next)
+        with precision.scope(cfg.precision):
+            sums = accumulate(accumulation_step(model, index, path, task, plan, cfg.precision),
+                              path.zero(task, model.params), inputs, size, what, cfg.seed,
+                              stage, placement, model.params, c_in, c_in_pinv, c_next)
     result = np.asarray(path.finish(task, model.params, sums, c_next)) / \
         (task.rows * path.divisor(task))
     _check_finite(result, f"M' of node layer {a!r}" if kind == M_PRIME else f"the edges {a}->{b}",
@@ -183,8 +185,8 @@ def build(model, inputs, cfg: BuildConfig = BuildConfig(), gram_inputs=None,
       model_id: identifies the model (e.g. checkpoint path) in ``out_dir``'s build record.
       placement: the devices to use (default: a ``data`` mesh over every device).
     """
-    precision.require("float64")
     cfg.validate(model)
+    precision.require(cfg.precision)
     _check_layout(model)
     gram_inputs = inputs if gram_inputs is None else gram_inputs
     if len(inputs) == 0 or len(gram_inputs) == 0:
@@ -226,12 +228,12 @@ def build(model, inputs, cfg: BuildConfig = BuildConfig(), gram_inputs=None,
         try:
             if i == last or cfg.basis == "pca":
                 b = basis_lib.pca_basis(gram, mean, cfg.center, isolate_var,
-                                        cfg.truncation_threshold)
+                                        cfg.truncation_threshold, cfg.relative_threshold)
             elif cfg.basis == "neuron":
                 b = basis_lib.neuron_basis(model.layers[i].width)
             else:
                 b = basis_lib.lib_basis(gram, mean, m_prime, cfg.center, isolate_var,
-                                        cfg.truncation_threshold)
+                                        cfg.truncation_threshold, cfg.relative_threshold)
         except (BasisError, NumericalError) as err:
             raise type(err)(f"node layer {name!r}: {err}") from None
         st.put(basis_stage(name), basis_to_tree(b))

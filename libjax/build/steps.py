@@ -1,25 +1,45 @@
 """The jitted steps of a build and the loop that folds them over the data.
 
-Every pass over the data is ``acc = step(acc, key, ...)`` over fixed-shape padded batches
+Every pass over the data folds a jitted step over fixed-shape padded batches
 (:mod:`libjax.runtime.batching`), split over the devices of a ``data`` mesh; sums over samples
 become all-reduces that ``jit`` inserts. There are two steps: the statistics of every node layer
 in one pass (:func:`stats_step`), and one step for any ``M'`` or edge computation
 (:func:`accumulation_step`), which asks the section's path for the batch's contribution.
+
+Under the float64 policy a step is ``acc = step(acc, key, ...)``: the sums stay on the device.
+Under the mixed policy (:mod:`libjax.runtime.precision`) a step computes in float32 and returns
+only its batch's contribution, ``new = step(key, ...)``, which :class:`Step`'s ``merge`` adds into
+a float64 NumPy accumulator on the host: no float32 sum ever runs over more than one batch.
 """
 
 from __future__ import annotations
 
 import hashlib
-from typing import Sequence
+from typing import Callable, NamedTuple, Optional, Sequence
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from libjax.forms import EDGES, Form, Task
 from libjax.method import stats
+from libjax.runtime import precision
 from libjax.runtime.batching import batch_size_for, padded_batches
 from libjax.runtime.progress import track
 from libjax.runtime.sharding import Placement
+
+
+class Step(NamedTuple):
+    """A jitted step and, for host accumulation, how a batch's result joins the host's sums
+    (None: the step adds it to the accumulator itself, on the device)."""
+
+    fn: Callable
+    merge: Optional[Callable] = None
+
+
+def _host_add(acc, new):
+    return jax.tree.map(lambda a, b: np.asarray(a, np.float64) + np.asarray(b, np.float64),
+                        acc, new)
 
 
 def fold_key(seed: int, stage: str, batch_index: int):
@@ -29,45 +49,72 @@ def fold_key(seed: int, stage: str, batch_index: int):
     return jax.random.fold_in(jax.random.fold_in(jax.random.key(seed), digest), batch_index)
 
 
-def stats_step(model, layers: Sequence[int]):
-    """Merges a batch's moments of node layers ``layers`` and whether they were finite."""
+def stats_step(model, layers: Sequence[int], policy: str = "float64") -> Step:
+    """A batch's moments of node layers ``layers`` and whether they were finite, merged into the
+    running ones (Chan's update: on the device under float64, on the host under mixed)."""
+    dtype = precision.accumulation_dtype(policy)
+
+    def of_batch(params, inputs, weights):
+        acts = jax.vmap(lambda x: model.all_acts(params, x))(inputs)
+        moments = [stats.batch_moments(acts[i], weights, dtype) for i in layers]
+        return moments, jnp.stack([jnp.all(jnp.isfinite(acts[i])) for i in layers])
+
+    if precision.host_sums(policy):
+        def merge(acc, new):
+            return ([stats.merge_on_host(m, n) for m, n in zip(acc[0], new[0])],
+                    acc[1] & np.asarray(new[1]))
+        return Step(jax.jit(lambda key, *args: of_batch(*args)), merge)
+
     def step(acc, key, params, inputs, weights):
         moments, finite = acc
-        acts = jax.vmap(lambda x: model.all_acts(params, x))(inputs)
-        moments = [stats.merge(m, stats.batch_moments(acts[i], weights))
-                   for m, i in zip(moments, layers)]
-        finite = finite & jnp.stack([jnp.all(jnp.isfinite(acts[i])) for i in layers])
-        return moments, finite
-    return jax.jit(step, donate_argnums=0)
+        new, ok = of_batch(params, inputs, weights)
+        return [stats.merge(m, n) for m, n in zip(moments, new)], finite & ok
+    return Step(jax.jit(step, donate_argnums=0))
 
 
-def accumulation_step(model, index: int, path: Form, task: Task, plan):
-    """Adds one batch's contribution of ``path`` to ``M'`` or the edges across section
-    ``index``: the batch is run to the section's input layer (and, for edges, rotated into its
-    basis ``c_in``), then handed to the path with the probes' signs for this batch."""
+def accumulation_step(model, index: int, path: Form, task: Task, plan,
+                      policy: str = "float64") -> Step:
+    """One batch's contribution of ``path`` to ``M'`` or the edges across section ``index``: the
+    batch is run to the section's input layer (and, for edges, rotated into its basis ``c_in``),
+    then handed to the path with the probes' signs for this batch."""
     probes = path.probes(task)
 
-    def step(acc, key, params, c_in, c_in_pinv, c_next, inputs, sample_weights):
+    def of_batch(key, params, c_in, c_in_pinv, c_next, inputs, sample_weights):
         xs = jax.vmap(lambda x: model.run_to(params, x, index))(inputs)
         cast = lambda a: None if a is None else a.astype(xs.dtype)  # noqa: E731
         x = xs @ cast(c_in) if task.kind == EDGES else xs
-        signs = None if probes is None else probes.draw_signs(key, xs.shape[0])
-        new = path.batch_sums(task, plan, params, x, sample_weights, signs, cast(c_in_pinv),
-                              cast(c_next))
-        return jax.tree.map(jnp.add, acc, new)
-    return jax.jit(step, donate_argnums=0)
+        signs = None if probes is None else probes.draw_signs(key, xs.shape[0], task.acc_dtype)
+        return path.batch_sums(task, plan, params, x, sample_weights, signs, cast(c_in_pinv),
+                               cast(c_next))
+
+    if precision.host_sums(policy):
+        return Step(jax.jit(of_batch), _host_add)
+
+    def step(acc, *args):
+        return jax.tree.map(jnp.add, acc, of_batch(*args))
+    return Step(jax.jit(step, donate_argnums=0))
 
 
-def accumulate(step, acc, inputs, batch_size: int, what: str, seed: int, stage: str,
+def accumulate(step: Step, acc, inputs, batch_size: int, what: str, seed: int, stage: str,
                placement: Placement, *args):
-    """Fold ``acc = step(acc, key, *args, batch, weights)`` over the batches of ``inputs`` and
-    return it on the host. Batches are split over the devices, everything else replicated; each
-    batch gets its own key, derived from the seed, the stage and the batch index."""
+    """Fold ``step`` over the batches of ``inputs`` from ``acc`` and return the result on the
+    host. Batches are split over the devices, everything else replicated; each batch gets its own
+    key, derived from the seed, the stage and the batch index. A host-merged step gets its
+    arguments and batches as 32-bit arrays."""
     size = batch_size_for(len(inputs), batch_size, placement.size)
-    acc, args = placement.replicate(acc), placement.replicate(args)
     total = -(-len(inputs) // size)
+    on_host = step.merge is not None
+    if on_host:
+        args = placement.replicate(precision.as_32bit(args))
+    else:
+        acc, args = placement.replicate(acc), placement.replicate(args)
     for i, (batch,), w in track(padded_batches(size, inputs), total, what):
-        acc = step(acc, fold_key(seed, stage, i), *args, placement.batch(batch),
-                   placement.batch(w))
-        jax.block_until_ready(acc)  # progress and ETA count finished batches, not dispatched ones
-    return placement.host(acc)
+        key = fold_key(seed, stage, i)
+        if on_host:
+            batch, w = precision.as_32bit((batch, w))
+            acc = step.merge(acc, placement.host(step.fn(key, *args, placement.batch(batch),
+                                                         placement.batch(w))))
+        else:
+            acc = step.fn(acc, key, *args, placement.batch(batch), placement.batch(w))
+            jax.block_until_ready(acc)  # progress and ETA count finished batches
+    return acc if on_host else placement.host(acc)

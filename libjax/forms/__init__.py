@@ -45,6 +45,8 @@ class Task:
       alphas, quad_weights: the integration rule's points and weights (docs/method.md 2.5).
       per_device: samples per device in one step.
       budget_gb: memory for one step's working set.
+      acc_dtype: the dtype sums accumulate in on the device (the build's precision policy:
+        :func:`libjax.runtime.precision.accumulation_dtype`).
     """
 
     kind: str
@@ -61,6 +63,7 @@ class Task:
     quad_weights: tuple
     per_device: int
     budget_gb: float
+    acc_dtype: Any = np.float64
 
     @property
     def rows(self) -> int:

@@ -40,8 +40,8 @@ def _centred(x):
     return jnp.concatenate([body, jnp.zeros_like(x[..., -1:])], axis=-1)
 
 
-def _row_weights(sample_weights, shape):
-    return jnp.broadcast_to(sample_weights.astype(jnp.float64)[:, None], shape[:2])
+def _row_weights(sample_weights, shape, acc):
+    return jnp.broadcast_to(sample_weights.astype(acc)[:, None], shape[:2])
 
 
 def _identity_if_none(c, dim, dtype):
@@ -66,10 +66,10 @@ def _ln_in_u(x, alphas, weights):
     return 2 * abar * _centred(x) / (x.shape[-1] - 1)
 
 
-def ln_in_moments(xs, sample_weights, alphas, weights) -> LNInMoments:
-    """Token sums of one batch ``xs`` ``(batch, pos, D)``."""
-    u = _ln_in_u(xs, alphas, weights).astype(jnp.float64)
-    w = _row_weights(sample_weights, xs.shape)
+def ln_in_moments(xs, sample_weights, alphas, weights, acc=jnp.float64) -> LNInMoments:
+    """Token sums of one batch ``xs`` ``(batch, pos, D)``, in ``acc``."""
+    u = _ln_in_u(xs, alphas, weights).astype(acc)
+    w = _row_weights(sample_weights, xs.shape, acc)
     return LNInMoments(jnp.sum(w), jnp.einsum("bp,bpi->i", w, u),
                        jnp.einsum("bp,bpi,bpj->ij", w, u, u))
 
@@ -81,19 +81,19 @@ def ln_in_m_prime(m: LNInMoments, k):
     return k[0, 0] * m.s_uu + cross + cross.T + m.rows * k[1:, 1:]
 
 
-def ln_in_edges(x_hat, sample_weights, c_in_pinv, c_out, alphas, weights):
+def ln_in_edges(x_hat, sample_weights, c_in_pinv, c_out, alphas, weights, acc=jnp.float64):
     """Unnormalised squared edges ``(r_out, r_in)`` of one batch: per token the Jacobian in basis
     coordinates is ``g ⊗ c0 + A`` with ``g = C_in^+ u``, ``c0 = C_out[0]``,
     ``A = C_in^+ C_out[1:]``."""
     x = x_hat @ c_in_pinv
     c_out = _identity_if_none(c_out, x.shape[-1] + 1, x.dtype)
     g = _ln_in_u(x, alphas, weights) @ c_in_pinv.T  # (batch, pos, r_in)
-    f2 = (_row_weights(sample_weights, x.shape)[..., None] * x_hat ** 2).astype(jnp.float64)
-    g = g.astype(jnp.float64)
+    f2 = (_row_weights(sample_weights, x.shape, acc)[..., None] * x_hat ** 2).astype(acc)
+    g = g.astype(acc)
     s0, s1, s2 = (jnp.einsum("bpj->j", f2), jnp.einsum("bpj,bpj->j", f2, g),
                   jnp.einsum("bpj,bpj->j", f2, g ** 2))
-    c0 = c_out[0].astype(jnp.float64)
-    a = (c_in_pinv @ c_out[1:]).astype(jnp.float64)  # (r_in, r_out)
+    c0 = c_out[0].astype(acc)
+    a = (c_in_pinv @ c_out[1:]).astype(acc)  # (r_in, r_out)
     per_in = s2[:, None] * c0 ** 2 + 2 * s1[:, None] * a * c0 + s0[:, None] * a ** 2
     return per_in.T
 
@@ -126,11 +126,11 @@ def _ln_out_factors(xs, alphas, weights, eps):
     return -coef[..., None] * _centred(x), sigma
 
 
-def ln_out_moments(xs, sample_weights, alphas, weights, eps) -> LNOutMoments:
-    """Token sums of one batch ``xs`` ``(batch, pos, 1 + D)``."""
+def ln_out_moments(xs, sample_weights, alphas, weights, eps, acc=jnp.float64) -> LNOutMoments:
+    """Token sums of one batch ``xs`` ``(batch, pos, 1 + D)``, in ``acc``."""
     a, sigma = _ln_out_factors(xs, alphas, weights, eps)
-    a, sigma = a.astype(jnp.float64), sigma.astype(jnp.float64)
-    w = _row_weights(sample_weights, xs.shape)
+    a, sigma = a.astype(acc), sigma.astype(acc)
+    w = _row_weights(sample_weights, xs.shape, acc)
     return LNOutMoments(jnp.sum(w), jnp.sum(w * sigma ** 2), jnp.sum(w * sigma),
                         jnp.einsum("bp,bpi->i", w, a), jnp.einsum("bp,bp,bpi->i", w, sigma, a),
                         jnp.einsum("bp,bpi,bpj->ij", w, a, a))
@@ -154,7 +154,7 @@ def ln_out_m_prime(m: LNOutMoments, k, keep_resid: bool):
 
 
 def ln_out_edges(x_hat, sample_weights, c_in_pinv, c_out, alphas, weights, eps,
-                 keep_resid: bool):
+                 keep_resid: bool, acc=jnp.float64):
     """Unnormalised squared edges ``(r_out, r_in)`` of one batch: per token the Jacobian in basis
     coordinates is ``c_v ⊗ (a C_n) + sigma A1 + A2`` with ``c_v = C_in^+[:, 0]``,
     ``A1 = C_in^+[:, 1:] P C_n``, ``A2 = C_in^+[:, 1:] C_x`` (``C_n``/``C_x``: rows of ``C_out``
@@ -163,19 +163,19 @@ def ln_out_edges(x_hat, sample_weights, c_in_pinv, c_out, alphas, weights, eps,
     width = xs.shape[-1] - 1
     c_out = _identity_if_none(c_out, width * (2 if keep_resid else 1), xs.dtype)
     a, sigma = _ln_out_factors(xs, alphas, weights, eps)
-    f64 = lambda t: t.astype(jnp.float64)  # noqa: E731
-    c_n, c_v, c_x = f64(c_out[:width]), f64(c_in_pinv[:, 0]), f64(c_in_pinv[:, 1:])
-    a1 = c_x @ centring(width) @ c_n  # (r_in, r_out)
-    b = f64(a) @ c_n  # (batch, pos, r_out)
-    sigma = f64(sigma)
-    f2 = f64(_row_weights(sample_weights, xs.shape)[..., None] * x_hat ** 2)
+    cast = lambda t: t.astype(acc)  # noqa: E731
+    c_n, c_v, c_x = cast(c_out[:width]), cast(c_in_pinv[:, 0]), cast(c_in_pinv[:, 1:])
+    a1 = c_x @ jnp.asarray(centring(width), acc) @ c_n  # (r_in, r_out)
+    b = cast(a) @ c_n  # (batch, pos, r_out)
+    sigma = cast(sigma)
+    f2 = cast(_row_weights(sample_weights, xs.shape, acc)[..., None] * x_hat ** 2)
     v0, v1, v2 = (jnp.einsum("bpj->j", f2), jnp.einsum("bpj,bp->j", f2, sigma),
                   jnp.einsum("bpj,bp->j", f2, sigma ** 2))
     g_bb = jnp.einsum("bpj,bpi->ji", f2, b ** 2)
     g_sb = jnp.einsum("bpj,bp,bpi->ji", f2, sigma, b)
     per_in = c_v[:, None] ** 2 * g_bb + a1 ** 2 * v2[:, None] + 2 * c_v[:, None] * a1 * g_sb
     if keep_resid:
-        a2 = c_x @ f64(c_out[width:])
+        a2 = c_x @ cast(c_out[width:])
         g_b = jnp.einsum("bpj,bpi->ji", f2, b)
         per_in = (per_in + a2 ** 2 * v0[:, None] + 2 * c_v[:, None] * a2 * g_b
                   + 2 * a1 * a2 * v1[:, None])
@@ -198,8 +198,10 @@ class LayerNormInForm(Form):
 
     def batch_sums(self, task, plan, params, x, sample_weights, signs, c_in_pinv, c_next):
         if task.kind == M_PRIME:
-            return ln_in_moments(x, sample_weights, task.alphas, task.quad_weights)
-        return ln_in_edges(x, sample_weights, c_in_pinv, c_next, task.alphas, task.quad_weights)
+            return ln_in_moments(x, sample_weights, task.alphas, task.quad_weights,
+                                 task.acc_dtype)
+        return ln_in_edges(x, sample_weights, c_in_pinv, c_next, task.alphas, task.quad_weights,
+                           task.acc_dtype)
 
     def finish(self, task, params, sums, c_next):
         return sums if task.kind == EDGES else ln_in_m_prime(sums, next_k(task, c_next))
@@ -221,9 +223,10 @@ class LayerNormOutForm(Form):
 
     def batch_sums(self, task, plan, params, x, sample_weights, signs, c_in_pinv, c_next):
         if task.kind == M_PRIME:
-            return ln_out_moments(x, sample_weights, task.alphas, task.quad_weights, self.eps)
+            return ln_out_moments(x, sample_weights, task.alphas, task.quad_weights, self.eps,
+                                  task.acc_dtype)
         return ln_out_edges(x, sample_weights, c_in_pinv, c_next, task.alphas, task.quad_weights,
-                            self.eps, self.keep_resid)
+                            self.eps, self.keep_resid, task.acc_dtype)
 
     def finish(self, task, params, sums, c_next):
         if task.kind == EDGES:

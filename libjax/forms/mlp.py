@@ -55,10 +55,12 @@ def integrated_derivative(act, pre, alphas, weights):
     return sum(w * derivative(a * pre) for a, w in zip(alphas, weights))
 
 
-def derivative_moments(act, b, xs, sample_weights, alphas, weights) -> DerivativeMoments:
-    """The data-dependent part of ``M'`` for one batch ``xs`` ``(batch, pos, d_in)``."""
-    d = integrated_derivative(act, xs @ b, alphas, weights).astype(jnp.float64)
-    w = jnp.broadcast_to(sample_weights.astype(jnp.float64)[:, None], d.shape[:2])
+def derivative_moments(act, b, xs, sample_weights, alphas, weights,
+                       acc=jnp.float64) -> DerivativeMoments:
+    """The data-dependent part of ``M'`` for one batch ``xs`` ``(batch, pos, d_in)``, in
+    ``acc``."""
+    d = integrated_derivative(act, xs @ b, alphas, weights).astype(acc)
+    w = jnp.broadcast_to(sample_weights.astype(acc)[:, None], d.shape[:2])
     return DerivativeMoments(jnp.sum(w), jnp.einsum("bp,bpm->m", w, d),
                              jnp.einsum("bp,bpm,bpn->mn", w, d, d))
 
@@ -96,11 +98,11 @@ def _basis_matrices(matrices: dict, c_in_pinv, c_out):
 
 def _linear_edges(r_hat, mass):
     """Squared edges of a linear section: ``A = diag(a) R^`` with ``sum a^2 = mass``."""
-    return (r_hat.astype(jnp.float64) ** 2 * mass[:, None]).T
+    return (r_hat.astype(mass.dtype) ** 2 * mass[:, None]).T
 
 
 def squared_edges_sum(act, matrices: dict, x_hat, sample_weights, c_in_pinv, c_out, alphas,
-                      weights, chunk: int):
+                      weights, chunk: int, acc=jnp.float64):
     """Exact unnormalised squared edges ``(r_out, r_in)`` of one batch, for a positionwise MLP
     section: per token ``A_t = diag(x^_t) (R^ + P diag(d_t) Q)``, squared and summed.
 
@@ -110,29 +112,30 @@ def squared_edges_sum(act, matrices: dict, x_hat, sample_weights, c_in_pinv, c_o
       x_hat: inputs in the input basis ``(batch, pos, r_in)``.
       c_in_pinv: ``(r_in, d_in)``; c_out: ``(d_out_neurons, r_out)`` or None.
       chunk: tokens per step (memory ~ chunk * r_in * r_out).
+      acc: the accumulation dtype.
     """
     p_hat, q_hat, r_hat = _basis_matrices(matrices, c_in_pinv, c_out)
     r_in = x_hat.shape[-1]
     tokens = x_hat.reshape(-1, r_in)
-    w = jnp.repeat(sample_weights, x_hat.shape[1]).astype(jnp.float64)
+    w = jnp.repeat(sample_weights, x_hat.shape[1]).astype(acc)
     if p_hat is None:  # linear: the per-token matrix is constant
-        return _linear_edges(r_hat, jnp.einsum("t,tj->j", w, (tokens ** 2).astype(jnp.float64)))
+        return _linear_edges(r_hat, jnp.einsum("t,tj->j", w, (tokens ** 2).astype(acc)))
 
     r_out = q_hat.shape[1]
     q_hat = _pad_columns(q_hat, 16)  # full register tiles: ~10% faster GEMMs on CPU (measured)
     r_hat = None if r_hat is None else _pad_columns(r_hat, 16)
 
-    def body(acc, inputs):
+    def body(total, inputs):
         f_hat, wt = inputs
         dbar = integrated_derivative(act, (f_hat @ c_in_pinv) @ matrices["B"], alphas,
                                      weights)
         per_token = (p_hat[None] * dbar[:, None, :]) @ q_hat  # (chunk, r_in, r_out)
         if r_hat is not None:
             per_token = per_token + r_hat
-        a2 = (per_token * f_hat[:, :, None]).astype(jnp.float64) ** 2
-        return acc + jnp.einsum("t,tji->ij", wt, a2), None
+        a2 = (per_token * f_hat[:, :, None]).astype(acc) ** 2
+        return total + jnp.einsum("t,tji->ij", wt, a2), None
 
-    init = jnp.zeros((q_hat.shape[1], r_in), jnp.float64)
+    init = jnp.zeros((q_hat.shape[1], r_in), acc)
     return jax.lax.scan(body, init, memory.in_chunks(chunk, tokens, w))[0][:r_out]
 
 
@@ -142,7 +145,7 @@ def _pad_columns(a, multiple: int):
 
 
 def stochastic_squared_edges_sum(act, matrices: dict, x_hat, sample_weights, rho, c_in_pinv,
-                                 c_out, alphas, weights, chunk: int):
+                                 c_out, alphas, weights, chunk: int, acc=jnp.float64):
     """The stochastic estimate (docs/method.md 2.3) of a positionwise MLP section's squared edges
     ``(r_out, r_in)``, unnormalised, for one batch.
 
@@ -158,12 +161,12 @@ def stochastic_squared_edges_sum(act, matrices: dict, x_hat, sample_weights, rho
       Others as in :func:`squared_edges_sum`.
     """
     p_hat, q_hat, r_hat = _basis_matrices(matrices, c_in_pinv, c_out)
-    w = sample_weights.astype(jnp.float64)
+    w = sample_weights.astype(acc)
     if p_hat is None:
-        u = jnp.einsum("brt,btj->brj", rho, x_hat).astype(jnp.float64)
+        u = jnp.einsum("brt,btj->brj", rho, x_hat).astype(acc)
         return _linear_edges(r_hat, jnp.einsum("b,brj->j", w, u ** 2))
 
-    def body(acc, inputs):
+    def body(total, inputs):
         f_hat, rho_c, wt = inputs
         dbar = integrated_derivative(act, (f_hat @ c_in_pinv) @ matrices["B"], alphas,
                                      weights)  # (chunk, pos, m)
@@ -171,9 +174,9 @@ def stochastic_squared_edges_sum(act, matrices: dict, x_hat, sample_weights, rho
         a = (p_hat * jnp.einsum("crtj,ctm->crjm", weighted, dbar)) @ q_hat
         if r_hat is not None:
             a = a + jnp.sum(weighted, axis=2)[..., None] * r_hat
-        return acc + jnp.einsum("c,crji->ij", wt, a.astype(jnp.float64) ** 2), None
+        return total + jnp.einsum("c,crji->ij", wt, a.astype(acc) ** 2), None
 
-    init = jnp.zeros((q_hat.shape[1], x_hat.shape[-1]), jnp.float64)
+    init = jnp.zeros((q_hat.shape[1], x_hat.shape[-1]), acc)
     return jax.lax.scan(body, init, memory.in_chunks(chunk, x_hat, rho, w))[0]
 
 
@@ -223,13 +226,14 @@ class MLPForm(Form):
         w = self.matrices(params)
         if task.kind == M_PRIME:
             return derivative_moments(self.act, w["B"], x, sample_weights, task.alphas,
-                                      task.quad_weights)
+                                      task.quad_weights, task.acc_dtype)
         if signs is None:
             return squared_edges_sum(self.act, w, x, sample_weights, c_in_pinv, c_next,
-                                     task.alphas, task.quad_weights, plan)
+                                     task.alphas, task.quad_weights, plan, task.acc_dtype)
         rho = self.probes(task).position_weights(signs).astype(x.dtype)
         return stochastic_squared_edges_sum(self.act, w, x, sample_weights, rho, c_in_pinv,
-                                            c_next, task.alphas, task.quad_weights, plan)
+                                            c_next, task.alphas, task.quad_weights, plan,
+                                            task.acc_dtype)
 
     def finish(self, task, params, sums, c_next):
         if task.kind == EDGES:

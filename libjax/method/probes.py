@@ -60,10 +60,10 @@ class ProbeSet:
             return (rh, self.dim)
         return (rp * rh, self.n_pos, self.dim)
 
-    def draw_signs(self, key, batch: int):
-        """Rademacher signs ``(batch, *signs_shape)`` in float64."""
+    def draw_signs(self, key, batch: int, dtype=jnp.float64):
+        """Rademacher signs ``(batch, *signs_shape)`` in ``dtype``."""
         shape = (batch, *self.signs_shape())
-        return jnp.where(jax.random.bernoulli(key, 0.5, shape), 1.0, -1.0).astype(jnp.float64)
+        return jnp.where(jax.random.bernoulli(key, 0.5, shape), 1.0, -1.0).astype(dtype)
 
     def position_weights(self, signs):
         """``(batch, R, n_pos)``: the position weightings of a set whose hidden dims are exact

@@ -2,12 +2,15 @@
 
 One pass over the data: each batch contributes its count, mean and centred scatter matrix, merged
 with Chan et al.'s parallel update. This avoids both the reference's second pass and the
-cancellation of ``E[f f^T] - mu mu^T``. All in float64; rows are (sample, position) pairs, and
-padded samples carry weight 0.
+cancellation of ``E[f f^T] - mu mu^T``. Rows are (sample, position) pairs, and padded samples
+carry weight 0. The float64 policy merges on the device in float64 (:func:`merge`); the mixed
+policy computes each batch's moments in float32 and merges them on the host in float64
+(:func:`merge_on_host`), so only one batch's sums are ever float32.
 """
 
 from __future__ import annotations
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import struct
@@ -27,11 +30,11 @@ class Moments:
         return cls(np.zeros(()), np.zeros(dim), np.zeros((dim, dim)))  # host: no compile
 
 
-def batch_moments(acts, weights) -> Moments:
-    """Moments of ``acts`` ``(batch, pos, d)``; ``weights`` ``(batch,)`` are 1 for real samples and
-    0 for padding."""
-    acts = acts.astype(jnp.float64)
-    w = jnp.broadcast_to(weights.astype(jnp.float64)[:, None], acts.shape[:2])
+def batch_moments(acts, weights, dtype=jnp.float64) -> Moments:
+    """Moments of ``acts`` ``(batch, pos, d)`` in ``dtype``; ``weights`` ``(batch,)`` are 1 for
+    real samples and 0 for padding."""
+    acts = acts.astype(dtype)
+    w = jnp.broadcast_to(weights.astype(dtype)[:, None], acts.shape[:2])
     count = jnp.sum(w)
     mean = jnp.einsum("bp,bpd->d", w, acts) / jnp.maximum(count, 1.0)
     centred = acts - mean
@@ -47,6 +50,16 @@ def merge(a: Moments, b: Moments) -> Moments:
     mean = a.mean + delta * frac_b
     scatter = a.scatter + b.scatter + jnp.outer(delta, delta) * a.count * frac_b
     return Moments(count, mean, scatter)
+
+
+def merge_on_host(a: Moments, b: Moments) -> Moments:
+    """:func:`merge` in float64 NumPy, for batch moments computed on the device in float32."""
+    a, b = (jax.tree.map(lambda x: np.asarray(x, np.float64), m) for m in (a, b))
+    count = a.count + b.count
+    frac_b = b.count / count if count > 0 else 0.0
+    delta = b.mean - a.mean
+    return Moments(count, a.mean + delta * frac_b,
+                   a.scatter + b.scatter + np.outer(delta, delta) * (a.count * frac_b))
 
 
 def mean_and_gram(m: Moments, center: bool, has_bias_coordinate: bool):

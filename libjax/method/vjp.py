@@ -78,8 +78,8 @@ def probe_vjps(fn, xs, signs, probes: ProbeSet, ids, alphas, weights):
 
 
 def m_prime_sum(fn: Callable, xs, sample_weights, probes: ProbeSet, signs, alphas, weights,
-                chunk: int):
-    """Unnormalised ``M'`` ``(d_in, d_in)`` of one batch, accumulated in float64.
+                chunk: int, acc=jnp.float64):
+    """Unnormalised ``M'`` ``(d_in, d_in)`` of one batch, accumulated in ``acc``.
 
     Args:
       fn: per-sample section (into the next layer's basis).
@@ -88,20 +88,21 @@ def m_prime_sum(fn: Callable, xs, sample_weights, probes: ProbeSet, signs, alpha
       probes: the probe set over ``fn``'s output; ``signs`` its per-sample random signs.
       alphas, weights: quadrature rule.
       chunk: probes per VJP batch.
+      acc: the accumulation dtype.
     """
     dim = xs.shape[-1]
 
-    def add_chunk(acc, ids):
-        g = probe_vjps(fn, xs, signs, probes, ids, alphas, weights).astype(jnp.float64)
-        gw = g * sample_weights.astype(jnp.float64)[:, None, None, None]
-        return acc + jnp.einsum("bksi,bksj->ij", gw, g)
+    def add_chunk(total, ids):
+        g = probe_vjps(fn, xs, signs, probes, ids, alphas, weights).astype(acc)
+        gw = g * sample_weights.astype(acc)[:, None, None, None]
+        return total + jnp.einsum("bksi,bksj->ij", gw, g)
 
-    return scan_probe_chunks(probes, chunk, add_chunk, jnp.zeros((dim, dim), jnp.float64))
+    return scan_probe_chunks(probes, chunk, add_chunk, jnp.zeros((dim, dim), acc))
 
 
 def squared_edges_sum(fn: Callable, xs, sample_weights, probes: ProbeSet, signs, alphas, weights,
-                      chunk: int):
-    """Unnormalised squared edges ``(d_out, d_in)`` of one batch, accumulated in float64.
+                      chunk: int, acc=jnp.float64):
+    """Unnormalised squared edges ``(d_out, d_in)`` of one batch, accumulated in ``acc``.
 
     Args:
       fn: per-sample section in basis coordinates, ``(P_in, d_in) -> (P_out, d_out)``.
@@ -109,14 +110,14 @@ def squared_edges_sum(fn: Callable, xs, sample_weights, probes: ProbeSet, signs,
       probes: exact or position-stochastic probes over ``fn``'s output.
       Other arguments as in :func:`m_prime_sum`.
     """
-    def add_chunk(acc, ids):
+    def add_chunk(total, ids):
         g = probe_vjps(fn, xs, signs, probes, ids, alphas, weights)
-        terms = (g * xs[:, None]).astype(jnp.float64)  # (batch, k, P_in, d_in)
+        terms = (g * xs[:, None]).astype(acc)  # (batch, k, P_in, d_in)
         a2 = jnp.sum(terms ** 2, axis=2) if probes.positionwise else jnp.sum(terms, axis=2) ** 2
-        contrib = jnp.einsum("b,bkj->kj", sample_weights.astype(jnp.float64), a2)
-        return acc.at[probes.output_index(ids)].add(contrib)
+        contrib = jnp.einsum("b,bkj->kj", sample_weights.astype(acc), a2)
+        return total.at[probes.output_index(ids)].add(contrib)
 
-    init = jnp.zeros((probes.dim, xs.shape[-1]), jnp.float64)
+    init = jnp.zeros((probes.dim, xs.shape[-1]), acc)
     return scan_probe_chunks(probes, chunk, add_chunk, init)
 
 
@@ -154,7 +155,7 @@ class VJPPath(Form):
         def section(y):
             out = self.fn(params, y)
             return out if c_next is None else out @ c_next
-        args = (self.probes(task), signs, task.alphas, task.quad_weights, plan)
+        args = (self.probes(task), signs, task.alphas, task.quad_weights, plan, task.acc_dtype)
         if task.kind == EDGES:
             return squared_edges_sum(lambda y: section(y @ c_in_pinv), x, sample_weights, *args)
         return m_prime_sum(section, x, sample_weights, *args)

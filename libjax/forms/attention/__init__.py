@@ -33,6 +33,8 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Callable
 
+import jax.numpy as jnp
+
 from libjax.forms import EDGES, Form
 from libjax.forms.attention import dense, lowrank, plan, sums
 from libjax.method.probes import ProbeSet
@@ -68,21 +70,22 @@ class AttentionForm(Form):
     def batch_sums(self, task, plan, params, x, sample_weights, signs, c_in_pinv, c_next):
         rho = self.probes(task).position_weights(signs).astype(x.dtype)
         return self.weighted_sums(task.kind, plan, params, x, sample_weights, rho, c_in_pinv,
-                                  c_next, task.alphas, task.quad_weights)
+                                  c_next, task.alphas, task.quad_weights, task.acc_dtype)
 
     def weighted_sums(self, kind, plan, params, x, sample_weights, rho, c_in_pinv, c_next,
-                      alphas, weights):
+                      alphas, weights, acc=jnp.float64):
         """Unnormalised ``M'`` ``(d_in, d_in)`` or edges ``(r_out, r_in)`` of one batch ``x``
-        ``(batch, P, d_in or r_in)`` for position weightings ``rho`` ``(batch, R, P_out)``."""
+        ``(batch, P, d_in or r_in)`` for position weightings ``rho`` ``(batch, R, P_out)``,
+        accumulated in ``acc``."""
         method, positions, samples = plan
         w, c, o = sums.prepare(self, params, c_next)
         args = (self, w, c, o) + ((c_in_pinv,) if kind == EDGES else ())
         args += (x, sample_weights, rho, alphas, weights)
         if method == "lowrank":
             fn = lowrank.squared_edges_sum if kind == EDGES else lowrank.m_prime_sum
-            return fn(*args, samples)
+            return fn(*args, samples, acc)
         fn = dense.squared_edges_sum if kind == EDGES else dense.m_prime_sum
-        return fn(*args, positions, samples)
+        return fn(*args, positions, samples, acc)
 
     def describe(self, task, plan):
         return f"{super().describe(task, plan)}, {plan[0]} method"

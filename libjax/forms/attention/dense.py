@@ -43,9 +43,9 @@ def _head_matrices(form, att, rho, weight, n_pos: int, idx, is_query, slot):
     return weight * c, weight / form.scale * jnp.concatenate([t, u], axis=-2)
 
 
-def _chunk_matrices(form, atts, rho, sw, weights, n_pos: int, idx, valid):
+def _chunk_matrices(form, atts, rho, sw, weights, n_pos: int, idx, valid, acc):
     """``c`` ``(B, R, S, M)`` and ``Y`` ``(B, H, R, S, 2 dh, dv)`` of a chunk, summed over the
-    quadrature points and scaled by the sample weights and the position mask, in float64."""
+    quadrature points and scaled by the sample weights and the position mask, in ``acc``."""
     if form.last_only:
         slot, is_query = jnp.zeros_like(idx), idx == n_pos - 1
     else:
@@ -55,7 +55,7 @@ def _chunk_matrices(form, atts, rho, sw, weights, n_pos: int, idx, valid):
     mask = sw[:, None, None] * valid[None, None, :]  # (B, 1, S)
     c = sum(part[0] for part in parts) * mask[..., None]
     y = sum(part[1] for part in parts) * mask[:, None, :, :, None, None]
-    return c.astype(jnp.float64), y.astype(jnp.float64)
+    return c.astype(acc), y.astype(acc)
 
 
 def _scan(xs_list, sample_weights, samples: int, positions: int, n_pos: int, acc, start, step,
@@ -91,27 +91,27 @@ def _to_groups(s_zl, s_ll):
 
 
 def m_prime_sum(form, w, c, o, xs, sample_weights, rho, alphas, weights, positions: int,
-                samples: int):
-    """Unnormalised ``M'`` ``(d_in, d_in)`` of one batch."""
+                samples: int, acc):
+    """Unnormalised ``M'`` ``(d_in, d_in)`` of one batch, accumulated in ``acc``."""
     heads, dv, d_head = o.shape[0], o.shape[1], w["W_Q"].shape[2]
     n_m, n_pos = heads + 1, xs.shape[1]
-    omega = jnp.einsum("hfo,Hgo->hHfg", o, o).astype(jnp.float64)
-    zeros = tuple(jnp.zeros(shape, jnp.float64) for shape in (
+    omega = jnp.einsum("hfo,Hgo->hHfg", o, o).astype(acc)
+    zeros = tuple(jnp.zeros(shape, acc) for shape in (
         (n_m, n_m), (n_m, heads, dv, 2 * d_head), (heads, heads, 2 * d_head, 2 * d_head)))
 
     def start(chunk):
         x, r, sw = chunk
         return {"atts": _patterns(form, w, x, alphas), "rho": r, "sw": sw, "inner": zeros}
 
-    def step(acc, state, idx, valid):
+    def step(total, state, idx, valid):
         cc, y = _chunk_matrices(form, state["atts"], state["rho"], state["sw"], weights, n_pos,
-                                idx, valid)
+                                idx, valid, acc)
         y_omega = jnp.einsum("bhrsef,hHfg->bhrseHg", y, omega)
         new = (jnp.einsum("brsm,brsn->mn", cc, cc), jnp.einsum("brsm,bhrsef->mhfe", cc, y),
                jnp.einsum("bhrseHg,bHrsxg->hHex", y_omega, y))
-        return jax.tree.map(jnp.add, acc, new)
+        return jax.tree.map(jnp.add, total, new)
 
-    finish = lambda acc, inner, state: jax.tree.map(jnp.add, acc, inner)  # noqa: E731
+    finish = lambda total, inner, state: jax.tree.map(jnp.add, total, inner)  # noqa: E731
     s_cc, s_zl, s_ll = _scan([xs, rho], sample_weights, samples, positions, n_pos, zeros, start,
                              step, finish)
     return sums_lib.assemble(form, w, c, o, s_cc, [(("K", "Q"), *_to_groups(s_zl, s_ll))],
@@ -119,11 +119,11 @@ def m_prime_sum(form, w, c, o, xs, sample_weights, rho, alphas, weights, positio
 
 
 def squared_edges_sum(form, w, c, o, c_in_pinv, x_hat, sample_weights, rho, alphas, weights,
-                      positions: int, samples: int):
+                      positions: int, samples: int, acc):
     """Unnormalised squared edges ``(r, r_in)`` of one batch (the section evaluated at the
-    reconstruction ``x_hat C_in^+``, as the reference does)."""
+    reconstruction ``x_hat C_in^+``, as the reference does), accumulated in ``acc``."""
     w_kq = jnp.concatenate([w["W_K"], w["W_Q"]], axis=-1)  # (H, D, 2dh)
-    pw = jnp.einsum("ji,hie->hej", c_in_pinv[:, :w_kq.shape[1]], w_kq).astype(jnp.float64)
+    pw = jnp.einsum("ji,hie->hej", c_in_pinv[:, :w_kq.shape[1]], w_kq).astype(acc)
     pz = sums_lib.z_projections(form, w, c, o, c_in_pinv)
     heads, dv = o.shape[:2]
     n_r, r_in, n_pos = rho.shape[1], x_hat.shape[-1], x_hat.shape[1]
@@ -131,25 +131,25 @@ def squared_edges_sum(form, w, c, o, c_in_pinv, x_hat, sample_weights, rho, alph
     def start(chunk):
         f_hat, r, sw = chunk
         b = f_hat.shape[0]
-        inner = (jnp.zeros((b, n_r, heads + 1, r_in), jnp.float64),
-                 jnp.zeros((b, heads, n_r, dv, r_in), jnp.float64))
+        inner = (jnp.zeros((b, n_r, heads + 1, r_in), acc),
+                 jnp.zeros((b, heads, n_r, dv, r_in), acc))
         return {"atts": _patterns(form, w, f_hat @ c_in_pinv, alphas), "rho": r, "sw": sw,
                 "f_hat": f_hat, "inner": inner}
 
     def step(inner, state, idx, valid):
         cc, y = _chunk_matrices(form, state["atts"], state["rho"], state["sw"], weights, n_pos,
-                                idx, valid)
-        f_s = state["f_hat"][:, idx].astype(jnp.float64)
+                                idx, valid, acc)
+        f_s = state["f_hat"][:, idx].astype(acc)
         yp = jnp.einsum("bhrsef,hej->bhrsfj", y, pw)
         return (inner[0] + jnp.einsum("brsm,bsj->brmj", cc, f_s),
                 inner[1] + jnp.einsum("bhrsfj,bsj->bhrfj", yp, f_s))
 
-    def finish(acc, inner, state):
+    def finish(total, inner, state):
         u, heads_part = inner
         a_t = sums_lib.z_attributions(pz, u)
-        a_t = a_t + jnp.einsum("hfo,bhrfj->broj", o.astype(jnp.float64), heads_part)
-        return acc + jnp.sum(a_t * a_t, axis=(0, 1))
+        a_t = a_t + jnp.einsum("hfo,bhrfj->broj", o.astype(acc), heads_part)
+        return total + jnp.sum(a_t * a_t, axis=(0, 1))
 
-    acc = jnp.zeros((c.shape[1], r_in), jnp.float64)
-    return _scan([x_hat, rho], sample_weights, samples, positions, n_pos, acc, start, step,
+    init = jnp.zeros((c.shape[1], r_in), acc)
+    return _scan([x_hat, rho], sample_weights, samples, positions, n_pos, init, start, step,
                  finish)

@@ -53,7 +53,7 @@ def _factors(form, w, x, rho, alpha, weight):
     return weight * sums_lib.coefficients(form, rho, p, x.shape[0]), xk, yk, xq, yq
 
 
-def _row_sets(form, w, xs, rho, sw, alphas, weights, merge_queries: bool):
+def _row_sets(form, w, xs, rho, sw, alphas, weights, merge_queries: bool, acc):
     """Coefficients ``c`` ``(B, R, P, M)`` and sets of terms ``(positions, groups, x, y)`` with
     ``x`` ``(G, B, R, S, a, dh)``, ``y`` ``(G, B, S, a, dv)``, one group per head and kind.
 
@@ -61,7 +61,7 @@ def _row_sets(form, w, xs, rho, sw, alphas, weights, merge_queries: bool):
     positions the key and query terms of every head (``G = 2H``, key terms zero-padded to the
     query terms' count), elsewhere the key terms only; else (edges) the key terms at every
     position and the query terms at the query positions. Each sample's ``c`` and ``x`` are scaled
-    by its weight (0 for padding); everything is float64."""
+    by its weight (0 for padding); everything is in ``acc``."""
     parts = [jax.vmap(lambda x, r: _factors(form, w, x, r, a, wt))(xs, rho)
              for a, wt in zip(alphas, weights)]
     c = sum(part[0] for part in parts) * sw[:, None, None, None]
@@ -79,8 +79,8 @@ def _row_sets(form, w, xs, rho, sw, alphas, weights, merge_queries: bool):
             sets.append((others, ("K",), xk[:, :, others], yk[:, others]))
     else:
         sets = [(np.arange(n_pos), ("K",), xk, yk), (queries, ("Q",), xq, yq)]
-    f64 = lambda a: a.astype(jnp.float64)  # noqa: E731
-    return f64(c), [(positions, groups, f64(jnp.moveaxis(x, 3, 0)), f64(jnp.moveaxis(y, 2, 0)))
+    cast = lambda a: a.astype(acc)  # noqa: E731
+    return cast(c), [(positions, groups, cast(jnp.moveaxis(x, 3, 0)), cast(jnp.moveaxis(y, 2, 0)))
                     for positions, groups, x, y in sets]
 
 
@@ -90,10 +90,10 @@ def _images(o_g, y):
     return (y.reshape(g, b * s * a, f) @ o_g.astype(y.dtype)).reshape(g, b, s, a, -1)
 
 
-def _m_prime_sums(form, w, o, xs, sw, rho, alphas, weights):
+def _m_prime_sums(form, w, o, xs, sw, rho, alphas, weights, acc):
     """One chunk's head-sized sums: ``S`` and, per row set, ``S^ZL`` and ``S^LL``. Every large
     contraction is a matrix product over samples x positions x terms."""
-    c, sets = _row_sets(form, w, xs, rho, sw, alphas, weights, merge_queries=True)
+    c, sets = _row_sets(form, w, xs, rho, sw, alphas, weights, True, acc)
     flat = c.reshape(-1, c.shape[-1])
     sums = [flat.T @ flat]
     for positions, groups, x, y in sets:
@@ -113,13 +113,14 @@ def _m_prime_sums(form, w, o, xs, sw, rho, alphas, weights):
     return sums
 
 
-def m_prime_sum(form, w, c, o, xs, sample_weights, rho, alphas, weights, samples: int):
-    """Unnormalised ``M'`` ``(d_in, d_in)`` of one batch, ``samples`` samples per step."""
-    def step(acc, chunk):
-        new = _m_prime_sums(form, w, o, *chunk, alphas, weights)
-        return jax.tree.map(jnp.add, acc, new), None
+def m_prime_sum(form, w, c, o, xs, sample_weights, rho, alphas, weights, samples: int, acc):
+    """Unnormalised ``M'`` ``(d_in, d_in)`` of one batch, ``samples`` samples per step,
+    accumulated in ``acc``."""
+    def step(total, chunk):
+        new = _m_prime_sums(form, w, o, *chunk, alphas, weights, acc)
+        return jax.tree.map(jnp.add, total, new), None
 
-    shapes = jax.eval_shape(lambda *a: _m_prime_sums(form, w, o, *a, alphas, weights),
+    shapes = jax.eval_shape(lambda *a: _m_prime_sums(form, w, o, *a, alphas, weights, acc),
                             xs[:1], sample_weights[:1], rho[:1])
     init = [jnp.zeros(s.shape, s.dtype) for s in shapes]
     batches = memory.in_chunks(samples, xs, sample_weights, rho)
@@ -129,12 +130,12 @@ def m_prime_sum(form, w, c, o, xs, sample_weights, rho, alphas, weights, samples
     return sums_lib.assemble(form, w, c, o, total[0], group_sums, xs.shape[-1])
 
 
-def _attributions(form, w, o, pz, c_in_pinv, x_hat, sw, rho, alphas, weights):
+def _attributions(form, w, o, pz, c_in_pinv, x_hat, sw, rho, alphas, weights, acc):
     """Per sample and weighting, ``A^T = (sum_s diag(f^_s) C_in^+ G_s)^T`` ``(B, R, r, r_in)``:
     the residual and value terms (``pz``: :func:`sums_lib.z_projections`), then all rank-one
     terms in one batched matrix product."""
     xs = x_hat @ c_in_pinv  # evaluated at the reconstruction, as the reference does
-    coeffs, sets = _row_sets(form, w, xs, rho, sw, alphas, weights, merge_queries=False)
+    coeffs, sets = _row_sets(form, w, xs, rho, sw, alphas, weights, False, acc)
     u = jnp.einsum("brsm,bsj->brmj", coeffs, x_hat.astype(coeffs.dtype))
     a_t = sums_lib.z_attributions(pz, u)
     lefts, rights = [], []
@@ -151,14 +152,15 @@ def _attributions(form, w, o, pz, c_in_pinv, x_hat, sw, rho, alphas, weights):
 
 
 def squared_edges_sum(form, w, c, o, c_in_pinv, x_hat, sample_weights, rho, alphas, weights,
-                      samples: int):
-    """Unnormalised squared edges ``(r, r_in)`` of one batch, ``samples`` samples per step."""
+                      samples: int, acc):
+    """Unnormalised squared edges ``(r, r_in)`` of one batch, ``samples`` samples per step,
+    accumulated in ``acc``."""
     pz = sums_lib.z_projections(form, w, c, o, c_in_pinv)
 
-    def step(acc, chunk):
-        a_t = _attributions(form, w, o, pz, c_in_pinv, *chunk, alphas, weights)
-        return acc + jnp.sum(a_t * a_t, axis=(0, 1)), None
+    def step(total, chunk):
+        a_t = _attributions(form, w, o, pz, c_in_pinv, *chunk, alphas, weights, acc)
+        return total + jnp.sum(a_t * a_t, axis=(0, 1)), None
 
-    init = jnp.zeros((c.shape[1], x_hat.shape[-1]), jnp.float64)
+    init = jnp.zeros((c.shape[1], x_hat.shape[-1]), acc)
     batches = memory.in_chunks(samples, x_hat, sample_weights, rho)
     return jax.lax.scan(step, init, batches)[0]

@@ -65,11 +65,11 @@ def assemble(form, w, c, o, s_cc, group_sums, width: int):
     """``M'`` ``(width, width)`` from ``S = sum c c^T`` and, per group set, ``S^ZL``
     ``(M, G, dv, dh)`` and ``S^LL`` ``(G, G, dh, dh)``: ``sum S_mm' Z_m Z_m'^T
     + sum (Z_m O_g^T S^ZL_mg W_g^T + transpose) + sum W_g S^LL_gg' W_g'^T``."""
-    f64 = lambda a: a.astype(jnp.float64)  # noqa: E731
-    z = f64(z_matrices(form, w, c, o, width))
+    cast = lambda a: a.astype(s_cc.dtype)  # noqa: E731 (the accumulation dtype)
+    z = cast(z_matrices(form, w, c, o, width))
     total = jnp.einsum("mn,mio,njo->ij", s_cc, z, z)
     for groups, s_zl, s_ll in group_sums:
-        w_g, o_g = (f64(a) for a in group_weights(w, o, groups))
+        w_g, o_g = (cast(a) for a in group_weights(w, o, groups))
         w_g = jnp.pad(w_g, ((0, 0), (0, width - w_g.shape[1]), (0, 0)))
         zo = jnp.einsum("mio,gfo->mgif", z, o_g)
         cross = jnp.einsum("mgif,mgfe,gje->ij", zo, s_zl, w_g)

@@ -1,0 +1,155 @@
+"""The mixed precision policy: 32-bit steps (nothing 64-bit enters or is computed in one, matmuls
+at HIGHEST), float64 host sums, agreement with the float64 build, x64 off, and resume rules."""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+
+import jax
+import numpy as np
+import pytest
+
+from libjax.basis import lib_basis, pca_basis
+from libjax.build import BuildConfig, build
+from libjax.errors import ConfigError, StoreError
+from tests.helpers.tiny import tiny_ln_transformer, tiny_transformer
+
+MIXED = BuildConfig(precision="mixed")
+
+
+class LoweredSteps:
+    """While active, every step that :mod:`libjax.build.steps` jits is lowered at each call and
+    its StableHLO kept (the text includes everything the step calls)."""
+
+    def __init__(self):
+        self.texts = []
+
+    def __enter__(self):
+        self._jit = jax.jit
+
+        def jit(fun, *args, **kwargs):
+            jitted = self._jit(fun, *args, **kwargs)
+            if fun.__module__ != "libjax.build.steps":
+                return jitted
+
+            def call(*a):
+                self.texts.append(jitted.lower(*a).as_text())
+                return jitted(*a)
+            return call
+        jax.jit = jit
+        return self
+
+    def __exit__(self, *exc):
+        jax.jit = self._jit
+
+
+def wide_arrays(text: str) -> set[str]:
+    """The 64-bit array types in a StableHLO text: every argument and result of the step, and
+    every array inside it (Python scalars stay weakly typed scalars under x64 and are left out)."""
+    main = re.search(r"func\.func public @main\((.*?)\) -> (.*?) \{", text).group(0)
+    wide = r"tensor<(?:[0-9]+x)*(?:f64|i64|ui64)>"
+    return set(re.findall(wide, main)) | set(re.findall(r"tensor<(?:[0-9]+x)+(?:f64|i64|ui64)>",
+                                                          text))
+
+
+def _assert_close_to(mixed, reference):
+    """Leading Lambdas (above 1e-2 of the largest) within 1e-4, edge sums within 1e-4, Grams
+    within 1e-5 of the float64 build."""
+    for name, b in mixed.bases.items():
+        ref = reference.bases[name]
+        if b.Lambda is not None:
+            lead = ref.Lambda > 1e-2 * ref.Lambda.max()
+            np.testing.assert_allclose(b.Lambda[:lead.sum()], ref.Lambda[lead], rtol=1e-4)
+    for pair, e in mixed.edges.items():
+        assert abs(e.sum() / reference.edges[pair].sum() - 1) < 1e-4, pair
+    for name in mixed.grams:
+        ref = reference.grams[name]
+        assert np.abs(mixed.grams[name] - ref).max() < 1e-5 * np.abs(ref).max(), name
+
+
+def _check_steps(texts, n_layers):
+    assert len(texts) >= n_layers  # statistics, M' and edges
+    for text in texts:
+        assert not wide_arrays(text), wide_arrays(text)
+        dots = re.findall(r"stablehlo\.(?:dot_general|dot)\b[^\n]*", text)
+        assert all("HIGHEST" in d for d in dots), [d for d in dots if "HIGHEST" not in d][:1]
+
+
+def test_mixed_steps_are_32_bit_at_highest_precision_and_agree_with_float64():
+    assert jax.config.jax_enable_x64  # the tests' setting, under which a float64 would show
+    layers = ("ln1.0", "ln2.0", "unembed", "output")  # attention and MLP forms
+    model, tokens = tiny_transformer(layers)
+    with LoweredSteps() as float64_steps:
+        reference = build(model, tokens, BuildConfig())
+    assert all(any("f64" in w for w in wide_arrays(t)) for t in float64_steps.texts)  # it can see
+    with LoweredSteps() as steps:
+        mixed = build(model, tokens, MIXED)
+    _check_steps(steps.texts, len(layers))
+    _assert_close_to(mixed, reference)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("cfg", [
+    MIXED,
+    dataclasses.replace(MIXED, fast_paths=False, n_stochastic_sources_basis_pos=2,
+                        n_stochastic_sources_edges=2),
+], ids=["LayerNorm forms", "general path, stochastic sources"])
+def test_every_path_of_a_mixed_build_is_32_bit_and_agrees(cfg):
+    layers = ("ln1.0", "ln1_out.0", "attn_in.0", "ln2.0", "ln2_out.0", "mlp_in.0", "mlp_out.0")
+    model, tokens = tiny_ln_transformer(layers)
+    reference = build(model, tokens, dataclasses.replace(cfg, precision="float64"))
+    with LoweredSteps() as steps:
+        mixed = build(model, tokens, cfg)
+    _check_steps(steps.texts, len(layers))
+    _assert_close_to(mixed, reference)
+
+
+def test_a_mixed_build_runs_with_x64_off_and_builds_resume_only_in_their_precision(tmp_path):
+    model, tokens = tiny_transformer(("ln2.0", "unembed", "output"))
+    reference = build(model, tokens, BuildConfig(), out_dir=tmp_path / "float64")
+    with jax.enable_x64(False):
+        mixed = build(model, tokens, MIXED, out_dir=tmp_path / "mixed")
+        with pytest.raises(StoreError, match="differs in: config"):
+            build(model, tokens, MIXED, out_dir=tmp_path / "float64")
+    _assert_close_to(mixed, reference)
+    with pytest.raises(StoreError, match="differs in: config"):
+        build(model, tokens, BuildConfig(), out_dir=tmp_path / "mixed")
+
+
+def test_the_float64_policy_refuses_x64_off_and_names_the_mixed_policy():
+    model, tokens = tiny_transformer(("ln1.0", "ln2.0", "unembed", "output"))
+    with jax.enable_x64(False):
+        with pytest.raises(ConfigError, match="precision='mixed'"):
+            build(model, tokens[:8], BuildConfig())
+
+
+@pytest.mark.parametrize("field,value,message", [
+    ("precision", "float16", "unknown precision policy 'float16'"),
+    ("relative_truncation_threshold", 1.5, r"in \[0, 1\)"),
+    ("relative_truncation_threshold", -1e-6, r"in \[0, 1\)"),
+])
+def test_bad_precision_options_are_refused(field, value, message):
+    model, tokens = tiny_transformer(("ln1.0", "ln2.0", "unembed", "output"))
+    with pytest.raises(ConfigError, match=message):
+        build(model, tokens, BuildConfig(**{field: value}))
+
+
+def test_the_relative_threshold_defaults_per_policy():
+    assert BuildConfig().relative_threshold == 0.0
+    assert BuildConfig(precision="mixed").relative_threshold == 1e-6
+    assert BuildConfig(precision="mixed", relative_truncation_threshold=0).relative_threshold == 0
+
+
+def test_the_relative_threshold_drops_small_free_directions_but_never_the_constant():
+    variances = np.array([4e8, 1e3, 1e2, 1e-3, 1e-9])  # the constant's 1 is far below 1e-6 x 4e8
+    gram = np.diag(np.append(variances, 1.0))
+    mean = np.append(np.zeros(5), 1.0)
+    assert pca_basis(gram, mean, threshold=1e-15).dim == 6
+    kept = pca_basis(gram, mean, threshold=1e-15, relative=1e-6)
+    np.testing.assert_array_equal(kept.gram_eigenvalues, [1.0, 4e8, 1e3])
+    # Lambdas: with M' = diag(m) in these coordinates, Lambda_j = D_j m_j
+    d, lam = np.array([4.0, 3.0, 2.0, 1.0, 0.5]), np.array([1.0, 0.5, 1e-2, 1e-3, 1e-5])
+    gram, m_prime = np.diag(np.append(d, 1.0)), np.diag(np.append(lam / d, 1e-9))
+    lib = lib_basis(gram, mean, m_prime, threshold=1e-15, relative=1e-3)
+    np.testing.assert_allclose(lib.Lambda, [1e-9, 1.0, 0.5, 1e-2, 1e-3])  # constant first
