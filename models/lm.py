@@ -27,7 +27,7 @@ from models import checkpoints, hf, text, transformer, weight_processing
 
 # Hugging Face activation names -> ours (``gelu_pytorch_tanh`` is the same formula as gelu_new).
 ACTIVATIONS = {"gelu_new": "gelu_new", "gelu_pytorch_tanh": "gelu_new", "gelu": "gelu",
-               "relu": "relu"}
+               "relu": "relu", "silu": "silu", "swish": "silu"}
 BLOCK_NODE_MODULES = ("ln1", "ln1_out", "attn_in", "ln2", "ln2_out", "mlp_in")
 
 
@@ -88,9 +88,10 @@ class LanguageModel(nn.Module):
         return x @ p("unembed.W_U", (c.d_model, c.d_vocab)) + p("unembed.b_U", (c.d_vocab,), zeros)
 
 
-def expected_shapes(cfg: transformer.TransformerConfig) -> dict[str, tuple[int, ...]]:
-    """TransformerLens name -> shape of every parameter of :class:`LanguageModel`."""
-    variables = jax.eval_shape(LanguageModel(cfg).init, jax.random.key(0),
+def expected_shapes(cfg: transformer.TransformerConfig,
+                    model: type[nn.Module] = LanguageModel) -> dict[str, tuple[int, ...]]:
+    """TransformerLens name -> shape of every parameter of ``model`` (:class:`LanguageModel`)."""
+    variables = jax.eval_shape(model(cfg).init, jax.random.key(0),
                                jnp.zeros((1, 1), jnp.int32))
     return {k: tuple(v.shape) for k, v in variables["params"].items()}
 
@@ -98,7 +99,7 @@ def expected_shapes(cfg: transformer.TransformerConfig) -> dict[str, tuple[int, 
 def sectioned(name: str, cfg: transformer.TransformerConfig, tl: dict, node_layers,
               n_pos: int, dtype=np.float64):
     """Process (TransformerLens), bias-fold and cut the model for inputs of ``n_pos`` tokens."""
-    processed = weight_processing.process(tl, cfg.n_layers)
+    processed = weight_processing.process(tl, cfg.n_layers, rms=cfg.normalization == "RMS")
     folded = {k: jnp.asarray(v) for k, v in transformer.fold_biases(cfg, processed, dtype).items()}
     return transformer.sectioned_model(name, cfg, folded, node_layers, n_pos)
 
@@ -121,6 +122,10 @@ class HFWeights:
         self._left = {k.removeprefix("transformer."): v for k, v in weights.items()
                       if not k.endswith(buffer_suffixes)}
 
+    def take_optional(self, name: str) -> np.ndarray | None:
+        """The tensor ``name``, or None where the checkpoint has none (optional biases)."""
+        return self._left.pop(name, None)
+
     def take(self, name: str) -> np.ndarray:
         if name not in self._left:
             raise CheckpointError(f"the {self.what} checkpoint has no weight {name!r}; is it a "
@@ -142,6 +147,10 @@ class HFWeights:
         tied = "lm_head.weight" not in self._left
         tl["unembed.W_U"] = (tl["embed.W_E"] if tied else self.take("lm_head.weight")).T
         tl["unembed.b_U"] = np.zeros(d_vocab, tl["unembed.W_U"].dtype)
+        return self.all_used(tl)
+
+    def all_used(self, tl: dict) -> dict:
+        """``tl``, after refusing the tensors that the conversion did not use."""
         if self._left:
             raise CheckpointError(f"the checkpoint has weights a {self.what} model does not use: "
                                   f"{sorted(self._left)[:8]}")
@@ -173,6 +182,7 @@ class LMFamily:
       n_samples, n_gram_samples: default sample counts (the paper's).
       batch_sizes: ``BuildConfig`` batch sizes for this model.
       max_documents: documents read from a hub dataset (the paper's first 100k).
+      model: the unprocessed Flax model whose parameter shapes the checkpoint must have.
     """
 
     name: str
@@ -187,6 +197,7 @@ class LMFamily:
     n_gram_samples: int
     batch_sizes: dict
     max_documents: int = 100_000
+    model: type[nn.Module] = LanguageModel
 
     def _checkpoint(self, opts) -> tuple[Path, dict, transformer.TransformerConfig]:
         directory = _resolve(opts.checkpoint or self.default_checkpoint, self.label)
@@ -224,8 +235,9 @@ class LMFamily:
     def load(self, opts, node_layers):
         directory, _, cfg = self._checkpoint(opts)
         tl = self.to_tl(hf.read_weights(directory), cfg)
-        tl["pos_embed.W_pos"] = tl["pos_embed.W_pos"][:cfg.n_ctx]
-        checkpoints.check_shapes(tl, expected_shapes(cfg), directory)
+        if "pos_embed.W_pos" in tl:  # rotary models have none
+            tl["pos_embed.W_pos"] = tl["pos_embed.W_pos"][:cfg.n_ctx]
+        checkpoints.check_shapes(tl, expected_shapes(cfg, self.model), directory)
         return sectioned(self.name, cfg, tl, node_layers, self._n_ctx(opts, cfg),
                          np.dtype(opts.dtype))
 

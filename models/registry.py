@@ -13,7 +13,7 @@ from typing import Optional, Protocol, Sequence
 import numpy as np
 
 from libjax.errors import ConfigError, DataError
-from models import gpt2, gptneo, mlp, modadd, modadd_fourier
+from models import gpt2, gptneo, llama, mlp, modadd, modadd_fourier, pythia
 from models.sectioned import SectionedModel
 
 DTYPES = ("float64", "float32")
@@ -144,7 +144,8 @@ class ModAdd:
 
 
 FAMILIES: dict[str, Family] = {"modadd": ModAdd(), "mlp": mlp.MLPFamily(), "gpt2": gpt2.FAMILY,
-                               "tinystories-1m": gptneo.TINYSTORIES}
+                               "tinystories-1m": gptneo.TINYSTORIES, "pythia": pythia.PYTHIA,
+                               "llama": llama.LLAMA}
 PLANNED: dict[str, str] = {}
 
 
