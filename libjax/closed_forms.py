@@ -37,8 +37,8 @@ def moments(form, params, xs, sample_weights, alphas, weights):
         return mlp_form.derivative_moments(form.act, form.weights(params)["B"], xs,
                                            sample_weights, alphas, weights)
     if form.kind == "ln_in":
-        return ln_form.ln_in_moments(xs, sample_weights, alphas, weights)
-    return ln_form.ln_out_moments(xs, sample_weights, alphas, weights, form.eps)
+        return ln_form.ln_in_moments(xs, sample_weights, alphas, weights, form.centre)
+    return ln_form.ln_out_moments(xs, sample_weights, alphas, weights, form.eps, form.centre)
 
 
 def m_prime(form, params, sums, rows: float, k):
@@ -52,7 +52,7 @@ def m_prime(form, params, sums, rows: float, k):
         return mlp_form.m_prime(weights, sums, k)
     if form.kind == "ln_in":
         return ln_form.ln_in_m_prime(sums, k)
-    return ln_form.ln_out_m_prime(sums, k, form.keep_resid)
+    return ln_form.ln_out_m_prime(sums, k, form.keep_resid, form.centre)
 
 
 def takes_edge_sources(form) -> bool:
@@ -86,6 +86,7 @@ def edges(form, params, x_hat, sample_weights, c_in_pinv, c_out, alphas, weights
                                                          weights, chunk)
         return mlp_form.squared_edges_sum(*args, c_in_pinv, c_out, alphas, weights, chunk)
     if form.kind == "ln_in":
-        return ln_form.ln_in_edges(x_hat, sample_weights, c_in_pinv, c_out, alphas, weights)
+        return ln_form.ln_in_edges(x_hat, sample_weights, c_in_pinv, c_out, alphas, weights,
+                                   form.centre)
     return ln_form.ln_out_edges(x_hat, sample_weights, c_in_pinv, c_out, alphas, weights,
-                                form.eps, form.keep_resid)
+                                form.eps, form.keep_resid, form.centre)

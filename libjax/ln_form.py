@@ -9,6 +9,10 @@ Inputs are row vectors whose last coordinate is the folded-bias 1; ``x~`` is ``x
   Integrated Jacobian ``[[a, 0], [sigma P, I]]`` with ``sigma = sum_k w_k / s(alpha_k)`` and
   ``a = -x~ sum_k w_k alpha_k / (2 s(alpha_k)^3)`` (``s(alpha) = sqrt(alpha v + eps)``).
 
+RMSNorm's halves (``centre=False``: the mean square ``|x^|^2 / d`` and ``n = x^ / s``, with ``x^``
+the first ``d`` coordinates unchanged and the last set to 0, and ``P`` the matrix doing that) have
+the same Jacobians with ``x^`` for ``x~``.
+
 Per token each Jacobian is a constant plus a rank-one and a scalar-weighted term, so ``M'`` needs
 only a few sums over tokens (at most one ``d x d`` Gram) and the edges only matrix products of
 token sums, instead of one VJP per output direction and ``P_out x d_in^2`` outer products.
@@ -21,17 +25,21 @@ import numpy as np
 from flax import struct
 
 
-def centring(width: int) -> np.ndarray:
-    """``P``: centres the first ``width - 1`` coordinates and zeroes the last (float64)."""
+def centring(width: int, centre: bool = True) -> np.ndarray:
+    """``P``: centres the first ``width - 1`` coordinates (unless not ``centre``) and zeroes the
+    last (float64)."""
     d = width - 1
     p = np.eye(width)
-    p[:d, :d] -= 1.0 / d
+    if centre:
+        p[:d, :d] -= 1.0 / d
     p[d, d] = 0.0
     return p
 
 
-def _centred(x):
-    body = x[..., :-1] - jnp.mean(x[..., :-1], axis=-1, keepdims=True)
+def _centred(x, centre: bool = True):
+    body = x[..., :-1]
+    if centre:
+        body = body - jnp.mean(body, axis=-1, keepdims=True)
     return jnp.concatenate([body, jnp.zeros_like(x[..., -1:])], axis=-1)
 
 
@@ -56,14 +64,14 @@ class LNInMoments:
         return cls(np.zeros(()), np.zeros(width), np.zeros((width, width)))  # host
 
 
-def _ln_in_u(x, alphas, weights):
+def _ln_in_u(x, alphas, weights, centre: bool):
     abar = sum(w * a for a, w in zip(alphas, weights))
-    return 2 * abar * _centred(x) / (x.shape[-1] - 1)
+    return 2 * abar * _centred(x, centre) / (x.shape[-1] - 1)
 
 
-def ln_in_moments(xs, sample_weights, alphas, weights) -> LNInMoments:
+def ln_in_moments(xs, sample_weights, alphas, weights, centre: bool = True) -> LNInMoments:
     """Token sums of one batch ``xs`` ``(batch, pos, D)``."""
-    u = _ln_in_u(xs, alphas, weights).astype(jnp.float64)
+    u = _ln_in_u(xs, alphas, weights, centre).astype(jnp.float64)
     w = _row_weights(sample_weights, xs.shape)
     return LNInMoments(jnp.sum(w), jnp.einsum("bp,bpi->i", w, u),
                        jnp.einsum("bp,bpi,bpj->ij", w, u, u))
@@ -76,13 +84,13 @@ def ln_in_m_prime(m: LNInMoments, k):
     return k[0, 0] * m.s_uu + cross + cross.T + m.rows * k[1:, 1:]
 
 
-def ln_in_edges(x_hat, sample_weights, c_in_pinv, c_out, alphas, weights):
+def ln_in_edges(x_hat, sample_weights, c_in_pinv, c_out, alphas, weights, centre: bool = True):
     """Unnormalised squared edges ``(r_out, r_in)`` of one batch: per token the Jacobian in basis
     coordinates is ``g ⊗ c0 + A`` with ``g = C_in^+ u``, ``c0 = C_out[0]``,
     ``A = C_in^+ C_out[1:]``."""
     x = x_hat @ c_in_pinv
     c_out = _identity_if_none(c_out, x.shape[-1] + 1, x.dtype)
-    g = _ln_in_u(x, alphas, weights) @ c_in_pinv.T  # (batch, pos, r_in)
+    g = _ln_in_u(x, alphas, weights, centre) @ c_in_pinv.T  # (batch, pos, r_in)
     f2 = (_row_weights(sample_weights, x.shape)[..., None] * x_hat ** 2).astype(jnp.float64)
     g = g.astype(jnp.float64)
     s0, s1, s2 = (jnp.einsum("bpj->j", f2), jnp.einsum("bpj,bpj->j", f2, g),
@@ -110,7 +118,7 @@ class LNOutMoments:
         return cls(z, z, z, np.zeros(width), np.zeros(width), np.zeros((width, width)))
 
 
-def _ln_out_factors(xs, alphas, weights, eps):
+def _ln_out_factors(xs, alphas, weights, eps, centre: bool):
     """``a`` ``(..., D)`` and ``sigma`` ``(...)`` of the integrated Jacobian at inputs ``xs``."""
     v, x = xs[..., 0], xs[..., 1:]
     sigma, coef = 0.0, 0.0
@@ -118,12 +126,12 @@ def _ln_out_factors(xs, alphas, weights, eps):
         s = jnp.sqrt(jnp.maximum(alpha * v, 0.0) + eps)
         sigma = sigma + w / s
         coef = coef + w * alpha * (alpha * v > 0) / (2 * s ** 3)
-    return -coef[..., None] * _centred(x), sigma
+    return -coef[..., None] * _centred(x, centre), sigma
 
 
-def ln_out_moments(xs, sample_weights, alphas, weights, eps) -> LNOutMoments:
+def ln_out_moments(xs, sample_weights, alphas, weights, eps, centre: bool = True) -> LNOutMoments:
     """Token sums of one batch ``xs`` ``(batch, pos, 1 + D)``."""
-    a, sigma = _ln_out_factors(xs, alphas, weights, eps)
+    a, sigma = _ln_out_factors(xs, alphas, weights, eps, centre)
     a, sigma = a.astype(jnp.float64), sigma.astype(jnp.float64)
     w = _row_weights(sample_weights, xs.shape)
     return LNOutMoments(jnp.sum(w), jnp.sum(w * sigma ** 2), jnp.sum(w * sigma),
@@ -131,11 +139,11 @@ def ln_out_moments(xs, sample_weights, alphas, weights, eps) -> LNOutMoments:
                         jnp.einsum("bp,bpi,bpj->ij", w, a, a))
 
 
-def ln_out_m_prime(m: LNOutMoments, k, keep_resid: bool):
+def ln_out_m_prime(m: LNOutMoments, k, keep_resid: bool, centre: bool = True):
     """Unnormalised ``M'`` ``(1+D, 1+D)``; ``k = C C^T`` of the output ``(n, x)`` or ``n`` (on
     the host: NumPy sums and ``k``)."""
     width = m.s_a.shape[0]
-    p = centring(width)
+    p = centring(width, centre)
     k_nn = k[:width, :width]
     vv = np.sum(k_nn * m.s_aa)
     vr = m.s_as @ k_nn @ p
@@ -149,7 +157,7 @@ def ln_out_m_prime(m: LNOutMoments, k, keep_resid: bool):
 
 
 def ln_out_edges(x_hat, sample_weights, c_in_pinv, c_out, alphas, weights, eps,
-                 keep_resid: bool):
+                 keep_resid: bool, centre: bool = True):
     """Unnormalised squared edges ``(r_out, r_in)`` of one batch: per token the Jacobian in basis
     coordinates is ``c_v ⊗ (a C_n) + sigma A1 + A2`` with ``c_v = C_in^+[:, 0]``,
     ``A1 = C_in^+[:, 1:] P C_n``, ``A2 = C_in^+[:, 1:] C_x`` (``C_n``/``C_x``: rows of ``C_out``
@@ -157,10 +165,10 @@ def ln_out_edges(x_hat, sample_weights, c_in_pinv, c_out, alphas, weights, eps,
     xs = x_hat @ c_in_pinv
     width = xs.shape[-1] - 1
     c_out = _identity_if_none(c_out, width * (2 if keep_resid else 1), xs.dtype)
-    a, sigma = _ln_out_factors(xs, alphas, weights, eps)
+    a, sigma = _ln_out_factors(xs, alphas, weights, eps, centre)
     f64 = lambda t: t.astype(jnp.float64)  # noqa: E731
     c_n, c_v, c_x = f64(c_out[:width]), f64(c_in_pinv[:, 0]), f64(c_in_pinv[:, 1:])
-    a1 = c_x @ centring(width) @ c_n  # (r_in, r_out)
+    a1 = c_x @ centring(width, centre) @ c_n  # (r_in, r_out)
     b = f64(a) @ c_n  # (batch, pos, r_out)
     sigma = f64(sigma)
     f2 = f64(_row_weights(sample_weights, xs.shape)[..., None] * x_hat ** 2)

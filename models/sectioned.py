@@ -44,8 +44,10 @@ class MLPForm:
 @dataclasses.dataclass(frozen=True)
 class LayerNormInForm:
     """Declares the section ``x -> (var(x), x)`` at every position: the variance of the first
-    ``width - 1`` coordinates (the last is the folded bias), then the input itself (SPEC 4.3)."""
+    ``width - 1`` coordinates (the last is the folded bias), then the input itself (SPEC 4.3);
+    with ``centre=False`` (RMSNorm) their mean square instead."""
 
+    centre: bool = True
     kind = "ln_in"
 
 
@@ -53,10 +55,12 @@ class LayerNormInForm:
 class LayerNormOutForm:
     """Declares the section ``(v, x) -> (n, x)`` (or ``n`` alone without ``keep_resid``) at every
     position, ``n = ((x_j - mean) / sqrt(max(v, 0) + eps))_j`` over the first ``width - 1``
-    coordinates followed by the constant 1 (SPEC 4.3)."""
+    coordinates followed by the constant 1 (SPEC 4.3); with ``centre=False`` (RMSNorm) nothing is
+    subtracted, ``n = x_j / sqrt(max(v, 0) + eps)``."""
 
     eps: float
     keep_resid: bool
+    centre: bool = True
     kind = "ln_out"
 
 

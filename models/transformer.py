@@ -383,7 +383,7 @@ def _without_form(cfg: TransformerConfig, kinds: tuple[str, ...]) -> bool:
     """Whether a section made of ``kinds`` holds a structure that no closed form covers."""
     attention = "attn_in" in kinds or "attn_out" in kinds
     norms = {"ln1", "ln1_out", "ln2", "ln2_out", "ln_final", "ln_final_out"}
-    return ((cfg.normalization == "RMS" and bool(norms & set(kinds)))
+    return ((cfg.normalization == "RMS" and bool(norms & set(kinds)) and len(kinds) > 1)
             or (cfg.parallel_attn_mlp and bool({"ln2", "ln2_out", "add_resid1"} & set(kinds)))
             or (attention and (cfg.rotary or cfg.kv_heads != cfg.n_heads))
             or (cfg.gated_mlp and bool({"mlp_in", "mlp_act"} & set(kinds))))
@@ -403,9 +403,10 @@ def section_form(cfg: TransformerConfig, span: tuple[str, ...]) -> sectioned.Sec
     ``ln2``/``ln2_out`` (input ``resid``: ``resid + act(resid W_in) W_out``); and the unembedding
     alone (``n W_U``).
 
-    The structures of Pythia and the Llama family have no form yet (libjax takes its general VJP
-    path there): RMSNorm halves, parallel blocks' ``ln2`` halves and attention (whose output
-    keeps the input residual), rotary or grouped-query attention, and the gated MLP.
+    RMSNorm halves alone get the LayerNorm forms without centring. The other structures of
+    Pythia and the Llama family have no form yet (libjax takes its general VJP path there):
+    parallel blocks' ``ln2`` halves and attention (whose output keeps the input residual),
+    rotary or grouped-query attention, and the gated MLP.
     """
     kinds = tuple(m.split(".")[0] for m in span)
     if _without_form(cfg, kinds):
@@ -414,10 +415,12 @@ def section_form(cfg: TransformerConfig, span: tuple[str, ...]) -> sectioned.Sec
         span = tuple(m for m in span if m.split(".")[0] not in _IDENTITY_WITHOUT_LN)
     kinds = tuple(m.split(".")[0] for m in span)
     if cfg.normalization is not None and len(kinds) == 1:
+        centre = cfg.normalization != "RMS"
         if kinds[0] in ("ln1", "ln2", "ln_final"):
-            return sectioned.LayerNormInForm()
+            return sectioned.LayerNormInForm(centre)
         if kinds[0] in ("ln1_out", "ln2_out", "ln_final_out"):
-            return sectioned.LayerNormOutForm(cfg.ln_eps, keep_resid=kinds[0] != "ln_final_out")
+            return sectioned.LayerNormOutForm(cfg.ln_eps, keep_resid=kinds[0] != "ln_final_out",
+                                              centre=centre)
     if kinds == ("unembed",):
         return sectioned.MLPForm(None, lambda p: {"R": p["unembed.W_U"]})
     attention = ("attn_in", "attn_out", "add_resid1")
