@@ -84,7 +84,8 @@ PYTHIA = lm.LMFamily(
     default_checkpoint="EleutherAI/pythia-14m",
     # SPEC 5 (pythia-1.4b configs): the Pile tokenised for GPT-NeoX, 128-token samples, 250 for
     # the bases and edges and 500 000 for the Grams, batch sizes 3/4/3.
-    default_dataset="apollo-research/sae-monology-pile-uncopyrighted-tokenizer-EleutherAI-gpt-neox-20b",
+    default_dataset=("apollo-research/"
+                     "sae-monology-pile-uncopyrighted-tokenizer-EleutherAI-gpt-neox-20b"),
     n_ctx=128, max_ctx=None, n_samples=250, n_gram_samples=500_000,
     batch_sizes={"batch_size": 3, "gram_batch_size": 4, "edge_batch_size": 3},
     max_documents=400_000, model=rotary_lm.RotaryLanguageModel)
