@@ -32,7 +32,8 @@ import jax.numpy as jnp  # noqa: E402
 import hf_tiny  # noqa: E402
 import hf_tiny_families as tiny  # noqa: E402
 from libjax.errors import CheckpointError  # noqa: E402
-from models import hf, llama, lm, pythia, registry, rotary_lm, weight_processing  # noqa: E402
+from models import (hf, llama, lm, pythia, registry, rotary_lm, transformer,  # noqa: E402
+                    weight_processing)
 
 N_POS = 12
 TOL = {np.float32: 1e-5, np.float64: 1e-10}
@@ -123,17 +124,12 @@ def test_logits_equal_hf_before_and_after_processing(name, dtype, checkpoints, t
     np.testing.assert_allclose(np.asarray(out), centred, rtol=0, atol=TOL[dtype])
 
 
-def _every_node_layer(cfg):
-    from models import transformer
-    return tuple(transformer.module_ids(cfg)[1:]) + ("output",)
-
-
 @pytest.mark.parametrize("name", NAMES)
 def test_node_layer_activations_equal_hf(name, checkpoints, tokens, monkeypatch):
     directory, model = checkpoints[name]
     logits, seen = hf_run(model, tokens, np.float64, monkeypatch)
     cfg, tl = ours(directory, ARCHS[name][1])
-    node_layers = _every_node_layer(cfg)
+    node_layers = tuple(transformer.module_ids(cfg)[1:]) + ("output",)  # every module point
     folded = lm.sectioned(name, cfg, tl, node_layers, N_POS)
     acts = jax.jit(jax.vmap(folded.all_acts, (None, 0)))(folded.params, jnp.asarray(tokens))
     acts = dict(zip(node_layers, map(np.asarray, acts)))
