@@ -7,7 +7,12 @@
 shipped checkpoint; train split; ``BuildConfig(batch_size=99999)``). ``gpt2``: block 6 of a
 GPT-2-small-sized model with random weights (seeded), on the benchmark tokens of
 ``../shared/data/gpt2_bench_tokens.npy``, with the paper's GPT-2 settings
-(``LMFamily.build_defaults``). ``--n_samples`` above the data's size repeats the data cyclically.
+(``LMFamily.build_defaults``). ``llama``: the same for a GPT-2-small-sized Llama-style model
+(d_model 768, 12 heads of 64, 4 key/value heads, gated MLP of 2048, RMSNorm, rotary), ``pythia``
+for a Pythia-160m-sized one (12 heads of 64, rotary on a quarter of each head, parallel blocks,
+d_mlp 3072), both at block 6 with random tokens below their vocabularies; these structures have
+no closed forms, so their builds take libjax's general VJP path. ``--n_samples`` above the data's
+size repeats the data cyclically.
 
 Each build runs under :class:`benchmarks.flops.JitCounter`, a
 :class:`benchmarks.measure.CompileLog` and a :class:`benchmarks.measure.CpuSampler`, so the
@@ -35,18 +40,26 @@ from libjax.runtime import precision  # noqa: E402
 
 precision.enable_float64()
 from benchmarks import flops, measure  # noqa: E402
+from libjax import build  # noqa: E402
 from libjax.runtime import cli  # noqa: E402
-from libjax import build
-from models.modadd import model as modadd  # noqa: E402
-from models.lm import gpt2
-from models.lm import model as lm
+from models.lm.model import gpt2, llama, pythia  # noqa: E402
+from models.lm.model import model as lm  # noqa: E402
+from models.modadd.model import model as modadd  # noqa: E402
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 GPT2_SMALL = {"model_type": "gpt2", "n_layer": 12, "n_embd": 768, "n_head": 12,
               "vocab_size": 50257, "n_positions": 1024, "activation_function": "gelu_new"}
 GPT2_LAYER, GPT2_CTX = 6, 128
+LLAMA_SMALL = {"model_type": "llama", "num_hidden_layers": 12, "hidden_size": 768,
+               "num_attention_heads": 12, "num_key_value_heads": 4, "intermediate_size": 2048,
+               "vocab_size": 49152, "max_position_embeddings": 2048, "hidden_act": "silu"}
+PYTHIA_160M = {"model_type": "gpt_neox", "num_hidden_layers": 12, "hidden_size": 768,
+               "num_attention_heads": 12, "intermediate_size": 3072, "vocab_size": 50304,
+               "max_position_embeddings": 2048, "rotary_pct": 0.25, "hidden_act": "gelu",
+               "use_parallel_residual": True}
 
-_MODEL = flags.DEFINE_enum("model", "modadd", ["modadd", "gpt2"], "which build")
+_MODEL = flags.DEFINE_enum("model", "modadd", ["modadd", "gpt2", "llama", "pythia"],
+                           "which build")
 _N_SAMPLES = flags.DEFINE_integer("n_samples", None,
                                   "samples for bases and edges (modadd: 3830, gpt2: 4)")
 _N_GRAM = flags.DEFINE_integer("n_gram_samples", None,
@@ -75,12 +88,12 @@ def modadd_setup():
     return modadd.sectioned(w, cfg), tokens, None, config, source
 
 
-def gpt2_weights(cfg, seed: int) -> dict:
+def gpt2_weights(cfg, seed: int, model=lm.LanguageModel) -> dict:
     """Random unprocessed GPT-2 weights: ``N(0, 0.02)``, LayerNorm scales ``1 + N(0, 0.02)``."""
     rng = np.random.default_rng(seed)
     return {name: (1.0 if name.endswith(".w") else 0.0)
             + 0.02 * rng.standard_normal(shape, np.float32)
-            for name, shape in lm.expected_shapes(cfg).items()}
+            for name, shape in lm.expected_shapes(cfg, model).items()}
 
 
 def gpt2_setup():
@@ -101,6 +114,23 @@ def gpt2_setup():
     config = build.BuildConfig(**{**gpt2.FAMILY.build_defaults(None), **sizes,
                                   "fast_paths": _FAST.value})
     return model, inputs, gram_inputs, config, source
+
+
+def rotary_setup(family, hf_config: dict):
+    """Block 6 of a random model of ``family`` (:mod:`models.llama`, :mod:`models.pythia`) at
+    context 128 on uniform random tokens, with the paper's LM settings."""
+    cfg = family.config_from_hf(hf_config)
+    weights = gpt2_weights(cfg, _SEED.value, family.model)
+    model = lm.sectioned(family.name, cfg, weights, lm.block_node_layers(GPT2_LAYER, cfg.n_layers),
+                         GPT2_CTX)
+    rng = np.random.default_rng(0)
+    inputs = rng.integers(0, cfg.d_vocab, (_N_SAMPLES.value or 2, GPT2_CTX), np.int32)
+    gram_inputs = rng.integers(0, cfg.d_vocab, (_N_GRAM.value or 4, GPT2_CTX), np.int32)
+    sizes = {"batch_size": _BATCH.value or 1, "edge_batch_size": _BATCH.value or 1,
+             "gram_batch_size": _GRAM_BATCH.value or family.batch_sizes["gram_batch_size"]}
+    config = build.BuildConfig(**{**family.build_defaults(None), **sizes,
+                                  "fast_paths": _FAST.value})
+    return model, inputs, gram_inputs, config, "uniform random tokens (numpy seed 0)"
 
 
 def timed_build(model, inputs, gram_inputs, config, compiles: measure.CompileLog,
@@ -136,8 +166,10 @@ def main(argv):
     del argv
     compiles, log = measure.CompileLog(), measure.LogCapture()
     record = {"model": _MODEL.value, "load_start": measure.load()}
-    model, inputs, gram_inputs, config, source = {"modadd": modadd_setup,
-                                                  "gpt2": gpt2_setup}[_MODEL.value]()
+    setups = {"modadd": modadd_setup, "gpt2": gpt2_setup,
+              "llama": lambda: rotary_setup(llama.FAMILY, LLAMA_SMALL),
+              "pythia": lambda: rotary_setup(pythia.FAMILY, PYTHIA_160M)}
+    model, inputs, gram_inputs, config, source = setups[_MODEL.value]()
     record.update(source=source, config=config.to_json(), n_samples=len(inputs),
                   n_gram_samples=len(inputs if gram_inputs is None else gram_inputs),
                   node_layers=list(model.node_layers), devices=jax.device_count(),

@@ -17,6 +17,8 @@ FAMILIES: dict[str, str] = {
     "mlp": "models.mlp.family",
     "gpt2": "models.lm.gpt2",
     "tinystories-1m": "models.lm.gptneo",
+    "pythia": "models.lm.pythia",
+    "llama": "models.lm.llama",
 }
 
 

@@ -13,6 +13,10 @@ Inputs are row vectors whose last coordinate is the folded-bias 1; ``x~`` is ``x
 Per token each Jacobian is a constant plus a rank-one and a scalar-weighted term, so ``M'`` needs
 only a few sums over tokens (at most one ``d x d`` Gram) and the edges only matrix products of
 token sums, instead of one VJP per output direction and ``P_out x d_in^2`` outer products.
+
+RMSNorm's halves (``centre=False``: the mean square ``|x^|^2 / d`` and ``n = x^ / s``, with ``x^``
+the first ``d`` coordinates unchanged and the last set to 0, and ``P`` the matrix doing that) have
+the same Jacobians with ``x^`` for ``x~``.
 """
 
 from __future__ import annotations
@@ -26,17 +30,21 @@ from flax import struct
 from libjax.forms import EDGES, Form, M_PRIME, next_k
 
 
-def centring(width: int) -> np.ndarray:
-    """``P``: centres the first ``width - 1`` coordinates and zeroes the last (float64)."""
+def centring(width: int, centre: bool = True) -> np.ndarray:
+    """``P``: centres the first ``width - 1`` coordinates (unless not ``centre``) and zeroes the
+    last (float64)."""
     d = width - 1
     p = np.eye(width)
-    p[:d, :d] -= 1.0 / d
+    if centre:
+        p[:d, :d] -= 1.0 / d
     p[d, d] = 0.0
     return p
 
 
-def _centred(x):
-    body = x[..., :-1] - jnp.mean(x[..., :-1], axis=-1, keepdims=True)
+def _centred(x, centre: bool = True):
+    body = x[..., :-1]
+    if centre:
+        body = body - jnp.mean(body, axis=-1, keepdims=True)
     return jnp.concatenate([body, jnp.zeros_like(x[..., -1:])], axis=-1)
 
 
@@ -61,14 +69,15 @@ class LNInMoments:
         return cls(np.zeros(()), np.zeros(width), np.zeros((width, width)))  # host
 
 
-def _ln_in_u(x, alphas, weights):
+def _ln_in_u(x, alphas, weights, centre: bool):
     abar = sum(w * a for a, w in zip(alphas, weights))
-    return 2 * abar * _centred(x) / (x.shape[-1] - 1)
+    return 2 * abar * _centred(x, centre) / (x.shape[-1] - 1)
 
 
-def ln_in_moments(xs, sample_weights, alphas, weights, acc=jnp.float64) -> LNInMoments:
+def ln_in_moments(xs, sample_weights, alphas, weights, acc=jnp.float64,
+                  centre: bool = True) -> LNInMoments:
     """Token sums of one batch ``xs`` ``(batch, pos, D)``, in ``acc``."""
-    u = _ln_in_u(xs, alphas, weights).astype(acc)
+    u = _ln_in_u(xs, alphas, weights, centre).astype(acc)
     w = _row_weights(sample_weights, xs.shape, acc)
     return LNInMoments(jnp.sum(w), jnp.einsum("bp,bpi->i", w, u),
                        jnp.einsum("bp,bpi,bpj->ij", w, u, u))
@@ -81,13 +90,14 @@ def ln_in_m_prime(m: LNInMoments, k):
     return k[0, 0] * m.s_uu + cross + cross.T + m.rows * k[1:, 1:]
 
 
-def ln_in_edges(x_hat, sample_weights, c_in_pinv, c_out, alphas, weights, acc=jnp.float64):
+def ln_in_edges(x_hat, sample_weights, c_in_pinv, c_out, alphas, weights, acc=jnp.float64,
+                centre: bool = True):
     """Unnormalised squared edges ``(r_out, r_in)`` of one batch: per token the Jacobian in basis
     coordinates is ``g ⊗ c0 + A`` with ``g = C_in^+ u``, ``c0 = C_out[0]``,
     ``A = C_in^+ C_out[1:]``."""
     x = x_hat @ c_in_pinv
     c_out = _identity_if_none(c_out, x.shape[-1] + 1, x.dtype)
-    g = _ln_in_u(x, alphas, weights) @ c_in_pinv.T  # (batch, pos, r_in)
+    g = _ln_in_u(x, alphas, weights, centre) @ c_in_pinv.T  # (batch, pos, r_in)
     f2 = (_row_weights(sample_weights, x.shape, acc)[..., None] * x_hat ** 2).astype(acc)
     g = g.astype(acc)
     s0, s1, s2 = (jnp.einsum("bpj->j", f2), jnp.einsum("bpj,bpj->j", f2, g),
@@ -115,7 +125,7 @@ class LNOutMoments:
         return cls(z, z, z, np.zeros(width), np.zeros(width), np.zeros((width, width)))
 
 
-def _ln_out_factors(xs, alphas, weights, eps):
+def _ln_out_factors(xs, alphas, weights, eps, centre: bool):
     """``a`` ``(..., D)`` and ``sigma`` ``(...)`` of the integrated Jacobian at inputs ``xs``."""
     v, x = xs[..., 0], xs[..., 1:]
     sigma, coef = 0.0, 0.0
@@ -123,12 +133,13 @@ def _ln_out_factors(xs, alphas, weights, eps):
         s = jnp.sqrt(jnp.maximum(alpha * v, 0.0) + eps)
         sigma = sigma + w / s
         coef = coef + w * alpha * (alpha * v > 0) / (2 * s ** 3)
-    return -coef[..., None] * _centred(x), sigma
+    return -coef[..., None] * _centred(x, centre), sigma
 
 
-def ln_out_moments(xs, sample_weights, alphas, weights, eps, acc=jnp.float64) -> LNOutMoments:
+def ln_out_moments(xs, sample_weights, alphas, weights, eps, acc=jnp.float64,
+                   centre: bool = True) -> LNOutMoments:
     """Token sums of one batch ``xs`` ``(batch, pos, 1 + D)``, in ``acc``."""
-    a, sigma = _ln_out_factors(xs, alphas, weights, eps)
+    a, sigma = _ln_out_factors(xs, alphas, weights, eps, centre)
     a, sigma = a.astype(acc), sigma.astype(acc)
     w = _row_weights(sample_weights, xs.shape, acc)
     return LNOutMoments(jnp.sum(w), jnp.sum(w * sigma ** 2), jnp.sum(w * sigma),
@@ -136,11 +147,11 @@ def ln_out_moments(xs, sample_weights, alphas, weights, eps, acc=jnp.float64) ->
                         jnp.einsum("bp,bpi,bpj->ij", w, a, a))
 
 
-def ln_out_m_prime(m: LNOutMoments, k, keep_resid: bool):
+def ln_out_m_prime(m: LNOutMoments, k, keep_resid: bool, centre: bool = True):
     """Unnormalised ``M'`` ``(1+D, 1+D)``; ``k = C C^T`` of the output ``(n, x)`` or ``n`` (on
     the host: NumPy sums and ``k``)."""
     width = m.s_a.shape[0]
-    p = centring(width)
+    p = centring(width, centre)
     k_nn = k[:width, :width]
     vv = np.sum(k_nn * m.s_aa)
     vr = m.s_as @ k_nn @ p
@@ -154,7 +165,7 @@ def ln_out_m_prime(m: LNOutMoments, k, keep_resid: bool):
 
 
 def ln_out_edges(x_hat, sample_weights, c_in_pinv, c_out, alphas, weights, eps,
-                 keep_resid: bool, acc=jnp.float64):
+                 keep_resid: bool, acc=jnp.float64, centre: bool = True):
     """Unnormalised squared edges ``(r_out, r_in)`` of one batch: per token the Jacobian in basis
     coordinates is ``c_v ⊗ (a C_n) + sigma A1 + A2`` with ``c_v = C_in^+[:, 0]``,
     ``A1 = C_in^+[:, 1:] P C_n``, ``A2 = C_in^+[:, 1:] C_x`` (``C_n``/``C_x``: rows of ``C_out``
@@ -162,10 +173,10 @@ def ln_out_edges(x_hat, sample_weights, c_in_pinv, c_out, alphas, weights, eps,
     xs = x_hat @ c_in_pinv
     width = xs.shape[-1] - 1
     c_out = _identity_if_none(c_out, width * (2 if keep_resid else 1), xs.dtype)
-    a, sigma = _ln_out_factors(xs, alphas, weights, eps)
+    a, sigma = _ln_out_factors(xs, alphas, weights, eps, centre)
     cast = lambda t: t.astype(acc)  # noqa: E731
     c_n, c_v, c_x = cast(c_out[:width]), cast(c_in_pinv[:, 0]), cast(c_in_pinv[:, 1:])
-    a1 = c_x @ jnp.asarray(centring(width), acc) @ c_n  # (r_in, r_out)
+    a1 = c_x @ jnp.asarray(centring(width, centre), acc) @ c_n  # (r_in, r_out)
     b = cast(a) @ c_n  # (batch, pos, r_out)
     sigma = cast(sigma)
     f2 = cast(_row_weights(sample_weights, xs.shape, acc)[..., None] * x_hat ** 2)
@@ -187,10 +198,12 @@ def ln_out_edges(x_hat, sample_weights, c_in_pinv, c_out, alphas, weights, eps,
 @dataclasses.dataclass(frozen=True)
 class LayerNormInForm(Form):
     """The section ``x -> (var(x), x)`` at every position: the variance of the first
-    ``width - 1`` coordinates (the last is the folded bias), then the input itself. Its edges
-    are exact, also where edge sources were asked for (they cost nothing extra)."""
+    ``width - 1`` coordinates (the last is the folded bias), then the input itself; with
+    ``centre=False`` (RMSNorm) their mean square instead. Its edges are exact, also where edge
+    sources were asked for (they cost nothing extra)."""
 
-    label = "closed form of a LayerNorm variance"
+    centre: bool = True
+    label = "closed form of a normaliser's statistic"
 
     def zero(self, task, params):
         return super().zero(task, params) if task.kind == EDGES else \
@@ -199,9 +212,9 @@ class LayerNormInForm(Form):
     def batch_sums(self, task, plan, params, x, sample_weights, signs, c_in_pinv, c_next):
         if task.kind == M_PRIME:
             return ln_in_moments(x, sample_weights, task.alphas, task.quad_weights,
-                                 task.acc_dtype)
+                                 task.acc_dtype, self.centre)
         return ln_in_edges(x, sample_weights, c_in_pinv, c_next, task.alphas, task.quad_weights,
-                           task.acc_dtype)
+                           task.acc_dtype, self.centre)
 
     def finish(self, task, params, sums, c_next):
         return sums if task.kind == EDGES else ln_in_m_prime(sums, next_k(task, c_next))
@@ -211,11 +224,13 @@ class LayerNormInForm(Form):
 class LayerNormOutForm(Form):
     """The section ``(v, x) -> (n, x)`` (or ``n`` alone without ``keep_resid``) at every
     position, ``n = ((x_j - mean) / sqrt(max(v, 0) + eps))_j`` over the first ``width - 1``
-    coordinates followed by the constant 1. Exact edges, as for :class:`LayerNormInForm`."""
+    coordinates followed by the constant 1; with ``centre=False`` (RMSNorm) nothing is
+    subtracted. Exact edges, as for :class:`LayerNormInForm`."""
 
     eps: float
     keep_resid: bool
-    label = "closed form of a LayerNorm normalisation"
+    centre: bool = True
+    label = "closed form of a normalisation"
 
     def zero(self, task, params):
         return super().zero(task, params) if task.kind == EDGES else \
@@ -224,11 +239,11 @@ class LayerNormOutForm(Form):
     def batch_sums(self, task, plan, params, x, sample_weights, signs, c_in_pinv, c_next):
         if task.kind == M_PRIME:
             return ln_out_moments(x, sample_weights, task.alphas, task.quad_weights, self.eps,
-                                  task.acc_dtype)
+                                  task.acc_dtype, self.centre)
         return ln_out_edges(x, sample_weights, c_in_pinv, c_next, task.alphas, task.quad_weights,
-                            self.eps, self.keep_resid, task.acc_dtype)
+                            self.eps, self.keep_resid, task.acc_dtype, self.centre)
 
     def finish(self, task, params, sums, c_next):
         if task.kind == EDGES:
             return sums
-        return ln_out_m_prime(sums, next_k(task, c_next), self.keep_resid)
+        return ln_out_m_prime(sums, next_k(task, c_next), self.keep_resid, self.centre)

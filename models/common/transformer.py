@@ -14,6 +14,15 @@ duplicates the residual, as in the reference.
 Attention is causal; GPT-Neo's local layers also mask keys ``local_attn_window`` or more positions
 back, and GPT-Neo does not scale the scores (``use_attn_scale=False``). The mask and scale are
 public (:func:`attention_mask`, :func:`attention_scale`) so that unfolded models share them.
+
+Pythia (GPT-NeoX) and the Llama family add (SPEC 4.3): rotary position embeddings
+(``positional_embedding="rotary"``: no ``pos_embed``/``add_embed``, ``W_E`` carries the constant 1,
+``attn_in`` rotates queries and keys, :func:`rotate`), grouped-query attention
+(``n_key_value_heads``), parallel attention and MLP (``parallel_attn_mlp``: ``add_resid1`` keeps
+the block's input residual beside ``resid + attn`` and ``ln2`` normalises that input), RMSNorm
+(``normalization="RMS"``: the ``ln*`` node is the mean square instead of the variance) and the
+gated MLP (``gated_mlp``: ``mlp_in`` emits the gate and up projections, ``mlp_act`` their product
+``act(gate) * up``).
 """
 
 from __future__ import annotations
@@ -52,6 +61,20 @@ class TransformerConfig:
     local_attn_layers: tuple[int, ...] = ()  # blocks with GPT-Neo local (sliding-window) attention
     local_attn_window: int = 256  # a query sees keys fewer than this many positions back
     last_pos_module: str | None = None  # e.g. "add_resid1.0": keep only the last position after it
+    positional_embedding: str = "standard"  # or "rotary" (GPT-NeoX half-split convention)
+    rotary_dim: int = 0  # leading dims of each query/key head that rotate (rotary only)
+    rotary_base: float = 10000.0  # theta of the rotary frequencies base ** (-2i / rotary_dim)
+    n_key_value_heads: int | None = None  # grouped-query attention (None: n_heads)
+    parallel_attn_mlp: bool = False  # attention and MLP both read the block's input (GPT-NeoX)
+    gated_mlp: bool = False  # (act(x W_gate) * (x W_in)) W_out (Llama); else act(x W_in) W_out
+
+    @property
+    def rotary(self) -> bool:
+        return self.positional_embedding == "rotary"
+
+    @property
+    def kv_heads(self) -> int:
+        return self.n_key_value_heads or self.n_heads
 
 
 ACTIVATIONS: dict[str, Callable] = {
@@ -59,6 +82,7 @@ ACTIVATIONS: dict[str, Callable] = {
     "identity": lambda x: x,
     "gelu_new": lambda x: jax.nn.gelu(x, approximate=True),
     "gelu": lambda x: jax.nn.gelu(x, approximate=False),
+    "silu": jax.nn.silu,
 }
 
 
@@ -75,6 +99,7 @@ _SCALAR_ACTIVATIONS: dict[str, Callable[[float], float]] = {
     "identity": lambda x: x,
     "gelu_new": lambda x: 0.5 * x * (1 + math.tanh(math.sqrt(2 / math.pi) * (x + 0.044715 * x**3))),
     "gelu": lambda x: 0.5 * x * (1 + math.erf(x / math.sqrt(2))),
+    "silu": lambda x: x / (1 + math.exp(-x)),
 }
 
 
@@ -96,33 +121,59 @@ def root_one(act_name: str) -> float:
 
 # --- module functions (per sample; every array is (pos, width)) -----------------------------------
 
-def _ln_in(normalized: bool):
+def _norm_stat(resid, rms: bool):
+    """The normaliser's node over the first d_model coords: the variance (LayerNorm) or the mean
+    square (RMSNorm)."""
+    body = resid[:, :-1]
+    if rms:
+        return jnp.mean(body**2, axis=-1, keepdims=True)
+    return jnp.var(body, axis=-1, keepdims=True)
+
+
+def _ln_in(normalized: bool, rms: bool = False):
     def fn(p, inputs):
         (resid,) = inputs
         if not normalized:
             return (resid,)
-        var = jnp.var(resid[:, :-1], axis=-1, keepdims=True)
-        return (var, resid)
+        return (_norm_stat(resid, rms), resid)
     return fn
 
 
-def _normalise(var, resid, eps: float):
-    """``(resid - mean) / sqrt(var + eps)`` on the first d_model coords, then the constant 1."""
+def _normalise(var, resid, eps: float, rms: bool = False):
+    """``(resid - mean) / sqrt(var + eps)`` on the first d_model coords, then the constant 1
+    (RMSNorm: ``resid / sqrt(mean square + eps)``, no mean subtracted)."""
     body = resid[:, :-1]
-    centred = body - jnp.mean(body, axis=-1, keepdims=True)
+    centred = body if rms else body - jnp.mean(body, axis=-1, keepdims=True)
     # Ablations can rotate the variance node below zero; clamp as the reference does.
     normed = centred / jnp.sqrt(jnp.maximum(var, 0.0) + eps)
     return jnp.concatenate([normed, jnp.ones_like(resid[:, -1:])], axis=-1)
 
 
-def _ln_out(normalized: bool, keep_resid: bool, eps: float):
+def _ln_out(normalized: bool, keep_resid: bool, eps: float, rms: bool = False):
     def fn(p, inputs):
         if not normalized:
             (resid,) = inputs
             return (resid, resid) if keep_resid else (resid,)
         var, resid = inputs
-        n = _normalise(var, resid, eps)
+        n = _normalise(var, resid, eps, rms)
         return (n, resid) if keep_resid else (n,)
+    return fn
+
+
+def _dual_ln_in(rms: bool):
+    """Parallel blocks' ``ln2``: ``(resid + attn, resid) -> (stat(resid), resid, resid + attn)``;
+    the MLP normalises the block's input residual, the attention's sum rides along."""
+    def fn(p, inputs):
+        summed, resid = inputs
+        return (_norm_stat(resid, rms), resid, summed)
+    return fn
+
+
+def _dual_ln_out(eps: float, rms: bool):
+    """Parallel blocks' ``ln2_out``: ``(stat, resid, resid + attn) -> (n(resid), resid + attn)``."""
+    def fn(p, inputs):
+        var, resid, summed = inputs
+        return (_normalise(var, resid, eps, rms), summed)
     return fn
 
 
@@ -134,9 +185,35 @@ def _attn_in(cfg: TransformerConfig, layer: int):
 
     def fn(p, inputs):
         n, resid = inputs
-        return (project(n, p[pre + "W_Q"]), project(n, p[pre + "W_K"]),
-                project(n, p[pre + "W_V"]), resid)
+        q, k = project(n, p[pre + "W_Q"]), project(n, p[pre + "W_K"])
+        if cfg.rotary:
+            q, k = rotate(cfg, q, cfg.n_heads), rotate(cfg, k, cfg.kv_heads)
+        return (q, k, project(n, p[pre + "W_V"]), resid)
     return fn
+
+
+def rotary_angles(cfg: TransformerConfig, n_pos: int) -> tuple[np.ndarray, np.ndarray]:
+    """``cos`` and ``sin`` ``(n_pos, rotary_dim)`` of the rotary angles ``t * base**(-2i/r)``
+    (each frequency twice, for the two halves), in float64 NumPy: constants of the model."""
+    r = cfg.rotary_dim
+    inv_freq = 1.0 / cfg.rotary_base ** (np.arange(0, r, 2, dtype=np.float64) / r)
+    angles = np.arange(n_pos, dtype=np.float64)[:, None] * inv_freq[None, :]
+    angles = np.concatenate([angles, angles], axis=-1)
+    return np.cos(angles), np.sin(angles)
+
+
+def rotate(cfg: TransformerConfig, x, n_heads: int):
+    """Rotary embedding of queries or keys ``(..., pos, n_heads * d_head)`` at positions
+    ``0..pos-1``: in each head the first ``rotary_dim`` dims, as two halves ``(x1, x2)``, become
+    ``x cos + (-x2, x1) sin`` (GPT-NeoX's half-split convention); the rest pass through."""
+    n_pos, r = x.shape[-2], cfg.rotary_dim
+    cos, sin = (jnp.asarray(a, x.dtype)[:, None, :] for a in rotary_angles(cfg, n_pos))
+    heads = x.reshape(*x.shape[:-1], n_heads, -1)
+    rot, rest = heads[..., :r], heads[..., r:]
+    half = r // 2
+    turned = jnp.concatenate([-rot[..., half:], rot[..., :half]], axis=-1)
+    heads = jnp.concatenate([rot * cos + turned * sin, rest], axis=-1)
+    return heads.reshape(x.shape)
 
 
 def attention_mask(cfg: TransformerConfig, layer: int, n_pos: int) -> np.ndarray:
@@ -158,7 +235,10 @@ def _attend(cfg: TransformerConfig, layer: int, p, q, k, v, queries: slice):
     """Attention output ``(queries, D)`` of the query positions ``queries`` (keys: all)."""
     pre, h = f"blocks.{layer}.attn.", cfg.n_heads
     # (heads, pos, e) layout: batch-like axes first, which XLA turns into fast batched matmuls
-    q, k, v = (rearrange(a, "p (h e) -> h p e", h=h) for a in (q[queries], k, v))
+    q = rearrange(q[queries], "p (h e) -> h p e", h=h)
+    # grouped-query attention: query head h reads key/value head h // (n_heads / kv_heads)
+    k, v = (jnp.repeat(rearrange(a, "p (h e) -> h p e", h=cfg.kv_heads), h // cfg.kv_heads, axis=0)
+            for a in (k, v))
     scores = q @ jnp.swapaxes(k, -1, -2) / attention_scale(cfg)
     allowed = attention_mask(cfg, layer, k.shape[1])[queries]
     pattern = jax.nn.softmax(jnp.where(allowed, scores, -jnp.inf), axis=-1)
@@ -182,23 +262,30 @@ def _attn_add_last(cfg: TransformerConfig, layer: int):
     return fn
 
 
-def _add(last_pos_only: bool):
+def _add(last_pos_only: bool, keep_resid: bool = False):
+    """``resid + update`` (``keep_resid``, for parallel blocks: ``(resid + update, resid)``)."""
     def fn(p, inputs):
         update, resid = inputs
         out = resid + update
+        if keep_resid:
+            return (out, resid)
         return (out[-1:] if last_pos_only else out,)
     return fn
 
 
-def _mlp_in(layer: int):
+def _mlp_in(layer: int, gated: bool = False):
     def fn(p, inputs):
         n, resid = inputs
-        return (n @ p[f"blocks.{layer}.mlp.W_in"], resid)
+        up = n @ p[f"blocks.{layer}.mlp.W_in"]
+        return (n @ p[f"blocks.{layer}.mlp.W_gate"], up, resid) if gated else (up, resid)
     return fn
 
 
-def _mlp_act(act: Callable):
+def _mlp_act(act: Callable, gated: bool = False):
     def fn(p, inputs):
+        if gated:
+            gate, up, resid = inputs
+            return (act(gate) * up, resid)
         pre, resid = inputs
         return (act(pre), resid)
     return fn
@@ -213,6 +300,11 @@ def _mlp_out(layer: int):
 
 def _embed(p, tokens):
     return (p["embed.W_E"][tokens], tokens)
+
+
+def _embed_rotary(p, tokens):
+    """Rotary models have no position embedding: ``W_E`` carries the constant 1 itself."""
+    return (p["embed.W_E"][tokens],)
 
 
 def _pos_embed(p, inputs):
@@ -232,28 +324,36 @@ def _unembed(p, inputs):
 
 def modules(cfg: TransformerConfig) -> list[sectioned.Module]:
     """The flat module list of a folded transformer, in reference order."""
-    ln = cfg.normalization is not None
+    ln, rms, eps = cfg.normalization is not None, cfg.normalization == "RMS", cfg.ln_eps
     act = activation(cfg.act_fn)
-    mods: list[sectioned.Module] = [("embed", _embed), ("pos_embed", _pos_embed),
-                                    ("add_embed", _add_embed)]
+    if cfg.parallel_attn_mlp and not ln:
+        raise ValueError("parallel attention and MLP need a normalisation (ln2 reads the block's "
+                         "input)")
+    mods: list[sectioned.Module] = [("embed", _embed_rotary if cfg.rotary else _embed)]
+    if not cfg.rotary:
+        mods += [("pos_embed", _pos_embed), ("add_embed", _add_embed)]
     for layer in range(cfg.n_layers):
         last1 = cfg.last_pos_module == f"add_resid1.{layer}"
         last2 = cfg.last_pos_module == f"add_resid2.{layer}"
+        if cfg.parallel_attn_mlp:
+            ln2 = [(f"ln2.{layer}", _dual_ln_in(rms)), (f"ln2_out.{layer}", _dual_ln_out(eps, rms))]
+        else:
+            ln2 = [(f"ln2.{layer}", _ln_in(ln, rms)),
+                   (f"ln2_out.{layer}", _ln_out(ln, keep_resid=True, eps=eps, rms=rms))]
         mods += [
-            (f"ln1.{layer}", _ln_in(ln)),
-            (f"ln1_out.{layer}", _ln_out(ln, keep_resid=True, eps=cfg.ln_eps)),
+            (f"ln1.{layer}", _ln_in(ln, rms)),
+            (f"ln1_out.{layer}", _ln_out(ln, keep_resid=True, eps=eps, rms=rms)),
             (f"attn_in.{layer}", _attn_in(cfg, layer)),
             (f"attn_out.{layer}", _attn_out(cfg, layer)),
-            (f"add_resid1.{layer}", _add(last1)),
-            (f"ln2.{layer}", _ln_in(ln)),
-            (f"ln2_out.{layer}", _ln_out(ln, keep_resid=True, eps=cfg.ln_eps)),
-            (f"mlp_in.{layer}", _mlp_in(layer)),
-            (f"mlp_act.{layer}", _mlp_act(act)),
+            (f"add_resid1.{layer}", _add(last1, keep_resid=cfg.parallel_attn_mlp)),
+            *ln2,
+            (f"mlp_in.{layer}", _mlp_in(layer, cfg.gated_mlp)),
+            (f"mlp_act.{layer}", _mlp_act(act, cfg.gated_mlp)),
             (f"mlp_out.{layer}", _mlp_out(layer)),
             (f"add_resid2.{layer}", _add(last2)),
         ]
-    mods += [("ln_final", _ln_in(ln)),
-             ("ln_final_out", _ln_out(ln, keep_resid=False, eps=cfg.ln_eps)),
+    mods += [("ln_final", _ln_in(ln, rms)),
+             ("ln_final_out", _ln_out(ln, keep_resid=False, eps=eps, rms=rms)),
              ("unembed", _unembed)]
     return mods
 
@@ -278,6 +378,16 @@ def sectioned_model(name: str, cfg: TransformerConfig, folded_params, node_layer
                          variances=variances)
 
 
+def _without_form(cfg: TransformerConfig, kinds: tuple[str, ...]) -> bool:
+    """Whether a section made of ``kinds`` holds a structure that no closed form covers."""
+    attention = "attn_in" in kinds or "attn_out" in kinds
+    norms = {"ln1", "ln1_out", "ln2", "ln2_out", "ln_final", "ln_final_out"}
+    return ((cfg.normalization == "RMS" and bool(norms & set(kinds)) and len(kinds) > 1)
+            or (cfg.parallel_attn_mlp and bool({"ln2", "ln2_out", "add_resid1"} & set(kinds)))
+            or (attention and (cfg.rotary or cfg.kv_heads != cfg.n_heads))
+            or (cfg.gated_mlp and bool({"mlp_in", "mlp_act"} & set(kinds))))
+
+
 # Modules that pass their input through unchanged when the model has no LayerNorm.
 _IDENTITY_WITHOUT_LN = ("ln1", "ln2", "ln_final", "ln_final_out")
 
@@ -291,15 +401,25 @@ def section_form(cfg: TransformerConfig, span: tuple[str, ...]) -> Form | None:
     at ``mlp_in`` (input ``(n, resid)``: ``resid + act(n W_in) W_out``) or, without LayerNorm, at
     ``ln2``/``ln2_out`` (input ``resid``: ``resid + act(resid W_in) W_out``); and the unembedding
     alone (``n W_U``).
+
+    RMSNorm halves alone get the LayerNorm forms without centring. The other structures of
+    Pythia and the Llama family have no form yet (libjax takes its general VJP path there):
+    parallel blocks' ``ln2`` halves and attention (whose output keeps the input residual),
+    rotary or grouped-query attention, and the gated MLP.
     """
+    kinds = tuple(m.split(".")[0] for m in span)
+    if _without_form(cfg, kinds):
+        return None
     if cfg.normalization is None:
         span = tuple(m for m in span if m.split(".")[0] not in _IDENTITY_WITHOUT_LN)
     kinds = tuple(m.split(".")[0] for m in span)
     if cfg.normalization is not None and len(kinds) == 1:
+        centre = cfg.normalization != "RMS"
         if kinds[0] in ("ln1", "ln2", "ln_final"):
-            return LayerNormInForm()
+            return LayerNormInForm(centre)
         if kinds[0] in ("ln1_out", "ln2_out", "ln_final_out"):
-            return LayerNormOutForm(cfg.ln_eps, keep_resid=kinds[0] != "ln_final_out")
+            return LayerNormOutForm(cfg.ln_eps, keep_resid=kinds[0] != "ln_final_out",
+                                    centre=centre)
     if kinds == ("unembed",):
         return MLPForm(None, lambda p: {"R": p["unembed.W_U"]})
     attention = ("attn_in", "attn_out", "add_resid1")
@@ -338,35 +458,45 @@ def section_form(cfg: TransformerConfig, span: tuple[str, ...]) -> Form | None:
 def fold_biases(cfg: TransformerConfig, tl: dict, dtype=np.float64) -> dict:
     """TransformerLens-named weights and biases -> folded weights (residual width d_model + 1).
 
-    Missing biases count as zero. Returns NumPy arrays of ``dtype``.
+    Missing biases count as zero. Rotary models have no ``W_pos``; their ``W_E`` gets the column
+    of ones. Gated MLPs fold ``W_gate`` with ``root_one`` and ``W_in`` (up) with 1 in the bias
+    row's extra column, so that ``act(gate) * up`` carries the constant 1. Returns NumPy arrays of
+    ``dtype``.
     """
     a = lambda k: np.asarray(tl[k], dtype=np.float64)  # noqa: E731
     zeros = lambda *s: np.zeros(s)  # noqa: E731
     get = lambda k, *s: a(k) if k in tl else zeros(*s)  # noqa: E731
     d, h, dh, m = cfg.d_model, cfg.n_heads, cfg.d_head, cfg.d_mlp
-    out = {
-        "embed.W_E": np.concatenate([a("embed.W_E"), zeros(cfg.d_vocab, 1)], axis=1),
-        "pos_embed.W_pos": np.concatenate(
-            [a("pos_embed.W_pos"), np.ones((len(tl["pos_embed.W_pos"]), 1))], axis=1),
-    }
+    hkv = cfg.kv_heads
+    constant = np.ones if cfg.rotary else np.zeros
+    out = {"embed.W_E": np.concatenate([a("embed.W_E"), constant((cfg.d_vocab, 1))], axis=1)}
+    if not cfg.rotary:
+        out["pos_embed.W_pos"] = np.concatenate(
+            [a("pos_embed.W_pos"), np.ones((len(tl["pos_embed.W_pos"]), 1))], axis=1)
     r = root_one(cfg.act_fn)
+
+    def fold_in(w, b, corner):  # (d, k) + bias (k,) -> (d+1, k+1); the new column is corner * e_d
+        top = np.concatenate([w, zeros(d, 1)], axis=1)
+        return np.concatenate([top, np.concatenate([b, [corner]])[None, :]], axis=0)
+
     for layer in range(cfg.n_layers):
         at, ml = f"blocks.{layer}.attn.", f"blocks.{layer}.mlp."
-        for name in ("Q", "K"):
-            w, b = a(at + f"W_{name}"), get(at + f"b_{name}", h, dh)
+        for name, heads in (("Q", h), ("K", hkv)):
+            w, b = a(at + f"W_{name}"), get(at + f"b_{name}", heads, dh)
             out[at + f"W_{name}"] = np.concatenate([w, b[:, None, :]], axis=1)
-        w_v, b_v = a(at + "W_V"), get(at + "b_V", h, dh)
-        w_v = np.concatenate([w_v, b_v[:, None, :]], axis=1)  # (h, d+1, dh)
-        extra = np.zeros((h, d + 1, 1))
+        w_v, b_v = a(at + "W_V"), get(at + "b_V", hkv, dh)
+        w_v = np.concatenate([w_v, b_v[:, None, :]], axis=1)  # (hkv, d+1, dh)
+        extra = np.zeros((hkv, d + 1, 1))
         extra[:, d, 0] = 1.0
         out[at + "W_V"] = np.concatenate([w_v, extra], axis=2)
         w_o, b_o = a(at + "W_O"), get(at + "b_O", d)
         w_o = np.concatenate([w_o, np.broadcast_to(b_o / h, (h, 1, d))], axis=1)  # (h, dh+1, d)
         out[at + "W_O"] = np.concatenate([w_o, zeros(h, dh + 1, 1)], axis=2)
-        w_in, b_in = a(ml + "W_in"), get(ml + "b_in", m)
-        top = np.concatenate([w_in, zeros(d, 1)], axis=1)
-        bottom = np.concatenate([b_in, [r]])[None, :]
-        out[ml + "W_in"] = np.concatenate([top, bottom], axis=0)
+        if cfg.gated_mlp:
+            out[ml + "W_gate"] = fold_in(a(ml + "W_gate"), get(ml + "b_gate", m), r)
+            out[ml + "W_in"] = fold_in(a(ml + "W_in"), get(ml + "b_in", m), 1.0)
+        else:
+            out[ml + "W_in"] = fold_in(a(ml + "W_in"), get(ml + "b_in", m), r)
         w_out, b_out = a(ml + "W_out"), get(ml + "b_out", d)
         w_out = np.concatenate([w_out, b_out[None, :]], axis=0)
         out[ml + "W_out"] = np.concatenate([w_out, zeros(m + 1, 1)], axis=1)

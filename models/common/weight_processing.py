@@ -17,6 +17,13 @@ Input and output are TransformerLens-named weight dicts (``blocks.L.attn.W_Q`` `
 So the processed model's residual stream is the original one minus its mean over ``d_model``,
 its logits are the original ones minus their mean over the vocabulary, and every LN output is
 unchanged. Everything is computed in float64.
+
+Models whose norms are RMSNorm (the Llama family, ``rms=True``) get only what stays exact there:
+each norm's scale is folded into the weights reading it, with no centring of reading or writing
+weights (RMSNorm does not subtract the mean, so the residual's mean is part of what it reads:
+removing it would change the model), then steps 3 and 4. Rotary models have no ``W_pos``;
+gated MLPs read ``ln2`` through ``W_gate`` as well as ``W_in``; with grouped-query attention each
+value head's bias reaches ``b_O`` through every query head that reads it.
 """
 
 from __future__ import annotations
@@ -28,8 +35,9 @@ def _centre(w, axis: int):
     return w - w.mean(axis=axis, keepdims=True)
 
 
-def fold_layer_norm(tl: dict, n_layers: int) -> dict:
-    """Fold each LN's ``w``/``b`` into the weights reading it, and centre those weights."""
+def fold_layer_norm(tl: dict, n_layers: int, centre: bool = True) -> dict:
+    """Fold each LN's ``w``/``b`` into the weights reading it, and centre those weights
+    (``centre=False`` for RMSNorm, which has no ``b`` and whose output is not mean-free)."""
     out = dict(tl)
 
     def fold(w_ln, b_ln, weight: str, bias: str, d_axis: int):
@@ -37,24 +45,31 @@ def fold_layer_norm(tl: dict, n_layers: int) -> dict:
         w = out[weight]
         shape = [1] * w.ndim
         shape[d_axis] = -1
-        out[bias] = out[bias] + np.sum(w * b_ln.reshape(shape), axis=d_axis)
-        out[weight] = _centre(w * w_ln.reshape(shape), d_axis)
+        if b_ln is not None:
+            out[bias] = out[bias] + np.sum(w * b_ln.reshape(shape), axis=d_axis)
+        scaled = w * w_ln.reshape(shape)
+        out[weight] = _centre(scaled, d_axis) if centre else scaled
+
+    def norm(name):
+        return out.pop(name + ".w"), out.pop(name + ".b", None)
 
     for layer in range(n_layers):
         block = f"blocks.{layer}."
-        w_ln1, b_ln1 = out.pop(block + "ln1.w"), out.pop(block + "ln1.b")
+        w_ln1, b_ln1 = norm(block + "ln1")
         for name in "QKV":
             fold(w_ln1, b_ln1, block + f"attn.W_{name}", block + f"attn.b_{name}", d_axis=1)
-        fold(out.pop(block + "ln2.w"), out.pop(block + "ln2.b"), block + "mlp.W_in",
-             block + "mlp.b_in", d_axis=0)
-    fold(out.pop("ln_final.w"), out.pop("ln_final.b"), "unembed.W_U", "unembed.b_U", d_axis=0)
+        w_ln2, b_ln2 = norm(block + "ln2")
+        for name in ("in", "gate"):
+            if block + f"mlp.W_{name}" in out:
+                fold(w_ln2, b_ln2, block + f"mlp.W_{name}", block + f"mlp.b_{name}", d_axis=0)
+    fold(*norm("ln_final"), "unembed.W_U", "unembed.b_U", d_axis=0)
     return out
 
 
 def center_writing_weights(tl: dict, n_layers: int) -> dict:
     """Centre everything written into the residual stream over ``d_model``."""
     out = dict(tl)
-    names = ["embed.W_E", "pos_embed.W_pos"]
+    names = ["embed.W_E"] + (["pos_embed.W_pos"] if "pos_embed.W_pos" in tl else [])
     for layer in range(n_layers):
         block = f"blocks.{layer}."
         names += [block + "attn.W_O", block + "attn.b_O", block + "mlp.W_out", block + "mlp.b_out"]
@@ -77,19 +92,24 @@ def fold_value_biases(tl: dict, n_layers: int) -> dict:
     out = dict(tl)
     for layer in range(n_layers):
         at = f"blocks.{layer}.attn."
-        out[at + "b_O"] = out[at + "b_O"] + np.einsum("he,hed->d", out[at + "b_V"], out[at + "W_O"])
+        b_v, w_o = out[at + "b_V"], out[at + "W_O"]
+        b_v = np.repeat(b_v, len(w_o) // len(b_v), axis=0)  # one per query head
+        out[at + "b_O"] = out[at + "b_O"] + np.einsum("he,hed->d", b_v, w_o)
         out[at + "b_V"] = np.zeros_like(out[at + "b_V"])
     return out
 
 
-def process(tl: dict, n_layers: int) -> dict:
-    """All four rewrites, in TransformerLens's order, on float64 copies of ``tl``.
+def process(tl: dict, n_layers: int, rms: bool = False) -> dict:
+    """All four rewrites, in TransformerLens's order, on float64 copies of ``tl`` (``rms``: the
+    RMSNorm subset, see the module docstring).
 
     ``tl`` must hold every bias (zeros where the architecture has none) and the LN parameters
-    ``blocks.L.ln1.w/b``, ``blocks.L.ln2.w/b``, ``ln_final.w/b``; the result has no LN parameters.
+    ``blocks.L.ln1.w/b``, ``blocks.L.ln2.w/b``, ``ln_final.w/b`` (RMSNorm: ``w`` only); the
+    result has no LN parameters.
     """
     tl = {k: np.asarray(v, np.float64) for k, v in tl.items()}
-    tl = fold_layer_norm(tl, n_layers)
-    tl = center_writing_weights(tl, n_layers)
+    tl = fold_layer_norm(tl, n_layers, centre=not rms)
+    if not rms:
+        tl = center_writing_weights(tl, n_layers)
     tl = center_unembed(tl)
     return fold_value_biases(tl, n_layers)

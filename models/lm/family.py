@@ -8,12 +8,13 @@ import functools
 from pathlib import Path
 from typing import Callable, Optional
 
+import flax.linen as nn
 import numpy as np
 
 from libjax.errors import CheckpointError, ConfigError
 from models.common import cards, checkpoints, hf, text, transformer
 from models.family import Data, Family
-from models.lm.model import block_node_layers, expected_shapes, sectioned
+from models.lm.model import LanguageModel, block_node_layers, expected_shapes, sectioned
 
 _resolve = functools.lru_cache(maxsize=8)(hf.resolve)
 
@@ -32,6 +33,7 @@ class LMFamily(Family):
       n_samples, n_gram_samples: default sample counts (the paper's).
       batch_sizes: ``BuildConfig`` batch sizes for this model.
       max_documents: documents read from a hub dataset (the paper's first 100k).
+      model: the unprocessed Flax model whose parameter shapes the checkpoint must have.
     """
 
     name: str
@@ -46,6 +48,7 @@ class LMFamily(Family):
     n_gram_samples: int
     batch_sizes: dict
     max_documents: int = 100_000
+    model: type[nn.Module] = LanguageModel
 
     def _checkpoint(self, opts) -> tuple[Path, dict, transformer.TransformerConfig]:
         directory = _resolve(opts.checkpoint or self.default_checkpoint, self.label)
@@ -83,8 +86,9 @@ class LMFamily(Family):
     def load(self, opts, node_layers):
         directory, _, cfg = self._checkpoint(opts)
         tl = self.to_tl(hf.read_weights(directory), cfg)
-        tl["pos_embed.W_pos"] = tl["pos_embed.W_pos"][:cfg.n_ctx]
-        checkpoints.check_shapes(tl, expected_shapes(cfg), directory)
+        if "pos_embed.W_pos" in tl:  # rotary models have none
+            tl["pos_embed.W_pos"] = tl["pos_embed.W_pos"][:cfg.n_ctx]
+        checkpoints.check_shapes(tl, expected_shapes(cfg, self.model), directory)
         return sectioned(self.name, cfg, tl, node_layers, self._n_ctx(opts, cfg),
                          np.dtype(opts.dtype))
 

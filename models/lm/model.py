@@ -22,7 +22,7 @@ from models.common import transformer, weight_processing
 
 # Hugging Face activation names -> ours (``gelu_pytorch_tanh`` is the same formula as gelu_new).
 ACTIVATIONS = {"gelu_new": "gelu_new", "gelu_pytorch_tanh": "gelu_new", "gelu": "gelu",
-               "relu": "relu"}
+               "relu": "relu", "silu": "silu", "swish": "silu"}
 BLOCK_NODE_MODULES = ("ln1", "ln1_out", "attn_in", "ln2", "ln2_out", "mlp_in")
 
 
@@ -83,9 +83,10 @@ class LanguageModel(nn.Module):
         return x @ p("unembed.W_U", (c.d_model, c.d_vocab)) + p("unembed.b_U", (c.d_vocab,), zeros)
 
 
-def expected_shapes(cfg: transformer.TransformerConfig) -> dict[str, tuple[int, ...]]:
-    """TransformerLens name -> shape of every parameter of :class:`LanguageModel`."""
-    variables = jax.eval_shape(LanguageModel(cfg).init, jax.random.key(0),
+def expected_shapes(cfg: transformer.TransformerConfig,
+                    model: type[nn.Module] = LanguageModel) -> dict[str, tuple[int, ...]]:
+    """TransformerLens name -> shape of every parameter of ``model`` (:class:`LanguageModel`)."""
+    variables = jax.eval_shape(model(cfg).init, jax.random.key(0),
                                jnp.zeros((1, 1), jnp.int32))
     return {k: tuple(v.shape) for k, v in variables["params"].items()}
 
@@ -93,7 +94,7 @@ def expected_shapes(cfg: transformer.TransformerConfig) -> dict[str, tuple[int, 
 def sectioned(name: str, cfg: transformer.TransformerConfig, tl: dict, node_layers,
               n_pos: int, dtype=np.float64):
     """Process (TransformerLens), bias-fold and cut the model for inputs of ``n_pos`` tokens."""
-    processed = weight_processing.process(tl, cfg.n_layers)
+    processed = weight_processing.process(tl, cfg.n_layers, rms=cfg.normalization == "RMS")
     folded = {k: jnp.asarray(v) for k, v in transformer.fold_biases(cfg, processed, dtype).items()}
     return transformer.sectioned_model(name, cfg, folded, node_layers, n_pos)
 
@@ -116,6 +117,10 @@ class HFWeights:
         self._left = {k.removeprefix("transformer."): v for k, v in weights.items()
                       if not k.endswith(buffer_suffixes)}
 
+    def take_optional(self, name: str) -> np.ndarray | None:
+        """The tensor ``name``, or None where the checkpoint has none (optional biases)."""
+        return self._left.pop(name, None)
+
     def take(self, name: str) -> np.ndarray:
         if name not in self._left:
             raise CheckpointError(f"the {self.what} checkpoint has no weight {name!r}; is it a "
@@ -137,6 +142,10 @@ class HFWeights:
         tied = "lm_head.weight" not in self._left
         tl["unembed.W_U"] = (tl["embed.W_E"] if tied else self.take("lm_head.weight")).T
         tl["unembed.b_U"] = np.zeros(d_vocab, tl["unembed.W_U"].dtype)
+        return self.all_used(tl)
+
+    def all_used(self, tl: dict) -> dict:
+        """``tl``, after refusing the tensors that the conversion did not use."""
         if self._left:
             raise CheckpointError(f"the checkpoint has weights a {self.what} model does not use: "
                                   f"{sorted(self._left)[:8]}")
