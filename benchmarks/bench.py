@@ -46,6 +46,8 @@ _GPT2_GRAM = flags.DEFINE_integer("gpt2_gram_samples", 16, "GPT-2 samples for th
 _GPT2_BATCH = flags.DEFINE_integer("gpt2_batch_size", 2, "GPT-2 batch for bases and edges")
 _GPT2_GRAM_BATCH = flags.DEFINE_integer("gpt2_gram_batch_size", 4, "GPT-2 batch for the Grams")
 _FAST = flags.DEFINE_boolean("fast_paths", True, "BuildConfig.fast_paths")
+_PRECISION = flags.DEFINE_enum("precision", "float64", ["float64", "mixed"],
+                               "BuildConfig.precision of every build")
 _SCALING = flags.DEFINE_list("scaling", ["modadd"], "models to scale: modadd, gpt2")
 _FACTORS = flags.DEFINE_list("factors", ["0.25", "4"], "sample-count factors to scale by")
 _DEVICES = flags.DEFINE_list("devices", ["2", "4"], "forced CPU device counts to scale to")
@@ -66,7 +68,7 @@ def worker(name: str, args: list[str], devices: int, tmp: Path, cache: str | Non
     launch = time.time()
     cmd = [sys.executable, str(HERE / "run_build.py"), *args, f"--out={out}",
            f"--launch_time={launch}", f"--matmul_n={_MATMUL_N.value}",
-           f"--fast_paths={_FAST.value}"]
+           f"--fast_paths={_FAST.value}", f"--precision={_PRECISION.value}"]
     print(f"== {name}: {' '.join(cmd[1:])}", file=sys.stderr, flush=True)
     try:
         run = subprocess.run(cmd, env=env, timeout=_TIMEOUT.value)

@@ -128,10 +128,10 @@ def load() -> float:
     return os.getloadavg()[0]
 
 
-def matmul_rates(n: int = 2048, repeats: int = 5) -> dict[str, float]:
-    """Best float64 rates of a jitted ``n x n`` matmul over ``repeats`` timed runs: FLOPs per
-    wall second (``wall``) and per CPU second of this process (``cpu``, all threads)."""
-    a = jax.random.normal(jax.random.key(0), (n, n), jnp.float64)
+def matmul_rates(n: int = 2048, repeats: int = 5, dtype=jnp.float64) -> dict[str, float]:
+    """Best rates of a jitted ``n x n`` matmul in ``dtype`` over ``repeats`` timed runs: FLOPs
+    per wall second (``wall``) and per CPU second of this process (``cpu``, all threads)."""
+    a = jax.random.normal(jax.random.key(0), (n, n), dtype)
     product = jax.jit(jnp.matmul)
     product(a, a).block_until_ready()
     wall = cpu = np.inf

@@ -67,6 +67,8 @@ _N_GRAM = flags.DEFINE_integer("n_gram_samples", None,
 _BATCH = flags.DEFINE_integer("batch_size", None, "bases and edges (modadd: 99999, gpt2: 2)")
 _GRAM_BATCH = flags.DEFINE_integer("gram_batch_size", None, "Grams (gpt2: the family's 4)")
 _FAST = flags.DEFINE_boolean("fast_paths", True, "BuildConfig.fast_paths")
+_PRECISION = flags.DEFINE_enum("precision", "float64", list(precision.POLICIES),
+                               "BuildConfig.precision")
 _REPEATS = flags.DEFINE_integer("repeats", 1, "builds in this process")
 _SEED = flags.DEFINE_integer("gpt2_seed", 0, "seed of the random GPT-2 weights")
 _MATMUL_N = flags.DEFINE_integer("matmul_n", 2048, "size of the matmul timed (0: skip)")
@@ -83,7 +85,7 @@ def modadd_setup():
     if _N_SAMPLES.value:
         tokens = np.resize(tokens, (_N_SAMPLES.value, tokens.shape[1]))
     config = build.BuildConfig(batch_size=_BATCH.value or 99999, gram_batch_size=_GRAM_BATCH.value,
-                               fast_paths=_FAST.value)
+                               fast_paths=_FAST.value, precision=_PRECISION.value)
     source = str(weights) if weights.exists() else str(modadd.DEFAULT_CHECKPOINT)
     return modadd.sectioned(w, cfg), tokens, None, config, source
 
@@ -112,7 +114,7 @@ def gpt2_setup():
     sizes = {"batch_size": _BATCH.value or 2, "edge_batch_size": _BATCH.value or 2,
              "gram_batch_size": _GRAM_BATCH.value or gpt2.FAMILY.batch_sizes["gram_batch_size"]}
     config = build.BuildConfig(**{**gpt2.FAMILY.build_defaults(None), **sizes,
-                                  "fast_paths": _FAST.value})
+                                  "fast_paths": _FAST.value, "precision": _PRECISION.value})
     return model, inputs, gram_inputs, config, source
 
 
@@ -183,6 +185,9 @@ def main(argv):
         record["matmul_n"] = _MATMUL_N.value
         rates = measure.matmul_rates(_MATMUL_N.value)
         record["matmul_flops_per_s"], record["matmul_flops_per_cpu_s"] = rates["wall"], rates["cpu"]
+        rates = measure.matmul_rates(_MATMUL_N.value, dtype=np.float32)
+        record["matmul32_flops_per_s"] = rates["wall"]
+        record["matmul32_flops_per_cpu_s"] = rates["cpu"]
     record["load_end"] = measure.load()
     Path(_OUT.value).write_text(json.dumps(record, indent=1))
     run = record["runs"][0]
