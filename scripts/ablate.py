@@ -160,7 +160,7 @@ def main(argv):
     precision.enable_for("float64" if _DTYPE.value == "float64" else recorded)
     opened = open_build(_GRAPH_DIR.value, _MODEL.value, _CHECKPOINT.value,
                         dataset=_DATASET.value, data_dir=_DATA_DIR.value, split=_SPLIT.value,
-                        n_samples=_N_SAMPLES.value, dtype=_DTYPE.value)
+                        n_samples=_N_SAMPLES.value, n_gram_samples=None, dtype=_DTYPE.value)
     family, graph, graph_dir = opened.family, opened.graph, opened.directory
     defaults = family.ablation_defaults(opened.opts)  # the model's, for its checkpoint and data
     if defaults is None:
