@@ -42,9 +42,9 @@ precision.enable_float64()
 from benchmarks import flops, measure  # noqa: E402
 from libjax import build  # noqa: E402
 from libjax.runtime import cli  # noqa: E402
-from models.lm.model import gpt2, llama, pythia  # noqa: E402
-from models.lm.model import model as lm  # noqa: E402
-from models.modadd.model import model as modadd  # noqa: E402
+from models.lm import gpt2, llama, pythia  # noqa: E402
+from models.lm import model as lm  # noqa: E402
+from models.modadd import model as modadd  # noqa: E402
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 GPT2_SMALL = {"model_type": "gpt2", "n_layer": 12, "n_embd": 768, "n_head": 12,
