@@ -13,10 +13,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from libjax.basis import centring_matrices
 from libjax.storage import graph
 from models.lm import model as lm
 from tests.helpers import hf_tiny
+from tests.helpers.invariants import assert_spec_1_9
 
 ROOT = Path(__file__).resolve().parents[2]
 LAYERS = lm.block_node_layers(1, 2)  # ln1.1 ... mlp_in.1, ln_final
@@ -73,22 +73,7 @@ def test_graph_has_the_block_and_the_paper_settings(built):
 
 
 def test_bases_satisfy_spec_1_9(built):
-    for name in LAYERS:
-        b, mean, gram = built.bases[name], built.means[name], built.grams[name]
-        np.testing.assert_allclose(b.C_pinv @ b.C, np.eye(b.dim), atol=1e-9)
-        # the constant direction first: it reads (mu, 1); no other direction reads the 1
-        const = b.C_pinv[0]
-        np.testing.assert_allclose(const[:-1] / const[-1], mean[:-1], atol=1e-9)
-        np.testing.assert_allclose(b.C_pinv[1:, -1], 0, atol=1e-12)
-        # every non-constant coordinate has mean zero
-        np.testing.assert_allclose(mean @ b.C[:, 1:], 0, atol=1e-8 * np.abs(mean @ b.C).max())
-        if b.kind != "lib" or name in LN_VAR:
-            continue
-        # LIB coordinates are uncorrelated with second moments Lambda: C^T S C = diag(Lambda)
-        _, y_inv = centring_matrices(mean, True)
-        second_moment = y_inv.T @ gram @ y_inv
-        product = b.C.T @ second_moment @ b.C
-        np.testing.assert_allclose(product, np.diag(b.Lambda), atol=1e-9 * b.Lambda.max())
+    assert_spec_1_9(built, LAYERS, LN_VAR)
 
 
 def test_ln_variance_is_isolated(built):

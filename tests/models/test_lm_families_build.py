@@ -20,8 +20,8 @@ pytest.importorskip("transformers")
 
 from tests.helpers import hf_tiny  # noqa: E402
 from tests.helpers import hf_tiny_families as tiny  # noqa: E402
+from tests.helpers.invariants import assert_spec_1_9  # noqa: E402
 from libjax.storage import graph  # noqa: E402
-from libjax.basis import centring_matrices  # noqa: E402
 from models.lm import model as lm  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -71,20 +71,7 @@ def test_graph_has_the_block_and_the_paper_settings(built):
 
 def test_bases_satisfy_spec_1_9(built):
     _, g = built
-    for name in LAYERS:
-        b, mean, gram = g.bases[name], g.means[name], g.grams[name]
-        np.testing.assert_allclose(b.C_pinv @ b.C, np.eye(b.dim), atol=1e-9)
-        # the constant direction first: it reads (mu, 1); no other direction reads the 1
-        const = b.C_pinv[0]
-        np.testing.assert_allclose(const[:-1] / const[-1], mean[:-1], atol=1e-9)
-        np.testing.assert_allclose(b.C_pinv[1:, -1], 0, atol=1e-12)
-        np.testing.assert_allclose(mean @ b.C[:, 1:], 0, atol=1e-8 * np.abs(mean @ b.C).max())
-        if b.kind != "lib" or name in LN_VAR:
-            continue
-        # LIB coordinates are uncorrelated with second moments Lambda: C^T S C = diag(Lambda)
-        _, y_inv = centring_matrices(mean, True)
-        product = b.C.T @ (y_inv.T @ gram @ y_inv) @ b.C
-        np.testing.assert_allclose(product, np.diag(b.Lambda), atol=1e-9 * b.Lambda.max())
+    assert_spec_1_9(g, LAYERS, LN_VAR)
 
 
 def test_normaliser_statistic_is_isolated(built):
