@@ -25,14 +25,11 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 
 from tests.helpers import hf_tiny  # noqa: E402
-from models.family import Options
-from models.common import weight_processing  # noqa: E402
-from models.common import hf, transformer
-from models.lm import gpt2, gptneo
-from models.lm import model as lm
-
-N_POS = 12  # > the GPT-Neo window (4), so local attention matters
-TOL = {np.float32: 1e-5, np.float64: 1e-10}
+from tests.helpers.hf_equivalence import (N_POS, TOL, assert_bin_loads_like_safetensors,  # noqa
+                                          assert_logits_at_every_level, hf_run, ours)
+from models.common import transformer  # noqa: E402
+from models.lm import gpt2, gptneo  # noqa: E402
+from models.lm import model as lm  # noqa: E402
 ARCHS = {"gpt2": (hf_tiny.gpt2, gpt2), "gptneo": (hf_tiny.gptneo, gptneo)}
 FAMILIES = {"gpt2": gpt2.FAMILY, "gptneo": gptneo.FAMILY}
 
@@ -64,63 +61,28 @@ def _attn_in_model_dtype(self, query, key, value, attention_mask=None):
     return weights @ value, weights
 
 
-def hf_run(model, tokens, dtype, monkeypatch):
+def hf_layer_norms(model, tokens, dtype, monkeypatch):
     """HF logits and, per LayerNorm module name, its (input, output), in ``dtype``."""
     if dtype == np.float64:
         from transformers.models.gpt_neo import modeling_gpt_neo
         monkeypatch.setattr(modeling_gpt_neo.GPTNeoSelfAttention, "_attn", _attn_in_model_dtype)
-    model = model.to(torch.float64 if dtype == np.float64 else torch.float32)
-    seen = {}
-    hooks = [module.register_forward_hook(
-        lambda mod, inputs, output, name=name: seen.__setitem__(
-            name, (inputs[0].detach().numpy(), output.detach().numpy())))
-        for name, module in model.named_modules() if isinstance(module, torch.nn.LayerNorm)]
-    try:
-        with torch.no_grad():
-            logits = model(torch.tensor(tokens)).logits.numpy()
-    finally:
-        for hook in hooks:
-            hook.remove()
-    return logits, seen
-
-
-def ours(directory, arch):
-    cfg = arch.config(hf.read_config(directory))
-    return cfg, arch.to_tl(hf.read_weights(directory), cfg)
+    return hf_run(model, tokens, dtype, lambda _, m: isinstance(m, torch.nn.LayerNorm))
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("name", ARCHS)
 def test_logits_equal_hf_before_and_after_processing(name, dtype, checkpoints, tokens, monkeypatch):
     directory, model = checkpoints[name]
-    logits, _ = hf_run(model, tokens, dtype, monkeypatch)
+    logits, _ = hf_layer_norms(model, tokens, dtype, monkeypatch)
     cfg, tl = ours(directory, ARCHS[name][1])
-
-    apply = jax.jit(lm.LanguageModel(cfg).apply)
-    run = lambda w: apply({"params": {k: jnp.asarray(v, dtype) for k, v in w.items()}},  # noqa
-                          jnp.asarray(tokens))
-    unprocessed = run(tl)
-    assert unprocessed.dtype == dtype
-    np.testing.assert_allclose(np.asarray(unprocessed), logits, rtol=0, atol=TOL[dtype])
-    centred = logits - logits.mean(-1, keepdims=True)
-
-    # TransformerLens's processing alone: LayerNorms become LNPre (unit scale, zero shift)
-    processed = weight_processing.process(tl, cfg.n_layers)
-    for ln in [k[:-2] for k in tl if k.endswith("ln1.w") or k.endswith("ln2.w")] + ["ln_final"]:
-        processed[ln + ".w"], processed[ln + ".b"] = np.ones(cfg.d_model), np.zeros(cfg.d_model)
-    np.testing.assert_allclose(np.asarray(run(processed)), centred, rtol=0, atol=TOL[dtype])
-
-    opts = Options(checkpoint=str(directory), n_ctx=N_POS, dtype=np.dtype(dtype).name)
-    folded = FAMILIES[name].load(opts, ("ln1.0", "unembed"))  # --model=gpt2 / tinystories-1m
-    out = jax.jit(jax.vmap(folded.forward, (None, 0)))(folded.params, jnp.asarray(tokens))
-    assert out.dtype == dtype
-    np.testing.assert_allclose(np.asarray(out), centred, rtol=0, atol=TOL[dtype])
+    assert_logits_at_every_level(logits, cfg, tl, lm.LanguageModel, FAMILIES[name], directory,
+                                 tokens, dtype)
 
 
 @pytest.mark.parametrize("name", ARCHS)
 def test_node_layer_activations_equal_hf(name, checkpoints, tokens, monkeypatch):
     directory, model = checkpoints[name]
-    logits, seen = hf_run(model, tokens, np.float64, monkeypatch)
+    logits, seen = hf_layer_norms(model, tokens, np.float64, monkeypatch)
     cfg, tl = ours(directory, ARCHS[name][1])
     # every module point
     node_layers = tuple(mid for mid, _ in transformer.modules(cfg)[2:]) + ("output",)
@@ -165,11 +127,4 @@ def test_numpy_written_checkpoint_is_hf_format(tmp_path, tokens):
 
 def test_pytorch_bin_checkpoint_gives_the_same_weights(checkpoints, tmp_path):
     directory, model = checkpoints["gpt2"]
-    (tmp_path / hf.CONFIG).write_text((directory / hf.CONFIG).read_text())
-    torch.save(model.to(torch.float32).state_dict(), tmp_path / hf.TORCH_BIN)
-    from_bin, from_safetensors = hf.read_weights(tmp_path), hf.read_weights(directory)
-    cfg = gpt2.config(hf.read_config(directory))
-    a, b = gpt2.to_tl(from_bin, cfg), gpt2.to_tl(from_safetensors, cfg)
-    assert a.keys() == b.keys()
-    for key in a:
-        np.testing.assert_array_equal(a[key], b[key])
+    assert_bin_loads_like_safetensors(directory, model, gpt2, tmp_path)

@@ -32,14 +32,13 @@ import jax.numpy as jnp  # noqa: E402
 from tests.helpers import hf_tiny  # noqa: E402
 from tests.helpers import hf_tiny_families as tiny  # noqa: E402
 from libjax.errors import CheckpointError  # noqa: E402
-from models.family import Options  # noqa: E402
-from models.common import hf, transformer, weight_processing  # noqa: E402
+from tests.helpers.hf_equivalence import (N_POS, TOL, assert_bin_loads_like_safetensors,  # noqa
+                                          assert_logits_at_every_level, hf_run, ours)
+from models.common import hf, transformer  # noqa: E402
 from models.lm import llama, pythia  # noqa: E402
 from models.lm import model as lm  # noqa: E402
 from models.lm import rotary as rotary_lm  # noqa: E402
 
-N_POS = 12
-TOL = {np.float32: 1e-5, np.float64: 1e-10}
 ARCHS = {"pythia": (lambda d: tiny.pythia(d, parallel=True), pythia, pythia.FAMILY),
          "neox_sequential": (lambda d: tiny.pythia(d, parallel=False), pythia, pythia.FAMILY),
          "llama": (tiny.llama, llama, llama.FAMILY), "qwen2": (tiny.qwen2, llama, llama.FAMILY),
@@ -65,72 +64,29 @@ def tokens():
     return np.random.default_rng(0).integers(0, hf_tiny.VOCAB, (3, N_POS))
 
 
-def hf_run(model, tokens, dtype, monkeypatch):
+def hf_norms_and_attention(model, tokens, dtype, monkeypatch):
     """HF logits and, per norm and attention module name, its (input, output), in ``dtype``."""
     if dtype == np.float64:
         tiny.float64_faithful(model, monkeypatch)
-    model = model.to(torch.float64 if dtype == np.float64 else torch.float32)
-    seen = {}
-
-    def record(name):
-        def hook(module, inputs, output):
-            output = output[0] if isinstance(output, tuple) else output
-            seen[name] = (inputs[0].detach().numpy() if inputs else None,
-                          output.detach().numpy())
-        return hook
-
-    hooks = [module.register_forward_hook(record(name)) for name, module in model.named_modules()
-             if name.endswith(("layernorm", "layer_norm", "norm", "attention", "self_attn"))]
-    try:
-        with torch.no_grad():
-            logits = model(torch.tensor(tokens)).logits.numpy()
-    finally:
-        for hook in hooks:
-            hook.remove()
-    return logits, seen
-
-
-def ours(directory, arch):
-    cfg = arch.config(hf.read_config(directory))
-    return cfg, arch.to_tl(hf.read_weights(directory), cfg)
+    suffixes = ("layernorm", "layer_norm", "norm", "attention", "self_attn")
+    return hf_run(model, tokens, dtype, lambda name, _: name.endswith(suffixes))
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("name", NAMES)
 def test_logits_equal_hf_before_and_after_processing(name, dtype, checkpoints, tokens, monkeypatch):
     directory, model = checkpoints[name]
-    logits, _ = hf_run(model, tokens, dtype, monkeypatch)
+    logits, _ = hf_norms_and_attention(model, tokens, dtype, monkeypatch)
     _, arch, family = ARCHS[name]
     cfg, tl = ours(directory, arch)
-
-    apply = jax.jit(rotary_lm.RotaryLanguageModel(cfg).apply)
-    run = lambda w: apply({"params": {k: jnp.asarray(v, dtype) for k, v in w.items()}},  # noqa
-                          jnp.asarray(tokens))
-    unprocessed = run(tl)
-    assert unprocessed.dtype == dtype
-    np.testing.assert_allclose(np.asarray(unprocessed), logits, rtol=0, atol=TOL[dtype])
-    centred = logits - logits.mean(-1, keepdims=True)
-
-    # the processing alone: norms keep unit scale (and zero shift)
-    rms = cfg.normalization == "RMS"
-    processed = weight_processing.process(tl, cfg.n_layers, rms=rms)
-    for norm in [k[:-2] for k in tl if k.endswith(("ln1.w", "ln2.w"))] + ["ln_final"]:
-        processed[norm + ".w"] = np.ones(cfg.d_model)
-        if not rms:
-            processed[norm + ".b"] = np.zeros(cfg.d_model)
-    np.testing.assert_allclose(np.asarray(run(processed)), centred, rtol=0, atol=TOL[dtype])
-
-    opts = Options(checkpoint=str(directory), n_ctx=N_POS, dtype=np.dtype(dtype).name)
-    folded = family.load(opts, ("ln1.0", "unembed"))  # what --model=pythia / llama loads
-    out = jax.jit(jax.vmap(folded.forward, (None, 0)))(folded.params, jnp.asarray(tokens))
-    assert out.dtype == dtype
-    np.testing.assert_allclose(np.asarray(out), centred, rtol=0, atol=TOL[dtype])
+    assert_logits_at_every_level(logits, cfg, tl, rotary_lm.RotaryLanguageModel, family,
+                                 directory, tokens, dtype)
 
 
 @pytest.mark.parametrize("name", NAMES)
 def test_node_layer_activations_equal_hf(name, checkpoints, tokens, monkeypatch):
     directory, model = checkpoints[name]
-    logits, seen = hf_run(model, tokens, np.float64, monkeypatch)
+    logits, seen = hf_norms_and_attention(model, tokens, np.float64, monkeypatch)
     cfg, tl = ours(directory, ARCHS[name][1])
     node_layers = tuple([mid for mid, _ in transformer.modules(cfg)][1:]) + ("output",)  # every module point
     folded = lm.sectioned(name, cfg, tl, node_layers, N_POS)
@@ -189,14 +145,7 @@ def test_folded_node_layer_dims(checkpoints):
 
 def test_pytorch_bin_checkpoint_gives_the_same_weights(checkpoints, tmp_path):
     directory, model = checkpoints["pythia"]
-    (tmp_path / hf.CONFIG).write_text((directory / hf.CONFIG).read_text())
-    torch.save(model.to(torch.float32).state_dict(), tmp_path / hf.TORCH_BIN)
-    cfg = pythia.config(hf.read_config(directory))
-    a = pythia.to_tl(hf.read_weights(tmp_path), cfg)
-    b = pythia.to_tl(hf.read_weights(directory), cfg)
-    assert a.keys() == b.keys()
-    for key in a:
-        np.testing.assert_array_equal(a[key], b[key])
+    assert_bin_loads_like_safetensors(directory, model, pythia, tmp_path)
 
 
 def test_hub_style_pythia_config_is_read_like_transformers_5():
