@@ -69,11 +69,20 @@ _GRAM_BATCH = flags.DEFINE_integer("gram_batch_size", None, "Grams (gpt2: the fa
 _FAST = flags.DEFINE_boolean("fast_paths", True, "BuildConfig.fast_paths")
 _PRECISION = flags.DEFINE_enum("precision", "float64", list(precision.POLICIES),
                                "BuildConfig.precision")
+_REL_THRESHOLD = flags.DEFINE_float("relative_truncation_threshold", None,
+                                    "BuildConfig.relative_truncation_threshold (default: policy's)")
 _REPEATS = flags.DEFINE_integer("repeats", 1, "builds in this process")
 _SEED = flags.DEFINE_integer("gpt2_seed", 0, "seed of the random GPT-2 weights")
 _MATMUL_N = flags.DEFINE_integer("matmul_n", 2048, "size of the matmul timed (0: skip)")
 _LAUNCH = flags.DEFINE_float("launch_time", None, "time.time() when the parent started us")
 _OUT = flags.DEFINE_string("out", None, "JSON record to write", required=True)
+_GRAPH_DIR = flags.DEFINE_string("graph_dir", None, "also store the (first) build's graph here")
+
+
+def _numerics() -> dict:
+    """The BuildConfig fields the flags set for every model: path and precision."""
+    return {"fast_paths": _FAST.value, "precision": _PRECISION.value,
+            "relative_truncation_threshold": _REL_THRESHOLD.value}
 
 
 def modadd_setup():
@@ -85,7 +94,7 @@ def modadd_setup():
     if _N_SAMPLES.value:
         tokens = np.resize(tokens, (_N_SAMPLES.value, tokens.shape[1]))
     config = build.BuildConfig(batch_size=_BATCH.value or 99999, gram_batch_size=_GRAM_BATCH.value,
-                               fast_paths=_FAST.value, precision=_PRECISION.value)
+                               **_numerics())
     source = str(weights) if weights.exists() else str(modadd.DEFAULT_CHECKPOINT)
     return modadd.sectioned(w, cfg), tokens, None, config, source
 
@@ -114,7 +123,7 @@ def gpt2_setup():
     sizes = {"batch_size": _BATCH.value or 2, "edge_batch_size": _BATCH.value or 2,
              "gram_batch_size": _GRAM_BATCH.value or gpt2.FAMILY.batch_sizes["gram_batch_size"]}
     config = build.BuildConfig(**{**gpt2.FAMILY.build_defaults(None), **sizes,
-                                  "fast_paths": _FAST.value, "precision": _PRECISION.value})
+                                  **_numerics()})
     return model, inputs, gram_inputs, config, source
 
 
@@ -131,18 +140,18 @@ def rotary_setup(family, hf_config: dict):
     sizes = {"batch_size": _BATCH.value or 1, "edge_batch_size": _BATCH.value or 1,
              "gram_batch_size": _GRAM_BATCH.value or family.batch_sizes["gram_batch_size"]}
     config = build.BuildConfig(**{**family.build_defaults(None), **sizes,
-                                  "fast_paths": _FAST.value})
+                                  **_numerics()})
     return model, inputs, gram_inputs, config, "uniform random tokens (numpy seed 0)"
 
 
 def timed_build(model, inputs, gram_inputs, config, compiles: measure.CompileLog,
-                log: measure.LogCapture) -> dict:
+                log: measure.LogCapture, out_dir=None) -> dict:
     """One build; per phase its wall, compile and compute time, CPU time (all and outside
     compiling), matmul FLOPs and jitted calls."""
     first_log = len(log.records)
     with flops.JitCounter() as counter, measure.CpuSampler() as cpu:
         start = time.perf_counter()
-        g = build.build(model, inputs, config, gram_inputs=gram_inputs)
+        g = build.build(model, inputs, config, gram_inputs=gram_inputs, out_dir=out_dir)
         end = time.perf_counter()
     windows = measure.phase_windows(end, g.timings)
     phases = {}
@@ -177,8 +186,10 @@ def main(argv):
                   node_layers=list(model.node_layers), devices=jax.device_count(),
                   rss_before_build_gb=measure.rss_gb(),
                   peak_rss_before_build_gb=measure.peak_rss_gb(), runs=[])
-    for _ in range(_REPEATS.value):
-        record["runs"].append(timed_build(model, inputs, gram_inputs, config, compiles, log))
+    for repeat in range(_REPEATS.value):
+        out_dir = _GRAPH_DIR.value if repeat == 0 else None
+        record["runs"].append(timed_build(model, inputs, gram_inputs, config, compiles, log,
+                                          out_dir))
         if _LAUNCH.value and "launch_to_first_build_end_s" not in record:
             record["launch_to_first_build_end_s"] = time.time() - _LAUNCH.value
     if _MATMUL_N.value:

@@ -21,8 +21,7 @@ class BuildConfig:
     Attributes:
       basis: ``lib`` (the jacobian formula), ``pca`` or ``neuron``.
       integration, n_intervals: quadrature rule for the basis and edges (docs/method.md 2.5); either
-      may be
-        a dict keyed by node layer or module prefix.
+        may be a dict keyed by node layer or module prefix.
       n_stochastic_sources_basis_pos, n_stochastic_sources_basis_hidden: Rademacher sources
         replacing the exact sum over output positions / hidden dims in ``M'`` (None = exact).
       n_stochastic_sources_edges: the same for output positions in the edges.
@@ -43,9 +42,10 @@ class BuildConfig:
       fast_paths: use the structure-aware paths where the model allows them: closed forms for
         attention, MLP and LayerNorm sections, one probe per output direction for positionwise
         sections. They compute the same numbers as the general VJP path (stochastic estimates
-        with the same signs), except that positionwise sections without a form and LayerNorm
-        forms give the exact edges where edge sources were asked for (at no extra cost). False
-        reproduces the reference's computation everywhere.
+        with the same signs), except where the exact sum costs no more than the estimate:
+        positionwise sections without a form and LayerNorm forms give the exact edges where edge
+        sources were asked for, and MLP and LayerNorm forms the exact ``M'`` where hidden
+        sources were asked for. False reproduces the reference's computation everywhere.
     """
 
     basis: str = "lib"
