@@ -61,9 +61,17 @@ class ProbeSet:
         return (rp * rh, self.n_pos, self.dim)
 
     def draw_signs(self, key, batch: int, dtype=jnp.float64):
-        """Rademacher signs ``(batch, *signs_shape)`` in ``dtype``."""
+        """Rademacher signs ``(batch, *signs_shape)`` in ``dtype``.
+
+        Each is the low bit of 32 random bits, so a key gives the same signs whether JAX's 64-bit
+        types are on or off (``bernoulli`` draws its uniforms in the default float width: a
+        mixed build would estimate with other signs than the float64 build of the same seed),
+        drawn by the non-partitionable threefry, whose counters are 32-bit (the partitionable
+        one counts in uint64, a 64-bit type inside every mixed step)."""
         shape = (batch, *self.signs_shape())
-        return jnp.where(jax.random.bernoulli(key, 0.5, shape), 1.0, -1.0).astype(dtype)
+        with jax.threefry_partitionable(False):
+            bits = jax.random.bits(key, shape, jnp.uint32)
+        return jnp.where(bits & 1 == 1, 1.0, -1.0).astype(dtype)
 
     def position_weights(self, signs):
         """``(batch, R, n_pos)``: the position weightings of a set whose hidden dims are exact
