@@ -14,8 +14,8 @@ import numpy as np
 from libjax.errors import CheckpointError, ConfigError
 from models.common import cards, checkpoints, hf, text, transformer
 from models.family import Data, Family, select_blocks
-from models.lm.model import (LanguageModel, block_node_layers, expected_shapes, extent,
-                             processed_weights, sectioned, truncated_model)
+from models.lm.model import (LanguageModel, block_node_layers, blocks_of, expected_shapes,
+                             extent, processed_weights, sectioned, truncated_model)
 
 _resolve = functools.lru_cache(maxsize=8)(hf.resolve)
 
@@ -95,6 +95,8 @@ class LMFamily(Family):
 
     def load(self, opts, node_layers, truncate: bool = False):
         cfg, tl = self._weights(opts)
+        if truncate:  # let go of the blocks after the last node layer at once
+            tl = blocks_of(tl, *extent(cfg, node_layers))
         return sectioned(self.name, cfg, tl, node_layers, self._n_ctx(opts, cfg),
                          np.dtype(opts.dtype), truncate)
 
@@ -112,6 +114,7 @@ class LMFamily(Family):
         cuts = [block_node_layers(b, cfg.n_layers) for b in blocks]
         union = tuple(dict.fromkeys(name for cut in cuts for name in cut))
         n_blocks, unembed = extent(cfg, union)
+        tl = blocks_of(tl, n_blocks, unembed)
         params = processed_weights(cfg, tl, n_blocks, unembed, np.dtype(opts.dtype))
         n_pos = self._n_ctx(opts, cfg)
         return (truncated_model(self.name, cfg, params, union, n_pos, n_blocks, unembed),

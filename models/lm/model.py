@@ -116,7 +116,8 @@ def processed_weights(cfg: transformer.TransformerConfig, tl: dict, n_blocks: in
     rms = cfg.normalization == "RMS"
     processed = weight_processing.process(blocks_of(tl, n_blocks, unembed), n_blocks, rms=rms)
     folded = transformer.fold_biases(cfg, processed, dtype, n_blocks)
-    return {k: jnp.asarray(v) for k, v in folded.items()}
+    del processed  # each array is copied once more below: free what is done with at once
+    return {k: jnp.asarray(folded.pop(k)) for k in list(folded)}
 
 
 def blocks_of(weights: dict, n_blocks: int, unembed: bool) -> dict:
