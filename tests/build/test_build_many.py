@@ -14,12 +14,12 @@ from models.lm import model as lm
 from tests.helpers.script_runs import assert_identical_graphs
 from tests.helpers.tiny import tiny_ln_weights
 
-N_LAYERS = 3
+N_LAYERS = 2
 
 
 @pytest.fixture(scope="module")
 def blocks():
-    """A 3-block LayerNorm transformer: the cut at all blocks' node layers, each block's own cut
+    """A 2-block LayerNorm transformer: the cut at all blocks' node layers, each block's own cut
     (truncated as a build loads it) and tokens."""
     cfg, weights, rng = tiny_ln_weights(n_layers=N_LAYERS)
     tokens = rng.integers(0, cfg.d_vocab, size=(48, cfg.n_ctx)).astype(np.int32)
@@ -75,7 +75,7 @@ def test_a_second_build_reuses_the_compiled_steps(blocks):
     seed, same shapes) traces nothing."""
     _, _, _, tokens = blocks
     cfg, weights, _ = tiny_ln_weights(n_layers=N_LAYERS)
-    model = lm.sectioned("tiny_ln", cfg, weights, ("ln2.1", "ln2_out.1", "mlp_in.1", "ln1.2"), 5,
+    model = lm.sectioned("tiny_ln", cfg, weights, ("ln2.0", "ln2_out.0", "mlp_in.0", "ln1.1"), 5,
                          truncate=True)
     cfg = build.BuildConfig(rotate_final_node_layer=True, compute_edges=False, batch_size=16)
     first = steps.TRACES.copy()

@@ -53,22 +53,21 @@ def compute_basis(inputs, out, layer, *flags):
 
 def test_a_range_builds_each_block_from_one_statistics_pass(inputs, tmp_path):
     """``--layer=1-2`` (PCA, no edges: only the statistics step runs): two directories, two
-    summaries, one statistics step over both blocks' node layers, and each graph equal to the
-    block's own build."""
+    summaries, one statistics step over both blocks' node layers, and the second block's graph
+    (whose first node layer is the first block's last) equal to its own build."""
     stdout, compiled = compute_basis(inputs, tmp_path, "1-2", "--basis=pca", "--noedges")
     assert compiled == {"means and Grams of 13 node layers": 1}, compiled
     assert sorted(p.name for p in tmp_path.iterdir()) == ["layer_1", "layer_2"]
-    family = registry.get("gpt2")
     for b in (1, 2):
         assert f"-> {tmp_path / f'layer_{b}'}" in stdout
-        g = graph.load(tmp_path / f"layer_{b}")
-        assert g.node_layers == lm.block_node_layers(b, N_LAYERS)
-        opts = Options(checkpoint=str(inputs[0]), data_dir=str(inputs[1]), layer=b, n_ctx=8,
-                       n_samples=2, n_gram_samples=8)
-        data = family.data(opts)
-        alone = build.build(family.load_for_build(opts, family.node_layers(opts)), data.inputs,
-                            build.BuildConfig(**g.config), gram_inputs=data.gram_inputs)
-        assert_identical_graphs(alone, g)
+        assert graph.load(tmp_path / f"layer_{b}").node_layers == lm.block_node_layers(b, N_LAYERS)
+    family, g = registry.get("gpt2"), graph.load(tmp_path / "layer_2")
+    opts = Options(checkpoint=str(inputs[0]), data_dir=str(inputs[1]), layer=2, n_ctx=8,
+                   n_samples=2, n_gram_samples=8)
+    data = family.data(opts)
+    alone = build.build(family.load_for_build(opts, family.node_layers(opts)), data.inputs,
+                        build.BuildConfig(**g.config), gram_inputs=data.gram_inputs)
+    assert_identical_graphs(alone, g)
 
 
 @pytest.mark.slow
