@@ -8,6 +8,7 @@ imports the families.
 from __future__ import annotations
 
 import dataclasses
+import re
 from typing import Optional, Sequence
 
 import numpy as np
@@ -68,6 +69,44 @@ def first_samples(x: np.ndarray, opts: Options, source: str) -> tuple[np.ndarray
             first(opts.n_gram_samples or opts.n_samples, gram_flag))
 
 
+_BLOCKS = re.compile(r"all|\d+|\d+(,\d+)+|\d+-\d+")
+
+
+def single_block(spec: Optional[str]) -> Optional[int]:
+    """``--layer``'s block when it names one (``6``); None when it is unset or names several
+    (``all``, a list ``0,3,6``, a range ``4-7``: see :func:`select_blocks`); anything else is a
+    :class:`ConfigError`."""
+    if spec is None:
+        return None
+    if not _BLOCKS.fullmatch(spec):
+        raise ConfigError(f"--layer={spec!r} is not a block (6), a list (0,3,6), a range (4-7) "
+                          "or all")
+    return int(spec) if spec.isdigit() else None
+
+
+def select_blocks(spec: str, n_blocks: int, label: str) -> tuple[int, ...]:
+    """The blocks, in increasing order, that ``--layer=spec`` names among ``0..n_blocks - 1``:
+    ``all``, one block, a comma-separated list or a range ``first-last`` (both included)."""
+    single_block(spec)  # the form
+    if spec == "all":
+        return tuple(range(n_blocks))
+    if "-" in spec:
+        first, last = (int(b) for b in spec.split("-"))
+        if first > last:
+            raise ConfigError(f"--layer={spec}: a range goes up, first-last (e.g. 4-7)")
+        blocks = list(range(first, last + 1))
+    else:
+        blocks = [int(b) for b in spec.split(",")]
+        twice = sorted({b for b in blocks if blocks.count(b) > 1})
+        if twice:
+            raise ConfigError(f"--layer={spec} names block(s) {twice} more than once")
+    outside = [b for b in blocks if b >= n_blocks]
+    if outside:
+        raise ConfigError(f"{label} has blocks 0..{n_blocks - 1}; --layer={spec} names "
+                          f"{outside}, which do not exist")
+    return tuple(sorted(blocks))
+
+
 @dataclasses.dataclass(frozen=True)
 class Data:
     """Model inputs for the basis/edges and for the Gram matrices, and labels where known."""
@@ -94,6 +133,25 @@ class Family:
 
     def load(self, opts: Options, node_layers: tuple[str, ...]) -> SectionedModel:
         """The sectioned model, with weights from ``opts.checkpoint``."""
+        raise NotImplementedError
+
+    def load_for_build(self, opts: Options, node_layers: tuple[str, ...]) -> SectionedModel:
+        """The sectioned model a build needs, which never runs past its last node layer: a family
+        may leave out the weights after it (default: :meth:`load`)."""
+        return self.load(opts, node_layers)
+
+    def blocks(self, opts: Options, spec: str) -> tuple[int, ...]:
+        """The blocks that ``--layer=spec`` names when it names several (``all``, ``0,3,6``,
+        ``4-7``), one graph each; only families with per-block graphs have this."""
+        raise ConfigError(f"--layer={spec} asks for one graph per block, which only the language "
+                          f"models build; --model={self.name} builds one graph (give --layer as "
+                          "one number or leave it out)")
+
+    def load_blocks(self, opts: Options, blocks: tuple[int, ...]
+                    ) -> tuple[SectionedModel, list[SectionedModel]]:
+        """The model cut for each block's graph (as :meth:`load_for_build` cuts it for that block
+        alone), and one cut at the node layers of all of them, for statistics in one pass
+        (:func:`libjax.build.build_many`)."""
         raise NotImplementedError
 
     def data(self, opts: Options) -> Data:

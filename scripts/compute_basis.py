@@ -5,6 +5,9 @@
     python scripts/compute_basis.py --basis=pca --out_dir=out/pca
     python scripts/compute_basis.py --checkpoint=../shared/data/weights_modadd_seed0.npz
     python scripts/compute_basis.py --model=gpt2 --layer=6 --checkpoint=DIR --data_dir=CORPUS
+    python scripts/compute_basis.py --model=gpt2 --layer=all --out_dir=out/gpt2
+                                                         # every block: out/gpt2/layer_0 ...,
+                                                         # the Grams of all in one pass
     JAX_ENABLE_X64=0 python scripts/compute_basis.py --precision=mixed --out_dir=out/mixed
                                                          # float32 steps, as on a TPU
 
@@ -15,6 +18,8 @@ Rerunning the same command on the same --out_dir resumes an interrupted build.
 from __future__ import annotations
 
 import jax
+import os
+
 from absl import flags
 
 from libjax import build
@@ -22,7 +27,7 @@ from libjax.build import config
 from libjax.runtime import cli, precision
 from libjax.storage.graph import format_summary, summary
 from models import registry
-from models.family import Options
+from models.family import Options, single_block
 
 _MODEL = flags.DEFINE_string("model", "modadd", "model family: " + ", ".join(registry.FAMILIES))
 _CHECKPOINT = flags.DEFINE_string(
@@ -30,7 +35,9 @@ _CHECKPOINT = flags.DEFINE_string(
     "or a Hugging Face checkpoint directory or hub name (gpt2, tinystories-1m)")
 _NODE_LAYERS = flags.DEFINE_string("node_layers", None,
                                    "comma-separated node layers (default: the paper's)")
-_LAYER = flags.DEFINE_integer("layer", None, "transformer block whose graph to build")
+_LAYER = flags.DEFINE_string(
+    "layer", None, "transformer block whose graph to build (default 0); several, one graph each "
+    "in --out_dir/layer_<block>: a list 0,3,6, a range 4-7 or all")
 _BASIS = flags.DEFINE_enum("basis", "lib", list(config.BASES), "basis of the non-final layers")
 _INTEGRATION = flags.DEFINE_enum("integration", "gradient",
                                  ["gradient", "gauss-legendre", "trapezoidal"], "quadrature rule")
@@ -100,19 +107,26 @@ def main(argv):
     family = registry.get(_MODEL.value)
     opts = Options(
         checkpoint=_CHECKPOINT.value, node_layers=cli.comma_list(_NODE_LAYERS.value),
-        layer=_LAYER.value, dataset=_DATASET.value, data_dir=_DATA_DIR.value, split=_SPLIT.value,
-        n_samples=_N_SAMPLES.value, n_gram_samples=_N_GRAM_SAMPLES.value, n_ctx=_N_CTX.value,
-        dtype=_DTYPE.value, seed=_SEED.value)
-    node_layers = family.node_layers(opts)
-    model = family.load(opts, node_layers)
+        layer=single_block(_LAYER.value), dataset=_DATASET.value, data_dir=_DATA_DIR.value,
+        split=_SPLIT.value, n_samples=_N_SAMPLES.value, n_gram_samples=_N_GRAM_SAMPLES.value,
+        n_ctx=_N_CTX.value, dtype=_DTYPE.value, seed=_SEED.value)
+    several = _LAYER.value is not None and opts.layer is None
+    if several:
+        blocks = family.blocks(opts, _LAYER.value)
+        stats_model, models = family.load_blocks(opts, blocks)
+    else:
+        models = [family.load_for_build(opts, family.node_layers(opts))]
+        stats_model = models[0]
     data = family.data(opts)
     cfg = build_config(family, opts)
     out_dir = _OUT_DIR.value or f"out/{family.name}_{cfg.basis}"
-    g = build.build(model, data.inputs, cfg, gram_inputs=data.gram_inputs, out_dir=out_dir,
-                    overwrite=_OVERWRITE.value, model_id=family.model_id(opts))
-    print(f"\n{family.name}: {cfg.basis} basis, node layers {', '.join(g.node_layers)}, "
-          f"{len(data.inputs)} samples -> {out_dir}")
-    print(format_summary(summary(g)))
+    out_dirs = [os.path.join(out_dir, f"layer_{b}") for b in blocks] if several else [out_dir]
+    graphs = build.build_many(models, data.inputs, cfg, data.gram_inputs, out_dirs,
+                              _OVERWRITE.value, family.model_id(opts), stats_model=stats_model)
+    for g, directory in zip(graphs, out_dirs):
+        print(f"\n{family.name}: {cfg.basis} basis, node layers {', '.join(g.node_layers)}, "
+              f"{len(data.inputs)} samples -> {directory}")
+        print(format_summary(summary(g)))
 
 
 if __name__ == "__main__":

@@ -185,29 +185,101 @@ def build(model, inputs, cfg: BuildConfig = BuildConfig(), gram_inputs=None,
       model_id: identifies the model (e.g. checkpoint path) in ``out_dir``'s build record.
       placement: the devices to use (default: a ``data`` mesh over every device).
     """
-    cfg.validate(model)
-    precision.require(cfg.precision)
-    _check_layout(model)
+    return build_many([model], inputs, cfg, gram_inputs, [out_dir], overwrite, model_id,
+                      placement)[0]
+
+
+def build_many(models: Sequence, inputs, cfg: BuildConfig = BuildConfig(), gram_inputs=None,
+               out_dirs: Sequence | None = None, overwrite: bool = False, model_id: str = "",
+               placement: Placement | None = None, stats_model=None) -> list[Graph]:
+    """Build the graphs of several cuts of one model, each as :func:`build` builds it alone.
+
+    The means and Grams of every graph come from one pass over ``gram_inputs`` through
+    ``stats_model``: a cut of the same model whose node layers include every node layer whose
+    statistics a graph needs (e.g. the union of consecutive transformer blocks' node layers, where
+    block ``L``'s last node layer is block ``L + 1``'s first). Then each graph's bases and edges
+    are built in turn. Each graph has its own ``out_dirs`` entry (None: in memory), its own build
+    record and stages, so each resumes, and reads back, like a build of that graph alone; the
+    statistics pass runs for the node layers of the graphs whose statistics are not stored yet.
+
+    Args:
+      models: one sectioned model per graph.
+      stats_model: the cut the statistics are computed on (default, for one graph: that graph's
+        model).
+      out_dirs: one output directory (or None) per model; None: all in memory.
+      The others as in :func:`build`.
+    """
+    models = list(models)
+    if stats_model is None:
+        if len(models) != 1:
+            raise ValueError("build_many needs a stats_model for more than one graph")
+        stats_model = models[0]
+    out_dirs = [None] * len(models) if out_dirs is None else list(out_dirs)
+    if len(out_dirs) != len(models):
+        raise ValueError(f"{len(models)} models but {len(out_dirs)} output directories")
     gram_inputs = inputs if gram_inputs is None else gram_inputs
+    for model in models:
+        cfg.validate(model)
+        _check_layout(model)
+        _check_stats_model(model, stats_model, cfg)
+    precision.require(cfg.precision)
     if len(inputs) == 0 or len(gram_inputs) == 0:
         raise ConfigError("the dataset is empty; give at least one sample")
-    info = _build_info(model, cfg, inputs, gram_inputs, model_id)
     placement = placement or Placement()
-    st = store.Store(out_dir, info, overwrite, writer=placement.is_writer)
-    timings = {}
+    stores = [store.Store(out_dir, _build_info(model, cfg, inputs, gram_inputs, model_id),
+                          overwrite, writer=placement.is_writer)
+              for model, out_dir in zip(models, out_dirs)]
+    t0 = time.perf_counter()
+    shared = _shared_stats(stats_model, [m for m, st in zip(models, stores)
+                                         if not st.has(STATS_STAGE)], gram_inputs, cfg,
+                           placement)
+    stats_time = time.perf_counter() - t0
+    graphs = []
+    for model, st in zip(models, stores):
+        t0 = time.perf_counter()
+        names = [model.node_layers[i] for i in _stat_layers(model, cfg)]
+        if st.has(STATS_STAGE):
+            saved = st.get(STATS_STAGE)
+            means, grams = list(saved["means"]), list(saved["grams"])
+        else:
+            means, grams = [shared[n][0] for n in names], [shared[n][1] for n in names]
+            st.put(STATS_STAGE, {"means": means, "grams": grams})
+        stat = {model.node_layers.index(n): (m, g) for n, m, g in zip(names, means, grams)}
+        graphs.append(_bases_and_edges(model, st, stat, inputs, cfg, placement,
+                                       stats_time + time.perf_counter() - t0))
+    return graphs
+
+
+def _check_stats_model(model, stats_model, cfg: BuildConfig) -> None:
+    """Every node layer whose statistics ``model``'s graph needs is one of ``stats_model``'s,
+    with the same record (width, positions, constant and variance coordinates)."""
+    records = {layer.name: layer for layer in stats_model.layers}
+    for i in _stat_layers(model, cfg):
+        layer = model.layers[i]
+        if records.get(layer.name) != layer:
+            raise ConfigError(f"the statistics model has no node layer {layer.name!r} of width "
+                              f"{layer.width} like the graph's; cut it at every graph's node "
+                              "layers")
+
+
+def _shared_stats(stats_model, models, gram_inputs, cfg: BuildConfig, placement) -> dict:
+    """Node layer name -> (mean, Gram) of every node layer whose statistics one of ``models``
+    needs, from one pass through ``stats_model`` (empty without models)."""
+    wanted = {model.node_layers[i] for model in models for i in _stat_layers(model, cfg)}
+    if not wanted:
+        return {}
+    layers = [i for i, name in enumerate(stats_model.node_layers) if name in wanted]
+    means, grams = compute_stats(stats_model, gram_inputs, cfg, layers, placement)
+    return {stats_model.node_layers[i]: (m, g) for i, m, g in zip(layers, means, grams)}
+
+
+def _bases_and_edges(model, st, stat: dict, inputs, cfg: BuildConfig, placement,
+                     stats_time: float) -> Graph:
+    """The bases (last node layer first) and edges of ``model``'s graph from its statistics
+    ``stat`` (node layer index -> (mean, Gram)), resuming from ``st``'s finished stages."""
+    timings = {"stats": stats_time}
     layers = model.node_layers
     last = len(layers) - 1
-
-    t0 = time.perf_counter()
-    stat_layers = _stat_layers(model, cfg)
-    if st.has(STATS_STAGE):
-        saved = st.get(STATS_STAGE)
-        means, grams = list(saved["means"]), list(saved["grams"])
-    else:
-        means, grams = compute_stats(model, gram_inputs, cfg, stat_layers, placement)
-        st.put(STATS_STAGE, {"means": means, "grams": grams})
-    stat = {i: (m, g) for i, m, g in zip(stat_layers, means, grams)}
-    timings["stats"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
     bases: dict[int, basis_lib.Basis] = {}

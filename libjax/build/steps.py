@@ -6,6 +6,11 @@ become all-reduces that ``jit`` inserts. There are two steps: the statistics of 
 in one pass (:func:`stats_step`), and one step for any ``M'`` or edge computation
 (:func:`accumulation_step`), which asks the section's path for the batch's contribution.
 
+Steps are cached (:func:`cached`) on what their programs depend on: the model's functions (by
+identity), the node layers or the section and its path, task and plan, and the policy. A second
+build of the same model in one process, or a build of several graphs that share a step, reuses the
+jitted step and so its compiled programs; :data:`TRACES` counts how often each step was traced.
+
 Under the float64 policy a step is ``acc = step(acc, key, ...)``: the sums stay on the device.
 Under the mixed policy (:mod:`libjax.runtime.precision`) a step computes in float32 and returns
 only its batch's contribution, ``new = step(key, ...)``, which :class:`Step`'s ``merge`` adds into
@@ -14,7 +19,9 @@ a float64 NumPy accumulator on the host: no float32 sum ever runs over more than
 
 from __future__ import annotations
 
+import collections
 import hashlib
+import logging
 from typing import Callable, NamedTuple, Optional, Sequence
 
 import jax
@@ -27,6 +34,32 @@ from libjax.runtime import precision
 from libjax.runtime.batching import batch_size_for, padded_batches
 from libjax.runtime.progress import track
 from libjax.runtime.sharding import Placement
+
+log = logging.getLogger("libjax")
+
+# Traces per step label since the process started: a step traced more than once per shape was
+# rebuilt or its shapes changed.
+TRACES: collections.Counter = collections.Counter()
+_CACHE_SIZE = 256
+_steps: collections.OrderedDict = collections.OrderedDict()
+
+
+def cached(key, make: Callable[[], "Step"]) -> "Step":
+    """The step for ``key`` (hashable: everything its programs depend on), made by ``make`` the
+    first time; the least recently used of more than ``_CACHE_SIZE`` steps are dropped."""
+    if key in _steps:
+        _steps.move_to_end(key)
+        return _steps[key]
+    step = _steps[key] = make()
+    if len(_steps) > _CACHE_SIZE:
+        _steps.popitem(last=False)
+    return step
+
+
+def _traced(label: str) -> None:
+    """Called inside a step's Python body, so once per trace (compile) of that step."""
+    TRACES[label] += 1
+    log.info("compiling step %r (trace %d)", label, TRACES[label])
 
 
 class Step(NamedTuple):
@@ -49,13 +82,37 @@ def fold_key(seed: int, stage: str, batch_index: int):
     return jax.random.fold_in(jax.random.fold_in(jax.random.key(seed), digest), batch_index)
 
 
+def _functions(model, stop: int) -> tuple:
+    """The functions that run ``model`` from its input to node layer ``stop``: a step's program
+    depends on these (by identity) and on nothing else of the model, so a cached step keeps no
+    weights alive."""
+    return (model.embed,) + tuple(s.fn for s in model.sections[:stop])
+
+
+def _all_acts(functions: tuple, params, x) -> list:
+    """One sample's activations at node layers ``0..len(functions) - 1``."""
+    acts = [functions[0](params, x)]
+    for fn in functions[1:]:
+        acts.append(fn(params, acts[-1]))
+    return acts
+
+
 def stats_step(model, layers: Sequence[int], policy: str = "float64") -> Step:
     """A batch's moments of node layers ``layers`` and whether they were finite, merged into the
     running ones (Chan's update: on the device under float64, on the host under mixed)."""
+    layers = tuple(layers)
+    functions = _functions(model, max(layers))
+    return cached(("stats", functions, layers, policy),
+                  lambda: _make_stats_step(functions, layers, policy))
+
+
+def _make_stats_step(functions: tuple, layers: tuple[int, ...], policy: str) -> Step:
     dtype = precision.accumulation_dtype(policy)
+    label = f"means and Grams of {len(layers)} node layers"
 
     def of_batch(params, inputs, weights):
-        acts = jax.vmap(lambda x: model.all_acts(params, x))(inputs)
+        _traced(label)
+        acts = jax.vmap(lambda x: _all_acts(functions, params, x))(inputs)
         moments = [stats.batch_moments(acts[i], weights, dtype) for i in layers]
         return moments, jnp.stack([jnp.all(jnp.isfinite(acts[i])) for i in layers])
 
@@ -77,10 +134,19 @@ def accumulation_step(model, index: int, path: Form, task: Task, plan,
     """One batch's contribution of ``path`` to ``M'`` or the edges across section ``index``: the
     batch is run to the section's input layer (and, for edges, rotated into its basis ``c_in``),
     then handed to the path with the probes' signs for this batch."""
+    functions = _functions(model, index)
+    label = f"{'edges' if task.kind == EDGES else 'M prime'} {model.node_layers[index]}"
+    return cached(("section", functions, path, task, plan, policy),
+                  lambda: _make_accumulation_step(functions, path, task, plan, policy, label))
+
+
+def _make_accumulation_step(functions: tuple, path: Form, task: Task, plan, policy: str,
+                            label: str) -> Step:
     probes = path.probes(task)
 
     def of_batch(key, params, c_in, c_in_pinv, c_next, inputs, sample_weights):
-        xs = jax.vmap(lambda x: model.run_to(params, x, index))(inputs)
+        _traced(label)
+        xs = jax.vmap(lambda x: _all_acts(functions, params, x)[-1])(inputs)
         cast = lambda a: None if a is None else a.astype(xs.dtype)  # noqa: E731
         x = xs @ cast(c_in) if task.kind == EDGES else xs
         signs = None if probes is None else probes.draw_signs(key, xs.shape[0], task.acc_dtype)

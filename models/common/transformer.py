@@ -322,8 +322,14 @@ def _unembed(p, inputs):
     return (n @ p["unembed.W_U"],)
 
 
-def modules(cfg: TransformerConfig) -> list[sectioned.Module]:
-    """The flat module list of a folded transformer, in reference order."""
+def modules(cfg: TransformerConfig, n_blocks: int | None = None,
+            unembed: bool = True) -> list[sectioned.Module]:
+    """The flat module list of a folded transformer, in reference order.
+
+    ``n_blocks`` below ``cfg.n_layers`` truncates it for a build that ends inside the model: the
+    first ``n_blocks`` blocks, then ``ln1.{n_blocks}`` (no parameters), whose input is the
+    residual after them. ``unembed=False`` ends a whole model at ``ln_final_out``."""
+    n_blocks = cfg.n_layers if n_blocks is None else n_blocks
     ln, rms, eps = cfg.normalization is not None, cfg.normalization == "RMS", cfg.ln_eps
     act = activation(cfg.act_fn)
     if cfg.parallel_attn_mlp and not ln:
@@ -332,7 +338,7 @@ def modules(cfg: TransformerConfig) -> list[sectioned.Module]:
     mods: list[sectioned.Module] = [("embed", _embed_rotary if cfg.rotary else _embed)]
     if not cfg.rotary:
         mods += [("pos_embed", _pos_embed), ("add_embed", _add_embed)]
-    for layer in range(cfg.n_layers):
+    for layer in range(n_blocks):
         last1 = cfg.last_pos_module == f"add_resid1.{layer}"
         last2 = cfg.last_pos_module == f"add_resid2.{layer}"
         if cfg.parallel_attn_mlp:
@@ -352,18 +358,23 @@ def modules(cfg: TransformerConfig) -> list[sectioned.Module]:
             (f"mlp_out.{layer}", _mlp_out(layer)),
             (f"add_resid2.{layer}", _add(last2)),
         ]
+    if n_blocks < cfg.n_layers:
+        return mods + [(f"ln1.{n_blocks}", _ln_in(ln, rms))]
     mods += [("ln_final", _ln_in(ln, rms)),
-             ("ln_final_out", _ln_out(ln, keep_resid=False, eps=eps, rms=rms)),
-             ("unembed", _unembed)]
-    return mods
+             ("ln_final_out", _ln_out(ln, keep_resid=False, eps=eps, rms=rms))]
+    return mods + ([("unembed", _unembed)] if unembed else [])
 
 
 def sectioned_model(name: str, cfg: TransformerConfig, folded_params, node_layers,
-                    n_pos: int | None = None) -> sectioned.SectionedModel:
-    """Cut the folded transformer at ``node_layers`` for inputs of ``n_pos`` tokens."""
+                    n_pos: int | None = None, n_blocks: int | None = None,
+                    unembed: bool = True) -> sectioned.SectionedModel:
+    """Cut the folded transformer at ``node_layers`` for inputs of ``n_pos`` tokens;
+    ``n_blocks`` and ``unembed`` truncate it as in :func:`modules` (then ``folded_params`` needs
+    only what those modules read, and the model's tail ends at the truncation, not at the
+    logits)."""
     n_pos = cfg.n_ctx if n_pos is None else n_pos
     example = jax.ShapeDtypeStruct((n_pos,), jnp.int32)
-    mods = modules(cfg)
+    mods = modules(cfg, n_blocks, unembed)
     # Attention mixes positions; the add keeping only the last position changes them.
     positionwise = [mid for mid, _ in mods
                     if not mid.startswith("attn_out.") and mid != cfg.last_pos_module]
@@ -455,13 +466,15 @@ def section_form(cfg: TransformerConfig, span: tuple[str, ...]) -> Form | None:
 # --- bias folding (docs/method.md 1.2)
 # ----------------------------------------------------------------------
 
-def fold_biases(cfg: TransformerConfig, tl: dict, dtype=np.float64) -> dict:
+def fold_biases(cfg: TransformerConfig, tl: dict, dtype=np.float64,
+                n_blocks: int | None = None) -> dict:
     """TransformerLens-named weights and biases -> folded weights (residual width d_model + 1).
 
     Missing biases count as zero. Rotary models have no ``W_pos``; their ``W_E`` gets the column
     of ones. Gated MLPs fold ``W_gate`` with ``root_one`` and ``W_in`` (up) with 1 in the bias
     row's extra column, so that ``act(gate) * up`` carries the constant 1. Returns NumPy arrays of
-    ``dtype``.
+    ``dtype``. ``n_blocks``: fold only the first ``n_blocks`` blocks (default: all); the
+    unembedding only where ``tl`` has it.
     """
     a = lambda k: np.asarray(tl[k], dtype=np.float64)  # noqa: E731
     zeros = lambda *s: np.zeros(s)  # noqa: E731
@@ -479,7 +492,7 @@ def fold_biases(cfg: TransformerConfig, tl: dict, dtype=np.float64) -> dict:
         top = np.concatenate([w, zeros(d, 1)], axis=1)
         return np.concatenate([top, np.concatenate([b, [corner]])[None, :]], axis=0)
 
-    for layer in range(cfg.n_layers):
+    for layer in range(cfg.n_layers if n_blocks is None else n_blocks):
         at, ml = f"blocks.{layer}.attn.", f"blocks.{layer}.mlp."
         for name, heads in (("Q", h), ("K", hkv)):
             w, b = a(at + f"W_{name}"), get(at + f"b_{name}", heads, dh)
@@ -500,6 +513,7 @@ def fold_biases(cfg: TransformerConfig, tl: dict, dtype=np.float64) -> dict:
         w_out, b_out = a(ml + "W_out"), get(ml + "b_out", d)
         w_out = np.concatenate([w_out, b_out[None, :]], axis=0)
         out[ml + "W_out"] = np.concatenate([w_out, zeros(m + 1, 1)], axis=1)
-    out["unembed.W_U"] = np.concatenate(
-        [a("unembed.W_U"), get("unembed.b_U", cfg.d_vocab)[None, :]], axis=0)
+    if "unembed.W_U" in tl:
+        out["unembed.W_U"] = np.concatenate(
+            [a("unembed.W_U"), get("unembed.b_U", cfg.d_vocab)[None, :]], axis=0)
     return {k: v.astype(dtype, copy=False) for k, v in out.items()}

@@ -62,7 +62,8 @@ def fold_layer_norm(tl: dict, n_layers: int, centre: bool = True) -> dict:
         for name in ("in", "gate"):
             if block + f"mlp.W_{name}" in out:
                 fold(w_ln2, b_ln2, block + f"mlp.W_{name}", block + f"mlp.b_{name}", d_axis=0)
-    fold(*norm("ln_final"), "unembed.W_U", "unembed.b_U", d_axis=0)
+    if "unembed.W_U" in out:
+        fold(*norm("ln_final"), "unembed.W_U", "unembed.b_U", d_axis=0)
     return out
 
 
@@ -105,11 +106,15 @@ def process(tl: dict, n_layers: int, rms: bool = False) -> dict:
 
     ``tl`` must hold every bias (zeros where the architecture has none) and the LN parameters
     ``blocks.L.ln1.w/b``, ``blocks.L.ln2.w/b``, ``ln_final.w/b`` (RMSNorm: ``w`` only); the
-    result has no LN parameters.
+    result has no LN parameters. For a truncated model (see
+    :func:`models.lm.model.sectioned`) ``tl`` may hold only the first ``n_layers`` blocks and
+    leave out ``ln_final`` and the unembedding; each rewrite acts on one block (or the embedding,
+    or the unembedding) at a time, so the blocks kept come out as in the whole model.
     """
     tl = {k: np.asarray(v, np.float64) for k, v in tl.items()}
     tl = fold_layer_norm(tl, n_layers, centre=not rms)
     if not rms:
         tl = center_writing_weights(tl, n_layers)
-    tl = center_unembed(tl)
+    if "unembed.W_U" in tl:
+        tl = center_unembed(tl)
     return fold_value_biases(tl, n_layers)

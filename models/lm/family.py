@@ -13,8 +13,9 @@ import numpy as np
 
 from libjax.errors import CheckpointError, ConfigError
 from models.common import cards, checkpoints, hf, text, transformer
-from models.family import Data, Family
-from models.lm.model import LanguageModel, block_node_layers, expected_shapes, sectioned
+from models.family import Data, Family, select_blocks
+from models.lm.model import (LanguageModel, block_node_layers, blocks_of, expected_shapes,
+                             extent, processed_weights, sectioned, truncated_model)
 
 _resolve = functools.lru_cache(maxsize=8)(hf.resolve)
 
@@ -83,14 +84,42 @@ class LMFamily(Family):
         return {"n_stochastic_sources_basis_pos": 1, "n_stochastic_sources_edges": 1,
                 "rotate_final_node_layer": True, **self.batch_sizes}
 
-    def load(self, opts, node_layers):
+    def _weights(self, opts) -> tuple[transformer.TransformerConfig, dict]:
+        """The architecture and the unprocessed TransformerLens-named weights, shapes checked."""
         directory, _, cfg = self._checkpoint(opts)
         tl = self.to_tl(hf.read_weights(directory), cfg)
         if "pos_embed.W_pos" in tl:  # rotary models have none
             tl["pos_embed.W_pos"] = tl["pos_embed.W_pos"][:cfg.n_ctx]
         checkpoints.check_shapes(tl, expected_shapes(cfg, self.model), directory)
+        return cfg, tl
+
+    def load(self, opts, node_layers, truncate: bool = False):
+        cfg, tl = self._weights(opts)
+        if truncate:  # let go of the blocks after the last node layer at once
+            tl = blocks_of(tl, *extent(cfg, node_layers))
         return sectioned(self.name, cfg, tl, node_layers, self._n_ctx(opts, cfg),
-                         np.dtype(opts.dtype))
+                         np.dtype(opts.dtype), truncate)
+
+    def load_for_build(self, opts, node_layers):
+        # Only the blocks up to the last node layer are processed, folded and kept.
+        return self.load(opts, node_layers, truncate=True)
+
+    def blocks(self, opts, spec):
+        if opts.node_layers:
+            raise ConfigError("give --layer or --node_layers, not both")
+        return select_blocks(spec, self._checkpoint(opts)[2].n_layers, self.label)
+
+    def load_blocks(self, opts, blocks):
+        cfg, tl = self._weights(opts)
+        cuts = [block_node_layers(b, cfg.n_layers) for b in blocks]
+        union = tuple(dict.fromkeys(name for cut in cuts for name in cut))
+        n_blocks, unembed = extent(cfg, union)
+        tl = blocks_of(tl, n_blocks, unembed)
+        params = processed_weights(cfg, tl, n_blocks, unembed, np.dtype(opts.dtype))
+        n_pos = self._n_ctx(opts, cfg)
+        return (truncated_model(self.name, cfg, params, union, n_pos, n_blocks, unembed),
+                [truncated_model(self.name, cfg, params, cut, n_pos, *extent(cfg, cut))
+                 for cut in cuts])
 
     def data(self, opts):
         directory, hf_config, cfg = self._checkpoint(opts)

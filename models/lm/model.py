@@ -91,12 +91,64 @@ def expected_shapes(cfg: transformer.TransformerConfig,
     return {k: tuple(v.shape) for k, v in variables["params"].items()}
 
 
+def extent(cfg: transformer.TransformerConfig, node_layers) -> tuple[int, bool]:
+    """How much of the model a build of ``node_layers`` runs: the number of blocks, and whether
+    the unembedding (only for a node layer after it: ``output``). Names this cannot read count as
+    the whole model (the cut then says what is wrong with them)."""
+    n_blocks, unembed = 0, False
+    for name in node_layers:
+        module, _, layer = name.partition(".")
+        if name == "output" or (layer and not layer.isdigit()):
+            return cfg.n_layers, True
+        if not layer:  # embed, pos_embed, add_embed; ln_final, ln_final_out, unembed
+            n_blocks = max(n_blocks, cfg.n_layers if name.startswith(("ln_final", "unembed"))
+                           else 0)
+            unembed |= name == "unembed"
+        else:  # ln1.L reads the residual after block L - 1; the rest of block L, block L
+            n_blocks = max(n_blocks, int(layer) + (module != "ln1"))
+    return min(n_blocks, cfg.n_layers), unembed
+
+
+def processed_weights(cfg: transformer.TransformerConfig, tl: dict, n_blocks: int,
+                      unembed: bool, dtype=np.float64) -> dict:
+    """The first ``n_blocks`` blocks of ``tl`` (and the unembedding if ``unembed``) processed
+    (TransformerLens) and bias-folded, as ``dtype`` JAX arrays: the rest is never touched."""
+    rms = cfg.normalization == "RMS"
+    processed = weight_processing.process(blocks_of(tl, n_blocks, unembed), n_blocks, rms=rms)
+    folded = transformer.fold_biases(cfg, processed, dtype, n_blocks)
+    del processed  # each array is copied once more below: free what is done with at once
+    return {k: jnp.asarray(folded.pop(k)) for k in list(folded)}
+
+
+def blocks_of(weights: dict, n_blocks: int, unembed: bool) -> dict:
+    """The TransformerLens-named entries of ``weights`` that a model truncated after ``n_blocks``
+    blocks reads (``ln_final`` and the unembedding only with ``unembed``)."""
+    def used(name: str) -> bool:
+        head, _, rest = name.partition(".")
+        if head == "blocks":
+            return int(rest.partition(".")[0]) < n_blocks
+        return unembed or head not in ("ln_final", "unembed")
+    return {k: v for k, v in weights.items() if used(k)}
+
+
 def sectioned(name: str, cfg: transformer.TransformerConfig, tl: dict, node_layers,
-              n_pos: int, dtype=np.float64):
-    """Process (TransformerLens), bias-fold and cut the model for inputs of ``n_pos`` tokens."""
-    processed = weight_processing.process(tl, cfg.n_layers, rms=cfg.normalization == "RMS")
-    folded = {k: jnp.asarray(v) for k, v in transformer.fold_biases(cfg, processed, dtype).items()}
-    return transformer.sectioned_model(name, cfg, folded, node_layers, n_pos)
+              n_pos: int, dtype=np.float64, truncate: bool = False):
+    """Process (TransformerLens), bias-fold and cut the model for inputs of ``n_pos`` tokens.
+
+    ``truncate``: only the blocks the node layers need (:func:`extent`), for a build, which never
+    runs the model past its last node layer; the model's tail then ends there, not at the
+    logits."""
+    n_blocks, unembed = extent(cfg, node_layers) if truncate else (cfg.n_layers, True)
+    params = processed_weights(cfg, tl, n_blocks, unembed, dtype)
+    return truncated_model(name, cfg, params, node_layers, n_pos, n_blocks, unembed)
+
+
+def truncated_model(name: str, cfg: transformer.TransformerConfig, params: dict, node_layers,
+                    n_pos: int, n_blocks: int, unembed: bool):
+    """The model cut at ``node_layers``, truncated after ``n_blocks`` blocks (and without the
+    unembedding unless ``unembed``), from processed weights of at least that much."""
+    return transformer.sectioned_model(name, cfg, blocks_of(params, n_blocks, unembed),
+                                       node_layers, n_pos, n_blocks, unembed)
 
 
 def block_node_layers(layer: int, n_layers: int) -> tuple[str, ...]:

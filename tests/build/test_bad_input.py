@@ -61,6 +61,15 @@ CASES = {
         "--model=mlp", "--node_layers=layers.0,layers.2", says=("must be consecutive",)),
     "block that does not exist": compute("--layer=3", says=("one block", "--layer=3")),
     "GPT-2 block that does not exist": compute(*GPT2, "--layer=7", says=("blocks 0..1",)),
+    "blocks in no form --layer knows": compute(*GPT2, "--layer=0;1",
+                                               says=("'0;1' is not a block", "a range (4-7)")),
+    "GPT-2 blocks that do not exist": compute(*GPT2, "--layer=0-4",
+                                              says=("blocks 0..1", "[2, 3, 4]")),
+    "a range that goes down": compute(*GPT2, "--layer=1-0", says=("a range goes up",)),
+    "a block listed twice": compute(*GPT2, "--layer=1,0,1", says=("[1] more than once",)),
+    "several blocks with node layers": compute(*GPT2, "--layer=all", "--node_layers=ln1.0,ln2.0",
+                                               says=("--layer or --node_layers",)),
+    "several blocks of a one-graph model": compute("--layer=all", says=("one graph per block",)),
     # checkpoints
     "missing checkpoint": compute("--checkpoint={files}/nowhere.npz",
                                   says=("nowhere.npz does not exist",)),
@@ -288,6 +297,8 @@ def _message(stderr: str, status: int) -> str:
 # family), run with -m slow to keep the default run near a minute.
 VARIANTS = {
     "one node layer", "MLP node layers not consecutive", "GPT-2 block that does not exist",
+    "GPT-2 blocks that do not exist", "a range that goes down", "a block listed twice",
+    "several blocks with node layers", "several blocks of a one-graph model",
     "single array, not an archive", "checkpoint is a directory", "weight the model does not use",
     "MLP given a transformer", "HF directory without config", "negative samples",
     "zero Gram samples", "data option the model ignores", "data directory that does not exist",

@@ -31,9 +31,9 @@ def tiny_transformer(node_layers, seed=0, last_pos_only=True, n_ctx=3, act_fn="r
     return model, tokens
 
 
-def tiny_ln_transformer(node_layers, seed=0, n_ctx=5, n_layers=2):
-    """A random GPT-2-like transformer (LayerNorm, gelu_new), scaled down, processed and folded
-    as pretrained language models are, cut at ``node_layers``; returns ``(model, tokens)``."""
+def tiny_ln_weights(seed=0, n_ctx=5, n_layers=2):
+    """A random GPT-2-like transformer's architecture (LayerNorm, gelu_new, scaled down), its
+    unprocessed TransformerLens-named weights and the generator that drew them (for inputs)."""
     cfg = transformer.TransformerConfig(
         n_layers=n_layers, d_model=8, n_heads=2, d_head=4, d_mlp=16, d_vocab=11, n_ctx=n_ctx,
         act_fn="gelu_new", normalization="LN")
@@ -42,6 +42,13 @@ def tiny_ln_transformer(node_layers, seed=0, n_ctx=5, n_layers=2):
     for name, shape in lm.expected_shapes(cfg).items():
         noise = rng.normal(size=shape) * 0.4
         weights[name] = 1 + noise if name.endswith(".w") else noise
+    return cfg, weights, rng
+
+
+def tiny_ln_transformer(node_layers, seed=0, n_ctx=5, n_layers=2):
+    """The :func:`tiny_ln_weights` transformer processed and folded as pretrained language models
+    are, cut at ``node_layers``; returns ``(model, tokens)``."""
+    cfg, weights, rng = tiny_ln_weights(seed, n_ctx, n_layers)
     model = lm.sectioned("tiny_ln", cfg, weights, node_layers, n_pos=n_ctx)
     tokens = rng.integers(0, 11, size=(48, n_ctx)).astype(np.int32)
     return model, tokens
