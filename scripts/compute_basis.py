@@ -9,7 +9,9 @@
                                                          # float32 steps, as on a TPU
 
 Results go to --out_dir (orbax stages + summary.json; read them with ``libjax.storage.graph.load``).
-Rerunning the same command on the same --out_dir resumes an interrupted build.
+Rerunning the same command on the same --out_dir resumes an interrupted build, from the last
+finished stage or from the running stage's last progress save (--save_every_minutes,
+--save_every_batches). SIGTERM saves the running stage's progress and exits with status 75.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from absl import flags
 
 from libjax import build
 from libjax.build import config
+from libjax.build.progress_saves import SaveSchedule
 from libjax.runtime import cli, precision
 from libjax.storage.graph import format_summary, summary
 from models import registry
@@ -67,6 +70,13 @@ _N_GRAM_SAMPLES = flags.DEFINE_integer("n_gram_samples", None,
 _N_CTX = flags.DEFINE_integer("n_ctx", None, "tokens per sample (language models)")
 _OUT_DIR = flags.DEFINE_string("out_dir", None, "output directory (default out/<model>_<basis>)")
 _OVERWRITE = flags.DEFINE_boolean("overwrite", False, "replace a different build in --out_dir")
+_SAVE_MINUTES = flags.DEFINE_float(
+    "save_every_minutes", SaveSchedule.every_minutes,
+    "save the running stage's progress after this many minutes (0: no time limit); an "
+    "interrupted stage resumes from its last save")
+_SAVE_BATCHES = flags.DEFINE_integer(
+    "save_every_batches", SaveSchedule.every_batches,
+    "also save it after this many batches, whichever comes first (0: no batch limit)")
 _PRECISION = flags.DEFINE_enum("precision", None, list(precision.POLICIES),
                                "float64: every step in float64; mixed: float32 steps, float64 host "
                                "sums (default: mixed on TPU, else float64)")
@@ -109,7 +119,8 @@ def main(argv):
     cfg = build_config(family, opts)
     out_dir = _OUT_DIR.value or f"out/{family.name}_{cfg.basis}"
     g = build.build(model, data.inputs, cfg, gram_inputs=data.gram_inputs, out_dir=out_dir,
-                    overwrite=_OVERWRITE.value, model_id=family.model_id(opts))
+                    overwrite=_OVERWRITE.value, model_id=family.model_id(opts),
+                    save_schedule=SaveSchedule(_SAVE_BATCHES.value, _SAVE_MINUTES.value))
     print(f"\n{family.name}: {cfg.basis} basis, node layers {', '.join(g.node_layers)}, "
           f"{len(data.inputs)} samples -> {out_dir}")
     print(format_summary(summary(g)))

@@ -22,11 +22,12 @@ import numpy as np
 from libjax import basis as basis_lib
 from libjax.build.config import BuildConfig
 from libjax.build.paths import choose_path, section_task
+from libjax.build.progress_saves import Saves, SaveSchedule
 from libjax.build.steps import accumulate, accumulation_step, stats_step
 from libjax.errors import BasisError, ConfigError, NumericalError
 from libjax.forms import EDGES, M_PRIME
 from libjax.method import stats
-from libjax.runtime import precision
+from libjax.runtime import precision, preemption
 from libjax.runtime.batching import batch_size_for
 from libjax.runtime.sharding import Placement
 from libjax.storage import store
@@ -60,14 +61,16 @@ def _check_layout(model) -> None:
 
 
 def compute_stats(model, inputs, cfg: BuildConfig, layers: Sequence[int],
-                  placement: Placement | None = None):
-    """Means and Gram matrices of the node layers ``layers`` in one pass over ``inputs``."""
+                  placement: Placement | None = None, saves: Saves | None = None):
+    """Means and Gram matrices of the node layers ``layers`` in one pass over ``inputs``
+    (resumable with ``saves``)."""
     init = ([stats.Moments.zeros(model.layers[i].width) for i in layers],
             np.ones(len(layers), bool))
     with precision.scope(cfg.precision):
         acc, finite = accumulate(stats_step(model, layers, cfg.precision), init, inputs,
                                  cfg.gram_batch_size or cfg.batch_size, "means and Grams",
-                                 cfg.seed, STATS_STAGE, placement or Placement(), model.params)
+                                 cfg.seed, STATS_STAGE, placement or Placement(), model.params,
+                                 saves=saves)
     if not np.all(finite):
         bad = [model.node_layers[i] for i, ok in zip(layers, finite) if not ok]
         raise NumericalError(f"NaN or inf in the activations of node layer(s) {bad} while "
@@ -90,7 +93,7 @@ def compute_stats(model, inputs, cfg: BuildConfig, layers: Sequence[int],
 
 
 def _section_sum(model, index: int, kind: str, inputs, cfg: BuildConfig, c_in, c_in_pinv, c_next,
-                 placement: Placement):
+                 placement: Placement, saves: Saves | None):
     """``M'`` or the edges across section ``index``, normalised (docs/method.md 1.7, 2.2)."""
     size = cfg.batch_size if kind == M_PRIME else cfg.edge_batch_size or cfg.batch_size
     per_device = batch_size_for(len(inputs), size, placement.size) // placement.size
@@ -108,7 +111,8 @@ def _section_sum(model, index: int, kind: str, inputs, cfg: BuildConfig, c_in, c
         with precision.scope(cfg.precision):
             sums = accumulate(accumulation_step(model, index, path, task, plan, cfg.precision),
                               path.zero(task, model.params), inputs, size, what, cfg.seed,
-                              stage, placement, model.params, c_in, c_in_pinv, c_next)
+                              stage, placement, model.params, c_in, c_in_pinv, c_next,
+                              saves=saves)
     result = np.asarray(path.finish(task, model.params, sums, c_next)) / \
         (task.rows * path.divisor(task))
     _check_finite(result, f"M' of node layer {a!r}" if kind == M_PRIME else f"the edges {a}->{b}",
@@ -117,15 +121,15 @@ def _section_sum(model, index: int, kind: str, inputs, cfg: BuildConfig, c_in, c
 
 
 def compute_m_prime(model, index: int, inputs, cfg: BuildConfig, c_next,
-                    placement: Placement | None = None):
+                    placement: Placement | None = None, saves: Saves | None = None):
     """``M'`` (docs/method.md 1.7) of node layer ``index`` given the next layer's ``C`` (or
     None)."""
     return _section_sum(model, index, M_PRIME, inputs, cfg, None, None, c_next,
-                        placement or Placement())
+                        placement or Placement(), saves)
 
 
 def compute_edges(model, index: int, inputs, cfg: BuildConfig, b_in: basis_lib.Basis, c_next,
-                  placement: Placement | None = None):
+                  placement: Placement | None = None, saves: Saves | None = None):
     """Squared edges (docs/method.md 2.2-2.3) from node layer ``index`` to the next,
     ``(out, in)``.
 
@@ -135,7 +139,7 @@ def compute_edges(model, index: int, inputs, cfg: BuildConfig, b_in: basis_lib.B
     edges cost ``P_out`` times as much), so ``fast_paths`` does not change the numbers there.
     """
     return _section_sum(model, index, EDGES, inputs, cfg, b_in.C, b_in.C_pinv, c_next,
-                        placement or Placement())
+                        placement or Placement(), saves)
 
 
 def _stat_layers(model, cfg: BuildConfig) -> list[int]:
@@ -169,9 +173,11 @@ def _params_digest(params) -> str:
     return h.hexdigest()[:16]
 
 
+@preemption.deferring
 def build(model, inputs, cfg: BuildConfig = BuildConfig(), gram_inputs=None,
           out_dir=None, overwrite: bool = False, model_id: str = "",
-          placement: Placement | None = None) -> Graph:
+          placement: Placement | None = None,
+          save_schedule: SaveSchedule = SaveSchedule()) -> Graph:
     """Build the graph of ``model`` (a :class:`libjax.model.SectionedModel`).
 
     Args:
@@ -184,8 +190,14 @@ def build(model, inputs, cfg: BuildConfig = BuildConfig(), gram_inputs=None,
       overwrite: replace a different build found in ``out_dir``.
       model_id: identifies the model (e.g. checkpoint path) in ``out_dir``'s build record.
       placement: the devices to use (default: a ``data`` mesh over every device).
+      save_schedule: how often a pass saves its progress in ``out_dir`` (a stopped stage then
+        resumes from its last save, bit for bit: :mod:`libjax.build.progress_saves`).
+
+    A stop requested while it runs (SIGTERM with :func:`libjax.runtime.preemption.install`)
+    saves the running pass's progress and raises :class:`libjax.runtime.preemption.Preempted`.
     """
     cfg.validate(model)
+    save_schedule.validate()
     precision.require(cfg.precision)
     _check_layout(model)
     gram_inputs = inputs if gram_inputs is None else gram_inputs
@@ -194,6 +206,7 @@ def build(model, inputs, cfg: BuildConfig = BuildConfig(), gram_inputs=None,
     info = _build_info(model, cfg, inputs, gram_inputs, model_id)
     placement = placement or Placement()
     st = store.Store(out_dir, info, overwrite, writer=placement.is_writer)
+    saves = Saves(st, save_schedule)
     timings = {}
     layers = model.node_layers
     last = len(layers) - 1
@@ -204,7 +217,7 @@ def build(model, inputs, cfg: BuildConfig = BuildConfig(), gram_inputs=None,
         saved = st.get(STATS_STAGE)
         means, grams = list(saved["means"]), list(saved["grams"])
     else:
-        means, grams = compute_stats(model, gram_inputs, cfg, stat_layers, placement)
+        means, grams = compute_stats(model, gram_inputs, cfg, stat_layers, placement, saves)
         st.put(STATS_STAGE, {"means": means, "grams": grams})
     stat = {i: (m, g) for i, m, g in zip(stat_layers, means, grams)}
     timings["stats"] = time.perf_counter() - t0
@@ -224,7 +237,7 @@ def build(model, inputs, cfg: BuildConfig = BuildConfig(), gram_inputs=None,
         m_prime = None
         if i != last and cfg.basis == "lib":
             c_next = bases[i + 1].C if i + 1 in bases else None
-            m_prime = compute_m_prime(model, i, inputs, cfg, c_next, placement)
+            m_prime = compute_m_prime(model, i, inputs, cfg, c_next, placement, saves)
         try:
             if i == last or cfg.basis == "pca":
                 b = basis_lib.pca_basis(gram, mean, cfg.center, isolate_var,
@@ -250,7 +263,8 @@ def build(model, inputs, cfg: BuildConfig = BuildConfig(), gram_inputs=None,
                 edges[pair] = np.asarray(st.get(stage)["E"])
                 continue
             c_next = bases[i + 1].C if i + 1 in bases else None
-            edges[pair] = compute_edges(model, i, inputs, cfg, bases[i], c_next, placement)
+            edges[pair] = compute_edges(model, i, inputs, cfg, bases[i], c_next, placement,
+                                        saves)
             st.put(stage, {"E": edges[pair]})
     timings["edges"] = time.perf_counter() - t0
 
