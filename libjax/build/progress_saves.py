@@ -99,6 +99,8 @@ class PassProgress:
             total = self.layout["batches"]
             if self.save is None:
                 kept = "nothing is saved (the build has no output directory)"
+            elif not self.save.writer:
+                kept = "the writing process saves its progress"
             elif self.saved_at == 0:
                 kept = "the stage starts over"
             else:

@@ -51,7 +51,7 @@ class PartialSave:
             return
         leaves = {f"leaf{i}": np.asarray(a) for i, a in enumerate(jax.tree.leaves(acc))}
         record = np.array(json.dumps(self._record(layout, done)))
-        self.path.parent.mkdir(exist_ok=True)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
         write_atomic(self.path, lambda f: np.savez(f, **{_META: record}, **leaves))
 
     def load(self, like, layout: dict) -> Optional[tuple[int, Any]]:
