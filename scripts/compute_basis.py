@@ -107,6 +107,8 @@ def main(argv):
     print(f"precision: {policy}" +
           ("" if _PRECISION.present else f" (the default on {jax.default_backend()})"))
     precision.enable_for(policy)  # before the model is made
+    save_schedule = SaveSchedule(_SAVE_BATCHES.value, _SAVE_MINUTES.value)
+    save_schedule.validate()  # before the model and data load
     family = registry.get(_MODEL.value)
     opts = Options(
         checkpoint=_CHECKPOINT.value, node_layers=cli.comma_list(_NODE_LAYERS.value),
@@ -120,7 +122,7 @@ def main(argv):
     out_dir = _OUT_DIR.value or f"out/{family.name}_{cfg.basis}"
     g = build.build(model, data.inputs, cfg, gram_inputs=data.gram_inputs, out_dir=out_dir,
                     overwrite=_OVERWRITE.value, model_id=family.model_id(opts),
-                    save_schedule=SaveSchedule(_SAVE_BATCHES.value, _SAVE_MINUTES.value))
+                    save_schedule=save_schedule)
     print(f"\n{family.name}: {cfg.basis} basis, node layers {', '.join(g.node_layers)}, "
           f"{len(data.inputs)} samples -> {out_dir}")
     print(format_summary(summary(g)))

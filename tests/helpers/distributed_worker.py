@@ -63,7 +63,7 @@ def stop_after(k: int) -> None:
 
 
 if __name__ == "__main__":
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    logging.basicConfig(level=logging.INFO, format="%(message)s", force=True)
     model, inputs, config = case(sys.argv[1])
     schedule = SaveSchedule()
     if "LIBJAX_TEST_STOP_AFTER" in os.environ:
