@@ -15,6 +15,7 @@ import hashlib
 import json
 import logging
 import shutil
+import zipfile
 from pathlib import Path
 from typing import Any, Optional
 
@@ -64,16 +65,15 @@ class PartialSave:
             with np.load(self.path, allow_pickle=False) as f:
                 record = json.loads(str(f[_META]))
                 leaves = [f[f"leaf{i}"] for i in range(len(f.files) - 1)]
-        except (OSError, ValueError, KeyError) as err:
+        except (OSError, ValueError, KeyError, zipfile.BadZipFile) as err:
             return self._ignore(f"it cannot be read ({err})")
         wanted = self._record(layout, record.get("done"))
         if record.get("build") != self.build:
             return self._ignore("it belongs to another build")
-        changed = sorted(k for k in set(layout) | set(record.get("layout", {}))
-                         if record["layout"].get(k) != layout.get(k))
+        before = record.get("layout") if isinstance(record.get("layout"), dict) else {}
+        changed = sorted(k for k in set(layout) | set(before) if before.get(k) != layout.get(k))
         if changed or record != wanted:
-            saved = ", ".join(f"{k} {record['layout'].get(k)} (now {layout.get(k)})"
-                              for k in changed)
+            saved = ", ".join(f"{k} {before.get(k)} (now {layout.get(k)})" for k in changed)
             return self._ignore(f"it was made with another layout: {saved or record}")
         structure = jax.tree.structure(like)
         shapes = [np.shape(a) for a in jax.tree.leaves(like)]
