@@ -27,7 +27,7 @@ from libjax import ablation
 from libjax.analysis import plots
 from libjax.errors import ConfigError, DataError
 from libjax.runtime import cli, precision
-from libjax.storage import store
+from libjax.storage import files, store
 from models import registry
 from models.opened import open_build
 
@@ -95,7 +95,7 @@ def _read_records(paths):
 
 def _write(record, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    store.write_json_atomic(path, record)
+    files.write_json_atomic(path, record)
 
 
 def _plot(record, path: Path, compare: list) -> None:

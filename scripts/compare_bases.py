@@ -28,7 +28,7 @@ from libjax import ablation, build
 from libjax.analysis import comparison
 from libjax.errors import ConfigError
 from libjax.runtime import cli
-from libjax.storage import store
+from libjax.storage import files
 from models import registry
 from models.family import Options
 
@@ -96,7 +96,7 @@ def main(argv):
              f"{summary['metric']}; unablated {summary['no_ablation_result']:.4f}.", ""]
     lines += comparison.layer_table(summary)
     (out_dir / "table.md").write_text("\n".join(lines) + "\n")
-    store.write_json_atomic(out_dir / "comparison.json", summary)
+    files.write_json_atomic(out_dir / "comparison.json", summary)
     print("\n".join(lines))
     print(f"written to {out_dir}: table.md, comparison.json, "
           + ", ".join(p.name for p in paths))

@@ -12,7 +12,9 @@
                                                          # float32 steps, as on a TPU
 
 Results go to --out_dir (orbax stages + summary.json; read them with ``libjax.storage.graph.load``).
-Rerunning the same command on the same --out_dir resumes an interrupted build.
+Rerunning the same command on the same --out_dir resumes an interrupted build, from the last
+finished stage or from the running stage's last progress save (--save_every_minutes,
+--save_every_batches). SIGTERM saves the running stage's progress and exits with status 75.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from absl import flags
 
 from libjax import build
 from libjax.build import config
+from libjax.build.progress_saves import SaveSchedule
 from libjax.runtime import cli, precision
 from libjax.storage.graph import format_summary, summary
 from models import registry
@@ -74,6 +77,13 @@ _N_GRAM_SAMPLES = flags.DEFINE_integer("n_gram_samples", None,
 _N_CTX = flags.DEFINE_integer("n_ctx", None, "tokens per sample (language models)")
 _OUT_DIR = flags.DEFINE_string("out_dir", None, "output directory (default out/<model>_<basis>)")
 _OVERWRITE = flags.DEFINE_boolean("overwrite", False, "replace a different build in --out_dir")
+_SAVE_MINUTES = flags.DEFINE_float(
+    "save_every_minutes", SaveSchedule.every_minutes,
+    "save the running stage's progress after this many minutes (0: no time limit); an "
+    "interrupted stage resumes from its last save")
+_SAVE_BATCHES = flags.DEFINE_integer(
+    "save_every_batches", SaveSchedule.every_batches,
+    "also save it after this many batches, whichever comes first (0: no batch limit)")
 _PRECISION = flags.DEFINE_enum("precision", None, list(precision.POLICIES),
                                "float64: every step in float64; mixed: float32 steps, float64 host "
                                "sums (default: mixed on TPU, else float64)")
@@ -104,6 +114,8 @@ def main(argv):
     print(f"precision: {policy}" +
           ("" if _PRECISION.present else f" (the default on {jax.default_backend()})"))
     precision.enable_for(policy)  # before the model is made
+    save_schedule = SaveSchedule(_SAVE_BATCHES.value, _SAVE_MINUTES.value)
+    save_schedule.validate()  # before the model and data load
     family = registry.get(_MODEL.value)
     opts = Options(
         checkpoint=_CHECKPOINT.value, node_layers=cli.comma_list(_NODE_LAYERS.value),
@@ -122,7 +134,8 @@ def main(argv):
     out_dir = _OUT_DIR.value or f"out/{family.name}_{cfg.basis}"
     out_dirs = [os.path.join(out_dir, f"layer_{b}") for b in blocks] if several else [out_dir]
     graphs = build.build_many(models, data.inputs, cfg, data.gram_inputs, out_dirs,
-                              _OVERWRITE.value, family.model_id(opts), stats_model=stats_model)
+                              _OVERWRITE.value, family.model_id(opts), stats_model=stats_model,
+                              save_schedule=save_schedule)
     for g, directory in zip(graphs, out_dirs):
         print(f"\n{family.name}: {cfg.basis} basis, node layers {', '.join(g.node_layers)}, "
               f"{len(data.inputs)} samples -> {directory}")

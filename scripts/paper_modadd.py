@@ -22,7 +22,7 @@ from libjax import ablation, build
 from libjax.analysis import comparison, reference
 from libjax.errors import CheckpointError
 from libjax.runtime import cli
-from libjax.storage import store
+from libjax.storage import files
 from models.modadd import model as modadd
 
 _SEEDS = flags.DEFINE_string("seeds", "0,1,2,3,4", "comma-separated seeds")
@@ -128,7 +128,7 @@ def main(argv):
     lines = ["# Edges needed to stay within 0.001 test accuracy (bisection, tolerance 1)", ""]
     lines += table(edges, times) + [""] + report
     (out_dir / "table.md").write_text("\n".join(lines) + "\n")
-    store.write_json_atomic(out_dir / "edges_required.json", {str(s): e for s, e in edges.items()})
+    files.write_json_atomic(out_dir / "edges_required.json", {str(s): e for s, e in edges.items()})
     print("\n".join(lines))
     print(f"written to {out_dir}")
 

@@ -28,7 +28,7 @@ from typing import Mapping, Optional, Sequence
 
 import numpy as np
 
-from libjax.storage import store
+from libjax.storage import files
 from libjax.errors import ConfigError, DataError
 
 NORMS = ("none", "sqrt", "abs", "max", "log")
@@ -193,7 +193,7 @@ def save(clustering: Clustering, graph_dir) -> Path:
     """Write ``<graph_dir>/analysis/clustering.json`` (atomically)."""
     path = path_of(graph_dir)
     path.parent.mkdir(parents=True, exist_ok=True)
-    store.write_json_atomic(path, clustering.to_json())
+    files.write_json_atomic(path, clustering.to_json())
     return path
 
 

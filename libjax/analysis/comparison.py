@@ -27,7 +27,7 @@ import numpy as np
 from libjax import ablation, build
 from libjax.ablation import experiments
 from libjax.analysis import plots
-from libjax.storage import store
+from libjax.storage import files, store
 from libjax.storage.graph import Graph
 
 BASES = {"lib": "LIB", "pca": "PCA"}
@@ -84,13 +84,13 @@ def _reuse_or_run(path: Path, config: dict, rerun: bool, run) -> dict:
     record, written to ``path``."""
     if not rerun:
         try:
-            saved = store.read_json(path)
+            saved = files.read_json(path)
         except (OSError, ValueError):  # absent, or a damaged file that is recomputed
             saved = None
         if saved is not None and saved.get("config") == json.loads(json.dumps(config)):
             return saved
     record = run()
-    store.write_json_atomic(path, record)
+    files.write_json_atomic(path, record)
     return record
 
 

@@ -29,7 +29,7 @@ from typing import Mapping, Optional, Sequence
 import numpy as np
 
 from libjax.storage import graph as graph_io
-from libjax.storage import store
+from libjax.storage import files, store
 from libjax.analysis import clustering as clustering_io
 from libjax.analysis import feature_cards
 from libjax.errors import ConfigError, StoreError
@@ -230,7 +230,7 @@ class Explorer:
         path = Path(path)
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
-            store.write_atomic(path, lambda f: f.write(self.html.encode()))
+            files.write_atomic(path, lambda f: f.write(self.html.encode()))
         except OSError as err:
             raise StoreError(f"cannot write the explorer page {path}: {err.strerror or err}; "
                              "choose another output path") from None

@@ -28,7 +28,7 @@ from typing import Optional, Sequence
 import numpy as np
 
 from libjax.runtime import progress
-from libjax.storage import store
+from libjax.storage import files
 from libjax.errors import ConfigError
 
 log = logging.getLogger("libjax")
@@ -68,7 +68,7 @@ def save(cards: dict, graph_dir, build_info: dict) -> list[Path]:
         buffer = io.BytesIO()
         np.savez_compressed(buffer, build=np.asarray(fingerprint(build_info)),
                             **{k: np.asarray(v) for k, v in arrays.items()})
-        store.write_atomic(path, lambda f: f.write(buffer.getvalue()))
+        files.write_atomic(path, lambda f: f.write(buffer.getvalue()))
         paths.append(path)
     return paths
 

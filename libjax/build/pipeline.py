@@ -22,11 +22,12 @@ import numpy as np
 from libjax import basis as basis_lib
 from libjax.build.config import BuildConfig
 from libjax.build.paths import choose_path, section_task
+from libjax.build.progress_saves import Saves, SaveSchedule
 from libjax.build.steps import accumulate, accumulation_step, stats_step
 from libjax.errors import BasisError, ConfigError, NumericalError
 from libjax.forms import EDGES, M_PRIME
 from libjax.method import stats
-from libjax.runtime import precision
+from libjax.runtime import precision, preemption
 from libjax.runtime.batching import batch_size_for
 from libjax.runtime.sharding import Placement
 from libjax.storage import store
@@ -60,14 +61,16 @@ def _check_layout(model) -> None:
 
 
 def compute_stats(model, inputs, cfg: BuildConfig, layers: Sequence[int],
-                  placement: Placement | None = None):
-    """Means and Gram matrices of the node layers ``layers`` in one pass over ``inputs``."""
+                  placement: Placement | None = None, saves: Saves | None = None):
+    """Means and Gram matrices of the node layers ``layers`` in one pass over ``inputs``
+    (resumable with ``saves``)."""
     init = ([stats.Moments.zeros(model.layers[i].width) for i in layers],
             np.ones(len(layers), bool))
     with precision.scope(cfg.precision):
         acc, finite = accumulate(stats_step(model, layers, cfg.precision), init, inputs,
                                  cfg.gram_batch_size or cfg.batch_size, "means and Grams",
-                                 cfg.seed, STATS_STAGE, placement or Placement(), model.params)
+                                 cfg.seed, STATS_STAGE, placement or Placement(), model.params,
+                                 saves=saves)
     if not np.all(finite):
         bad = [model.node_layers[i] for i, ok in zip(layers, finite) if not ok]
         raise NumericalError(f"NaN or inf in the activations of node layer(s) {bad} while "
@@ -90,7 +93,7 @@ def compute_stats(model, inputs, cfg: BuildConfig, layers: Sequence[int],
 
 
 def _section_sum(model, index: int, kind: str, inputs, cfg: BuildConfig, c_in, c_in_pinv, c_next,
-                 placement: Placement):
+                 placement: Placement, saves: Saves | None):
     """``M'`` or the edges across section ``index``, normalised (docs/method.md 1.7, 2.2)."""
     size = cfg.batch_size if kind == M_PRIME else cfg.edge_batch_size or cfg.batch_size
     per_device = batch_size_for(len(inputs), size, placement.size) // placement.size
@@ -108,7 +111,8 @@ def _section_sum(model, index: int, kind: str, inputs, cfg: BuildConfig, c_in, c
         with precision.scope(cfg.precision):
             sums = accumulate(accumulation_step(model, index, path, task, plan, cfg.precision),
                               path.zero(task, model.params), inputs, size, what, cfg.seed,
-                              stage, placement, model.params, c_in, c_in_pinv, c_next)
+                              stage, placement, model.params, c_in, c_in_pinv, c_next,
+                              saves=saves)
     result = np.asarray(path.finish(task, model.params, sums, c_next)) / \
         (task.rows * path.divisor(task))
     _check_finite(result, f"M' of node layer {a!r}" if kind == M_PRIME else f"the edges {a}->{b}",
@@ -117,15 +121,15 @@ def _section_sum(model, index: int, kind: str, inputs, cfg: BuildConfig, c_in, c
 
 
 def compute_m_prime(model, index: int, inputs, cfg: BuildConfig, c_next,
-                    placement: Placement | None = None):
+                    placement: Placement | None = None, saves: Saves | None = None):
     """``M'`` (docs/method.md 1.7) of node layer ``index`` given the next layer's ``C`` (or
     None)."""
     return _section_sum(model, index, M_PRIME, inputs, cfg, None, None, c_next,
-                        placement or Placement())
+                        placement or Placement(), saves)
 
 
 def compute_edges(model, index: int, inputs, cfg: BuildConfig, b_in: basis_lib.Basis, c_next,
-                  placement: Placement | None = None):
+                  placement: Placement | None = None, saves: Saves | None = None):
     """Squared edges (docs/method.md 2.2-2.3) from node layer ``index`` to the next,
     ``(out, in)``.
 
@@ -135,7 +139,7 @@ def compute_edges(model, index: int, inputs, cfg: BuildConfig, b_in: basis_lib.B
     edges cost ``P_out`` times as much), so ``fast_paths`` does not change the numbers there.
     """
     return _section_sum(model, index, EDGES, inputs, cfg, b_in.C, b_in.C_pinv, c_next,
-                        placement or Placement())
+                        placement or Placement(), saves)
 
 
 def _stat_layers(model, cfg: BuildConfig) -> list[int]:
@@ -171,7 +175,8 @@ def _params_digest(params) -> str:
 
 def build(model, inputs, cfg: BuildConfig = BuildConfig(), gram_inputs=None,
           out_dir=None, overwrite: bool = False, model_id: str = "",
-          placement: Placement | None = None) -> Graph:
+          placement: Placement | None = None,
+          save_schedule: SaveSchedule = SaveSchedule()) -> Graph:
     """Build the graph of ``model`` (a :class:`libjax.model.SectionedModel`).
 
     Args:
@@ -184,14 +189,21 @@ def build(model, inputs, cfg: BuildConfig = BuildConfig(), gram_inputs=None,
       overwrite: replace a different build found in ``out_dir``.
       model_id: identifies the model (e.g. checkpoint path) in ``out_dir``'s build record.
       placement: the devices to use (default: a ``data`` mesh over every device).
+      save_schedule: how often a pass saves its progress in ``out_dir`` (a stopped stage then
+        resumes from its last save, bit for bit: :mod:`libjax.build.progress_saves`).
+
+    A stop requested while it runs (SIGTERM with :func:`libjax.runtime.preemption.install`)
+    saves the running pass's progress and raises :class:`libjax.runtime.preemption.Preempted`.
     """
     return build_many([model], inputs, cfg, gram_inputs, [out_dir], overwrite, model_id,
-                      placement)[0]
+                      placement, save_schedule=save_schedule)[0]
 
 
+@preemption.deferring
 def build_many(models: Sequence, inputs, cfg: BuildConfig = BuildConfig(), gram_inputs=None,
                out_dirs: Sequence | None = None, overwrite: bool = False, model_id: str = "",
-               placement: Placement | None = None, stats_model=None) -> list[Graph]:
+               placement: Placement | None = None, stats_model=None,
+               save_schedule: SaveSchedule = SaveSchedule()) -> list[Graph]:
     """Build the graphs of several cuts of one model, each as :func:`build` builds it alone.
 
     The means and Grams of every graph come from one pass over ``gram_inputs`` through
@@ -200,7 +212,8 @@ def build_many(models: Sequence, inputs, cfg: BuildConfig = BuildConfig(), gram_
     block ``L``'s last node layer is block ``L + 1``'s first). Then each graph's bases and edges
     are built in turn. Each graph has its own ``out_dirs`` entry (None: in memory), its own build
     record and stages, so each resumes, and reads back, like a build of that graph alone; the
-    statistics pass runs for the node layers of the graphs whose statistics are not stored yet.
+    statistics pass runs for the node layers of the graphs whose statistics are not stored yet,
+    saving its progress with the first of them.
 
     Args:
       models: one sectioned model per graph.
@@ -217,6 +230,7 @@ def build_many(models: Sequence, inputs, cfg: BuildConfig = BuildConfig(), gram_
     out_dirs = [None] * len(models) if out_dirs is None else list(out_dirs)
     if len(out_dirs) != len(models):
         raise ValueError(f"{len(models)} models but {len(out_dirs)} output directories")
+    save_schedule.validate()
     gram_inputs = inputs if gram_inputs is None else gram_inputs
     for model in models:
         cfg.validate(model)
@@ -230,9 +244,9 @@ def build_many(models: Sequence, inputs, cfg: BuildConfig = BuildConfig(), gram_
                           overwrite, writer=placement.is_writer)
               for model, out_dir in zip(models, out_dirs)]
     t0 = time.perf_counter()
-    shared = _shared_stats(stats_model, [m for m, st in zip(models, stores)
-                                         if not st.has(STATS_STAGE)], gram_inputs, cfg,
-                           placement)
+    missing = [(m, st) for m, st in zip(models, stores) if not st.has(STATS_STAGE)]
+    shared = _shared_stats(stats_model, [m for m, _ in missing], gram_inputs, cfg, placement,
+                           Saves(missing[0][1], save_schedule) if missing else None)
     stats_time = time.perf_counter() - t0
     graphs = []
     for model, st in zip(models, stores):
@@ -246,6 +260,7 @@ def build_many(models: Sequence, inputs, cfg: BuildConfig = BuildConfig(), gram_
             st.put(STATS_STAGE, {"means": means, "grams": grams})
         stat = {model.node_layers.index(n): (m, g) for n, m, g in zip(names, means, grams)}
         graphs.append(_bases_and_edges(model, st, stat, inputs, cfg, placement,
+                                       Saves(st, save_schedule),
                                        stats_time + time.perf_counter() - t0))
     return graphs
 
@@ -262,21 +277,24 @@ def _check_stats_model(model, stats_model, cfg: BuildConfig) -> None:
                               "layers")
 
 
-def _shared_stats(stats_model, models, gram_inputs, cfg: BuildConfig, placement) -> dict:
+def _shared_stats(stats_model, models, gram_inputs, cfg: BuildConfig, placement,
+                  saves: Saves | None) -> dict:
     """Node layer name -> (mean, Gram) of every node layer whose statistics one of ``models``
-    needs, from one pass through ``stats_model`` (empty without models)."""
+    needs, from one pass through ``stats_model`` (empty without models), resumable with
+    ``saves``."""
     wanted = {model.node_layers[i] for model in models for i in _stat_layers(model, cfg)}
     if not wanted:
         return {}
     layers = [i for i, name in enumerate(stats_model.node_layers) if name in wanted]
-    means, grams = compute_stats(stats_model, gram_inputs, cfg, layers, placement)
+    means, grams = compute_stats(stats_model, gram_inputs, cfg, layers, placement, saves)
     return {stats_model.node_layers[i]: (m, g) for i, m, g in zip(layers, means, grams)}
 
 
-def _bases_and_edges(model, st, stat: dict, inputs, cfg: BuildConfig, placement,
+def _bases_and_edges(model, st, stat: dict, inputs, cfg: BuildConfig, placement, saves: Saves,
                      stats_time: float) -> Graph:
     """The bases (last node layer first) and edges of ``model``'s graph from its statistics
-    ``stat`` (node layer index -> (mean, Gram)), resuming from ``st``'s finished stages."""
+    ``stat`` (node layer index -> (mean, Gram)), resuming from ``st``'s finished stages and
+    ``saves``."""
     timings = {"stats": stats_time}
     layers = model.node_layers
     last = len(layers) - 1
@@ -296,7 +314,7 @@ def _bases_and_edges(model, st, stat: dict, inputs, cfg: BuildConfig, placement,
         m_prime = None
         if i != last and cfg.basis == "lib":
             c_next = bases[i + 1].C if i + 1 in bases else None
-            m_prime = compute_m_prime(model, i, inputs, cfg, c_next, placement)
+            m_prime = compute_m_prime(model, i, inputs, cfg, c_next, placement, saves)
         try:
             if i == last or cfg.basis == "pca":
                 b = basis_lib.pca_basis(gram, mean, cfg.center, isolate_var,
@@ -322,7 +340,8 @@ def _bases_and_edges(model, st, stat: dict, inputs, cfg: BuildConfig, placement,
                 edges[pair] = np.asarray(st.get(stage)["E"])
                 continue
             c_next = bases[i + 1].C if i + 1 in bases else None
-            edges[pair] = compute_edges(model, i, inputs, cfg, bases[i], c_next, placement)
+            edges[pair] = compute_edges(model, i, inputs, cfg, bases[i], c_next, placement,
+                                        saves)
             st.put(stage, {"E": edges[pair]})
     timings["edges"] = time.perf_counter() - t0
 

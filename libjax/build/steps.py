@@ -28,6 +28,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from libjax.build.progress_saves import PassProgress, Saves, layout
 from libjax.forms import EDGES, Form, Task
 from libjax.method import stats
 from libjax.runtime import precision
@@ -162,19 +163,28 @@ def _make_accumulation_step(functions: tuple, path: Form, task: Task, plan, poli
 
 
 def accumulate(step: Step, acc, inputs, batch_size: int, what: str, seed: int, stage: str,
-               placement: Placement, *args):
+               placement: Placement, *args, saves: Optional[Saves] = None):
     """Fold ``step`` over the batches of ``inputs`` from ``acc`` and return the result on the
     host. Batches are split over the devices, everything else replicated; each batch gets its own
     key, derived from the seed, the stage and the batch index. A host-merged step gets its
-    arguments and batches as 32-bit arrays."""
+    arguments and batches as 32-bit arrays.
+
+    With ``saves``, the fold continues from the stage's saved progress if there is a matching
+    save, saves on the schedule, and stops at a requested stop
+    (:mod:`libjax.build.progress_saves`): a resumed fold sums exactly as an uninterrupted one."""
     size = batch_size_for(len(inputs), batch_size, placement.size)
     total = -(-len(inputs) // size)
     on_host = step.merge is not None
+    progress = PassProgress.of(saves, stage, what, layout(placement, size, total, len(inputs)))
+    first, acc = progress.resume(acc)
     if on_host:
         args = placement.replicate(precision.as_32bit(args))
     else:
         acc, args = placement.replicate(acc), placement.replicate(args)
-    for i, (batch,), w in track(padded_batches(size, inputs), total, what):
+    host_acc = lambda: acc if on_host else placement.host(acc)  # noqa: E731 (the current sums)
+    progress.boundary(first, host_acc)
+    for i, (batch,), w in track(padded_batches(size, inputs, first=first), total, what,
+                                resumed_at=first):
         key = fold_key(seed, stage, i)
         if on_host:
             batch, w = precision.as_32bit((batch, w))
@@ -183,4 +193,5 @@ def accumulate(step: Step, acc, inputs, batch_size: int, what: str, seed: int, s
         else:
             acc = step.fn(acc, key, *args, placement.batch(batch), placement.batch(w))
             jax.block_until_ready(acc)  # progress and ETA count finished batches
-    return acc if on_host else placement.host(acc)
+        progress.boundary(i + 1, host_acc)
+    return host_acc()

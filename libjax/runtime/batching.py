@@ -14,10 +14,12 @@ def batch_size_for(n: int, batch_size: int, multiple: int = 1) -> int:
     return -(-min(batch_size, n) // multiple) * multiple
 
 
-def padded_batches(size: int, *arrays: np.ndarray) -> Iterator[tuple[int, list, np.ndarray]]:
-    """Yield ``(index, [chunk of each array], weights)`` over the first axis, in order; chunks
-    have ``size`` rows, ``weights`` is 1 for real rows and 0 for padding."""
-    for i, start in enumerate(range(0, len(arrays[0]), size)):
+def padded_batches(size: int, *arrays: np.ndarray,
+                   first: int = 0) -> Iterator[tuple[int, list, np.ndarray]]:
+    """Yield ``(index, [chunk of each array], weights)`` over the first axis, in order, from
+    batch ``first`` on; chunks have ``size`` rows, ``weights`` is 1 for real rows and 0 for
+    padding."""
+    for i, start in enumerate(range(first * size, len(arrays[0]), size), start=first):
         chunks = [np.asarray(a[start:start + size]) for a in arrays]
         weights = np.ones(size)
         n = len(chunks[0])

@@ -6,6 +6,10 @@ The scripts take flags only: a stray positional argument (``--n_samples 10`` for
 ``--n_samples=10`` after a boolean flag, a misspelt path) is such an error, not silently ignored.
 Every script keeps JAX's persistent compilation cache (``--compilation_cache_dir``), so a
 repeated run with the same shapes loads its compiled steps instead of compiling them again.
+SIGTERM during a build (a scheduler about to preempt the job) stops it at the next batch or stage
+boundary, its progress saved (:mod:`libjax.runtime.preemption`), with a message and exit status
+:data:`~libjax.runtime.preemption.EXIT_STATUS` (75, EX_TEMPFAIL): rerunning the same command
+resumes.
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ import jax
 from absl import app, flags
 
 from libjax.errors import ConfigError, LibjaxError
-from libjax.runtime import precision
+from libjax.runtime import precision, preemption
 
 _CACHE_DIR = flags.DEFINE_string(
     "compilation_cache_dir", None,
@@ -66,7 +70,8 @@ def use_compilation_cache(path: str) -> None:
 
 def run(main: Callable[[list[str]], None], float64: bool = True) -> None:
     """``absl.app.run(main)`` with libjax's logging, compilation cache and user-error handling,
-    in float64 (:func:`libjax.runtime.precision.enable_float64`) unless ``float64`` is False."""
+    in float64 (:func:`libjax.runtime.precision.enable_float64`) unless ``float64`` is False,
+    and SIGTERM stopping builds cleanly."""
     def wrapped(argv):
         if float64:
             precision.enable_float64()
@@ -75,6 +80,7 @@ def run(main: Callable[[list[str]], None], float64: bool = True) -> None:
         _quiet_third_party()
         cache_dir = _CACHE_DIR.value
         use_compilation_cache(default_cache_dir() if cache_dir is None else cache_dir)
+        preemption.install()
         try:
             if len(argv) > 1:
                 raise ConfigError(f"unexpected argument(s) {' '.join(argv[1:])!r}; this script "
@@ -83,6 +89,10 @@ def run(main: Callable[[list[str]], None], float64: bool = True) -> None:
         except LibjaxError as err:
             print(f"error: {err}", file=sys.stderr)
             sys.exit(2)
+        except preemption.Preempted as stop:
+            print(f"stopped on request (SIGTERM): {stop}; the finished stages are stored. Rerun "
+                  "the same command to resume.", file=sys.stderr)
+            sys.exit(preemption.EXIT_STATUS)
     # Listed in every script's --help, not only in --helpfull.
     flags.FLAGS.register_key_flag_for_module(sys.argv[0], flags.FLAGS[_CACHE_DIR.name])
     app.run(wrapped)

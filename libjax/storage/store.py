@@ -4,6 +4,8 @@ Layout of ``out_dir``::
 
     build.json          what is being built (config, model, data fingerprint); written first
     stages/<stage>/     orbax checkpoint of one finished stage (stats, a basis, an edge matrix)
+    partial/<stage>.npz the progress of the stage being computed (:mod:`libjax.storage.partial`),
+                        removed when the stage is stored
     summary.json        written last, only when every stage is done: marks the build complete
 
 A rerun on the same directory with the same ``build.json`` resumes: finished stages are read back
@@ -13,6 +15,8 @@ A stage is finished when its directory holds orbax's ``commit_success.txt``; orb
 ``<stage>.orbax-checkpoint-tmp`` and renames it when done, so a crash leaves either the finished
 stage or a partial temporary directory, which the next open removes. Failed writes (a full disk,
 a file-size limit, a read-only directory) end in a :class:`StoreError`, never a partial stage.
+Storing a stage is a stage boundary: a stop requested there (:mod:`libjax.runtime.preemption`)
+ends the build with :class:`~libjax.runtime.preemption.Preempted`.
 """
 
 from __future__ import annotations
@@ -24,7 +28,7 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import IO, Any, Callable
+from typing import Any
 
 import jax
 import numpy as np
@@ -32,6 +36,9 @@ import orbax.checkpoint as ocp
 from jax.experimental import multihost_utils
 
 from libjax.errors import StoreError
+from libjax.runtime import preemption
+from libjax.storage import partial
+from libjax.storage.files import read_json, write_json_atomic
 
 log = logging.getLogger("libjax")
 
@@ -40,32 +47,6 @@ SUMMARY_FILE = "summary.json"
 COMMIT_FILE = "commit_success.txt"  # orbax's marker of a finished checkpoint
 TMP_SUFFIX = ".orbax-checkpoint-tmp"  # orbax's temporary directory of a checkpoint being written
 RESERVATION = ".reserve-"  # prefix of the temporary file that checks free space before a write
-
-
-def write_atomic(path: Path, write: Callable[[IO[bytes]], None]) -> None:
-    """Write ``path`` through ``write(file)`` atomically: into a temporary file beside it, synced,
-    then renamed over it, so a crash leaves the old file or the new one, never a mix."""
-    fd, tmp = tempfile.mkstemp(dir=Path(path).parent, suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)  # mkstemp makes owner-only files
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
-def write_json_atomic(path: Path, content: dict) -> None:
-    write_atomic(path, lambda f: f.write(json.dumps(content, indent=1).encode()))
-
-
-def read_json(path: Path) -> dict:
-    with open(path) as f:
-        return json.load(f)
 
 
 def _read_record(path: Path) -> dict:
@@ -128,6 +109,7 @@ class Store:
         # orbax needs absolute paths
         self.out_dir = None if out_dir is None else Path(out_dir).resolve()
         self.writer = writer
+        self._record = partial.record_digest(build_info)
         self._memory: dict[str, Any] = {}
         self._done: set[str] = set()
         self._computed = False  # whether this run stored a stage (then summary.json is rewritten)
@@ -181,6 +163,7 @@ class Store:
                 for name in (BUILD_FILE, SUMMARY_FILE):
                     (self.out_dir / name).unlink(missing_ok=True)
                 shutil.rmtree(self._stages, ignore_errors=True)
+                partial.remove_all(self.out_dir)
             if not resume:  # the record first: stages are only ever resumed under their record
                 write_json_atomic(build_file, build_info)
             self._stages.mkdir(exist_ok=True)
@@ -191,13 +174,20 @@ class Store:
         self._remove_partials()
 
     def _remove_partials(self) -> None:
-        """Delete what a crash or a failed write left behind: partial stage directories and
-        space reservations."""
+        """Delete what a crash or a failed write left behind: partial stage directories, space
+        reservations and unfinished mid-stage saves."""
         for stage_dir in self._stages.iterdir():
             if _is_partial(stage_dir):
                 shutil.rmtree(stage_dir, ignore_errors=True)
         for reservation in self.out_dir.glob(RESERVATION + "*"):
             reservation.unlink(missing_ok=True)
+        partial.remove_unfinished(self.out_dir)
+
+    def partial_save(self, stage: str) -> partial.PartialSave | None:
+        """Where the pass computing ``stage`` saves its progress (None in memory)."""
+        if self.out_dir is None:
+            return None
+        return partial.PartialSave(self.out_dir, stage, self._record, self.writer)
 
     def has(self, stage: str) -> bool:
         return stage in (self._memory if self.out_dir is None else self._done)
@@ -208,8 +198,12 @@ class Store:
         return read_stage(self.out_dir, stage)
 
     def put(self, stage: str, tree) -> None:
-        """Save a finished stage (a pytree of arrays); atomic: a crash leaves no partial stage."""
-        tree = _to_numpy(tree)
+        """Save a finished stage (a pytree of arrays); atomic: a crash leaves no partial stage.
+        Then drop its mid-stage save and stop if a stop was requested."""
+        self._put(stage, _to_numpy(tree))
+        preemption.stop_if_requested(f"stage {stage!r} is stored")
+
+    def _put(self, stage: str, tree) -> None:
         if self.out_dir is None:
             self._memory[stage] = tree
             return
@@ -226,6 +220,7 @@ class Store:
                 from None
         self._done.add(stage)
         self._computed = True
+        self.partial_save(stage).remove()
 
     def finish(self, summary: dict) -> None:
         """Mark the build complete with ``summary`` and the list of its stages. A rerun that

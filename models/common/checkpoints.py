@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from libjax.errors import CheckpointError
-from libjax.storage import store
+from libjax.storage import files
 
 META_KEY = "__meta__"
 # TransformerLens buffers stored beside the weights (causal mask, -inf fill value, rotary tables):
@@ -108,4 +108,4 @@ def save_npz(path: str | os.PathLike, weights: dict, **meta) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     arrays = {k: np.asarray(v) for k, v in weights.items()}
     arrays[META_KEY] = np.asarray(json.dumps(meta))
-    store.write_atomic(path, lambda f: np.savez(f, **arrays))
+    files.write_atomic(path, lambda f: np.savez(f, **arrays))

@@ -1,16 +1,22 @@
 """Interrupted builds: a ``compute_basis.py`` killed with SIGKILL anywhere and rerun gives the
-graph of an uninterrupted run, bit for bit; failed writes and crashes mid-write leave the
+graph of an uninterrupted run, bit for bit; so does one stopped by SIGTERM (exit status 75, its
+running stage's progress saved) or killed inside a stage that saves its progress, and the rerun
+continues that stage where its last save left it; failed writes and crashes mid-write leave the
 finished stages as they were; the same command twice gives the same graph.
 
-The build is the shipped modular-addition model on 120 samples in batches of 40 with stochastic
-sources (so a resumed stage must redraw exactly the same signs): 5-15 s uninterrupted. One kill
-point runs by default; ``-m slow`` adds every kill point of :data:`KILL_POINTS`, a directory
-killed five times in a row, and a full disk in the middle of a build.
+The build is the shipped modular-addition model on 120 samples in batches of 40 (Grams in 30
+batches of 4) with stochastic sources (so a resumed stage must redraw exactly the same signs):
+5-15 s uninterrupted. One SIGKILL point and a SIGTERM inside the Grams run by default; ``-m slow``
+adds every kill point of :data:`KILL_POINTS`, a directory killed five times in a row, SIGKILL
+and SIGTERM at random batches of long Gram and ``M'`` stages (both precision policies), and a full
+disk in the middle of a build.
 """
 
 from __future__ import annotations
 
 import errno
+import random
+import re
 import shutil
 import signal
 import subprocess
@@ -22,26 +28,36 @@ import pytest
 
 from libjax.build import BuildConfig, build
 from libjax.errors import StoreError
-from libjax.storage import graph, store
+from libjax.runtime import preemption
+from libjax.storage import graph, partial, store
 from tests.helpers.tiny import tiny_transformer
 from tests.helpers.script_runs import (ROOT, assert_identical_graphs, run_script, script_command,
                          snapshot)
 
-COMMAND = ("--n_samples=120", "--batch_size=40", "--n_stochastic_sources_basis_pos=1",
-           "--n_stochastic_sources_edges=1")
+COMMAND = ("--n_samples=120", "--batch_size=40", "--gram_batch_size=4",
+           "--n_stochastic_sources_basis_pos=1", "--n_stochastic_sources_edges=1")
+# Long M' stages too: 30 batches in each pass but the edges'.
+LONG_M_PRIME = ("--n_samples=60", "--batch_size=2", "--edge_batch_size=30",
+                "--n_stochastic_sources_basis_pos=1", "--n_stochastic_sources_edges=1")
+MIXED = (*COMMAND, "--precision=mixed")
+SAVE_EACH_BATCH = ("--save_every_batches=1",)
 
 
-def compute(out: Path, **kwargs):
-    return run_script("compute_basis.py", *COMMAND, f"--out_dir={out}", **kwargs)
+def compute(out: Path, *extra: str, command=COMMAND, **kwargs):
+    return run_script("compute_basis.py", *command, *extra, f"--out_dir={out}", **kwargs)
+
+
+def _reference(tmp_path_factory, command) -> Path:
+    """An uninterrupted build."""
+    out = tmp_path_factory.mktemp("reference") / "graph"
+    result = compute(out, command=command)
+    assert result.returncode == 0, result.stderr
+    return out
 
 
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory) -> Path:
-    """An uninterrupted build."""
-    out = tmp_path_factory.mktemp("reference") / "graph"
-    result = compute(out)
-    assert result.returncode == 0, result.stderr
-    return out
+    return _reference(tmp_path_factory, COMMAND)
 
 
 # --- killing a build ------------------------------------------------------------------------------
@@ -76,7 +92,15 @@ KILL_POINTS = {
 def run_and_kill(out: Path, trigger, delay: float, timeout: float = 120) -> bool:
     """Run the build, SIGKILL it ``delay`` s after ``trigger`` fires; True if it was killed
     (rather than finishing first)."""
-    proc = subprocess.Popen(script_command("compute_basis.py", *COMMAND, f"--out_dir={out}"),
+    return run_and_signal(out, trigger, delay, timeout=timeout)[0] == -signal.SIGKILL
+
+
+def run_and_signal(out: Path, trigger, delay: float, sig=signal.SIGKILL, extra=(),
+                   command=COMMAND, timeout: float = 120) -> tuple[int, str]:
+    """Run the build, send it ``sig`` ``delay`` s after ``trigger`` fires; its exit status and
+    its log."""
+    proc = subprocess.Popen(script_command("compute_basis.py", *command, *extra,
+                                           f"--out_dir={out}"),
                             cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                             text=True)
     lines: list[str] = []
@@ -87,23 +111,26 @@ def run_and_kill(out: Path, trigger, delay: float, timeout: float = 120) -> bool
         assert time.monotonic() < deadline, "the trigger never fired"
         time.sleep(0.001)
     time.sleep(delay)
-    proc.send_signal(signal.SIGKILL)
+    proc.send_signal(sig)
     proc.wait()
     reader.join()
     assert "Traceback" not in "".join(lines), "".join(lines)
-    return proc.returncode == -signal.SIGKILL
+    return proc.returncode, "".join(lines)
 
 
-def resume_and_compare(out: Path, reference: Path) -> None:
-    """An interrupted directory is refused as a graph; rerunning finishes it identically."""
+def resume_and_compare(out: Path, reference: Path, command=COMMAND) -> str:
+    """An interrupted directory is refused as a graph; rerunning finishes it identically, with
+    no mid-stage save left. Returns the rerun's log."""
     if not (out / store.SUMMARY_FILE).exists():
         with pytest.raises(StoreError, match="incomplete"):
             graph.load(out)
-    result = compute(out)
+    result = compute(out, command=command)
     assert result.returncode == 0, result.stderr
     assert "resuming" in result.stderr
     assert_identical_graphs(graph.load(out), graph.load(reference))
     assert not [p for p in (out / "stages").iterdir() if store.TMP_SUFFIX in p.name]
+    assert not (out / partial.DIRECTORY).exists()
+    return result.stderr
 
 
 def test_killed_during_m_prime_resumes_to_the_same_graph(tmp_path, reference):
@@ -138,6 +165,113 @@ def test_killed_again_and_again_resumes_to_the_same_graph(tmp_path, reference):
         assert committed(out) >= before  # a kill never loses a finished stage
     assert kills == 5
     resume_and_compare(out, reference)
+
+
+# --- stopping or killing a build inside a stage that saves its progress ---------------------------
+
+def saved(what: str, log: str) -> list[int]:
+    """The batches at which the pass ``what`` logged a progress save, in order."""
+    return [int(n) for n in re.findall(rf"{re.escape(what)}: progress saved at batch (\d+)/", log)]
+
+
+def at_save(what: str, batch: int):
+    """A trigger: the pass ``what`` logged its save after batch ``batch``."""
+    return lambda out, log: f"{what}: progress saved at batch {batch}/" in "".join(log)
+
+
+def stop_inside(out: Path, reference: Path, what: str, batches: int, sig,
+                command=COMMAND) -> None:
+    """Run the build saving after every batch, send ``sig`` at a random moment inside the pass
+    ``what`` of ``batches`` batches, and rerun it (saving as often as by default): the same
+    graph as ``reference``, resumed where the last save left off."""
+    for attempt in range(3):  # a fast pass may end before the signal lands: try again earlier
+        batch, delay = random.randint(2, batches // 2), random.uniform(0, 0.03) / (1 + attempt)
+        print(f"{sig.name} during {what} after its save at batch {batch} + {delay:.3f}s")
+        status, log = run_and_signal(out, at_save(what, batch), delay, sig, SAVE_EACH_BATCH,
+                                     command)
+        if f"{what}: {batches}/{batches} batches" not in log:
+            break
+        shutil.rmtree(out)
+    else:
+        pytest.fail(f"{what} always finished before {sig.name} arrived")
+    reported = saved(what, log)[-1]
+    if sig == signal.SIGTERM:
+        assert status == preemption.EXIT_STATUS, log
+        stopped = re.search(rf"{re.escape(what)} stopped after batch (\d+)/{batches}; its "
+                            rf"progress is saved at batch (\d+)/{batches}", log)
+        assert stopped and stopped[1] == stopped[2] == str(reported), log  # nothing lost
+        assert "Rerun the same command to resume." in log
+    else:
+        assert status == -signal.SIGKILL
+    assert (out / partial.DIRECTORY).is_dir()
+    rerun = resume_and_compare(out, reference, command)
+    resumed = int(re.search(rf"{re.escape(what)}: resuming after (\d+)/{batches} batches",
+                            rerun)[1])
+    # At most the save interval (one batch) is lost: the rerun starts at the last save logged,
+    # or at one that finished just before the kill and did not get to log.
+    assert reported <= resumed <= reported + 1, (reported, resumed)
+
+
+def test_sigterm_inside_the_grams_saves_there_exits_75_and_the_rerun_continues(tmp_path,
+                                                                               reference):
+    stop_inside(tmp_path / "g", reference, "means and Grams", 30, signal.SIGTERM)
+
+
+@pytest.mark.slow
+def test_sigkill_inside_the_grams_loses_at_most_one_save_interval(tmp_path, reference):
+    stop_inside(tmp_path / "g", reference, "means and Grams", 30, signal.SIGKILL)
+
+
+@pytest.fixture(scope="module")
+def long_reference(tmp_path_factory) -> Path:
+    return _reference(tmp_path_factory, LONG_M_PRIME)
+
+
+@pytest.fixture(scope="module")
+def mixed_reference(tmp_path_factory) -> Path:
+    return _reference(tmp_path_factory, MIXED)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM], ids=["SIGKILL", "SIGTERM"])
+@pytest.mark.parametrize("what", ["M' ln1.0", "M' ln2.0", "means and Grams"])
+def test_stopped_inside_a_long_m_prime_or_gram_stage_resumes_there(tmp_path, long_reference,
+                                                                   what, sig):
+    stop_inside(tmp_path / "g", long_reference, what, 30, sig, LONG_M_PRIME)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM], ids=["SIGKILL", "SIGTERM"])
+def test_a_mixed_precision_build_resumes_inside_the_grams_bit_for_bit(tmp_path, mixed_reference,
+                                                                      sig):
+    stop_inside(tmp_path / "g", mixed_reference, "means and Grams", 30, sig, MIXED)
+
+
+@pytest.mark.slow
+def test_stopped_again_and_again_inside_one_stage_resumes_to_the_same_graph(tmp_path,
+                                                                            long_reference):
+    """SIGTERM, SIGKILL, SIGTERM inside the same ``M'`` pass: each rerun continues from the
+    previous run's last save."""
+    out, last = tmp_path / "g", 0
+    for sig, batch in ((signal.SIGTERM, 5), (signal.SIGKILL, 12), (signal.SIGTERM, 20)):
+        status, log = run_and_signal(out, at_save("M' ln1.0", batch), 0.0, sig, SAVE_EACH_BATCH,
+                                     LONG_M_PRIME)
+        assert status == (preemption.EXIT_STATUS if sig == signal.SIGTERM else -signal.SIGKILL)
+        if last:
+            resumed = int(re.search(r"M' ln1.0: resuming after (\d+)/30", log)[1])
+            assert last <= resumed <= last + 1
+        last = saved("M' ln1.0", log)[-1]
+    resume_and_compare(out, long_reference, LONG_M_PRIME)
+
+
+@pytest.mark.slow
+def test_sigterm_between_stages_exits_75_and_the_rerun_finishes(tmp_path, reference):
+    status, log = run_and_signal(tmp_path / "g", lambda out, log: "basis_unembed" in
+                                 committed(out), 0.0, signal.SIGTERM)
+    assert status == preemption.EXIT_STATUS, log
+    assert "stopped on request (SIGTERM)" in log and "Rerun the same command" in log
+    assert "basis_unembed" in committed(tmp_path / "g")
+    resume_and_compare(tmp_path / "g", reference)
 
 
 def test_the_same_command_twice_gives_the_same_graph(tmp_path, reference):

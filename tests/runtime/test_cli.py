@@ -1,5 +1,6 @@
 """The command-line entry points, run as a user runs them."""
 
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -45,8 +46,21 @@ def test_default_output_directory_is_relative_to_the_working_directory(tmp_path)
     (["--checkpoint=/nonexistent.npz"], "does not exist"),
     (["--basis=neuron"], "cannot be centred"),
     (["--integration=gradient", "--n_intervals=3"], "takes no intervals"),
+    (["--save_every_minutes=-1"], "--save_every_minutes must be a finite number >= 0"),
 ])
 def test_bad_input_ends_with_a_message_not_a_traceback(tmp_path, args, message):
     result = run_script("compute_basis.py", *args, f"--out_dir={tmp_path / 'o'}", "--n_samples=10")
     assert result.returncode == 2
     assert message in result.stderr and "Traceback" not in result.stderr
+
+
+def test_sigterm_outside_a_build_ends_a_script_as_usual():
+    """Only a running build defers SIGTERM (to save its progress); any other script dies at once,
+    as without libjax's handler."""
+    main = ("import sys, time; from libjax.runtime import cli; "
+            "cli.run(lambda argv: (print('ready', flush=True), time.sleep(60)))")
+    proc = subprocess.Popen([sys.executable, "-c", main], cwd=ROOT, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    assert proc.stdout.readline() == "ready\n"
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=30) == -signal.SIGTERM

@@ -7,15 +7,18 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 
+from libjax.runtime import preemption
 from libjax.storage import graph
+from tests.helpers.script_runs import assert_identical_graphs
 
 WORKER = Path(__file__).resolve().parents[1] / "helpers" / "distributed_worker.py"
 
 
-def run(out_dir, devices=1, extra=(), wait=True, case="tiny"):
+def run(out_dir, devices=1, extra=(), wait=True, case="tiny", env=None):
     env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
-               JAX_PLATFORMS="cpu")
+               JAX_PLATFORMS="cpu", **(env or {}))
     proc = subprocess.Popen([sys.executable, str(WORKER), case, str(out_dir), *extra], env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     if wait:
@@ -56,15 +59,38 @@ def test_closed_forms_on_four_devices_equal_one(tmp_path):
     assert_close_graphs(graph.load(tmp_path / "four"), graph.load(tmp_path / "one"))
 
 
-def test_two_processes_equal_one(tmp_path):
+def run_two(out_dir, envs=({}, {})) -> list[tuple[int, str]]:
+    """The worker in two processes (one device each); their exit statuses and outputs."""
     with socket.socket() as s:
         s.bind(("localhost", 0))
         port = s.getsockname()[1]
     coordinator = f"localhost:{port}"
-    procs = [run(tmp_path / "two", devices=1, extra=(coordinator, "2", str(i)), wait=False)
-             for i in range(2)]
-    for p in procs:
-        out, _ = p.communicate(timeout=600)
-        assert p.returncode == 0, out
+    procs = [run(out_dir, devices=1, extra=(coordinator, "2", str(i)), wait=False, env=env)
+             for i, env in enumerate(envs)]
+    outputs = [p.communicate(timeout=600)[0] for p in procs]
+    return [(p.returncode, out) for p, out in zip(procs, outputs)]
+
+
+def test_two_processes_equal_one(tmp_path):
+    for status, out in run_two(tmp_path / "two"):
+        assert status == 0, out
     run(tmp_path / "one", devices=1)
     assert_close_graphs(graph.load(tmp_path / "two"), graph.load(tmp_path / "one"))
+
+
+@pytest.mark.slow
+def test_two_processes_stop_after_the_same_batch_and_resume_bit_for_bit(tmp_path):
+    """Only process 1 is asked to stop (SIGTERM reaches hosts at different times): both stop
+    after the same batch, process 0 saves, and both resume to the uninterrupted graph."""
+    for status, out in run_two(tmp_path / "whole"):
+        assert status == 0, out
+    stopped = run_two(tmp_path / "g", ({"LIBJAX_TEST_STOP_AFTER": "0"},
+                                       {"LIBJAX_TEST_STOP_AFTER": "1"}))
+    for status, out in stopped:
+        assert status == preemption.EXIT_STATUS, out
+        assert "means and Grams stopped after batch 1/3" in out, out
+    assert "its progress is saved at batch 1/3" in stopped[0][1]
+    assert (tmp_path / "g" / "partial" / "stats.npz").exists()
+    for status, out in run_two(tmp_path / "g"):
+        assert status == 0 and "means and Grams: resuming after 1/3 batches" in out, out
+    assert_identical_graphs(graph.load(tmp_path / "g"), graph.load(tmp_path / "whole"))
