@@ -70,7 +70,8 @@ def test_lib_coordinates_are_uncorrelated_with_variance_lambda(name):
         assert off.max() <= 1e-7 * b.Lambda.max(), layer
 
 
-@pytest.mark.parametrize("name", CASES)
+@pytest.mark.parametrize("name", [n if n == "tiny" else pytest.param(n, marks=pytest.mark.slow)
+                                  for n in CASES])  # a jacrev of every section: slow
 def test_unit_jacobian_norm_per_direction(name):
     """docs/method.md 1.12-1: (1/NP) sum (dF^/df^_k)^2 = 1, from a direct jax.jacrev of each
     section."""
@@ -145,6 +146,7 @@ def test_pca_basis_is_w_and_diagonalises_the_gram():
         np.testing.assert_allclose(np.diag(cov), b.gram_eigenvalues, rtol=1e-7, atol=1e-12)
 
 
+@pytest.mark.slow
 def test_rotating_the_final_layer_leaves_earlier_bases_and_edges():
     """Only what reads the bias coordinate changes: the centring of the new final basis
     subtracts the mean through it, which rescales the constant directions (Lambda_0) and the

@@ -59,9 +59,16 @@ def rel(a, b):
     return np.max(np.abs(a - b)) / np.max(np.abs(b))
 
 
-@pytest.mark.parametrize("name", ["mlp", "mlp_gelu", "tiny", "tiny_positions", "tiny_attention",
-                                  "tiny_ln", "tiny_ln_final"])
-@pytest.mark.parametrize("rule", [("gradient", 0), ("gauss-legendre", 3)])
+NAMES = ["mlp", "mlp_gelu", "tiny", "tiny_positions", "tiny_attention", "tiny_ln", "tiny_ln_final"]
+RULES = [("gradient", 0), ("gauss-legendre", 3)]
+# the default run: the GPT-2 block layout (LayerNorm halves, split attention, MLP) and a quadrature
+# rule through GELU; the other pairs with -m slow
+DEFAULT = {("tiny_ln", RULES[0]), ("mlp_gelu", RULES[1])}
+
+
+@pytest.mark.parametrize("name, rule", [
+    pytest.param(n, r, marks=() if (n, r) in DEFAULT else pytest.mark.slow)
+    for r in RULES for n in NAMES])
 def test_m_prime_and_edges_agree_with_the_general_path(name, rule):
     model, inputs = case(name)
     g = graph(name)
