@@ -274,6 +274,7 @@ def test_sigterm_between_stages_exits_75_and_the_rerun_finishes(tmp_path, refere
     resume_and_compare(tmp_path / "g", reference)
 
 
+@pytest.mark.slow  # in-process determinism: tests/storage/test_store.py
 def test_the_same_command_twice_gives_the_same_graph(tmp_path, reference):
     result = compute(tmp_path / "again")
     assert result.returncode == 0, result.stderr
