@@ -31,10 +31,10 @@ CONFIGS = {
 }
 # node layer -> the form of the section it starts (None: the general path)
 LN_IN, LN_OUT, MLP = LayerNormInForm, LayerNormOutForm, MLPForm
-FORMS = {"pythia": {"ln1.1": LN_IN, "ln1_out.1": LN_OUT, "mlp_in.1": MLP,
-                    "ln_final": LN_IN, "ln_final_out": LN_OUT, "unembed": MLP},
+FORMS = {"pythia": {"ln1.1": LN_IN, "ln1_out.1": LN_OUT, "ln2.1": LN_IN, "ln2_out.1": LN_OUT,
+                    "mlp_in.1": MLP, "ln_final": LN_IN, "ln_final_out": LN_OUT, "unembed": MLP},
          "llama": {"ln1.1": LN_IN, "ln1_out.1": LN_OUT, "ln2.1": LN_IN, "ln2_out.1": LN_OUT,
-                   "ln_final": LN_IN, "ln_final_out": LN_OUT, "unembed": MLP}}
+                   "mlp_in.1": MLP, "ln_final": LN_IN, "ln_final_out": LN_OUT, "unembed": MLP}}
 
 
 @functools.cache
