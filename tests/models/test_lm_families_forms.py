@@ -167,7 +167,7 @@ def same_up_to_signs(a, b):
     return rel(a * signs, b)
 
 
-@pytest.mark.slow  # ~70 CPU-s per family (the general path compiles for every section)
+@pytest.mark.slow  # 150-180 s per family at load 12 (the general path compiles per section)
 @pytest.mark.parametrize("name", CONFIGS)
 def test_build_equals_the_general_path_build(name):
     """LIB bases and edges of every node layer, closed forms against the general path."""
