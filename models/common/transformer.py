@@ -394,9 +394,8 @@ def _without_form(cfg: TransformerConfig, kinds: tuple[str, ...]) -> bool:
     attention = "attn_in" in kinds or "attn_out" in kinds
     norms = {"ln1", "ln1_out", "ln2", "ln2_out", "ln_final", "ln_final_out"}
     return ((cfg.normalization == "RMS" and bool(norms & set(kinds)) and len(kinds) > 1)
-            or (cfg.parallel_attn_mlp and bool({"ln2", "ln2_out", "add_resid1"} & set(kinds)))
-            or (attention and (cfg.rotary or cfg.kv_heads != cfg.n_heads))
-            or (cfg.gated_mlp and bool({"mlp_in", "mlp_act"} & set(kinds))))
+            or (cfg.parallel_attn_mlp and "add_resid1" in kinds)
+            or (attention and (cfg.rotary or cfg.kv_heads != cfg.n_heads)))
 
 
 # Modules that pass their input through unchanged when the model has no LayerNorm.
@@ -409,14 +408,15 @@ def section_form(cfg: TransformerConfig, span: tuple[str, ...]) -> Form | None:
     Recognised: a LayerNorm half alone (``ln*``: variance, ``ln*_out``: normalisation); the
     attention block with its residual, entered at ``attn_in`` (input ``(n, resid)``) or, without
     LayerNorm, at ``ln1``/``ln1_out`` (input ``resid``); the MLP block with its residual, entered
-    at ``mlp_in`` (input ``(n, resid)``: ``resid + act(n W_in) W_out``) or, without LayerNorm, at
-    ``ln2``/``ln2_out`` (input ``resid``: ``resid + act(resid W_in) W_out``); and the unembedding
-    alone (``n W_U``).
+    at ``mlp_in`` (input ``(n, resid)``: ``resid + act(n W_in) W_out``, gated:
+    ``resid + (act(n W_gate) * (n W_in)) W_out``) or, without LayerNorm, at ``ln2``/``ln2_out``
+    (input ``resid``); and the unembedding alone (``n W_U``).
 
-    RMSNorm halves alone get the LayerNorm forms without centring. The other structures of
-    Pythia and the Llama family have no form yet (libjax takes its general VJP path there):
-    parallel blocks' ``ln2`` halves and attention (whose output keeps the input residual),
-    rotary or grouped-query attention, and the gated MLP.
+    RMSNorm halves alone get the LayerNorm forms without centring; parallel blocks' ``ln2``
+    halves, which carry ``resid + attn`` beside the normalised input, the forms' parallel
+    layout. The other structures of Pythia and the Llama family have no form yet (libjax takes
+    its general VJP path there): parallel blocks' attention (whose output keeps the input
+    residual), rotary or grouped-query attention.
     """
     kinds = tuple(m.split(".")[0] for m in span)
     if _without_form(cfg, kinds):
@@ -426,11 +426,13 @@ def section_form(cfg: TransformerConfig, span: tuple[str, ...]) -> Form | None:
     kinds = tuple(m.split(".")[0] for m in span)
     if cfg.normalization is not None and len(kinds) == 1:
         centre = cfg.normalization != "RMS"
+        layout = "parallel" if cfg.parallel_attn_mlp and kinds[0] in ("ln2", "ln2_out") \
+            else "sequential"
         if kinds[0] in ("ln1", "ln2", "ln_final"):
-            return LayerNormInForm(centre)
+            return LayerNormInForm(centre, layout)
         if kinds[0] in ("ln1_out", "ln2_out", "ln_final_out"):
             return LayerNormOutForm(cfg.ln_eps, keep_resid=kinds[0] != "ln_final_out",
-                                    centre=centre)
+                                    centre=centre, layout=layout)
     if kinds == ("unembed",):
         return MLPForm(None, lambda p: {"R": p["unembed.W_U"]})
     attention = ("attn_in", "attn_out", "add_resid1")
@@ -450,17 +452,22 @@ def section_form(cfg: TransformerConfig, span: tuple[str, ...]) -> Form | None:
         return None
     layer = span[-1].split(".")[1]
     w_in, w_out = f"blocks.{layer}.mlp.W_in", f"blocks.{layer}.mlp.W_out"
-    act = activation(cfg.act_fn)
+    act, gated = activation(cfg.act_fn), cfg.gated_mlp
+
+    def reading(p):  # B: the gate's and the up projection's weights side by side (gated)
+        return jnp.concatenate([p[f"blocks.{layer}.mlp.W_gate"], p[w_in]], axis=1) if gated \
+            else p[w_in]
     if kinds[0] == "ln2_out":  # no LayerNorm: the normed input is the residual itself
         # constants in NumPy: no compiled op when libjax evaluates the form on the host
         return MLPForm(act, lambda p: {
-            "B": p[w_in], "D": p[w_out], "R": np.eye(p[w_out].shape[1], dtype=p[w_out].dtype)})
+            "B": reading(p), "D": p[w_out], "R": np.eye(p[w_out].shape[1], dtype=p[w_out].dtype)},
+            gated)
 
     def matrices(p):  # input (n, resid): n feeds the MLP, resid the skip connection
-        d = p[w_out].shape[1]
-        return {"B": jnp.concatenate([p[w_in], jnp.zeros_like(p[w_in])]), "D": p[w_out],
+        d, b = p[w_out].shape[1], reading(p)
+        return {"B": jnp.concatenate([b, jnp.zeros_like(b)]), "D": p[w_out],
                 "R": np.concatenate([np.zeros((d, d)), np.eye(d)]).astype(p[w_out].dtype)}
-    return MLPForm(act, matrices)
+    return MLPForm(act, matrices, gated)
 
 
 # --- bias folding (docs/method.md 1.2)
