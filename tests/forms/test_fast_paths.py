@@ -67,7 +67,7 @@ DEFAULT = {("tiny_ln", RULES[0]), ("mlp_gelu", RULES[1])}
 
 
 @pytest.mark.parametrize("name, rule", [
-    pytest.param(n, r, marks=() if (n, r) in DEFAULT else pytest.mark.slow)
+    pytest.param(n, r, marks=() if (n, r) in DEFAULT else pytest.mark.slow, id=f"{n}-{r[0]}")
     for r in RULES for n in NAMES])
 def test_m_prime_and_edges_agree_with_the_general_path(name, rule):
     model, inputs = case(name)

@@ -3,6 +3,8 @@
 import os
 import subprocess
 
+import pytest
+
 from libjax.runtime import cli
 from libjax.storage import graph
 from tests.helpers.script_runs import ROOT, assert_identical_graphs, script_command, snapshot
@@ -35,12 +37,14 @@ def test_a_repeated_run_loads_every_step_from_the_cache(tmp_path):
     assert_identical_graphs(graph.load(tmp_path / "first"), graph.load(tmp_path / "second"))
 
 
+@pytest.mark.slow
 def test_an_empty_directory_turns_the_cache_off(tmp_path):
     env_cache = tmp_path / "env"
     build(tmp_path, "out", "--compilation_cache_dir=", JAX_COMPILATION_CACHE_DIR=str(env_cache))
     assert not env_cache.exists() and not (tmp_path / "xdg").exists()
 
 
+@pytest.mark.slow
 def test_an_unwritable_directory_warns_and_builds_without_the_cache(tmp_path):
     (tmp_path / "file").write_text("not a directory")  # unwritable even for root
     result = build(tmp_path, "out", f"--compilation_cache_dir={tmp_path / 'file' / 'xla'}")
