@@ -45,16 +45,27 @@ class AttentionForm(Form):
     """An attention section ``x -> r_t + sum_h softmax(q k^T / scale) v W_O[h]`` at the output
     positions (all, or the last only), ``q, k, v`` from ``n``; ``n`` and ``r`` are both ``x``
     (``layout="shared"``) or its two halves (``"split"``, ``x = (n, r)``). ``matrices(params)``
-    gives ``W_Q``, ``W_K`` ``(H, D, dh)``, ``W_V`` ``(H, D, dv)``, ``W_O`` ``(H, dv, D)``;
-    ``mask(P)`` the allowed ``(query, key)`` pairs. Position sources give the reference's
-    estimates with the general path's signs; hidden sources are left to the general path."""
+    gives ``W_Q``, ``W_K`` ``(H, D, dh)``, ``W_V`` ``(H, D, dv)``, ``W_O`` ``(H, dv, D)``, one
+    per query head (grouped-query attention: ``W_K``, ``W_V`` repeated per group);
+    ``mask(P)`` the allowed ``(query, key)`` pairs. ``rotary_angles(P)``, if given, are the
+    ``cos, sin`` tables ``(P, r)`` of rotary embeddings on the first ``r`` dims of each query and
+    key head (:mod:`.rotary`). ``keep_resid``: the output is ``(r_t + attn_t, r_t)`` (parallel
+    blocks). Position sources give the reference's estimates with the general path's signs;
+    hidden sources are left to the general path."""
 
     matrices: Callable[[Any], dict]
     mask: Callable[[int], Any]
     scale: float
     layout: str
     last_only: bool
+    rotary_angles: Callable[[int], tuple] | None = None
+    keep_resid: bool = False
     label = "closed form of an attention section"
+
+    def __post_init__(self):
+        if self.keep_resid and self.last_only:
+            raise ValueError("an attention form keeping the input residual (keep_resid) outputs "
+                             "every position; last_only is not supported with it")
 
     def applies(self, section, task):
         return task.hidden_sources is None
