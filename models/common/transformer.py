@@ -413,10 +413,12 @@ def section_form(cfg: TransformerConfig, span: tuple[str, ...]) -> Form | None:
     ``ln2``/``ln2_out`` (input ``resid``: ``resid + act(resid W_in) W_out``); and the unembedding
     alone (``n W_U``).
 
-    RMSNorm halves alone get the LayerNorm forms without centring. The other structures of
-    Pythia and the Llama family have no form yet (libjax takes its general VJP path there):
-    parallel blocks' ``ln2`` halves and attention (whose output keeps the input residual),
-    rotary or grouped-query attention, and the gated MLP.
+    RMSNorm halves alone get the LayerNorm forms without centring. The attention form covers
+    rotary embeddings (the model's angle tables), grouped-query attention (``W_K``/``W_V``
+    repeated per query head) and parallel blocks' attention section, whose output
+    ``(resid + attn, resid)`` keeps the input residual. The other structures of Pythia and the
+    Llama family have no form yet (libjax takes its general VJP path there): parallel blocks'
+    ``ln2`` halves and the gated MLP.
     """
     kinds = tuple(m.split(".")[0] for m in span)
     if _without_form(cfg, kinds):
