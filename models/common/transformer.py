@@ -391,11 +391,21 @@ def sectioned_model(name: str, cfg: TransformerConfig, folded_params, node_layer
 
 def _without_form(cfg: TransformerConfig, kinds: tuple[str, ...]) -> bool:
     """Whether a section made of ``kinds`` holds a structure that no closed form covers."""
-    attention = "attn_in" in kinds or "attn_out" in kinds
     norms = {"ln1", "ln1_out", "ln2", "ln2_out", "ln_final", "ln_final_out"}
-    return ((cfg.normalization == "RMS" and bool(norms & set(kinds)) and len(kinds) > 1)
-            or (cfg.parallel_attn_mlp and "add_resid1" in kinds)
-            or (attention and (cfg.rotary or cfg.kv_heads != cfg.n_heads)))
+    return cfg.normalization == "RMS" and bool(norms & set(kinds)) and len(kinds) > 1
+
+
+def _attention_matrices(cfg: TransformerConfig, layer: int) -> Callable:
+    """``params -> {W_Q, W_K, W_V, W_O}`` of block ``layer``, one per query head: with
+    grouped-query attention, query head ``h`` reads key/value head ``h // (H / H_kv)``."""
+    pre, group = f"blocks.{layer}.attn.", cfg.n_heads // cfg.kv_heads
+
+    def matrices(p):
+        w = {n: p[pre + n] for n in ("W_Q", "W_K", "W_V", "W_O")}
+        if group > 1:
+            w.update({n: jnp.repeat(w[n], group, axis=0) for n in ("W_K", "W_V")})
+        return w
+    return matrices
 
 
 # Modules that pass their input through unchanged when the model has no LayerNorm.
@@ -414,9 +424,11 @@ def section_form(cfg: TransformerConfig, span: tuple[str, ...]) -> Form | None:
 
     RMSNorm halves alone get the LayerNorm forms without centring; parallel blocks' ``ln2``
     halves, which carry ``resid + attn`` beside the normalised input, the forms' parallel
-    layout. The other structures of Pythia and the Llama family have no form yet (libjax takes
-    its general VJP path there): parallel blocks' attention (whose output keeps the input
-    residual), rotary or grouped-query attention.
+    layout. The attention form covers rotary embeddings (the model's angle tables),
+    grouped-query attention (``W_K``/``W_V`` repeated per query head) and parallel blocks'
+    attention section, whose output ``(resid + attn, resid)`` keeps the input residual. So every
+    section between the paper's node layers of GPT-2, Pythia and the Llama family has a form;
+    a section spanning an RMSNorm and more takes the general VJP path.
     """
     kinds = tuple(m.split(".")[0] for m in span)
     if _without_form(cfg, kinds):
@@ -440,12 +452,13 @@ def section_form(cfg: TransformerConfig, span: tuple[str, ...]) -> Form | None:
     entries = (attention, ("ln1_out",) + attention) if no_ln else (attention,)
     if kinds in entries and len({m.split(".")[1] for m in span}) == 1:
         layer = int(span[-1].split(".")[1])
-        pre = f"blocks.{layer}.attn."
         return AttentionForm(
-            matrices=lambda p: {n: p[pre + n] for n in ("W_Q", "W_K", "W_V", "W_O")},
+            matrices=_attention_matrices(cfg, layer),
             mask=lambda n_pos: attention_mask(cfg, layer, n_pos), scale=attention_scale(cfg),
             layout="shared" if kinds[0] == "ln1_out" else "split",
-            last_only=cfg.last_pos_module == f"add_resid1.{layer}")
+            last_only=cfg.last_pos_module == f"add_resid1.{layer}",
+            rotary_angles=(lambda n_pos: rotary_angles(cfg, n_pos)) if cfg.rotary else None,
+            keep_resid=cfg.parallel_attn_mlp)
     mlp = ("mlp_in", "mlp_act", "mlp_out", "add_resid2")
     entries = (mlp, ("ln2_out",) + mlp) if no_ln else (mlp,)
     if kinds not in entries or len({m.split(".")[1] for m in span}) != 1:

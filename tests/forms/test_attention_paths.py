@@ -1,5 +1,7 @@
 """The two closed-form methods for attention sections (dense head products, low-rank factors)
-agree with each other and with the general VJP path, and the cheaper one is chosen."""
+agree with each other and with the general VJP path, and the cheaper one is chosen; also with
+rotary embeddings (whole or partial heads), grouped-query attention and parallel blocks' output
+``(resid + attn, resid)``."""
 
 import functools
 
@@ -13,7 +15,7 @@ from libjax.forms.attention import AttentionForm
 from libjax.forms.attention import plan as attention_form
 from libjax.method import integration
 from models.modadd import model as modadd
-from tests.helpers.tiny import tiny_ln_transformer, tiny_transformer
+from tests.helpers.tiny import tiny_lm_family, tiny_ln_transformer, tiny_transformer
 
 GENERAL = BuildConfig(fast_paths=False)
 METHODS = ("dense", "lowrank")
@@ -26,9 +28,19 @@ def case(name):
     elif name == "all_positions":
         model, tokens = tiny_transformer(("ln1.0", "ln2.0", "unembed", "output"),
                                          last_pos_only=False, n_ctx=4)
+    elif name == "rotary_last_only":  # rotary on half of each head, 2 query heads per KV head
+        model, tokens = tiny_transformer(("ln1.0", "ln2.0", "unembed", "output"), rotary_dim=2,
+                                         kv_heads=1)
+    elif name == "rotary_all_positions":  # rotary on whole heads
+        model, tokens = tiny_transformer(("ln1.0", "ln2.0", "unembed", "output"),
+                                         last_pos_only=False, n_ctx=4, rotary_dim=4, kv_heads=1)
+    elif name == "parallel":  # Pythia's block: rotary, output (resid + attn, resid)
+        model, tokens = tiny_lm_family("pythia", ("attn_in.0", "ln2.0", "ln2_out.0", "mlp_in.0"))
     else:  # split (n, resid) input of GPT-2's attn_in
         model, tokens = tiny_ln_transformer(("attn_in.0", "ln2.0", "ln2_out.0", "mlp_in.0"))
-    graph = build(model, tokens, GENERAL)
+    # the rotary cases compare in PCA bases (Grams only): as good as LIB's for that, and cheaper
+    graph = build(model, tokens, GENERAL if name in ("last_only", "all_positions", "split")
+                  else BuildConfig(basis="pca", compute_edges=False))
     index = next(i for i, s in enumerate(model.sections) if isinstance(s.form, AttentionForm))
     return model, tokens, graph, index
 
@@ -68,7 +80,11 @@ def both_methods(name, rho, rule):
 @pytest.mark.parametrize("name, rule", [("last_only", ("gradient", 0)),
                                         ("all_positions", ("gradient", 0)),
                                         ("split", ("gradient", 0)),
-                                        ("last_only", ("gauss-legendre", 3))])
+                                        ("last_only", ("gauss-legendre", 3)),
+                                        ("rotary_last_only", ("gauss-legendre", 3)),
+                                        pytest.param("rotary_all_positions", ("gradient", 0),
+                                                     marks=pytest.mark.slow),
+                                        ("parallel", ("gradient", 0))])
 def test_low_rank_and_dense_methods_agree_for_any_weighting(name, rule):
     model, i, xs, *_ = section_inputs(name)
     n_out = model.layers[i + 1].positions
@@ -79,7 +95,8 @@ def test_low_rank_and_dense_methods_agree_for_any_weighting(name, rule):
         assert rel(out["lowrank"][1], out["dense"][1]) < 1e-10
 
 
-@pytest.mark.parametrize("name", ["last_only", "split"])
+@pytest.mark.parametrize("name", ["last_only", "split", "rotary_last_only", "parallel",
+                                  pytest.param("rotary_all_positions", marks=pytest.mark.slow)])
 def test_low_rank_method_equals_the_general_path(name):
     """Exact probes, every sample weighted 1: the low-rank sums, normalised, are the build's."""
     model, tokens, graph, i = case(name)

@@ -1,8 +1,9 @@
 """Closed forms in Pythia- and Llama-shaped models agree with the general VJP path to 1e-10:
 LayerNorm halves, RMSNorm halves (the LayerNorm forms without centring), parallel blocks' ``ln2``
-halves (the forms' parallel layout) and MLP section, the gated MLP, the unembedding, and the
-positionwise shortcuts; so do whole builds. Rotary and grouped-query attention and parallel
-blocks' attention declare no form (the general path)."""
+halves (the forms' parallel layout), rotary and grouped-query attention (both methods, exact and
+with a position source; in parallel blocks the section's output keeps the input residual), the
+MLP section, the gated MLP, the unembedding, and the positionwise shortcuts; so do whole
+builds."""
 
 from __future__ import annotations
 
@@ -13,40 +14,27 @@ import pytest
 
 from libjax.build import BuildConfig, build
 from libjax.build.pipeline import compute_edges, compute_m_prime
+from libjax.forms.attention import AttentionForm
+from libjax.forms.attention import plan as attention_plan
 from libjax.forms.layernorm import LayerNormInForm, LayerNormOutForm
 from libjax.forms.mlp import MLPForm
-from models.common import transformer
 from models.lm import model as lm
-from models.lm import rotary as rotary_lm
+from tests.helpers.tiny import LM_FAMILIES, tiny_lm_family
 
 GENERAL = BuildConfig(fast_paths=False)
 NODE_LAYERS = lm.block_node_layers(1, 2)[:-1] + ("ln_final", "ln_final_out", "unembed", "output")
-CONFIGS = {
-    "pythia": transformer.TransformerConfig(
-        n_layers=2, d_model=8, n_heads=2, d_head=4, d_mlp=12, d_vocab=11, n_ctx=5, act_fn="gelu",
-        normalization="LN", positional_embedding="rotary", rotary_dim=2, parallel_attn_mlp=True),
-    "llama": transformer.TransformerConfig(
-        n_layers=2, d_model=8, n_heads=2, d_head=4, d_mlp=12, d_vocab=11, n_ctx=5, act_fn="silu",
-        normalization="RMS", positional_embedding="rotary", rotary_dim=4, n_key_value_heads=1,
-        gated_mlp=True),
-}
-# node layer -> the form of the section it starts (None: the general path)
-LN_IN, LN_OUT, MLP = LayerNormInForm, LayerNormOutForm, MLPForm
-FORMS = {"pythia": {"ln1.1": LN_IN, "ln1_out.1": LN_OUT, "ln2.1": LN_IN, "ln2_out.1": LN_OUT,
-                    "mlp_in.1": MLP, "ln_final": LN_IN, "ln_final_out": LN_OUT, "unembed": MLP},
-         "llama": {"ln1.1": LN_IN, "ln1_out.1": LN_OUT, "ln2.1": LN_IN, "ln2_out.1": LN_OUT,
-                   "mlp_in.1": MLP, "ln_final": LN_IN, "ln_final_out": LN_OUT, "unembed": MLP}}
+# node layer -> the form of the section it starts: every section of both families has one
+LN_IN, LN_OUT, MLP, ATTN = LayerNormInForm, LayerNormOutForm, MLPForm, AttentionForm
+BLOCK_FORMS = {"ln1.1": LN_IN, "ln1_out.1": LN_OUT, "attn_in.1": ATTN, "ln2.1": LN_IN,
+               "ln2_out.1": LN_OUT, "mlp_in.1": MLP, "ln_final": LN_IN, "ln_final_out": LN_OUT,
+               "unembed": MLP}
+FORMS = {"pythia": BLOCK_FORMS, "llama": BLOCK_FORMS}
 
 
 @functools.cache
 def case(name):
     """(sectioned model, tokens) of a tiny random model of ``name``'s structure."""
-    cfg = CONFIGS[name]
-    rng = np.random.default_rng(0)
-    weights = {k: (1.0 if k.endswith(".w") else 0.0) + 0.4 * rng.standard_normal(shape)
-               for k, shape in lm.expected_shapes(cfg, rotary_lm.RotaryLanguageModel).items()}
-    model = lm.sectioned(name, cfg, weights, NODE_LAYERS, cfg.n_ctx)
-    return model, rng.integers(0, cfg.d_vocab, (12, cfg.n_ctx))
+    return tiny_lm_family(name, NODE_LAYERS)
 
 
 @functools.cache
@@ -60,25 +48,37 @@ def rel(a, b):
     return np.max(np.abs(a - b)) / np.max(np.abs(b))
 
 
-def check_section(name, layer, rule=("gradient", 0), next_basis=True):
-    """``M'`` and edges of the section starting at ``layer``: fast paths == general path, under
-    the integration ``rule``, into the next layer's basis or (not ``next_basis``) its neurons."""
+def sums(name, layer, cfg, next_basis=True):
+    """``(M', edges)`` of the section starting at ``layer`` under ``cfg``, into the next layer's
+    basis or (not ``next_basis``) its neurons."""
     model, tokens = case(name)
     i = model.node_layers.index(layer)
-    section = model.sections[i]
-    assert section.form is not None or section.positionwise, "no fast path here"
     nxt = bases(name).get(model.node_layers[i + 1]) if next_basis else None
     c_next = None if nxt is None else nxt.C
-    rule = dict(integration=rule[0], n_intervals=rule[1])
-    fast, general = BuildConfig(**rule), BuildConfig(**rule, fast_paths=False)
-    assert rel(compute_m_prime(model, i, tokens, fast, c_next),
-               compute_m_prime(model, i, tokens, general, c_next)) < 1e-10
-    b_in = bases(name)[layer]
-    assert rel(compute_edges(model, i, tokens, fast, b_in, c_next),
-               compute_edges(model, i, tokens, general, b_in, c_next)) < 1e-10
+    return (compute_m_prime(model, i, tokens, cfg, c_next),
+            compute_edges(model, i, tokens, cfg, bases(name)[layer], c_next))
 
 
-@pytest.mark.parametrize("name", CONFIGS)
+general_sums = functools.cache(sums)  # the general path's, shared by the forced methods
+
+
+def check_section(name, layer, fast=BuildConfig(), general=GENERAL, next_basis=True):
+    """``M'`` and edges of the section starting at ``layer``: fast paths == general path."""
+    model, _ = case(name)
+    section = model.sections[model.node_layers.index(layer)]
+    assert section.form is not None or section.positionwise, "no fast path here"
+    for got, want in zip(sums(name, layer, fast, next_basis),
+                         general_sums(name, layer, general, next_basis)):
+        assert rel(got, want) < 1e-10
+
+
+def with_rule(rule, **fields):
+    """The fast and the general configuration under the integration ``rule``."""
+    rule = dict(integration=rule[0], n_intervals=rule[1], **fields)
+    return BuildConfig(**rule), BuildConfig(**rule, fast_paths=False)
+
+
+@pytest.mark.parametrize("name", LM_FAMILIES)
 def test_only_the_forms_that_hold_are_declared(name):
     model, _ = case(name)
     declared = {layer: type(s.form) for layer, s in zip(model.node_layers, model.sections)
@@ -91,7 +91,35 @@ def test_rms_norm_halves_agree_with_the_general_path(layer):
     check_section("llama", layer)
 
 
-FAST_SECTIONS = [(name, layer) for name in CONFIGS for layer in NODE_LAYERS[:-1]
+@pytest.fixture
+def force_method(monkeypatch):
+    """``force(method)``: the attention planner picks ``method``, with its own chunk sizes."""
+    planned = attention_plan.plan
+
+    def force(method):
+        monkeypatch.setattr(attention_plan, "plan",
+                            lambda *a, **k: (method,) + planned(*a, **k)[1:])
+    return force
+
+
+# (family, method, position sources): the default run has one (tests/forms/test_attention_paths.py
+# checks the methods against each other on smaller cases); the slow run the rest
+ATTENTION_CASES = [pytest.param(*c, marks=() if c == ("pythia", "lowrank", 1) else pytest.mark.slow)
+                   for c in [(name, method, sources) for name in LM_FAMILIES
+                             for method in ("lowrank", "dense") for sources in (None, 1)]]
+
+
+@pytest.mark.parametrize("name, method, sources", ATTENTION_CASES)
+def test_rotary_attention_agrees_with_the_general_path(name, method, sources, force_method):
+    """Rotary (partial in Pythia, with another base in Llama), grouped-query (Llama) and
+    parallel-block (Pythia) attention, each method forced, exact or with a position source."""
+    force_method(method)
+    stochastic = {"n_stochastic_sources_basis_pos": sources, "n_stochastic_sources_edges": sources}
+    check_section(name, "attn_in.1", BuildConfig(**stochastic),
+                  BuildConfig(fast_paths=False, **stochastic))
+
+
+FAST_SECTIONS = [(name, layer) for name in LM_FAMILIES for layer in NODE_LAYERS[:-1]
                  if layer in FORMS[name] or layer.startswith(("mlp_in", "ln2"))]
 
 
@@ -124,7 +152,7 @@ def test_issue_14_forms_agree_with_the_general_path(name, layer, rule, next_basi
     model, _ = case(name)
     form = model.sections[model.node_layers.index(layer)].form
     assert form.gated if name == "llama" else form.layout == "parallel"
-    check_section(name, layer, rule, next_basis)
+    check_section(name, layer, *with_rule(rule), next_basis=next_basis)
 
 
 def section_with_sources(name, layer, n_sources, rule=("gauss-legendre", 2)):
@@ -168,7 +196,7 @@ def same_up_to_signs(a, b):
 
 
 @pytest.mark.slow  # 150-180 s per family at load 12 (the general path compiles per section)
-@pytest.mark.parametrize("name", CONFIGS)
+@pytest.mark.parametrize("name", LM_FAMILIES)
 def test_build_equals_the_general_path_build(name):
     """LIB bases and edges of every node layer, closed forms against the general path."""
     model, tokens = case(name)

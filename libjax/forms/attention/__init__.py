@@ -20,7 +20,23 @@ Writing ``O_h = W_O[h] C``, the value, key and query paths of ``G_s`` are
     Q: rho_s sum_h W_Q[h] (L_hs - kappa_hs z_hs^T) O_h / scale   (s a query position),
        kappa_hs = sum_u p_hsu k_hu,   L_hs = sum_u p_hsu k_hu v_hu^T
 
-and the residual adds ``rho_s C`` at output positions. Neither method forms ``G_s``: both reduce
+and the residual adds ``rho_s C`` at output positions (``rho_s (C_1 + C_2)`` when the output is
+``(r_t + attn_t, r_t)``, as in parallel blocks, with ``C = [C_1; C_2]`` and ``O_h = W_O[h] C_1``).
+
+Rotary embeddings (:mod:`.rotary`) rotate each query and key head by its position's orthogonal
+``Theta``: ``q_ht = n_t W_Q[h] Theta_t``, ``k_hs = n_s W_K[h] Theta_s``. Then ``q``, ``k``, ``p``,
+``z``, ``a``, ``B``, ``kappa``, ``L`` above are the rotated ones, and the key and query paths read
+``W_K[h] Theta_s`` and ``W_Q[h] Theta_s`` in place of ``W_K[h]``, ``W_Q[h]`` (``d score_ts / d n_s
+= W_K Theta_s q_ht^T``):
+
+    K: sum_h W_K[h] Theta_s (a_hs (v_hs O_h) - B_hs O_h) / scale
+    Q: rho_s sum_h W_Q[h] Theta_s (L_hs - kappa_hs z_hs^T) O_h / scale
+
+Both methods multiply their head-sized factors at ``s`` by ``Theta_s`` (elementwise in cos and
+sin: the inverse rotation of the row vectors, :func:`.rotary.turn`), so
+the sums keep the unrotated head weights and no per-position ``D x dh`` matrix is formed.
+Grouped-query attention is the same form with ``W_K``, ``W_V`` repeated for each query head of
+its group. Neither method forms ``G_s``: both reduce
 ``M'`` to head-sized sums over samples and positions (:func:`.sums.assemble`) and the edges to
 head-sized products, instead of one VJP per output direction through ``W_O`` and ``W_QKV``.
 :mod:`.lowrank` writes the key and query paths as rank-one terms (cheapest with few positions:
@@ -45,16 +61,27 @@ class AttentionForm(Form):
     """An attention section ``x -> r_t + sum_h softmax(q k^T / scale) v W_O[h]`` at the output
     positions (all, or the last only), ``q, k, v`` from ``n``; ``n`` and ``r`` are both ``x``
     (``layout="shared"``) or its two halves (``"split"``, ``x = (n, r)``). ``matrices(params)``
-    gives ``W_Q``, ``W_K`` ``(H, D, dh)``, ``W_V`` ``(H, D, dv)``, ``W_O`` ``(H, dv, D)``;
-    ``mask(P)`` the allowed ``(query, key)`` pairs. Position sources give the reference's
-    estimates with the general path's signs; hidden sources are left to the general path."""
+    gives ``W_Q``, ``W_K`` ``(H, D, dh)``, ``W_V`` ``(H, D, dv)``, ``W_O`` ``(H, dv, D)``, one
+    per query head (grouped-query attention: ``W_K``, ``W_V`` repeated per group);
+    ``mask(P)`` the allowed ``(query, key)`` pairs. ``rotary_angles(P)``, if given, are the
+    ``cos, sin`` tables ``(P, r)`` of rotary embeddings on the first ``r`` dims of each query and
+    key head (:mod:`.rotary`). ``keep_resid``: the output is ``(r_t + attn_t, r_t)`` (parallel
+    blocks). Position sources give the reference's estimates with the general path's signs;
+    hidden sources are left to the general path."""
 
     matrices: Callable[[Any], dict]
     mask: Callable[[int], Any]
     scale: float
     layout: str
     last_only: bool
+    rotary_angles: Callable[[int], tuple] | None = None
+    keep_resid: bool = False
     label = "closed form of an attention section"
+
+    def __post_init__(self):
+        if self.keep_resid and self.last_only:
+            raise ValueError("an attention form keeping the input residual (keep_resid) outputs "
+                             "every position; last_only is not supported with it")
 
     def applies(self, section, task):
         return task.hidden_sources is None

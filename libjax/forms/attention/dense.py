@@ -18,6 +18,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+import libjax.forms.attention.rotary as rotary
 import libjax.forms.attention.sums as sums_lib
 from libjax.runtime import memory
 
@@ -40,6 +41,9 @@ def _head_matrices(form, att, rho, weight, n_pos: int, idx, is_query, slot):
     pk = jnp.einsum("hsu,hue->hseu", p[:, slot], k)
     lz = jnp.einsum("hseu,huf->hsef", pk, v) - jnp.sum(pk, -1)[..., None] * z[:, slot, None, :]
     u = rho_s[None, :, :, None, None] * lz[:, None]
+    # rotary: Theta_s^T on the d_head rows at input position s (see rotary.py)
+    t, u = (jnp.swapaxes(rotary.turn(form, jnp.swapaxes(m, -1, -2), idx, n_pos, axis=-3,
+                                     inverse=True), -1, -2) for m in (t, u))
     return weight * c, weight / form.scale * jnp.concatenate([t, u], axis=-2)
 
 

@@ -30,6 +30,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+import libjax.forms.attention.rotary as rotary
 import libjax.forms.attention.sums as sums_lib
 from libjax.runtime import memory
 
@@ -46,11 +47,15 @@ def _factors(form, w, x, rho, alpha, weight):
     ``(Pq, H, P, dv)`` (``Pq`` output positions)."""
     q, k, v, p, z = sums_lib.attention(form, w, alpha * x)
     scaled = weight / form.scale
+    n_pos = x.shape[0]
+    # rotary: the factors at input position s carry Theta_s^T (see rotary.py)
     xk = jnp.einsum("rt,hts,hte->rshte", rho, p, q) * scaled
+    xk = rotary.turn(form, xk, np.arange(n_pos), n_pos, axis=1, inverse=True)
     yk = jnp.swapaxes(v, 0, 1)[:, :, None, :] - z[None]
     xq = jnp.einsum("rt,htu,hue->rthue", rho, p, k) * scaled
+    xq = rotary.turn(form, xq, sums_lib.queries(form, n_pos), n_pos, axis=1, inverse=True)
     yq = jnp.swapaxes(v[:, None] - z[:, :, None], 0, 1)
-    return weight * sums_lib.coefficients(form, rho, p, x.shape[0]), xk, yk, xq, yq
+    return weight * sums_lib.coefficients(form, rho, p, n_pos), xk, yk, xq, yq
 
 
 def _row_sets(form, w, xs, rho, sw, alphas, weights, merge_queries: bool, acc):

@@ -8,6 +8,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+import libjax.forms.attention.rotary as rotary
+
 
 def queries(form, n_pos: int) -> np.ndarray:
     """The output (query) positions: all, or the last one only."""
@@ -15,13 +17,15 @@ def queries(form, n_pos: int) -> np.ndarray:
 
 
 def attention(form, w, x):
-    """One sample's ``q`` ``(H, Pq, dh)``, ``k``, ``v`` ``(H, P, d)``, pattern ``p``
-    ``(H, Pq, P)`` and ``z = p v`` ``(H, Pq, dv)``."""
+    """One sample's ``q`` ``(H, Pq, dh)``, ``k``, ``v`` ``(H, P, d)`` (``q``, ``k`` rotated if
+    rotary), pattern ``p`` ``(H, Pq, P)`` and ``z = p v`` ``(H, Pq, dv)``."""
     n = x[:, :x.shape[-1] // 2] if form.layout == "split" else x
     n_pos = n.shape[0]
     rows = queries(form, n_pos)
     q = jnp.einsum("pd,hde->hpe", n, w["W_Q"])[:, rows]
     k = jnp.einsum("pd,hde->hpe", n, w["W_K"])
+    q = rotary.turn(form, q, rows, n_pos, axis=-2)
+    k = rotary.turn(form, k, np.arange(n_pos), n_pos, axis=-2)
     v = jnp.einsum("pd,hde->hpe", n, w["W_V"])
     scores = q @ jnp.swapaxes(k, -1, -2) / form.scale
     p = jax.nn.softmax(jnp.where(form.mask(n_pos)[rows], scores, -jnp.inf), axis=-1)
@@ -36,11 +40,16 @@ def coefficients(form, rho, p, n_pos: int):
 
 
 def prepare(form, params, c):
-    """The section's weights, the next layer's ``C`` (identity if None) and ``O = W_O C``
-    ``(H, dv, r)``."""
+    """The section's weights, the residual's matrix ``C_r`` ``(D, r)`` and ``O = W_O C_a``
+    ``(H, dv, r)``, from the next layer's ``C`` (identity if None). One output: ``C_r = C_a =
+    C``; with ``keep_resid`` (output ``(r + attn, r)``, ``C = [C_1; C_2]``): ``C_a = C_1``,
+    ``C_r = C_1 + C_2``."""
     w = form.matrices(params)
-    c = jnp.eye(w["W_O"].shape[-1], dtype=w["W_O"].dtype) if c is None else c
-    return w, c, jnp.einsum("hed,do->heo", w["W_O"], c)
+    d = w["W_O"].shape[-1]
+    if c is None:
+        c = jnp.eye((2 if form.keep_resid else 1) * d, dtype=w["W_O"].dtype)
+    c_attn, c_res = (c[:d], c[:d] + c[d:]) if form.keep_resid else (c, c)
+    return w, c_res, jnp.einsum("hed,do->heo", w["W_O"], c_attn)
 
 
 def group_weights(w, o, groups):
@@ -52,7 +61,7 @@ def group_weights(w, o, groups):
 
 
 def z_matrices(form, w, c, o, width: int):
-    """``Z_m`` ``(1 + H, width, r)``: the residual ``C`` (on the residual coordinates) and
+    """``Z_m`` ``(1 + H, width, r)``: the residual's ``C_r`` (on the residual coordinates) and
     ``W_V[h] O_h`` (on the attention-input coordinates)."""
     d = c.shape[0]
     vo = jnp.einsum("hde,heo->hdo", w["W_V"], o)
