@@ -77,14 +77,17 @@ def both_methods(name, rho, rule):
     return out
 
 
-@pytest.mark.parametrize("name, rule", [("last_only", ("gradient", 0)),
-                                        ("all_positions", ("gradient", 0)),
-                                        ("split", ("gradient", 0)),
-                                        ("last_only", ("gauss-legendre", 3)),
-                                        ("rotary_last_only", ("gauss-legendre", 3)),
-                                        pytest.param("rotary_all_positions", ("gradient", 0),
-                                                     marks=pytest.mark.slow),
-                                        ("parallel", ("gradient", 0))])
+METHOD_CASES = [("last_only", ("gradient", 0)), ("all_positions", ("gradient", 0)),
+                ("split", ("gradient", 0)), ("last_only", ("gauss-legendre", 3)),
+                ("rotary_last_only", ("gauss-legendre", 3)), ("rotary_all_positions", ("gradient", 0)),
+                ("parallel", ("gradient", 0))]
+# the default run: the GPT-2 layout and rotary attention under a quadrature rule; -m slow: the rest
+DEFAULT_METHOD_CASES = {("split", ("gradient", 0)), ("rotary_last_only", ("gauss-legendre", 3))}
+
+
+@pytest.mark.parametrize("name, rule", [
+    pytest.param(n, r, id=f"{n}-{r[0]}", marks=() if (n, r) in DEFAULT_METHOD_CASES
+                 else pytest.mark.slow) for n, r in METHOD_CASES])
 def test_low_rank_and_dense_methods_agree_for_any_weighting(name, rule):
     model, i, xs, *_ = section_inputs(name)
     n_out = model.layers[i + 1].positions
@@ -95,8 +98,9 @@ def test_low_rank_and_dense_methods_agree_for_any_weighting(name, rule):
         assert rel(out["lowrank"][1], out["dense"][1]) < 1e-10
 
 
-@pytest.mark.parametrize("name", ["last_only", "split", "rotary_last_only", "parallel",
-                                  pytest.param("rotary_all_positions", marks=pytest.mark.slow)])
+@pytest.mark.parametrize("name", [  # the GPT-2 layout: tests/forms/test_fast_paths.py
+    n if n == "rotary_last_only" else pytest.param(n, marks=pytest.mark.slow)
+    for n in ["last_only", "split", "rotary_last_only", "parallel", "rotary_all_positions"]])
 def test_low_rank_method_equals_the_general_path(name):
     """Exact probes, every sample weighted 1: the low-rank sums, normalised, are the build's."""
     model, tokens, graph, i = case(name)
