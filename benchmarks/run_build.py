@@ -10,10 +10,9 @@ GPT-2-small-sized model with random weights (seeded), on the benchmark tokens of
 (``LMFamily.build_defaults``). ``llama``: the same for a GPT-2-small-sized Llama-style model
 (d_model 768, 12 heads of 64, 4 key/value heads, gated MLP of 2048, RMSNorm, rotary), ``pythia``
 for a Pythia-160m-sized one (12 heads of 64, rotary on a quarter of each head, parallel blocks,
-d_mlp 3072), both at block 6 with random tokens below their vocabularies; their rotary,
-grouped-query or parallel attention has no closed form, so those sections take libjax's general
-VJP path. ``--n_samples`` above the data's
-size repeats the data cyclically.
+d_mlp 3072), both at block 6 with random tokens below their vocabularies (``--fast_paths=false``:
+the general VJP path everywhere). ``--n_samples`` above the data's size repeats the data
+cyclically.
 
 Each build runs under :class:`benchmarks.flops.JitCounter`, a
 :class:`benchmarks.measure.CompileLog` and a :class:`benchmarks.measure.CpuSampler`, so the
