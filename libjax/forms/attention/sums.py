@@ -8,7 +8,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from libjax.forms.attention import rotary
+import libjax.forms.attention.rotary as rotary
 
 
 def queries(form, n_pos: int) -> np.ndarray:
