@@ -105,7 +105,9 @@ class Form:
 
     def describe(self, task: Task, plan) -> str:
         """A few words for the log: which path, exact or stochastic."""
-        return f"{self.label} ({'exact' if self.divisor(task) == 1 else 'stochastic'})"
+        probes = self.probes(task)
+        stochastic = probes is not None and probes.stochastic
+        return f"{self.label} ({'stochastic' if stochastic else 'exact'})"
 
 
 def as_float64(a) -> Optional[np.ndarray]:

@@ -45,6 +45,14 @@ class ProbeSet:
         return pos * hidden
 
     @property
+    def stochastic(self) -> bool:
+        """Whether the probes estimate the sum rather than compute it: sources over several
+        output positions or hidden dims (one source is an estimate too; over a single position or
+        dim its sign squares to 1)."""
+        return ((self.pos_sources is not None and not self.positionwise and self.n_pos > 1)
+                or (self.hidden_sources is not None and self.dim > 1))
+
+    @property
     def divisor(self) -> int:
         """``S``: how many times each exact term is counted in expectation."""
         return (1 if self.positionwise else self.pos_sources or 1) * (self.hidden_sources or 1)

@@ -79,3 +79,13 @@ def test_stochastic_estimates_converge_to_exact(what):
     err_few = np.mean([rel_err(f, exact) for f in few])
     assert rel_err(many, exact) < err_few / 2
     assert rel_err(few.mean(axis=0), exact) < err_few / 2
+
+
+def test_the_log_calls_an_estimate_stochastic_even_with_one_source():
+    """One source over several positions is an estimate (divisor 1 notwithstanding); over one
+    position, or positionwise, it is the exact sum."""
+    assert ProbeSet(n_pos=5, dim=3, pos_sources=1).stochastic
+    assert ProbeSet(n_pos=5, dim=3, hidden_sources=1).stochastic
+    assert not ProbeSet(n_pos=5, dim=3).stochastic
+    assert not ProbeSet(n_pos=1, dim=3, pos_sources=1).stochastic
+    assert not ProbeSet(n_pos=5, dim=3, pos_sources=2, positionwise=True).stochastic
