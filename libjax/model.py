@@ -105,10 +105,7 @@ class SectionedModel:
 
     def run_to(self, params, x, index: int):
         """Activations of one sample at node layer ``index``."""
-        acts = self.embed(params, x)
-        for section in self.sections[:index]:
-            acts = section.fn(params, acts)
-        return acts
+        return chain_acts(self.embed, [s.fn for s in self.sections[:index]], params, x)[-1]
 
     def run_from(self, params, acts, index: int):
         """The model output of one sample from its activations at node layer ``index``."""
@@ -118,10 +115,17 @@ class SectionedModel:
 
     def all_acts(self, params, x) -> list:
         """Activations of one sample at every node layer, in order."""
-        acts = [self.embed(params, x)]
-        for section in self.sections:
-            acts.append(section.fn(params, acts[-1]))
-        return acts
+        return chain_acts(self.embed, [s.fn for s in self.sections], params, x)
+
+
+def chain_acts(embed: Callable, fns: Sequence[Callable], params, x) -> list:
+    """One sample's activations after ``embed`` and after each of ``fns`` in turn: the node
+    layers a model's sections lead through (also what the build's cached steps run, holding the
+    functions without the model)."""
+    acts = [embed(params, x)]
+    for fn in fns:
+        acts.append(fn(params, acts[-1]))
+    return acts
 
 
 def _split(x, widths):

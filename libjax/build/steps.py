@@ -31,6 +31,7 @@ import numpy as np
 from libjax.build.progress_saves import PassProgress, Saves, layout
 from libjax.forms import EDGES, Form, Task
 from libjax.method import stats
+from libjax.model import chain_acts
 from libjax.runtime import precision
 from libjax.runtime.batching import batch_size_for, padded_batches
 from libjax.runtime.progress import track
@@ -90,14 +91,6 @@ def _functions(model, stop: int) -> tuple:
     return (model.embed,) + tuple(s.fn for s in model.sections[:stop])
 
 
-def _all_acts(functions: tuple, params, x) -> list:
-    """One sample's activations at node layers ``0..len(functions) - 1``."""
-    acts = [functions[0](params, x)]
-    for fn in functions[1:]:
-        acts.append(fn(params, acts[-1]))
-    return acts
-
-
 def stats_step(model, layers: Sequence[int], policy: str = "float64") -> Step:
     """A batch's moments of node layers ``layers`` and whether they were finite, merged into the
     running ones (Chan's update: on the device under float64, on the host under mixed)."""
@@ -113,7 +106,7 @@ def _make_stats_step(functions: tuple, layers: tuple[int, ...], policy: str) -> 
 
     def of_batch(params, inputs, weights):
         _traced(label)
-        acts = jax.vmap(lambda x: _all_acts(functions, params, x))(inputs)
+        acts = jax.vmap(lambda x: chain_acts(functions[0], functions[1:], params, x))(inputs)
         moments = [stats.batch_moments(acts[i], weights, dtype) for i in layers]
         return moments, jnp.stack([jnp.all(jnp.isfinite(acts[i])) for i in layers])
 
@@ -147,7 +140,7 @@ def _make_accumulation_step(functions: tuple, path: Form, task: Task, plan, poli
 
     def of_batch(key, params, c_in, c_in_pinv, c_next, inputs, sample_weights):
         _traced(label)
-        xs = jax.vmap(lambda x: _all_acts(functions, params, x)[-1])(inputs)
+        xs = jax.vmap(lambda x: chain_acts(functions[0], functions[1:], params, x)[-1])(inputs)
         cast = lambda a: None if a is None else a.astype(xs.dtype)  # noqa: E731
         x = xs @ cast(c_in) if task.kind == EDGES else xs
         signs = None if probes is None else probes.draw_signs(key, xs.shape[0], task.acc_dtype)
