@@ -3,8 +3,8 @@
     python benchmarks/attention_section.py --model=llama --n_samples=1 --fast_paths=false \
         --out=/tmp/llama_attn_general.json
 
-The model, data and build settings are :mod:`benchmarks.run_build`'s (its flags apply; block 6,
-context 128, the paper's LM settings: one position source for bases and edges). The section is
+The model (``gpt2``, ``llama``, ``pythia``), data and build settings are
+:mod:`benchmarks.run_build`'s (its flags apply; block 6, ``--context``, the paper's LM settings: one position source for bases and edges). The section is
 the one starting at ``--layer`` (default ``attn_in.6``, the attention section); ``C`` of the next
 node layer and the input basis are PCA bases from the Gram samples (the shapes of a LIB build's,
 for a fraction of its cost). Per computation the record has wall, compile, CPU and compute-CPU
@@ -50,8 +50,11 @@ def main(argv):
     compiles = measure.CompileLog()
     families = {"llama": (run_build.llama.FAMILY, run_build.LLAMA_SMALL),
                 "pythia": (run_build.pythia.FAMILY, run_build.PYTHIA_160M)}
-    family, hf_config = families[run_build._MODEL.value]
-    model, inputs, gram_inputs, config, _ = run_build.rotary_setup(family, hf_config)
+    if run_build._MODEL.value == "gpt2":
+        model, inputs, gram_inputs, config, _ = run_build.gpt2_setup()
+    else:
+        family, hf_config = families[run_build._MODEL.value]
+        model, inputs, gram_inputs, config, _ = run_build.rotary_setup(family, hf_config)
     pca = dataclasses.replace(config, basis="pca", compute_edges=False, fast_paths=True,
                               n_stochastic_sources_basis_pos=None,
                               n_stochastic_sources_basis_hidden=None)

@@ -49,7 +49,7 @@ from models.modadd import model as modadd  # noqa: E402
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 GPT2_SMALL = {"model_type": "gpt2", "n_layer": 12, "n_embd": 768, "n_head": 12,
               "vocab_size": 50257, "n_positions": 1024, "activation_function": "gelu_new"}
-GPT2_LAYER, GPT2_CTX = 6, 128
+GPT2_LAYER = 6
 LLAMA_SMALL = {"model_type": "llama", "num_hidden_layers": 12, "hidden_size": 768,
                "num_attention_heads": 12, "num_key_value_heads": 4, "intermediate_size": 2048,
                "vocab_size": 49152, "max_position_embeddings": 2048, "hidden_act": "silu"}
@@ -73,6 +73,7 @@ _REL_THRESHOLD = flags.DEFINE_float("relative_truncation_threshold", None,
                                     "BuildConfig.relative_truncation_threshold (default: policy's)")
 _REPEATS = flags.DEFINE_integer("repeats", 1, "builds in this process")
 _SEED = flags.DEFINE_integer("gpt2_seed", 0, "seed of the random GPT-2 weights")
+_CONTEXT = flags.DEFINE_integer("context", 128, "tokens per sample (gpt2, llama, pythia)")
 _MATMUL_N = flags.DEFINE_integer("matmul_n", 2048, "size of the matmul timed (0: skip)")
 _LAUNCH = flags.DEFINE_float("launch_time", None, "time.time() when the parent started us")
 _OUT = flags.DEFINE_string("out", None, "JSON record to write", required=True)
@@ -108,18 +109,21 @@ def gpt2_weights(cfg, seed: int, model=lm.LanguageModel) -> dict:
 
 
 def gpt2_setup():
-    """Block 6 of GPT-2 small (random weights, processed as for real GPT-2) at context 128."""
+    """Block 6 of GPT-2 small (random weights, processed as for real GPT-2) at ``--context``
+    (the benchmark tokens' rows joined into samples of that length)."""
     cfg = gpt2.config(GPT2_SMALL)
+    ctx = _CONTEXT.value
     model = lm.sectioned("gpt2", cfg, gpt2_weights(cfg, _SEED.value),
-                         lm.block_node_layers(GPT2_LAYER, cfg.n_layers), GPT2_CTX)
+                         lm.block_node_layers(GPT2_LAYER, cfg.n_layers), ctx)
     path = SHARED / "gpt2_bench_tokens.npy"
     if path.exists():
         tokens, source = np.load(path).astype(np.int32), str(path)
     else:
-        tokens = np.random.default_rng(0).integers(0, cfg.d_vocab, (64, GPT2_CTX), np.int32)
+        tokens = np.random.default_rng(0).integers(0, cfg.d_vocab, (64, 128), np.int32)
         source = "uniform random tokens (numpy seed 0): ../shared/data is absent"
-    inputs = np.resize(tokens, (_N_SAMPLES.value or 4, GPT2_CTX))
-    gram_inputs = np.resize(tokens, (_N_GRAM.value or 16, GPT2_CTX))
+    tokens = np.resize(tokens.reshape(-1), (max(1, tokens.size // ctx), ctx))
+    inputs = np.resize(tokens, (_N_SAMPLES.value or 4, ctx))
+    gram_inputs = np.resize(tokens, (_N_GRAM.value or 16, ctx))
     sizes = {"batch_size": _BATCH.value or 2, "edge_batch_size": _BATCH.value or 2,
              "gram_batch_size": _GRAM_BATCH.value or gpt2.FAMILY.batch_sizes["gram_batch_size"]}
     config = build.BuildConfig(**{**gpt2.FAMILY.build_defaults(None), **sizes,
@@ -129,14 +133,15 @@ def gpt2_setup():
 
 def rotary_setup(family, hf_config: dict):
     """Block 6 of a random model of ``family`` (:mod:`models.llama`, :mod:`models.pythia`) at
-    context 128 on uniform random tokens, with the paper's LM settings."""
+    ``--context`` on uniform random tokens, with the paper's LM settings."""
     cfg = family.config_from_hf(hf_config)
     weights = gpt2_weights(cfg, _SEED.value, family.model)
+    ctx = _CONTEXT.value
     model = lm.sectioned(family.name, cfg, weights, lm.block_node_layers(GPT2_LAYER, cfg.n_layers),
-                         GPT2_CTX)
+                         ctx)
     rng = np.random.default_rng(0)
-    inputs = rng.integers(0, cfg.d_vocab, (_N_SAMPLES.value or 2, GPT2_CTX), np.int32)
-    gram_inputs = rng.integers(0, cfg.d_vocab, (_N_GRAM.value or 4, GPT2_CTX), np.int32)
+    inputs = rng.integers(0, cfg.d_vocab, (_N_SAMPLES.value or 2, ctx), np.int32)
+    gram_inputs = rng.integers(0, cfg.d_vocab, (_N_GRAM.value or 4, ctx), np.int32)
     sizes = {"batch_size": _BATCH.value or 1, "edge_batch_size": _BATCH.value or 1,
              "gram_batch_size": _GRAM_BATCH.value or family.batch_sizes["gram_batch_size"]}
     config = build.BuildConfig(**{**family.build_defaults(None), **sizes,

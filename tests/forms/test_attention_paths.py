@@ -13,6 +13,7 @@ from libjax.build import BuildConfig, build
 from libjax.build.pipeline import compute_edges, compute_m_prime
 from libjax.forms.attention import AttentionForm
 from libjax.forms.attention import plan as attention_form
+from libjax.forms.attention import sums as attention_sums
 from libjax.method import integration
 from models.modadd import model as modadd
 from tests.helpers.tiny import tiny_lm_family, tiny_ln_transformer, tiny_transformer
@@ -70,8 +71,9 @@ def both_methods(name, rho, rule):
     for method in METHODS:
         chunks = (method, xs.shape[1], 7)
         out[method] = (
-            form.weighted_sums("m_prime", chunks, params, xs, weights, rho, None, c, alphas,
-                               quad),
+            attention_sums.assemble(form, params, form.weighted_sums(
+                "m_prime", chunks, params, xs, weights, rho, None, c, alphas, quad), c,
+                xs.shape[-1]),
             form.weighted_sums("edges", chunks, params, x_hat, weights, rho,
                                jnp.asarray(b_in.C_pinv), c, alphas, quad))
     return out
@@ -113,8 +115,9 @@ def test_low_rank_method_equals_the_general_path(name):
     ones, norm = jnp.ones(len(xs)), len(xs) * model.layers[i].positions
     chunks = ("lowrank", xs.shape[1], 16)
     form = model.sections[i].form
-    m_prime = form.weighted_sums("m_prime", chunks, model.params, xs, ones, rho, None, c, [1.0],
-                                 [1.0]) / norm
+    head_sums = form.weighted_sums("m_prime", chunks, model.params, xs, ones, rho, None, c,
+                                   [1.0], [1.0])
+    m_prime = attention_sums.assemble(form, model.params, head_sums, c, xs.shape[-1]) / norm
     edges = form.weighted_sums("edges", chunks, model.params, xs @ b_in.C, ones, rho,
                                jnp.asarray(b_in.C_pinv), c, [1.0], [1.0]) / norm
     assert rel(m_prime, compute_m_prime(model, i, tokens, GENERAL, nxt and nxt.C)) < 1e-10

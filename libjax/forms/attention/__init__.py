@@ -37,7 +37,8 @@ sin: the inverse rotation of the row vectors, :func:`.rotary.turn`), so
 the sums keep the unrotated head weights and no per-position ``D x dh`` matrix is formed.
 Grouped-query attention is the same form with ``W_K``, ``W_V`` repeated for each query head of
 its group. Neither method forms ``G_s``: both reduce
-``M'`` to head-sized sums over samples and positions (:func:`.sums.assemble`) and the edges to
+``M'`` to head-sized sums over samples and positions, added over batches and assembled into
+``M'`` once (:func:`.sums.assemble`), and the edges to
 head-sized products, instead of one VJP per output direction through ``W_O`` and ``W_QKV``.
 :mod:`.lowrank` writes the key and query paths as rank-one terms (cheapest with few positions:
 modular addition), :mod:`.dense` as one ``(2 d_head, d_v)`` matrix per head and position (long
@@ -94,6 +95,11 @@ class AttentionForm(Form):
         return plan.plan(self, params, task.n_pos, n_weightings, task.out_dim, task.in_dim,
                          task.d_in, len(task.alphas), task.per_device, task.budget_gb)
 
+    def zero(self, task, params):
+        if task.kind == EDGES:
+            return super().zero(task, params)
+        return sums.zero_head_sums(self, params)
+
     def batch_sums(self, task, plan, params, x, sample_weights, signs, c_in_pinv, c_next):
         rho = self.probes(task).position_weights(signs).astype(x.dtype)
         return self.weighted_sums(task.kind, plan, params, x, sample_weights, rho, c_in_pinv,
@@ -101,18 +107,22 @@ class AttentionForm(Form):
 
     def weighted_sums(self, kind, plan, params, x, sample_weights, rho, c_in_pinv, c_next,
                       alphas, weights, acc=jnp.float64):
-        """Unnormalised ``M'`` ``(d_in, d_in)`` or edges ``(r_out, r_in)`` of one batch ``x``
-        ``(batch, P, d_in or r_in)`` for position weightings ``rho`` ``(batch, R, P_out)``,
-        accumulated in ``acc``."""
+        """One batch ``x`` ``(batch, P, d_in or r_in)``'s head-sized sums of ``M'``
+        (:func:`.sums.assemble` makes ``M'`` of them) or unnormalised edges ``(r_out, r_in)``,
+        for position weightings ``rho`` ``(batch, R, P_out)``, accumulated in ``acc``."""
         method, positions, samples = plan
         w, c, o = sums.prepare(self, params, c_next)
-        args = (self, w, c, o) + ((c_in_pinv,) if kind == EDGES else ())
-        args += (x, sample_weights, rho, alphas, weights)
-        if method == "lowrank":
-            fn = lowrank.squared_edges_sum if kind == EDGES else lowrank.m_prime_sum
-            return fn(*args, samples, acc)
-        fn = dense.squared_edges_sum if kind == EDGES else dense.m_prime_sum
-        return fn(*args, positions, samples, acc)
+        data = (x, sample_weights, rho, alphas, weights)
+        chunks = (samples,) if method == "lowrank" else (positions, samples)
+        module = lowrank if method == "lowrank" else dense
+        if kind == EDGES:
+            return module.squared_edges_sum(self, w, c, o, c_in_pinv, *data, *chunks, acc)
+        return module.m_prime_sum(self, w, o, *data, *chunks, acc)
+
+    def finish(self, task, params, total, c_next):
+        if task.kind == EDGES:
+            return total
+        return sums.assemble(self, params, total, c_next, task.d_in)
 
     def describe(self, task, plan):
         return f"{super().describe(task, plan)}, {plan[0]} method"

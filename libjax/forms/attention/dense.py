@@ -94,9 +94,10 @@ def _to_groups(s_zl, s_ll):
     return s_zl, s_ll
 
 
-def m_prime_sum(form, w, c, o, xs, sample_weights, rho, alphas, weights, positions: int,
+def m_prime_sum(form, w, o, xs, sample_weights, rho, alphas, weights, positions: int,
                 samples: int, acc):
-    """Unnormalised ``M'`` ``(d_in, d_in)`` of one batch, accumulated in ``acc``."""
+    """One batch's head-sized sums of ``M'`` (:func:`sums_lib.zero_head_sums`), accumulated in
+    ``acc``."""
     heads, dv, d_head = o.shape[0], o.shape[1], w["W_Q"].shape[2]
     n_m, n_pos = heads + 1, xs.shape[1]
     omega = jnp.einsum("hfo,Hgo->hHfg", o, o).astype(acc)
@@ -118,8 +119,8 @@ def m_prime_sum(form, w, c, o, xs, sample_weights, rho, alphas, weights, positio
     finish = lambda total, inner, state: jax.tree.map(jnp.add, total, inner)  # noqa: E731
     s_cc, s_zl, s_ll = _scan([xs, rho], sample_weights, samples, positions, n_pos, zeros, start,
                              step, finish)
-    return sums_lib.assemble(form, w, c, o, s_cc, [(("K", "Q"), *_to_groups(s_zl, s_ll))],
-                             xs.shape[-1])
+    s_zl, s_ll = _to_groups(s_zl, s_ll)
+    return {"cc": s_cc, "zl": s_zl, "ll": s_ll}
 
 
 def squared_edges_sum(form, w, c, o, c_in_pinv, x_hat, sample_weights, rho, alphas, weights,

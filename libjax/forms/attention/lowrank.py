@@ -118,9 +118,9 @@ def _m_prime_sums(form, w, o, xs, sw, rho, alphas, weights, acc):
     return sums
 
 
-def m_prime_sum(form, w, c, o, xs, sample_weights, rho, alphas, weights, samples: int, acc):
-    """Unnormalised ``M'`` ``(d_in, d_in)`` of one batch, ``samples`` samples per step,
-    accumulated in ``acc``."""
+def m_prime_sum(form, w, o, xs, sample_weights, rho, alphas, weights, samples: int, acc):
+    """One batch's head-sized sums of ``M'`` (:func:`sums_lib.zero_head_sums`), ``samples``
+    samples per step, accumulated in ``acc``."""
     def step(total, chunk):
         new = _m_prime_sums(form, w, o, *chunk, alphas, weights, acc)
         return jax.tree.map(jnp.add, total, new), None
@@ -129,10 +129,12 @@ def m_prime_sum(form, w, c, o, xs, sample_weights, rho, alphas, weights, samples
                             xs[:1], sample_weights[:1], rho[:1])
     init = [jnp.zeros(s.shape, s.dtype) for s in shapes]
     batches = memory.in_chunks(samples, xs, sample_weights, rho)
-    total = jax.lax.scan(step, init, batches)[0]
-    groups = [("K", "Q"), ("K",)][:len(total) // 2]
-    group_sums = [(g, total[1 + 2 * i], total[2 + 2 * i]) for i, g in enumerate(groups)]
-    return sums_lib.assemble(form, w, c, o, total[0], group_sums, xs.shape[-1])
+    s_cc, s_zl, s_ll, *keys_only = jax.lax.scan(step, init, batches)[0]
+    if keys_only:  # the key terms away from the query positions: the key groups come first
+        heads = keys_only[1].shape[0]
+        s_zl = s_zl.at[:, :heads].add(keys_only[0])
+        s_ll = s_ll.at[:heads, :heads].add(keys_only[1])
+    return {"cc": s_cc, "zl": s_zl, "ll": s_ll}
 
 
 def _attributions(form, w, o, pz, c_in_pinv, x_hat, sw, rho, alphas, weights, acc):

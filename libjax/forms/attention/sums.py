@@ -1,6 +1,6 @@
 """Pieces shared by the two closed-form methods for attention sections (see
 :mod:`libjax.forms.attention` for the math): the attention pattern, the matrices ``Z_m`` of the
-residual and value paths, and ``M'`` assembled from head-sized sums."""
+residual and value paths, and ``M'`` assembled from head-sized sums, once per build."""
 
 from __future__ import annotations
 
@@ -70,19 +70,57 @@ def z_matrices(form, w, c, o, width: int):
     return jnp.concatenate([res, jnp.pad(vo, ((0, 0), (0, width - d), (0, 0)))])
 
 
-def assemble(form, w, c, o, s_cc, group_sums, width: int):
-    """``M'`` ``(width, width)`` from ``S = sum c c^T`` and, per group set, ``S^ZL``
-    ``(M, G, dv, dh)`` and ``S^LL`` ``(G, G, dh, dh)``: ``sum S_mm' Z_m Z_m'^T
-    + sum (Z_m O_g^T S^ZL_mg W_g^T + transpose) + sum W_g S^LL_gg' W_g'^T``."""
-    cast = lambda a: a.astype(s_cc.dtype)  # noqa: E731 (the accumulation dtype)
-    z = cast(z_matrices(form, w, c, o, width))
-    total = jnp.einsum("mn,mio,njo->ij", s_cc, z, z)
-    for groups, s_zl, s_ll in group_sums:
-        w_g, o_g = (cast(a) for a in group_weights(w, o, groups))
-        w_g = jnp.pad(w_g, ((0, 0), (0, width - w_g.shape[1]), (0, 0)))
-        zo = jnp.einsum("mio,gfo->mgif", z, o_g)
-        cross = jnp.einsum("mgif,mgfe,gje->ij", zo, s_zl, w_g)
-        total = total + cross + cross.T + jnp.einsum("gie,gGef,Gjf->ij", w_g, s_ll, w_g)
+def zero_head_sums(form, params) -> dict:
+    """The empty ``M'`` accumulator (host arrays): ``cc`` ``S = sum c c^T`` ``(M, M)``, ``zl``
+    ``S^ZL`` ``(M, 2H, dv, dh)`` and ``ll`` ``S^LL`` ``(2H, 2H, dh, dh)``, the groups being the
+    key then the query weights of every head (see :func:`assemble`)."""
+    w = form.matrices(params)
+    heads, d_head, d_v = w["W_Q"].shape[0], w["W_Q"].shape[2], w["W_V"].shape[2]
+    return {"cc": np.zeros((heads + 1, heads + 1)),
+            "zl": np.zeros((heads + 1, 2 * heads, d_v, d_head)),
+            "ll": np.zeros((2 * heads, 2 * heads, d_head, d_head))}
+
+
+def assemble(form, params, head_sums: dict, c_next, width: int) -> np.ndarray:
+    """``M'`` ``(width, width)`` from the head-sized sums of :func:`zero_head_sums`, once per
+    build on the host in float64:
+
+        M' = sum S_mm' Z_m Z_m'^T + sum (Z_m O_g^T S^ZL_mg W_g^T + transpose)
+             + sum W_g S^LL_gg' W_g'^T,
+
+    with ``Z_0 = C_r`` (on the residual rows) and ``Z_h = W_V[h] O_h``. Every term is a product
+    ``Lambda Mid Lambda^T`` with ``Lambda = [I_res | W_V | W_K | W_Q]``, so the work is
+    ``O(D^2 (D + 3 H d_head))``, independent of the data's size."""
+    w = {key: np.asarray(v, np.float64) for key, v in form.matrices(params).items()}
+    d = w["W_O"].shape[-1]
+    c = np.eye((2 if form.keep_resid else 1) * d) if c_next is None else \
+        np.asarray(c_next, np.float64)
+    c_res = c[:d] + c[d:] if form.keep_resid else c
+    o = np.einsum("hed,do->heo", w["W_O"], c[:d])  # (H, dv, r)
+    heads, d_v, r = o.shape
+    cc, zl, ll = (np.asarray(head_sums[k], np.float64) for k in ("cc", "zl", "ll"))
+    groups, d_head = ll.shape[0], ll.shape[2]
+    # right-hand factors: R_0 = C_r, R_h = O_h, and O_g of each key/query group
+    rz = np.concatenate([c_res, o.reshape(heads * d_v, r)])
+    block = np.concatenate([np.zeros(d, int), np.repeat(np.arange(1, heads + 1), d_v)])
+    zz = (rz @ rz.T) * cc[np.ix_(block, block)]
+    x = (rz @ np.concatenate([o, o]).reshape(groups * d_v, r).T).reshape(-1, groups, d_v)
+    zg = np.concatenate([
+        np.einsum("igf,gfe->ige", x[:d], zl[0]).reshape(d, -1),
+        np.einsum("higf,hgfe->hige", x[d:].reshape(heads, d_v, groups, d_v),
+                  zl[1:]).reshape(heads * d_v, -1)])
+    gg = ll.transpose(0, 2, 1, 3).reshape(groups * d_head, groups * d_head)
+    mid = np.block([[zz, zg], [zg.T, gg]])
+    # Lambda = [I on the residual rows | the head weights on the attention-input rows]
+    lam = np.concatenate([w["W_V"].transpose(1, 0, 2).reshape(d, -1)] + [
+        w[k].transpose(1, 0, 2).reshape(d, -1) for k in ("W_K", "W_Q")], axis=1)
+    res = slice(d, 2 * d) if form.layout == "split" else slice(0, d)
+    total = np.zeros((width, width))
+    total[res, res] += mid[:d, :d]
+    cross = mid[:d, d:] @ lam.T
+    total[res, :d] += cross
+    total[:d, res] += cross.T
+    total[:d, :d] += lam @ mid[d:, d:] @ lam.T
     return total
 
 
