@@ -4,6 +4,7 @@
     python benchmarks/bench.py --parts=modadd --out=out/modadd.json
     python benchmarks/bench.py --parts=gpt2 --gpt2_samples=4 --gpt2_gram_samples=16
     python benchmarks/bench.py --parts=scaling --scaling=modadd,gpt2 --devices=2,4
+    python benchmarks/bench.py --parts=context --contexts=128,256,512,1024
 
 Parts (each configuration in its own process, :mod:`benchmarks.run_build`, so peak RSS and
 forced device counts do not mix):
@@ -13,6 +14,12 @@ forced device counts do not mix):
 * ``gpt2``: (b) one GPT-2-small block (slow: tens of seconds per sample on 2 cores).
 * ``scaling``: (c) the models of ``--scaling`` at ``--factors`` times their samples, and with
   ``--devices`` forced CPU devices (``XLA_FLAGS=--xla_force_host_platform_device_count``).
+* ``context``: (d) the GPT-2-small block at each of ``--contexts``, with the family's default
+  settings, built on the two sample counts of ``--context_samples`` so that the difference
+  gives the cost per sample of the bases and the edges (and of each step), and on
+  ``--context_gram_tokens`` tokens for the Grams; then the projected wall time of the paper's
+  build (:func:`benchmarks.report.context_table`). Not in the default ``--parts``: tens of
+  minutes on 2 cores.
 
 Prints the tables and writes every number to ``--out`` (JSON). On a shared machine wall times
 stretch with the load: the tables also give CPU seconds, and FLOP rates per CPU second against
@@ -36,9 +43,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository r
 from benchmarks import report  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
-PARTS = ("check", "modadd", "gpt2", "scaling")
+PARTS = ("check", "modadd", "gpt2", "scaling", "context")
+GPT2_DEFAULTS = ["--batch_size=3", "--gram_batch_size=4"]  # models/lm/gpt2.py's batch sizes
 
-_PARTS = flags.DEFINE_list("parts", list(PARTS), f"what to run: {', '.join(PARTS)}")
+_PARTS = flags.DEFINE_list("parts", list(PARTS[:-1]), f"what to run: {', '.join(PARTS)}")
 _OUT = flags.DEFINE_string("out", "out/benchmarks.json", "JSON file with every number")
 _MODADD_SAMPLES = flags.DEFINE_integer("modadd_samples", None, "default: the train split (3830)")
 _GPT2_SAMPLES = flags.DEFINE_integer("gpt2_samples", 4, "GPT-2 samples for bases and edges")
@@ -51,6 +59,11 @@ _PRECISION = flags.DEFINE_enum("precision", "float64", ["float64", "mixed"],
 _SCALING = flags.DEFINE_list("scaling", ["modadd"], "models to scale: modadd, gpt2")
 _FACTORS = flags.DEFINE_list("factors", ["0.25", "4"], "sample-count factors to scale by")
 _DEVICES = flags.DEFINE_list("devices", ["2", "4"], "forced CPU device counts to scale to")
+_CONTEXTS = flags.DEFINE_list("contexts", ["128", "256", "512", "1024"], "contexts of part (d)")
+_CONTEXT_SAMPLES = flags.DEFINE_list("context_samples", ["3", "6"],
+                                     "part (d): the two sample counts differenced")
+_CONTEXT_GRAM_TOKENS = flags.DEFINE_integer("context_gram_tokens", 8192,
+                                            "part (d): tokens for the Grams at every context")
 _MATMUL_N = flags.DEFINE_integer("matmul_n", 2048, "size of the float64 matmul timed (0: skip)")
 _TIMEOUT = flags.DEFINE_integer("timeout_s", 7200, "limit per process")
 
@@ -131,6 +144,18 @@ def scaling(tmp: Path, results: dict) -> list[dict]:
     return records
 
 
+def contexts(tmp: Path) -> list[dict]:
+    """Part (d): one process per context and sample count."""
+    records = []
+    for ctx in map(int, _CONTEXTS.value):
+        gram = max(1, _CONTEXT_GRAM_TOKENS.value // ctx)
+        for n in map(int, _CONTEXT_SAMPLES.value):
+            records.append(worker(f"gpt2_ctx{ctx}_n{n}", [
+                "--model=gpt2", f"--context={ctx}", f"--n_samples={n}",
+                f"--n_gram_samples={gram}", *GPT2_DEFAULTS], 1, tmp))
+    return records
+
+
 def main(argv):
     del argv
     unknown = set(_PARTS.value) - set(PARTS)
@@ -164,6 +189,9 @@ def main(argv):
         if "scaling" in _PARTS.value:
             results["scaling"] = scaling(tmp, results)
             lines += report.scaling_table(results["scaling"])
+        if "context" in _PARTS.value:
+            results["context"] = contexts(tmp)
+            lines += report.context_table(results["context"])
     Path(_OUT.value).parent.mkdir(parents=True, exist_ok=True)
     Path(_OUT.value).write_text(json.dumps(results, indent=1))
     print("\n".join(lines + ["", f"all numbers: {_OUT.value}"]))

@@ -112,6 +112,19 @@ def phase_windows(end: float, timings: dict) -> dict[str, tuple[float, float]]:
     return windows
 
 
+def step_windows(records: list[tuple[float, str]], end: float) -> dict[str, tuple[float, float]]:
+    """``perf_counter`` windows of a build's ``M'`` and edge steps, from its libjax log: a step
+    (``"M' X"``, ``"edges X->Y"``) runs from its first line to the first line of the next one,
+    the last to ``end``. An ``M'`` step's window includes the host's finish and the layer's
+    basis."""
+    starts: list[tuple[float, str]] = []
+    for t, message in records:
+        key = message.split(": ", 1)[0]
+        if key.startswith(("M' ", "edges ")) and key not in {k for _, k in starts}:
+            starts.append((t, key))
+    return {key: (t, nxt) for (t, key), nxt in zip(starts, [t for t, _ in starts[1:]] + [end])}
+
+
 def peak_rss_gb() -> float:
     """Peak resident memory of this process so far (Linux reports KiB)."""
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20

@@ -150,3 +150,70 @@ def scaling_table(records: list[dict]) -> list[str]:
         lines.append("  " + f"{r['model']:<8}" + "".join(
             f"{c:>{COL - 1}}" if isinstance(c, (int, str)) else _num(c, COL - 1) for c in cells))
     return lines
+
+
+PAPER_GPT2 = {"context": 1024, "samples": 500, "gram_samples": 50_000}
+
+
+def per_sample(runs: dict, get) -> float:
+    """``(get(n2) - get(n1)) / (n2 - n1)`` over the two runs ``{n: run}`` of one context."""
+    (n1, r1), (n2, r2) = sorted(runs.items())
+    return (get(r2) - get(r1)) / (n2 - n1)
+
+
+def context_table(records: list[dict]) -> list[str]:
+    """Part (d): per context, the cost per sample of the bases and the edges (compute wall and
+    CPU seconds, matmul GFLOP), the Gram throughput, the peak RSS, the steps that cost most per
+    sample; then the projection of the paper's block build at its context."""
+    by_ctx: dict[int, dict[int, dict]] = {}
+    lines = ["(d) context scaling: GPT-2-small block 6, random weights, the family's defaults "
+             "(one position source, batch 3, Gram batch 4); per sample = difference of two "
+             "builds, compile excluded"]
+    for r in records:
+        if "error" in r:
+            lines.append(f"  {r['name']}: {r['error']}")
+            continue
+        ctx = r["context"]
+        by_ctx.setdefault(ctx, {})[r["n_samples"]] = r
+    head = ["bases wall", "bases CPU", "bases GF", "edges wall", "edges CPU", "edges GF",
+            "Gram tok/s", "peak GiB", "dims same"]
+    lines.append("  " + f"{'context':<8}" + "".join(f"{h:>{COL + 1}}" for h in head))
+    projections = {}
+    for ctx, recs in sorted(by_ctx.items()):
+        if len(recs) != 2:
+            continue
+        runs = {n: rec["runs"][0] for n, rec in recs.items()}
+        phase = lambda ph, key: per_sample(runs, lambda r: r["phases"][ph][key])  # noqa: E731
+        big = recs[max(recs)]
+        stats = big["runs"][0]["phases"]["stats"]
+        tokens_per_s = big["n_gram_samples"] * ctx / stats["compute_s"]
+        dims = len({tuple(sorted(run["dims"].items())) for run in runs.values()}) == 1
+        cells = [phase("bases", "compute_s"), phase("bases", "compute_cpu_s"),
+                 phase("bases", "matmul_flops") / 1e9, phase("edges", "compute_s"),
+                 phase("edges", "compute_cpu_s"), phase("edges", "matmul_flops") / 1e9,
+                 tokens_per_s, max(run["peak_rss_gb"] for run in runs.values()),
+                 "yes" if dims else "NO"]
+        lines.append("  " + f"{ctx:<8}" + "".join(
+            f"{c:>{COL + 1}}" if isinstance(c, str) else _num(c, COL + 1) for c in cells))
+        n1, small = min(runs), runs[min(runs)]
+        fixed = sum(small["phases"][ph]["compute_s"] for ph in ("bases", "edges")) - n1 * (
+            phase("bases", "compute_s") + phase("edges", "compute_s"))
+        projections[ctx] = (fixed, phase("bases", "compute_s") + phase("edges", "compute_s"),
+                            tokens_per_s)
+        steps = {key: per_sample(runs, lambda r, k=key: r["steps"][k]["compute_cpu_s"])
+                 for key in small.get("steps", {})}
+        total = sum(steps.values()) or 1.0
+        top = sorted(steps.items(), key=lambda kv: -kv[1])[:4]
+        lines.append("      per sample, CPU-s: " + ", ".join(
+            f"{k} {v:.2f} ({100 * v / total:.0f}%)" for k, v in top))
+    paper = PAPER_GPT2
+    if paper["context"] in projections:
+        fixed, per, tokens_per_s = projections[paper["context"]]
+        grams = paper["gram_samples"] * paper["context"] / tokens_per_s
+        total = fixed + paper["samples"] * per + grams
+        lines.append(f"  projected paper build of one block at context {paper['context']} on this "
+                     f"machine: Grams {grams / 3600:.1f} h ({paper['gram_samples']} samples) + "
+                     f"bases and edges {paper['samples'] * per / 3600:.1f} h ({paper['samples']} "
+                     f"samples) + {fixed:.0f} s fixed = {total / 3600:.1f} h of compute")
+    lines.append(_machine(records[-1]) if records and "error" not in records[-1] else "")
+    return lines

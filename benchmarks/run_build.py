@@ -151,27 +151,30 @@ def rotary_setup(family, hf_config: dict):
 
 def timed_build(model, inputs, gram_inputs, config, compiles: measure.CompileLog,
                 log: measure.LogCapture, out_dir=None) -> dict:
-    """One build; per phase its wall, compile and compute time, CPU time (all and outside
-    compiling), matmul FLOPs and jitted calls."""
+    """One build; per phase and per ``M'``/edge step (:func:`measure.step_windows`) its wall,
+    compile and compute time, CPU time (all and outside compiling), matmul FLOPs and jitted
+    calls."""
     first_log = len(log.records)
     with flops.JitCounter() as counter, measure.CpuSampler() as cpu:
         start = time.perf_counter()
         g = build.build(model, inputs, config, gram_inputs=gram_inputs, out_dir=out_dir)
         end = time.perf_counter()
     windows = measure.phase_windows(end, g.timings)
-    phases = {}
-    for phase, (a, b) in windows.items():
+
+    def costs(a, b):
         calls = [c for c in counter.calls if a <= c.time < b]
-        compile_s = compiles.seconds_in(a, b)
-        cpu_s = cpu.seconds_in(a, b)
+        compile_s, cpu_s = compiles.seconds_in(a, b), cpu.seconds_in(a, b)
         compile_cpu_s = sum(cpu.seconds_in(x, y) for x, y in compiles.merged(a, b))
-        phases[phase] = {
-            "wall_s": g.timings[phase], "compile_s": compile_s,
-            "compute_s": g.timings[phase] - compile_s, "cpu_s": cpu_s,
-            "compute_cpu_s": cpu_s - compile_cpu_s,
-            "matmul_flops": sum(c.count.flops for c in calls), "jit_calls": len(calls),
-            "while_loops_counted_once": sum(c.count.while_loops for c in calls)}
+        return {"wall_s": b - a, "compile_s": compile_s, "compute_s": b - a - compile_s,
+                "cpu_s": cpu_s, "compute_cpu_s": cpu_s - compile_cpu_s,
+                "matmul_flops": sum(c.count.flops for c in calls), "jit_calls": len(calls),
+                "while_loops_counted_once": sum(c.count.while_loops for c in calls)}
+
+    phases = {phase: costs(a, b) for phase, (a, b) in windows.items()}
+    steps = {key: costs(a, b) for key, (a, b) in
+             measure.step_windows(log.records[first_log:], windows["edges"][1]).items()}
     return {"build_s": end - start, "cpu_s": cpu.seconds_in(start, end), "phases": phases,
+            "steps": steps,
             "compile_before_stats_s": compiles.seconds_in(start, windows["stats"][0]),
             "dims": {name: b.dim for name, b in g.bases.items()},
             "log": [(round(t - start, 3), message) for t, message in log.records[first_log:]],
@@ -187,6 +190,7 @@ def main(argv):
               "pythia": lambda: rotary_setup(pythia.FAMILY, PYTHIA_160M)}
     model, inputs, gram_inputs, config, source = setups[_MODEL.value]()
     record.update(source=source, config=config.to_json(), n_samples=len(inputs),
+                  context=int(np.shape(inputs)[1]),
                   n_gram_samples=len(inputs if gram_inputs is None else gram_inputs),
                   node_layers=list(model.node_layers), devices=jax.device_count(),
                   rss_before_build_gb=measure.rss_gb(),

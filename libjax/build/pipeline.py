@@ -21,6 +21,7 @@ import numpy as np
 
 from libjax import basis as basis_lib
 from libjax.build.config import BuildConfig
+from libjax.build.first_layer import FirstLayer
 from libjax.build.paths import choose_path, section_task
 from libjax.build.progress_saves import Saves, SaveSchedule
 from libjax.build.steps import accumulate, accumulation_step, stats_step
@@ -299,6 +300,7 @@ def _bases_and_edges(model, st, stat: dict, inputs, cfg: BuildConfig, placement,
     layers = model.node_layers
     last = len(layers) - 1
 
+    start = FirstLayer(model, inputs, cfg.batch_size, cfg.precision, placement)
     t0 = time.perf_counter()
     bases: dict[int, basis_lib.Basis] = {}
     for i in range(last, -1, -1):
@@ -314,7 +316,8 @@ def _bases_and_edges(model, st, stat: dict, inputs, cfg: BuildConfig, placement,
         m_prime = None
         if i != last and cfg.basis == "lib":
             c_next = bases[i + 1].C if i + 1 in bases else None
-            m_prime = compute_m_prime(model, i, inputs, cfg, c_next, placement, saves)
+            started, acts = start.get()
+            m_prime = compute_m_prime(started, i, acts, cfg, c_next, placement, saves)
         try:
             if i == last or cfg.basis == "pca":
                 b = basis_lib.pca_basis(gram, mean, cfg.center, isolate_var,
@@ -340,7 +343,8 @@ def _bases_and_edges(model, st, stat: dict, inputs, cfg: BuildConfig, placement,
                 edges[pair] = np.asarray(st.get(stage)["E"])
                 continue
             c_next = bases[i + 1].C if i + 1 in bases else None
-            edges[pair] = compute_edges(model, i, inputs, cfg, bases[i], c_next, placement,
+            started, acts = start.get()
+            edges[pair] = compute_edges(started, i, acts, cfg, bases[i], c_next, placement,
                                         saves)
             st.put(stage, {"E": edges[pair]})
     timings["edges"] = time.perf_counter() - t0

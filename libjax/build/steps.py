@@ -4,7 +4,8 @@ Every pass over the data folds a jitted step over fixed-shape padded batches
 (:mod:`libjax.runtime.batching`), split over the devices of a ``data`` mesh; sums over samples
 become all-reduces that ``jit`` inserts. There are two steps: the statistics of every node layer
 in one pass (:func:`stats_step`), and one step for any ``M'`` or edge computation
-(:func:`accumulation_step`), which asks the section's path for the batch's contribution.
+(:func:`accumulation_step`), which asks the section's path for the batch's contribution; and
+:func:`first_layer_step` runs the inputs to the first node layer, once per build.
 
 Steps are cached (:func:`cached`) on what their programs depend on: the model's functions (by
 identity), the node layers or the section and its path, task and plan, and the policy. A second
@@ -89,6 +90,18 @@ def _functions(model, stop: int) -> tuple:
     depends on these (by identity) and on nothing else of the model, so a cached step keeps no
     weights alive."""
     return (model.embed,) + tuple(s.fn for s in model.sections[:stop])
+
+
+def first_layer_step(model, policy: str = "float64") -> Callable:
+    """A batch run to the model's first node layer (:mod:`libjax.build.first_layer`)."""
+    embed, label = model.embed, f"activations of {model.node_layers[0]}"
+
+    def make():  # holds the function only, not the model's weights
+        def run(params, inputs):
+            _traced(label)
+            return jax.vmap(embed, in_axes=(None, 0))(params, inputs)
+        return jax.jit(run)
+    return cached(("first layer", embed, label, policy), make)
 
 
 def stats_step(model, layers: Sequence[int], policy: str = "float64") -> Step:

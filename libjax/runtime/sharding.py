@@ -13,6 +13,7 @@ import logging
 
 import jax
 import numpy as np
+from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 DATA = "data"
@@ -60,3 +61,9 @@ class Placement:
     def host(tree):
         """A replicated global array (or tree of them) as NumPy, on any process."""
         return jax.tree.map(lambda a: np.asarray(a.addressable_data(0)), tree)
+
+    @staticmethod
+    def gather(x) -> np.ndarray:
+        """A batch split over ``data`` (see :meth:`batch`) in full, as NumPy, on every
+        process."""
+        return np.asarray(multihost_utils.process_allgather(x, tiled=True))

@@ -74,8 +74,9 @@ def test_a_range_builds_each_block_from_one_statistics_pass(inputs, tmp_path):
 def test_every_block_equals_its_own_build_and_each_step_compiles_once(inputs, tmp_path):
     """The LIB build of ``--layer=all`` against four ``--layer=b`` runs of the script."""
     _, compiled = compute_basis(inputs, tmp_path / "all", "all")
-    # one statistics step, then M' and the edges of the six sections of each block
-    assert len(compiled) == 1 + N_LAYERS * 12 and set(compiled.values()) == {1}, compiled
+    # one statistics step, then per block: its first node layer, M' and the edges of its six
+    # sections
+    assert len(compiled) == 1 + N_LAYERS * 13 and set(compiled.values()) == {1}, compiled
     for b in range(N_LAYERS):
         compute_basis(inputs, tmp_path / f"alone_{b}", str(b))
         assert_identical_graphs(graph.load(tmp_path / f"alone_{b}"),
