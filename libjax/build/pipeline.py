@@ -20,11 +20,12 @@ import jax.numpy as jnp
 import numpy as np
 
 from libjax import basis as basis_lib
+from libjax.build.ahead import Ahead
 from libjax.build.config import BuildConfig
 from libjax.build.first_layer import FirstLayer
 from libjax.build.paths import choose_path, section_task
 from libjax.build.progress_saves import Saves, SaveSchedule
-from libjax.build.steps import accumulate, accumulation_step, stats_step
+from libjax.build.steps import accumulate, accumulation_step, compile_ahead, stats_step
 from libjax.errors import BasisError, ConfigError, NumericalError
 from libjax.forms import EDGES, M_PRIME
 from libjax.method import stats
@@ -93,25 +94,35 @@ def compute_stats(model, inputs, cfg: BuildConfig, layers: Sequence[int],
     return means, grams
 
 
-def _section_sum(model, index: int, kind: str, inputs, cfg: BuildConfig, c_in, c_in_pinv, c_next,
-                 placement: Placement, saves: Saves | None):
-    """``M'`` or the edges across section ``index``, normalised (docs/method.md 1.7, 2.2)."""
+def _section_job(model, index: int, kind: str, n_samples: int, cfg: BuildConfig, c_in, c_next,
+                 placement: Placement):
+    """The batch size, task, path and plan of ``M'`` or the edges across section ``index``."""
     size = cfg.batch_size if kind == M_PRIME else cfg.edge_batch_size or cfg.batch_size
-    per_device = batch_size_for(len(inputs), size, placement.size) // placement.size
+    per_device = batch_size_for(n_samples, size, placement.size) // placement.size
     out_dim = model.layers[index + 1].width if c_next is None else c_next.shape[1]
     in_dim = 0 if c_in is None else c_in.shape[1]
-    task = section_task(model, index, kind, cfg, len(inputs), out_dim, in_dim, per_device)
+    task = section_task(model, index, kind, cfg, n_samples, out_dim, in_dim, per_device)
     path = choose_path(model.sections[index], task, cfg.fast_paths)
+    return size, task, path, path.plan(task, model.params)
+
+
+def _section_sum(model, index: int, kind: str, inputs, cfg: BuildConfig, c_in, c_in_pinv, c_next,
+                 placement: Placement, saves: Saves | None, ahead: Ahead | None = None):
+    """``M'`` or the edges across section ``index``, normalised (docs/method.md 1.7, 2.2); the
+    step's program may be compiling in ``ahead`` (key ``(kind, index)``)."""
+    size, task, path, plan = _section_job(model, index, kind, len(inputs), cfg, c_in, c_next,
+                                          placement)
     a, b = model.node_layers[index], model.node_layers[index + 1]
     what, stage = ((f"M' {a}", basis_stage(a)) if kind == M_PRIME
                    else (f"edges {a}->{b}", edge_stage(a, b)))
-    plan = path.plan(task, model.params)
     log.info("%s: %s", what, path.describe(task, plan))
     sums = None
     if path.needs_data(task):
+        step = accumulation_step(model, index, path, task, plan, cfg.precision)
+        if ahead is not None:
+            ahead.wait((kind, index))
         with precision.scope(cfg.precision):
-            sums = accumulate(accumulation_step(model, index, path, task, plan, cfg.precision),
-                              path.zero(task, model.params), inputs, size, what, cfg.seed,
+            sums = accumulate(step, path.zero(task, model.params), inputs, size, what, cfg.seed,
                               stage, placement, model.params, c_in, c_in_pinv, c_next,
                               saves=saves)
     result = np.asarray(path.finish(task, model.params, sums, c_next)) / \
@@ -119,6 +130,22 @@ def _section_sum(model, index: int, kind: str, inputs, cfg: BuildConfig, c_in, c
     _check_finite(result, f"M' of node layer {a!r}" if kind == M_PRIME else f"the edges {a}->{b}",
                   model)
     return result
+
+
+def _compile_edges_ahead(model, index: int, inputs, cfg: BuildConfig, b_in: basis_lib.Basis,
+                         c_next, placement: Placement, ahead: Ahead) -> None:
+    """Start compiling the edge step across section ``index`` in ``ahead``'s worker."""
+    size, task, path, plan = _section_job(model, index, EDGES, len(inputs), cfg, b_in.C, c_next,
+                                          placement)
+    if not path.needs_data(task):
+        return
+    step = accumulation_step(model, index, path, task, plan, cfg.precision)
+    args = (model.params, b_in.C, b_in.C_pinv, c_next)
+
+    def compile_step():
+        with precision.scope(cfg.precision):
+            compile_ahead(step, path.zero(task, model.params), inputs, size, placement, *args)
+    ahead.submit((EDGES, index), compile_step)
 
 
 def compute_m_prime(model, index: int, inputs, cfg: BuildConfig, c_next,
@@ -130,7 +157,8 @@ def compute_m_prime(model, index: int, inputs, cfg: BuildConfig, c_next,
 
 
 def compute_edges(model, index: int, inputs, cfg: BuildConfig, b_in: basis_lib.Basis, c_next,
-                  placement: Placement | None = None, saves: Saves | None = None):
+                  placement: Placement | None = None, saves: Saves | None = None,
+                  ahead: Ahead | None = None):
     """Squared edges (docs/method.md 2.2-2.3) from node layer ``index`` to the next,
     ``(out, in)``.
 
@@ -140,7 +168,7 @@ def compute_edges(model, index: int, inputs, cfg: BuildConfig, b_in: basis_lib.B
     edges cost ``P_out`` times as much), so ``fast_paths`` does not change the numbers there.
     """
     return _section_sum(model, index, EDGES, inputs, cfg, b_in.C, b_in.C_pinv, c_next,
-                        placement or Placement(), saves)
+                        placement or Placement(), saves, ahead)
 
 
 def _stat_layers(model, cfg: BuildConfig) -> list[int]:
@@ -266,6 +294,73 @@ def build_many(models: Sequence, inputs, cfg: BuildConfig = BuildConfig(), gram_
     return graphs
 
 
+def _bases(model, st, stat: dict, cfg: BuildConfig, start: FirstLayer, placement, saves: Saves,
+           ahead: Ahead) -> dict[int, basis_lib.Basis]:
+    """Node layer index -> basis, from the last node layer back (each ``M'`` needs the next
+    layer's ``C``)."""
+    layers = model.node_layers
+    last = len(layers) - 1
+    bases: dict[int, basis_lib.Basis] = {}
+    for i in range(last, -1, -1):
+        name = layers[i]
+        isolate_var = cfg.isolate_ln_var and model.layers[i].variance is not None
+        if i == last and not cfg.rotate_final_node_layer:
+            continue
+        if st.has(basis_stage(name)):
+            bases[i] = basis_from_tree(st.get(basis_stage(name)))
+        else:
+            log.info("basis of %s", name)
+            mean, gram = stat.get(i, (None, None))
+            m_prime = None
+            if i != last and cfg.basis == "lib":
+                started, acts = start.get()
+                m_prime = compute_m_prime(started, i, acts, cfg, _c(bases, i + 1), placement,
+                                          saves)
+            try:
+                if i == last or cfg.basis == "pca":
+                    b = basis_lib.pca_basis(gram, mean, cfg.center, isolate_var,
+                                            cfg.truncation_threshold, cfg.relative_threshold)
+                elif cfg.basis == "neuron":
+                    b = basis_lib.neuron_basis(model.layers[i].width)
+                else:
+                    b = basis_lib.lib_basis(gram, mean, m_prime, cfg.center, isolate_var,
+                                            cfg.truncation_threshold, cfg.relative_threshold)
+            except (BasisError, NumericalError) as err:
+                raise type(err)(f"node layer {name!r}: {err}") from None
+            st.put(basis_stage(name), basis_to_tree(b))
+            bases[i] = b
+        if i < last and cfg.compute_edges and not st.has(edge_stage(name, layers[i + 1])):
+            started, acts = start.get()
+            _compile_edges_ahead(started, i, acts, cfg, bases[i], _c(bases, i + 1), placement,
+                                 ahead)
+    return bases
+
+
+def _c(bases: dict, i: int):
+    """Node layer ``i``'s ``C``; None for a final node layer kept in the neuron basis."""
+    return bases[i].C if i in bases else None
+
+
+def _edges(model, st, cfg: BuildConfig, bases: dict, start: FirstLayer, placement, saves: Saves,
+           ahead: Ahead) -> dict:
+    """(node layer, next node layer) -> squared edges, for every section."""
+    layers = model.node_layers
+    edges = {}
+    if not cfg.compute_edges:
+        return edges
+    for i in range(len(layers) - 1):
+        pair = (layers[i], layers[i + 1])
+        stage = edge_stage(*pair)
+        if st.has(stage):
+            edges[pair] = np.asarray(st.get(stage)["E"])
+            continue
+        started, acts = start.get()
+        edges[pair] = compute_edges(started, i, acts, cfg, bases[i], _c(bases, i + 1), placement,
+                                    saves, ahead)
+        st.put(stage, {"E": edges[pair]})
+    return edges
+
+
 def _check_stats_model(model, stats_model, cfg: BuildConfig) -> None:
     """Every node layer whose statistics ``model``'s graph needs is one of ``stats_model``'s,
     with the same record (width, positions, constant and variance coordinates)."""
@@ -295,59 +390,17 @@ def _bases_and_edges(model, st, stat: dict, inputs, cfg: BuildConfig, placement,
                      stats_time: float) -> Graph:
     """The bases (last node layer first) and edges of ``model``'s graph from its statistics
     ``stat`` (node layer index -> (mean, Gram)), resuming from ``st``'s finished stages and
-    ``saves``."""
+    ``saves``; edge steps compile in a worker as soon as their bases exist."""
     timings = {"stats": stats_time}
     layers = model.node_layers
-    last = len(layers) - 1
-
     start = FirstLayer(model, inputs, cfg.batch_size, cfg.precision, placement)
-    t0 = time.perf_counter()
-    bases: dict[int, basis_lib.Basis] = {}
-    for i in range(last, -1, -1):
-        name = layers[i]
-        isolate_var = cfg.isolate_ln_var and model.layers[i].variance is not None
-        if i == last and not cfg.rotate_final_node_layer:
-            continue
-        if st.has(basis_stage(name)):
-            bases[i] = basis_from_tree(st.get(basis_stage(name)))
-            continue
-        log.info("basis of %s", name)
-        mean, gram = stat.get(i, (None, None))
-        m_prime = None
-        if i != last and cfg.basis == "lib":
-            c_next = bases[i + 1].C if i + 1 in bases else None
-            started, acts = start.get()
-            m_prime = compute_m_prime(started, i, acts, cfg, c_next, placement, saves)
-        try:
-            if i == last or cfg.basis == "pca":
-                b = basis_lib.pca_basis(gram, mean, cfg.center, isolate_var,
-                                        cfg.truncation_threshold, cfg.relative_threshold)
-            elif cfg.basis == "neuron":
-                b = basis_lib.neuron_basis(model.layers[i].width)
-            else:
-                b = basis_lib.lib_basis(gram, mean, m_prime, cfg.center, isolate_var,
-                                        cfg.truncation_threshold, cfg.relative_threshold)
-        except (BasisError, NumericalError) as err:
-            raise type(err)(f"node layer {name!r}: {err}") from None
-        st.put(basis_stage(name), basis_to_tree(b))
-        bases[i] = b
-    timings["bases"] = time.perf_counter() - t0
-
-    t0 = time.perf_counter()
-    edges = {}
-    if cfg.compute_edges:
-        for i in range(last):
-            pair = (layers[i], layers[i + 1])
-            stage = edge_stage(*pair)
-            if st.has(stage):
-                edges[pair] = np.asarray(st.get(stage)["E"])
-                continue
-            c_next = bases[i + 1].C if i + 1 in bases else None
-            started, acts = start.get()
-            edges[pair] = compute_edges(started, i, acts, cfg, bases[i], c_next, placement,
-                                        saves)
-            st.put(stage, {"E": edges[pair]})
-    timings["edges"] = time.perf_counter() - t0
+    with Ahead() as ahead:
+        t0 = time.perf_counter()
+        bases = _bases(model, st, stat, cfg, start, placement, saves, ahead)
+        timings["bases"] = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        edges = _edges(model, st, cfg, bases, start, placement, saves, ahead)
+        timings["edges"] = time.perf_counter() - t0
 
     g = Graph(node_layers=layers, bases={layers[i]: b for i, b in sorted(bases.items())},
               edges=edges, means={layers[i]: stat[i][0] for i in stat},

@@ -168,6 +168,24 @@ def _make_accumulation_step(functions: tuple, path: Form, task: Task, plan, poli
     return Step(jax.jit(step, donate_argnums=0))
 
 
+def compile_ahead(step: Step, acc, inputs, batch_size: int, placement: Placement, *args) -> None:
+    """Compile ``step`` for the arguments :func:`accumulate` will give it (the same shapes,
+    dtypes and shardings), so that its first batch finds the program compiled. Run in a thread
+    to compile while the build does other work (:mod:`libjax.build.ahead`)."""
+    size = batch_size_for(len(inputs), batch_size, placement.size)
+    on_host = step.merge is not None
+    dtype = precision.narrow_dtype if on_host else np.dtype
+    key = fold_key(0, "", 0)
+    abstract = (jax.ShapeDtypeStruct(key.shape, key.dtype),
+                *placement.replicated_like(args, dtype),
+                placement.batch_like((size,) + np.shape(inputs)[1:],
+                                     dtype(np.asarray(inputs[:1]).dtype)),
+                placement.batch_like((size,), dtype(np.float64)))
+    if not on_host:
+        abstract = (placement.replicated_like(acc),) + abstract
+    step.fn.lower(*abstract).compile()
+
+
 def accumulate(step: Step, acc, inputs, batch_size: int, what: str, seed: int, stage: str,
                placement: Placement, *args, saves: Optional[Saves] = None):
     """Fold ``step`` over the batches of ``inputs`` from ``acc`` and return the result on the

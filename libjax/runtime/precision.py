@@ -90,16 +90,22 @@ def host_sums(policy: str) -> bool:
     return policy == "mixed"
 
 
+def narrow_dtype(dtype) -> np.dtype:
+    """The dtype of a ``mixed`` step's argument of ``dtype``: floats as float32, integers as
+    int32, so that nothing 64-bit enters a step (as on a TPU)."""
+    dtype = np.dtype(dtype)
+    if np.issubdtype(dtype, np.floating):
+        return np.dtype(np.float32)
+    if np.issubdtype(dtype, np.integer) and dtype.itemsize > 4:
+        return np.dtype(np.int32)
+    return dtype
+
+
 def as_32bit(tree):
-    """``tree`` as NumPy arrays for a ``mixed`` step: floats as float32, integers as int32, so
-    that nothing 64-bit enters a step (as on a TPU)."""
+    """``tree`` as NumPy arrays of :func:`narrow_dtype`, for a ``mixed`` step."""
     def cast(a):
         a = np.asarray(a)
-        if np.issubdtype(a.dtype, np.floating):
-            return a.astype(np.float32)
-        if np.issubdtype(a.dtype, np.integer) and a.dtype.itemsize > 4:
-            return a.astype(np.int32)
-        return a
+        return a.astype(narrow_dtype(a.dtype), copy=False)
     return jax.tree.map(cast, tree)
 
 

@@ -57,6 +57,16 @@ class Placement:
             return jax.make_array_from_callback(a.shape, self._replicated, lambda idx: a[idx])
         return jax.tree.map(put, tree)
 
+    def batch_like(self, shape, dtype) -> jax.ShapeDtypeStruct:
+        """The abstract twin of :meth:`batch`'s array (for compiling ahead)."""
+        return jax.ShapeDtypeStruct(tuple(shape), dtype, sharding=self._batch)
+
+    def replicated_like(self, tree, dtype=lambda d: d):
+        """Abstract twins of :meth:`replicate`'s arrays (for compiling ahead), with their dtypes
+        mapped by ``dtype``."""
+        return jax.tree.map(lambda a: jax.ShapeDtypeStruct(
+            a.shape, dtype(a.dtype), sharding=self._replicated), tree)
+
     @staticmethod
     def host(tree):
         """A replicated global array (or tree of them) as NumPy, on any process."""
