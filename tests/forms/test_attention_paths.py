@@ -83,8 +83,9 @@ METHOD_CASES = [("last_only", ("gradient", 0)), ("all_positions", ("gradient", 0
                 ("split", ("gradient", 0)), ("last_only", ("gauss-legendre", 3)),
                 ("rotary_last_only", ("gauss-legendre", 3)), ("rotary_all_positions", ("gradient", 0)),
                 ("parallel", ("gradient", 0))]
-# the default run: the GPT-2 layout and rotary attention under a quadrature rule; -m slow: the rest
-DEFAULT_METHOD_CASES = {("split", ("gradient", 0)), ("rotary_last_only", ("gauss-legendre", 3))}
+# the default run: the GPT-2 layout (rotary attention: tests/models/test_lm_families_forms.py);
+# -m slow: the rest
+DEFAULT_METHOD_CASES = {("split", ("gradient", 0))}
 
 
 @pytest.mark.parametrize("name, rule", [

@@ -36,7 +36,7 @@ from libjax.errors import BasisError, LibjaxError
 from libjax.method import stats
 from tests.helpers.tiny import tiny_transformer
 
-settings.register_profile("libjax-default", max_examples=50, deadline=None,
+settings.register_profile("libjax-default", max_examples=25, deadline=None,
                           suppress_health_check=[HealthCheck.too_slow])
 settings.register_profile("libjax-slow", max_examples=1000, deadline=None,
                           suppress_health_check=[HealthCheck.too_slow])

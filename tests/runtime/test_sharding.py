@@ -45,6 +45,7 @@ def assert_close_graphs(a, b, rtol=1e-10):
         assert abs(e.sum() / b.edges[pair].sum() - 1) < rtol
 
 
+@pytest.mark.slow  # the default run splits modadd's closed forms over four devices (below)
 def test_four_devices_equal_one(tmp_path):
     run(tmp_path / "one", devices=1)
     run(tmp_path / "four", devices=4)
