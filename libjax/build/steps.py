@@ -143,7 +143,9 @@ def accumulation_step(model, index: int, path: Form, task: Task, plan,
     then handed to the path with the probes' signs for this batch."""
     functions = _functions(model, index)
     label = f"{'edges' if task.kind == EDGES else 'M prime'} {model.node_layers[index]}"
-    return cached(("section", functions, path, task, plan, policy),
+    # the label too: a graph's first section runs from its first node layer with the same
+    # function in every graph (``first_layer``), and a step's log and trace count name its layer
+    return cached(("section", label, functions, path, task, plan, policy),
                   lambda: _make_accumulation_step(functions, path, task, plan, policy, label))
 
 
