@@ -26,9 +26,6 @@ class Ahead:
             max_workers=1, thread_name_prefix="libjax-compile")
         self._jobs: dict[Hashable, concurrent.futures.Future] = {}
 
-    def __contains__(self, key: Hashable) -> bool:
-        return key in self._jobs
-
     def submit(self, key: Hashable, compile_fn: Callable[[], None]) -> None:
         self._jobs[key] = self._pool.submit(compile_fn)
 

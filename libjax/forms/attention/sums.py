@@ -39,17 +39,26 @@ def coefficients(form, rho, p, n_pos: int):
     return jnp.concatenate([residual[..., None], jnp.einsum("rt,hts->rsh", rho, p)], axis=-1)
 
 
-def prepare(form, params, c):
+def prepare(form, params, c, xp=jnp):
     """The section's weights, the residual's matrix ``C_r`` ``(D, r)`` and ``O = W_O C_a``
     ``(H, dv, r)``, from the next layer's ``C`` (identity if None). One output: ``C_r = C_a =
     C``; with ``keep_resid`` (output ``(r + attn, r)``, ``C = [C_1; C_2]``): ``C_a = C_1``,
-    ``C_r = C_1 + C_2``."""
+    ``C_r = C_1 + C_2``. ``xp=np``: float64 NumPy, on the host (:func:`assemble`)."""
     w = form.matrices(params)
+    if xp is np:
+        w = {key: np.asarray(v, np.float64) for key, v in w.items()}
+        c = None if c is None else np.asarray(c, np.float64)
     d = w["W_O"].shape[-1]
     if c is None:
-        c = jnp.eye((2 if form.keep_resid else 1) * d, dtype=w["W_O"].dtype)
+        c = xp.eye((2 if form.keep_resid else 1) * d, dtype=w["W_O"].dtype)
     c_attn, c_res = (c[:d], c[:d] + c[d:]) if form.keep_resid else (c, c)
-    return w, c_res, jnp.einsum("hed,do->heo", w["W_O"], c_attn)
+    return w, c_res, xp.einsum("hed,do->heo", w["W_O"], c_attn)
+
+
+def residual_rows(form, d: int) -> slice:
+    """Where the residual sits in the section's input: its second half (``split``), or all
+    of it (``shared``, the attention input's rows too)."""
+    return slice(d, 2 * d) if form.layout == "split" else slice(0, d)
 
 
 def group_weights(w, o, groups):
@@ -81,12 +90,8 @@ def assemble(form, params, head_sums: dict, c_next, width: int) -> np.ndarray:
     with ``Z_0 = C_r`` (on the residual rows) and ``Z_h = W_V[h] O_h``. Every term is a product
     ``Lambda Mid Lambda^T`` with ``Lambda = [I_res | W_V | W_K | W_Q]``, so the work is
     ``O(D^2 (D + 3 H d_head))``, independent of the data's size."""
-    w = {key: np.asarray(v, np.float64) for key, v in form.matrices(params).items()}
+    w, c_res, o = prepare(form, params, c_next, np)
     d = w["W_O"].shape[-1]
-    c = np.eye((2 if form.keep_resid else 1) * d) if c_next is None else \
-        np.asarray(c_next, np.float64)
-    c_res = c[:d] + c[d:] if form.keep_resid else c
-    o = np.einsum("hed,do->heo", w["W_O"], c[:d])  # (H, dv, r)
     heads, d_v, r = o.shape
     cc, zl, ll = (np.asarray(head_sums[k], np.float64) for k in ("cc", "zl", "ll"))
     groups, d_head = ll.shape[0], ll.shape[2]
@@ -104,7 +109,7 @@ def assemble(form, params, head_sums: dict, c_next, width: int) -> np.ndarray:
     # Lambda = [I on the residual rows | the head weights on the attention-input rows]
     lam = np.concatenate([w["W_V"].transpose(1, 0, 2).reshape(d, -1)] + [
         w[k].transpose(1, 0, 2).reshape(d, -1) for k in ("W_K", "W_Q")], axis=1)
-    res = slice(d, 2 * d) if form.layout == "split" else slice(0, d)
+    res = residual_rows(form, d)
     total = np.zeros((width, width))
     total[res, res] += mid[:d, :d]
     cross = mid[:d, d:] @ lam.T
@@ -119,7 +124,7 @@ def z_projections(form, w, c, o, c_in_pinv):
     ``(C_in^+ W_V[h]) O_h`` (``Z_h = W_V[h] O_h`` has rank ``d_v``: the product in this order
     costs ``O(H r_in D d_v)`` rather than ``O(H r_in D r)``), once per batch."""
     d = c.shape[0]
-    res = slice(d, 2 * d) if form.layout == "split" else slice(0, d)
+    res = residual_rows(form, d)
     values = jnp.einsum("hje,heo->hoj", jnp.einsum("jd,hde->hje", c_in_pinv[:, :d], w["W_V"]), o)
     return jnp.concatenate([(c_in_pinv[:, res] @ c).T[None], values])
 
