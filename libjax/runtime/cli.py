@@ -5,7 +5,8 @@ message and exit status 2, without a traceback; anything else is a bug and keeps
 The scripts take flags only: a stray positional argument (``--n_samples 10`` for
 ``--n_samples=10`` after a boolean flag, a misspelt path) is such an error, not silently ignored.
 Every script keeps JAX's persistent compilation cache (``--compilation_cache_dir``), so a
-repeated run with the same shapes loads its compiled steps instead of compiling them again.
+repeated run with the same shapes loads its compiled steps instead of compiling them again, and
+compiles CPU programs with XLA's elemental emitters (:func:`use_quick_cpu_codegen`).
 SIGTERM during a build (a scheduler about to preempt the job) stops it at the next batch or stage
 boundary, its progress saved (:mod:`libjax.runtime.preemption`), with a message and exit status
 :data:`~libjax.runtime.preemption.EXIT_STATUS` (75, EX_TEMPFAIL): rerunning the same command
@@ -22,6 +23,7 @@ from typing import Callable
 
 import jax
 from absl import app, flags
+from jax._src import xla_bridge
 
 from libjax.errors import ConfigError, LibjaxError
 from libjax.runtime import precision, preemption
@@ -68,6 +70,21 @@ def use_compilation_cache(path: str) -> None:
         jax.config.update("jax_persistent_cache_min_entry_size_bytes", -1)
 
 
+QUICK_CPU_CODEGEN = "--xla_cpu_use_fusion_emitters=false"
+
+
+def use_quick_cpu_codegen() -> None:
+    """Compile CPU fusions with XLA's elemental emitters instead of its fusion emitters: a third
+    less compile time for the same programs (a cold modular-addition build: 3.4 s of XLA compile
+    instead of 5.0 s, its graph bit-identical; BUILD_NOTES "Cold start"). Elementwise
+    transcendentals (SiLU's logistic) may round differently, at 1e-15. Kept out when the user's
+    ``XLA_FLAGS`` already choose, or when a backend exists already (XLA read its flags then)."""
+    current = os.environ.get("XLA_FLAGS", "")
+    if "xla_cpu_use_fusion_emitters" in current or xla_bridge.backends_are_initialized():
+        return
+    os.environ["XLA_FLAGS"] = f"{current} {QUICK_CPU_CODEGEN}".strip()
+
+
 def run(main: Callable[[list[str]], None], float64: bool = True) -> None:
     """``absl.app.run(main)`` with libjax's logging, compilation cache and user-error handling,
     in float64 (:func:`libjax.runtime.precision.enable_float64`) unless ``float64`` is False,
@@ -80,6 +97,7 @@ def run(main: Callable[[list[str]], None], float64: bool = True) -> None:
         _quiet_third_party()
         cache_dir = _CACHE_DIR.value
         use_compilation_cache(default_cache_dir() if cache_dir is None else cache_dir)
+        use_quick_cpu_codegen()
         preemption.install()
         try:
             if len(argv) > 1:

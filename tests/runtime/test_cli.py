@@ -1,5 +1,6 @@
 """The command-line entry points, run as a user runs them."""
 
+import os
 import signal
 import subprocess
 import sys
@@ -64,3 +65,29 @@ def test_sigterm_outside_a_build_ends_a_script_as_usual():
     assert proc.stdout.readline() == "ready\n"
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(timeout=30) == -signal.SIGTERM
+
+
+QUICK_CODEGEN_PROBE = """
+import os, jax
+from libjax.runtime import cli
+if os.environ.get("PROBE_BACKEND_FIRST"):
+    jax.devices()
+cli.use_quick_cpu_codegen()
+print(os.environ.get("XLA_FLAGS", ""))
+"""
+
+
+@pytest.mark.parametrize("given, first, expected", [
+    ("", "", "--xla_cpu_use_fusion_emitters=false"),
+    ("--xla_force_host_platform_device_count=2", "",
+     "--xla_force_host_platform_device_count=2 --xla_cpu_use_fusion_emitters=false"),
+    ("--xla_cpu_use_fusion_emitters=true", "", "--xla_cpu_use_fusion_emitters=true"),
+    ("", "1", ""),  # too late: the backend has read its flags already
+])
+def test_quick_cpu_codegen_keeps_the_users_flags(given, first, expected):
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    env.update(XLA_FLAGS=given, PROBE_BACKEND_FIRST=first)
+    result = subprocess.run([sys.executable, "-c", QUICK_CODEGEN_PROBE], cwd=ROOT, env=env,
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == expected
