@@ -343,12 +343,14 @@ def _c(bases: dict, i: int):
 
 def _edges(model, st, cfg: BuildConfig, bases: dict, start: FirstLayer, placement, saves: Saves,
            ahead: Ahead) -> dict:
-    """(node layer, next node layer) -> squared edges, for every section."""
+    """(node layer, next node layer) -> squared edges, for every section. The last section first:
+    its bases were built first, so its step compiled first (in ``ahead``), while the first
+    section's step, whose basis was built last, compiles meanwhile."""
     layers = model.node_layers
     edges = {}
     if not cfg.compute_edges:
         return edges
-    for i in range(len(layers) - 1):
+    for i in reversed(range(len(layers) - 1)):
         pair = (layers[i], layers[i + 1])
         stage = edge_stage(*pair)
         if st.has(stage):
@@ -358,7 +360,7 @@ def _edges(model, st, cfg: BuildConfig, bases: dict, start: FirstLayer, placemen
         edges[pair] = compute_edges(started, i, acts, cfg, bases[i], _c(bases, i + 1), placement,
                                     saves, ahead)
         st.put(stage, {"E": edges[pair]})
-    return edges
+    return dict(reversed(edges.items()))
 
 
 def _check_stats_model(model, stats_model, cfg: BuildConfig) -> None:
