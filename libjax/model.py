@@ -200,7 +200,7 @@ def cut(name: str, modules: Sequence[Module], params, example_input, node_layers
     ``variances`` maps module ids to the coordinate of their input that is a LayerNorm variance.
     """
     fused, variances = dict(fused or {}), dict(variances or {})
-    params = jax.tree.map(jnp.asarray, params)
+    params = jax.device_put(params)  # (jnp.asarray compiles a program per shape)
     ids = [mid for mid, _ in modules]
     valid = list(selectable) if selectable is not None else ids[1:] + [OUTPUT]
     node_layers = validate_node_layers(node_layers, valid)

@@ -78,11 +78,20 @@ def _host_add(acc, new):
                         acc, new)
 
 
-def fold_key(seed: int, stage: str, batch_index: int):
-    """The key of one batch of one stage: independent of the device count, and the same when a
-    killed build resumes."""
+def batch_key_data(seed: int, stage: str, batch_index: int) -> np.ndarray:
+    """What a step turns into the key of one batch of one stage (:func:`batch_key`): the seed's
+    two 32-bit halves, the stage's digest and the batch index, as ``uint32[4]``. Host integers:
+    the key is derived inside the step's program, so no eager JAX call (each compiles a program
+    the first time) runs per stage or batch."""
     digest = int(hashlib.sha256(stage.encode()).hexdigest()[:8], 16)
-    return jax.random.fold_in(jax.random.fold_in(jax.random.key(seed), digest), batch_index)
+    return np.array([seed >> 32, seed & 0xFFFFFFFF, digest, batch_index], np.uint32)
+
+
+def batch_key(data):
+    """``fold_in(fold_in(key(seed), digest), batch_index)`` from :func:`batch_key_data`:
+    independent of the device count, and the same when a killed build resumes."""
+    key = jax.random.wrap_key_data(data[:2])  # what jax.random.key(seed) holds
+    return jax.random.fold_in(jax.random.fold_in(key, data[2]), data[3])
 
 
 def _functions(model, stop: int) -> tuple:
@@ -158,7 +167,8 @@ def _make_accumulation_step(functions: tuple, path: Form, task: Task, plan, poli
         xs = jax.vmap(lambda x: chain_acts(functions[0], functions[1:], params, x)[-1])(inputs)
         cast = lambda a: None if a is None else a.astype(xs.dtype)  # noqa: E731
         x = xs @ cast(c_in) if task.kind == EDGES else xs
-        signs = None if probes is None else probes.draw_signs(key, xs.shape[0], task.acc_dtype)
+        signs = None if probes is None else probes.draw_signs(batch_key(key), xs.shape[0],
+                                                              task.acc_dtype)
         return path.batch_sums(task, plan, params, x, sample_weights, signs, cast(c_in_pinv),
                                cast(c_next))
 
@@ -177,8 +187,7 @@ def compile_ahead(step: Step, acc, inputs, batch_size: int, placement: Placement
     size = batch_size_for(len(inputs), batch_size, placement.size)
     on_host = step.merge is not None
     dtype = precision.narrow_dtype if on_host else np.dtype
-    key = fold_key(0, "", 0)
-    abstract = (jax.ShapeDtypeStruct(key.shape, key.dtype),
+    abstract = (jax.ShapeDtypeStruct((4,), np.uint32),
                 *placement.replicated_like(args, dtype),
                 placement.batch_like((size,) + np.shape(inputs)[1:],
                                      dtype(np.asarray(inputs[:1]).dtype)),
@@ -211,7 +220,7 @@ def accumulate(step: Step, acc, inputs, batch_size: int, what: str, seed: int, s
     progress.boundary(first, host_acc)
     for i, (batch,), w in track(padded_batches(size, inputs, first=first), total, what,
                                 resumed_at=first):
-        key = fold_key(seed, stage, i)
+        key = batch_key_data(seed, stage, i)
         if on_host:
             batch, w = precision.as_32bit((batch, w))
             acc = step.merge(acc, placement.host(step.fn(key, *args, placement.batch(batch),

@@ -15,10 +15,12 @@ resumes.
 
 from __future__ import annotations
 
+import atexit
 import logging
 import os
 import sys
 import tempfile
+import threading
 from typing import Callable
 
 import jax
@@ -85,6 +87,20 @@ def use_quick_cpu_codegen() -> None:
     os.environ["XLA_FLAGS"] = f"{current} {QUICK_CPU_CODEGEN}".strip()
 
 
+def _exit_without_teardown() -> None:
+    """End a finished script at once, status 0: wait for its threads, run the exit handlers and
+    flush the streams as a normal exit does, then skip the interpreter's teardown, where
+    destroying XLA's compiled programs and thread pools took 0.45 s of a 7 s cold
+    modular-addition run."""
+    for thread in threading.enumerate():
+        if thread is not threading.current_thread() and not thread.daemon:
+            thread.join()
+    atexit._run_exitfuncs()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
+
+
 def run(main: Callable[[list[str]], None], float64: bool = True) -> None:
     """``absl.app.run(main)`` with libjax's logging, compilation cache and user-error handling,
     in float64 (:func:`libjax.runtime.precision.enable_float64`) unless ``float64`` is False,
@@ -111,6 +127,7 @@ def run(main: Callable[[list[str]], None], float64: bool = True) -> None:
             print(f"stopped on request (SIGTERM): {stop}; the finished stages are stored. Rerun "
                   "the same command to resume.", file=sys.stderr)
             sys.exit(preemption.EXIT_STATUS)
+        _exit_without_teardown()
     # Listed in every script's --help, not only in --helpfull.
     flags.FLAGS.register_key_flag_for_module(sys.argv[0], flags.FLAGS[_CACHE_DIR.name])
     app.run(wrapped)

@@ -85,11 +85,13 @@ def _reserve(directory: Path, nbytes: int) -> None:
 
 def _checkpointer() -> ocp.Checkpointer:
     """An orbax checkpointer private to this process (no cross-process barriers): stages are
-    written by one process and read by any."""
+    written by one process and read by any. One file set per array rather than an OCDBT database:
+    a stage holds a few arrays, and merging the database took ~60 ms per stage, a tenth of a
+    cold modular-addition build's stores; it reads stages written either way."""
     here = ocp.options.MultiprocessingOptions(primary_host=jax.process_index(),
                                               active_processes={jax.process_index()})
-    return ocp.Checkpointer(ocp.PyTreeCheckpointHandler(multiprocessing_options=here),
-                            multiprocessing_options=here)
+    handler = ocp.PyTreeCheckpointHandler(multiprocessing_options=here, use_ocdbt=False)
+    return ocp.Checkpointer(handler, multiprocessing_options=here)
 
 
 def _barrier(name: str) -> None:

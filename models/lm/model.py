@@ -86,8 +86,8 @@ class LanguageModel(nn.Module):
 def expected_shapes(cfg: transformer.TransformerConfig,
                     model: type[nn.Module] = LanguageModel) -> dict[str, tuple[int, ...]]:
     """TransformerLens name -> shape of every parameter of ``model`` (:class:`LanguageModel`)."""
-    variables = jax.eval_shape(model(cfg).init, jax.random.key(0),
-                               jnp.zeros((1, 1), jnp.int32))
+    variables = jax.eval_shape(lambda: model(cfg).init(  # abstract: compiles nothing
+        jax.random.key(0), jnp.zeros((1, 1), jnp.int32)))
     return {k: tuple(v.shape) for k, v in variables["params"].items()}
 
 
@@ -117,7 +117,7 @@ def processed_weights(cfg: transformer.TransformerConfig, tl: dict, n_blocks: in
     processed = weight_processing.process(blocks_of(tl, n_blocks, unembed), n_blocks, rms=rms)
     folded = transformer.fold_biases(cfg, processed, dtype, n_blocks)
     del processed  # each array is copied once more below: free what is done with at once
-    return {k: jnp.asarray(folded.pop(k)) for k in list(folded)}
+    return {k: jax.device_put(folded.pop(k)) for k in list(folded)}
 
 
 def blocks_of(weights: dict, n_blocks: int, unembed: bool) -> dict:

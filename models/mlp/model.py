@@ -164,7 +164,7 @@ def sectioned_model(weights: dict, cfg: MLPConfig, node_layers=None,
                     dtype=np.float64) -> sectioned.SectionedModel:
     """The folded MLP cut at ``node_layers`` (default: all of them)."""
     node_layers = check_node_layers(node_layers or all_node_layers(cfg), cfg)
-    folded = {k: jnp.asarray(v) for k, v in fold_biases(cfg, weights, dtype).items()}
+    folded = jax.device_put(fold_biases(cfg, weights, dtype))
     example = jax.ShapeDtypeStruct((cfg.widths[0],), jnp.dtype(dtype))
     ids = [mid for mid, _ in modules(cfg)]
     return sectioned.cut("mlp", modules(cfg), folded, example, node_layers, positional=False,

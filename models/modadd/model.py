@@ -110,7 +110,7 @@ class ModAddTransformer(nn.Module):
 
 
 def tl_to_flax(tl: dict) -> dict:
-    return {"params": {k: jnp.asarray(v) for k, v in tl.items()}}
+    return {"params": jax.device_put(dict(tl))}
 
 
 # --- checkpoints ----------------------------------------------------------------------------------
@@ -134,8 +134,8 @@ def load(path: str | os.PathLike | None = None) -> tuple[transformer.Transformer
 
 
 def expected_shapes(cfg: transformer.TransformerConfig) -> dict[str, tuple[int, ...]]:
-    variables = jax.eval_shape(ModAddTransformer(cfg).init, jax.random.key(0),
-                               jnp.zeros((1, cfg.n_ctx), jnp.int32))
+    variables = jax.eval_shape(lambda: ModAddTransformer(cfg).init(  # abstract: compiles nothing
+        jax.random.key(0), jnp.zeros((1, cfg.n_ctx), jnp.int32)))
     return {k: tuple(v.shape) for k, v in variables["params"].items()}
 
 
@@ -150,7 +150,7 @@ def sectioned(weights: dict, cfg: transformer.TransformerConfig, node_layers=PAP
     after
     attention, as the paper's builds do."""
     cfg = dataclasses.replace(cfg, last_pos_module="add_resid1.0" if last_pos_only else None)
-    folded = {k: jnp.asarray(v) for k, v in transformer.fold_biases(cfg, weights, dtype).items()}
+    folded = jax.device_put(transformer.fold_biases(cfg, weights, dtype))
     return transformer.sectioned_model("modadd", cfg, folded, node_layers)
 
 

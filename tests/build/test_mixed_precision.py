@@ -4,6 +4,7 @@ at HIGHEST), float64 host sums, agreement with the float64 build, x64 off, and r
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import re
 
 import jax
@@ -13,7 +14,7 @@ import pytest
 
 from libjax.basis import lib_basis, pca_basis
 from libjax.build import BuildConfig, build
-from libjax.build.steps import fold_key
+from libjax.build.steps import batch_key, batch_key_data
 from libjax.errors import ConfigError, StoreError
 from libjax.method.probes import ProbeSet
 from tests.helpers.tiny import tiny_ln_transformer, tiny_transformer
@@ -84,12 +85,23 @@ def test_a_key_draws_the_same_signs_with_x64_on_and_off():
     """Stochastic sources of a mixed build (traced with x64 off) are those of the float64 build
     of the same seed, so the two estimate the same sum."""
     probes = ProbeSet(n_pos=7, dim=5, pos_sources=3, hidden_sources=2)
-    key = fold_key(0, "M' attn_in.0", 3)
+    key = batch_key(batch_key_data(0, "M' attn_in.0", 3))
     wide = np.asarray(probes.draw_signs(key, 4, jnp.float64))
     with jax.enable_x64(False):
         narrow = np.asarray(jax.jit(lambda k: probes.draw_signs(k, 4, jnp.float32))(key))
     assert narrow.dtype == np.float32 and set(np.unique(wide)) == {-1.0, 1.0}
     np.testing.assert_array_equal(narrow, wide)
+
+
+@pytest.mark.parametrize("seed", [0, 7, 2**31 + 3, 2**40 + 1])
+def test_a_batch_key_derived_in_a_step_is_the_eager_fold_in(seed):
+    """A step derives its batch's key from host integers; the key (so every stochastic estimate)
+    is the one earlier versions derived eagerly: fold_in(fold_in(key(seed), digest), batch)."""
+    stage, batch = "edges ln1.0->ln2.0", 5
+    digest = int(hashlib.sha256(stage.encode()).hexdigest()[:8], 16)
+    eager = jax.random.fold_in(jax.random.fold_in(jax.random.key(seed), digest), batch)
+    in_step = jax.jit(batch_key)(batch_key_data(seed, stage, batch))
+    np.testing.assert_array_equal(jax.random.key_data(in_step), jax.random.key_data(eager))
 
 
 def test_mixed_steps_are_32_bit_at_highest_precision_and_agree_with_float64():
