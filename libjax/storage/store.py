@@ -22,17 +22,19 @@ ends the build with :class:`~libjax.runtime.preemption.Preempted`.
 from __future__ import annotations
 
 import errno
+import importlib
 import json
 import logging
 import os
 import shutil
+import sys
 import tempfile
+import threading
 from pathlib import Path
 from typing import Any
 
 import jax
 import numpy as np
-import orbax.checkpoint as ocp
 from jax.experimental import multihost_utils
 
 from libjax.errors import StoreError
@@ -42,6 +44,7 @@ from libjax.storage.files import read_json, write_json_atomic
 
 log = logging.getLogger("libjax")
 
+_ORBAX = "orbax.checkpoint"  # imported on first use (_import_orbax_meanwhile)
 BUILD_FILE = "build.json"
 SUMMARY_FILE = "summary.json"
 COMMIT_FILE = "commit_success.txt"  # orbax's marker of a finished checkpoint
@@ -83,11 +86,21 @@ def _reserve(directory: Path, nbytes: int) -> None:
         os.unlink(tmp)
 
 
-def _checkpointer() -> ocp.Checkpointer:
+def _import_orbax_meanwhile() -> None:
+    """Import orbax in a thread while the build starts: its ~0.25 s of importing then overlaps
+    the first step's compile (which releases the GIL) instead of preceding it. The first store
+    or read waits for the import (Python's module lock)."""
+    if _ORBAX not in sys.modules:
+        threading.Thread(target=importlib.import_module, args=(_ORBAX,), daemon=True,
+                         name="libjax-import-orbax").start()
+
+
+def _checkpointer():
     """An orbax checkpointer private to this process (no cross-process barriers): stages are
     written by one process and read by any. One file set per array rather than an OCDBT database:
     a stage holds a few arrays, and merging the database took ~60 ms per stage, a tenth of a
     cold modular-addition build's stores; it reads stages written either way."""
+    ocp = importlib.import_module(_ORBAX)
     here = ocp.options.MultiprocessingOptions(primary_host=jax.process_index(),
                                               active_processes={jax.process_index()})
     handler = ocp.PyTreeCheckpointHandler(multiprocessing_options=here, use_ocdbt=False)
@@ -116,6 +129,7 @@ class Store:
         self._done: set[str] = set()
         self._computed = False  # whether this run stored a stage (then summary.json is rewritten)
         if self.out_dir is not None:
+            _import_orbax_meanwhile()
             if writer:
                 self._open(build_info, overwrite)
             _barrier("libjax: output directory ready")
