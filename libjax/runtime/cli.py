@@ -6,7 +6,8 @@ The scripts take flags only: a stray positional argument (``--n_samples 10`` for
 ``--n_samples=10`` after a boolean flag, a misspelt path) is such an error, not silently ignored.
 Every script keeps JAX's persistent compilation cache (``--compilation_cache_dir``), so a
 repeated run with the same shapes loads its compiled steps instead of compiling them again, and
-compiles CPU programs with XLA's elemental emitters (:func:`use_quick_cpu_codegen`).
+compiles CPU programs with XLA's elemental emitters (:func:`use_quick_cpu_codegen`). A script that
+finished ends without the interpreter's slow teardown (:func:`_exit_without_teardown`).
 SIGTERM during a build (a scheduler about to preempt the job) stops it at the next batch or stage
 boundary, its progress saved (:mod:`libjax.runtime.preemption`), with a message and exit status
 :data:`~libjax.runtime.preemption.EXIT_STATUS` (75, EX_TEMPFAIL): rerunning the same command
