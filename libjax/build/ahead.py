@@ -5,11 +5,11 @@ are known as soon as the later of the two is built; the bases are built from the
 back, each ``M'`` step waiting for the basis after it. So while the main thread compiles and runs
 the ``M'`` steps, one worker compiles the edge steps whose bases exist
 (:func:`libjax.build.steps.compile_ahead`: the compiled program lands in ``jax.jit``'s cache),
-and the edges then start at once, the last section first (the first section's step, whose basis
-is built last, compiles while the others run). XLA compiles on one core and releases the GIL, so the two
-overlap; on the 2-core machine of BUILD_NOTES a modular-addition process gains only 0.3-0.5 s of
-11-12 s (the last edge step's basis is the last one built); on an accelerator the host compiles
-while the device computes.
+and the edges then start at once, the last section first (the first section's step, whose
+basis is built last, compiles while the others run). XLA compiles on one core and releases the
+GIL, so the two overlap. On the 2-core machine of BUILD_NOTES both cores are then busy, and a
+cold modular-addition process gains only a few tenths of a second; on an accelerator the host
+compiles while the device computes.
 """
 
 from __future__ import annotations
