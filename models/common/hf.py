@@ -3,7 +3,8 @@
 A checkpoint is a local directory with ``config.json`` and the weights (``model.safetensors``, a
 sharded ``model.safetensors.index.json``, or ``pytorch_model.bin``), or a hub name (``gpt2``,
 ``roneneldan/TinyStories-1M``) that ``huggingface_hub`` takes from its cache or downloads when a
-network is there. Weights come back as NumPy arrays under their Hugging Face names; converting them
+network is there, or a GGUF file (or a directory holding one), read by :mod:`models.common.gguf`
+into the same forms: every function here takes the path :func:`resolve` returns, either form. Weights come back as NumPy arrays under their Hugging Face names; converting them
 is the architecture's job (:mod:`models.lm.gpt2`, :mod:`models.lm.gptneo`), which first checks
 the config against the attributes it understands (:func:`check_config`). Safetensors files are
 read with ``safetensors.numpy``; PyTorch is imported only to read a ``pytorch_model.bin``, and is
@@ -19,6 +20,7 @@ from typing import Callable
 import numpy as np
 
 from libjax.errors import CheckpointError, DataError
+from models.common import gguf
 
 CONFIG = "config.json"
 SAFETENSORS = "model.safetensors"
@@ -104,11 +106,15 @@ def resolve(checkpoint: str, what: str) -> Path:
     ``what`` names the model in error messages (e.g. ``"GPT-2"``).
     """
     path = Path(checkpoint).expanduser()
+    found = gguf.find(path)
+    if found is not None:
+        return found
     if path.is_dir():
         return path
     if path.exists():
         raise CheckpointError(f"--checkpoint={checkpoint!r} is a file; give the Hugging Face "
-                              f"checkpoint directory that holds it (with {CONFIG}) or a hub name")
+                              f"checkpoint directory that holds it (with {CONFIG}), a GGUF "
+                              "file (.gguf) or a hub name")
     if checkpoint.startswith((".", "/", "~")):
         raise CheckpointError(f"checkpoint directory {path.resolve()} does not exist. "
                               + _how_to_point(what))
@@ -120,15 +126,21 @@ def resolve(checkpoint: str, what: str) -> Path:
 
 
 def read_config(directory: Path) -> dict:
-    """The model's ``config.json``."""
+    """The model's ``config.json`` (a GGUF file's: the same attributes, from its metadata)."""
+    if gguf.is_gguf(directory):
+        return gguf.read_config(directory)
     path = Path(directory) / CONFIG
     if not path.is_file():
         raise CheckpointError(f"{directory} has no {CONFIG}; a Hugging Face checkpoint directory "
                               f"holds {CONFIG} beside the weights")
     try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as err:
+        config = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise CheckpointError(f"{path} is not valid JSON ({err})") from None
+    if not isinstance(config, dict):
+        raise CheckpointError(f"{path} holds a JSON {type(config).__name__}, not the object of "
+                              "attributes a model config is")
+    return config
 
 
 def _torch_bin(path: Path) -> dict[str, np.ndarray]:
@@ -140,7 +152,16 @@ def _torch_bin(path: Path) -> dict[str, np.ndarray]:
             f"on. Install torch (pip install torch), or convert the file to {SAFETENSORS} once "
             "where torch is available (transformers: save_pretrained(DIR, "
             "safe_serialization=True))") from None
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    try:  # weights_only: a checkpoint holds tensors, never code to run
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # pickle, zip and torch's own errors, whatever the file holds
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else ""
+        raise CheckpointError(f"{path} is not a readable PyTorch checkpoint ({type(err).__name__}"
+                              f"{': ' + reason[:200] if reason else ''}); re-download it, or "
+                              f"convert it to {SAFETENSORS}") from None
+    if not isinstance(state, dict) or not all(isinstance(t, torch.Tensor) for t in state.values()):
+        raise CheckpointError(f"{path} holds a {type(state).__name__}, not a state dict of named "
+                              f"tensors; a {TORCH_BIN} must be a model's state_dict()")
     out = {}
     for name, tensor in state.items():
         if tensor.dtype == torch.bfloat16:  # NumPy has no bfloat16
@@ -159,13 +180,21 @@ def _safetensors(path: Path) -> dict[str, np.ndarray]:
 
 
 def read_weights(directory: Path) -> dict[str, np.ndarray]:
-    """All tensors of the checkpoint in ``directory``, by their Hugging Face names."""
+    """All tensors of the checkpoint in ``directory`` (or GGUF file), by their Hugging Face
+    names."""
     directory = Path(directory)
-    if (directory / SAFETENSORS).is_file():
+    if gguf.is_gguf(directory):
+        weights = gguf.read_weights(directory)
+    elif (directory / SAFETENSORS).is_file():
         weights = _safetensors(directory / SAFETENSORS)
     elif (directory / SAFETENSORS_INDEX).is_file():
-        shards = sorted(set(json.loads((directory / SAFETENSORS_INDEX).read_text())["weight_map"]
-                            .values()))
+        try:
+            shards = sorted(set(json.loads((directory / SAFETENSORS_INDEX).read_text())
+                                ["weight_map"].values()))
+        except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, AttributeError):
+            raise CheckpointError(f"{directory / SAFETENSORS_INDEX} is not a safetensors index "
+                                  "(a JSON object with a \"weight_map\" of tensor -> file); "
+                                  "re-download it") from None
         weights = {}
         for shard in shards:
             weights.update(_safetensors(directory / shard))
@@ -185,13 +214,28 @@ def read_weights(directory: Path) -> dict[str, np.ndarray]:
 def load_tokenizer(directory: Path) -> Encoder:
     """The checkpoint's tokenizer as ``texts -> token ids`` (no special tokens added).
 
-    ``tokenizer.json`` is read with the ``tokenizers`` library; other layouts (``vocab.json`` +
-    ``merges.txt``) go through ``transformers.AutoTokenizer``.
+    ``tokenizer.json`` is read with the ``tokenizers`` library, a GGUF file's with
+    :func:`models.common.gguf.tokenizer`; other layouts (``vocab.json`` + ``merges.txt``) go
+    through ``transformers.AutoTokenizer``. A checkpoint without tokenizer files is refused (for
+    one, transformers builds an empty tokenizer that turns every text into no tokens).
     """
     directory = Path(directory)
+    if gguf.is_gguf(directory):
+        tok = gguf.tokenizer(directory)
+        return lambda texts: [e.ids for e in tok.encode_batch(texts, add_special_tokens=False)]
+    present = [name for name in TOKENIZER_FILES if (directory / name).is_file()]
+    if not {"tokenizer.json", "vocab.json"} & set(present):
+        raise DataError(f"{directory} has no tokenizer files (tokenizer.json, or vocab.json and "
+                        f"merges.txt; found {present or 'none'}), so text data cannot be "
+                        "tokenised for this model. Copy the model's tokenizer files there, or "
+                        "give pre-tokenised .npy token ids with --data_dir")
     if (directory / "tokenizer.json").is_file():
         from tokenizers import Tokenizer
-        tok = Tokenizer.from_file(str(directory / "tokenizer.json"))
+        try:
+            tok = Tokenizer.from_file(str(directory / "tokenizer.json"))
+        except Exception as err:  # tokenizers raises plain Exceptions for unreadable files
+            raise DataError(f"{directory / 'tokenizer.json'} is not a readable tokenizer "
+                            f"({err}); re-download the model's tokenizer files") from None
         return lambda texts: [e.ids for e in tok.encode_batch(texts, add_special_tokens=False)]
     try:
         from transformers import AutoTokenizer
