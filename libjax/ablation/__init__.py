@@ -15,7 +15,8 @@ an intervention), :mod:`.experiments` (the ablations and their timed records) an
 :mod:`.records` (the JSON format). The names below are the package's public interface.
 """
 
-from libjax.ablation.evaluator import EdgeForward, Evaluator
+from libjax.ablation.edge_forward import EdgeForward
+from libjax.ablation.evaluator import Evaluator
 from libjax.ablation.experiments import (NODE_BASES, edge_ablation, edge_experiment,
                                          node_ablation, node_experiment)
 from libjax.ablation.masks import edge_mask, group_rows, rotation_matrix

@@ -18,7 +18,8 @@ from typing import Sequence
 
 import numpy as np
 
-from libjax.ablation.evaluator import EdgeForward, Evaluator
+from libjax.ablation.edge_forward import EdgeForward
+from libjax.ablation.evaluator import Evaluator
 from libjax.ablation.masks import edge_mask, rotation_matrix
 from libjax.ablation.metrics import is_good
 from libjax.ablation.records import EdgeResult, edge_record, node_record

@@ -1,0 +1,182 @@
+"""The model with only some edges between two consecutive node layers (docs/method.md 3.3).
+
+Output node ``o`` of the section is computed from the input nodes kept by row ``o`` of the mask,
+``y_o = F((x_hat * m_o) C_in^+) . C_out[:, o]``, at every position alike, then all output nodes
+are mapped back with ``C_out^+`` (no ``C_out`` at a layer without a basis, e.g. ``output``) and
+the model runs on from the next node layer. Two ways to get the ``y_o``, the same numbers:
+
+* an **affine** section (``F(x) = x A + b`` at every position, e.g. the projections into a
+  gated MLP) has ``y_o = sum_i m_oi x_hat_i G_io + beta_o`` with ``G = C_in^+ A C_out``: one
+  matrix product per mask, ``x_hat @ (G * mask^T) + beta``. ``G`` comes from the section applied
+  to the rows of ``C_in^+``; the section is taken as affine only if ``G`` reproduces it on the
+  evaluation data, whole and under a random mask, to the evaluation dtype's precision.
+* any other section is evaluated once per distinct row pattern of the mask: the patterns,
+  padded to a fixed ``(out, in)`` array, are visited by a ``fori_loop`` whose trip count is an
+  argument, so one compiled program serves every mask. A row's output depends only on its own
+  pattern, so rows computed for earlier masks (a bisection revisits most rows unchanged) are
+  reused from a cache bounded by ``cache_bytes``, and rows that keep every input are computed
+  once.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from libjax.ablation.masks import group_rows
+from libjax.errors import ConfigError
+
+
+class EdgeForward:
+    """Scores of the model with an edge mask from node layer ``index`` to the next one."""
+
+    def __init__(self, ev, index: int, c_in, c_in_pinv, out_basis=None,
+                 cache_bytes: int = 2**28):
+        self.ev, self.index, self.cache_bytes = ev, index, cache_bytes
+        self.c_in, self.c_in_pinv = ev.cast(c_in), ev.cast(c_in_pinv)
+        self.rotated = out_basis is not None
+        self.c_out, self.c_out_pinv = ((ev.cast(out_basis[0]), ev.cast(out_basis[1]))
+                                       if self.rotated else (None, None))
+        self.section = ev.model.sections[index]
+        prep = ev.program(("edge_prep", index, self.rotated), lambda: self._prepare)
+        self._prepared = [prep(ev.params, a, self.c_in, self.c_in_pinv, self.c_out)
+                          for a in ev.acts(index)]
+        full = self._prepared[0][1]
+        self.shape = (full.shape[-1], self.c_in.shape[1])  # (out nodes, in nodes)
+        self.affine = self._affine_map() if self.section.positionwise else None
+        if self.affine is None:
+            self._run = ev.program(("edge", index, self.rotated), lambda: self._run_patterns)
+        else:
+            self._run = ev.program(("edge_affine", index, self.rotated),
+                                   lambda: self._run_affine)
+        self._step_bytes = sum(f.size * f.dtype.itemsize for _, f in self._prepared)
+        self._steps: dict[int, list] = {}  # step id -> per-batch output nodes of that mask
+        self._cached: dict[tuple[int, bytes], int] = {}  # (row, pattern) -> step id
+        self._next_step = 0
+
+    # --- traced pieces ------------------------------------------------------------------------
+
+    def _section_out(self, params, x, c_out):
+        """The section on inputs ``x`` ``(batch, pos, d_in)``, in the output basis."""
+        y = jax.vmap(lambda a: self.section.fn(params, a))(x)
+        return y @ c_out if self.rotated else y
+
+    def _prepare(self, params, acts, c_in, c_in_pinv, c_out):
+        x_hat = acts @ c_in
+        return x_hat, self._section_out(params, x_hat @ c_in_pinv, c_out)
+
+    def _loop(self, params, x_hat, init, c_in_pinv, c_out, patterns, inverse, n):
+        """Output nodes with each row's pattern: ``init`` with the rows of patterns ``0..n-1``
+        (``inverse``: each row's pattern, -1 for rows ``init`` already holds) recomputed."""
+        def body(u, out):
+            y = self._section_out(params, (x_hat * patterns[u]) @ c_in_pinv, c_out)
+            return jnp.where(inverse == u, y, out)
+        return jax.lax.fori_loop(0, n, body, init)
+
+    def _finish(self, params, out_hat, c_out_pinv, acts, y, w):
+        """The metric's sums once the output nodes are known."""
+        ev = self.ev
+        nxt = out_hat @ c_out_pinv if self.rotated else out_hat
+        logits = jax.vmap(lambda a: ev.model.run_from(params, a, self.index + 1))(nxt)
+        return ev.sums(logits, ev.reference(params, acts, self.index), y, w)
+
+    def _run_patterns(self, params, x_hat, init, c_in_pinv, c_out, c_out_pinv, acts, y, w,
+                      patterns, inverse, n):
+        out_hat = self._loop(params, x_hat, init, c_in_pinv, c_out, patterns, inverse, n)
+        return self._finish(params, out_hat, c_out_pinv, acts, y, w), out_hat
+
+    def _run_affine(self, params, x_hat, masked_g, beta, c_out_pinv, acts, y, w):
+        return self._finish(params, x_hat @ masked_g + beta, c_out_pinv, acts, y, w)
+
+    # --- the affine shortcut --------------------------------------------------------------------
+
+    def _affine_map(self):
+        """``(G, beta)`` if the section is affine and the same at every position, else None."""
+        ev, n_pos = self.ev, self._prepared[0][0].shape[1]
+        rows = np.asarray(self.c_in_pinv)  # (in nodes, d_in): one token each
+        n_in, d_in = rows.shape
+        count = -(-n_in // n_pos) + 1  # whole samples of tokens, and one sample of zeros
+        tokens = np.zeros((count * n_pos, d_in), rows.dtype)
+        tokens[n_pos:n_pos + n_in] = rows
+        probe = ev.program(("edge_affine_probe", self.index, self.rotated),
+                           lambda: self._section_out)
+        out = np.asarray(probe(ev.params, jnp.asarray(tokens.reshape(count, n_pos, d_in)),
+                               self.c_out), np.float64).reshape(count * n_pos, -1)
+        beta, g = out[0], out[n_pos:n_pos + n_in] - out[0]
+        x_hat, full = (np.asarray(a, np.float64) for a in self._prepared[0])
+        tol = np.sqrt(np.finfo(ev.dtype).eps) * max(np.abs(full).max(), 1e-30)
+
+        def close(a, b):
+            return bool(np.all(np.isfinite(a)) and np.abs(a - b).max() <= tol)
+
+        if not (close(out[:n_pos], beta) and close(x_hat @ g + beta, full)):
+            return None
+        mask = np.random.default_rng(0).random(self.shape) < 0.5
+        patterns, inverse = group_rows(mask, np.ones(self.shape[0], bool))
+        loop = ev.program(("edge_loop", self.index, self.rotated), lambda: self._loop)
+        exact = loop(ev.params, self._prepared[0][0], self._prepared[0][1], self.c_in_pinv,
+                     self.c_out, jnp.asarray(patterns, ev.dtype), jnp.asarray(inverse),
+                     jnp.int32(len(patterns)))
+        if not close(x_hat @ (g * mask.T) + beta, np.asarray(exact, np.float64)):
+            return None
+        return ev.cast(g), ev.cast(beta)
+
+    # --- scoring --------------------------------------------------------------------------------
+
+    def score(self, mask) -> float:
+        """Score of the model with the boolean ``(out, in)`` edge ``mask``."""
+        mask = np.asarray(mask, bool)
+        if mask.shape != self.shape:
+            raise ConfigError(f"edge mask has shape {mask.shape}, expected {self.shape}")
+        ev = self.ev
+        acts = ev.acts(self.index)
+        if self.affine is not None:
+            g, beta = self.affine
+            masked_g = g * jnp.asarray(mask.T, ev.dtype)
+            return ev.combine([self._run(ev.params, x_hat, masked_g, beta, self.c_out_pinv, a, y, w)
+                               for (x_hat, _), a, (_, y, w)
+                               in zip(self._prepared, acts, ev.batches)])
+        keys = [row.tobytes() for row in mask]
+        source = {o: self._cached.get((o, k)) for o, k in enumerate(keys)}
+        compute = np.array([not mask[o].all() and source[o] is None for o in range(len(keys))])
+        patterns, inverse = group_rows(mask, compute)
+        padded = np.zeros(self.shape, np.float32)
+        padded[:len(patterns)] = patterns
+        args = (jnp.asarray(padded, ev.dtype), jnp.asarray(inverse), jnp.int32(len(patterns)))
+        sums, outs = [], []
+        for b, ((x_hat, full), a, (_, y, w)) in enumerate(zip(self._prepared, acts, ev.batches)):
+            init = self._initial(b, full, source)
+            total, out_hat = self._run(ev.params, x_hat, init, self.c_in_pinv, self.c_out,
+                                       self.c_out_pinv, a, y, w, *args)
+            sums.append(total)
+            outs.append(out_hat)
+        self._remember(outs, [(o, k) for o, k in enumerate(keys) if not mask[o].all()])
+        return ev.combine(sums)
+
+    def _initial(self, batch: int, full, source):
+        """Output nodes known before the pattern loop: full rows, and cached rows."""
+        rows_by_step: dict[int, list[int]] = {}
+        for o, step in source.items():
+            if step is not None:
+                rows_by_step.setdefault(step, []).append(o)
+        if not rows_by_step:
+            return full
+        init = np.array(full)
+        for step, rows in rows_by_step.items():
+            init[..., rows] = np.asarray(self._steps[step][batch])[..., rows]
+        return jnp.asarray(init)
+
+    def _remember(self, outs: list, rows: list[tuple[int, bytes]]) -> None:
+        """Keep this mask's output nodes; ``rows`` (row, pattern) now point at them."""
+        if not rows or self._step_bytes > self.cache_bytes:
+            return
+        while self._steps and (len(self._steps) + 1) * self._step_bytes > self.cache_bytes:
+            oldest = min(self._steps)
+            del self._steps[oldest]
+            self._cached = {k: v for k, v in self._cached.items() if v != oldest}
+        step, self._next_step = self._next_step, self._next_step + 1
+        self._steps[step] = outs
+        self._cached.update({key: step for key in rows})
+        live = set(self._cached.values())
+        self._steps = {s: v for s, v in self._steps.items() if s in live}
