@@ -1,0 +1,111 @@
+"""A tiny GGUF checkpoint written on the spot, as llama.cpp's converter writes a Llama.
+
+:func:`write_llama` takes a Hugging Face Llama checkpoint directory (e.g. from
+:func:`tests.helpers.hf_tiny_families.llama`, with :func:`tests.helpers.hf_tiny.tokenizer`) and
+writes it with ``gguf.GGUFWriter`` under llama.cpp's names and metadata keys: query and key rows
+permuted as llama.cpp's ``LlamaModel.permute`` does, some tensors quantised with
+``gguf.quants.quantize``, the tokenizer as ``tokenizer.ggml.*`` fields. It returns the Hugging
+Face weights the file holds once dequantised, which a reader must give back.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+# llama.cpp tensor name -> Hugging Face name (per block), as its converter maps them
+BLOCK = {"attn_norm": "input_layernorm", "attn_q": "self_attn.q_proj",
+         "attn_k": "self_attn.k_proj", "attn_v": "self_attn.v_proj",
+         "attn_output": "self_attn.o_proj", "ffn_norm": "post_attention_layernorm",
+         "ffn_gate": "mlp.gate_proj", "ffn_up": "mlp.up_proj", "ffn_down": "mlp.down_proj"}
+# which llama.cpp tensors get which storage type (rows of 32 values fit Q8_0's and Q4_0's blocks)
+QUANTISED = {"attn_q": "Q8_0", "attn_k": "Q4_0", "ffn_up": "Q4_1", "ffn_gate": "Q8_0"}
+
+
+def llama_cpp_permute(rows: np.ndarray, n_heads: int) -> np.ndarray:
+    """llama.cpp's converter on a query/key projection: each head's two rotary halves
+    ``(2, dh/2)`` become interleaved pairs ``(dh/2, 2)``."""
+    return (rows.reshape(n_heads, 2, rows.shape[0] // n_heads // 2, *rows.shape[1:])
+            .swapaxes(1, 2).reshape(rows.shape))
+
+
+def write_llama(hf_dir: Path, path: Path, quantised: dict = QUANTISED) -> dict[str, np.ndarray]:
+    """Write the Llama checkpoint in ``hf_dir`` as the GGUF file ``path``; the dequantised
+    weights it holds, by Hugging Face name, come back."""
+    import gguf
+    from safetensors.numpy import load_file
+
+    hf_dir = Path(hf_dir)
+    config = json.loads((hf_dir / "config.json").read_text())
+    weights = load_file(str(hf_dir / "model.safetensors"))
+    h, kv = config["num_attention_heads"], config["num_key_value_heads"]
+    writer = gguf.GGUFWriter(str(path), "llama")
+    writer.add_block_count(config["num_hidden_layers"])
+    writer.add_context_length(config["max_position_embeddings"])
+    writer.add_embedding_length(config["hidden_size"])
+    writer.add_feed_forward_length(config["intermediate_size"])
+    writer.add_head_count(h)
+    writer.add_head_count_kv(kv)
+    writer.add_rope_freq_base(config["rope_parameters"]["rope_theta"])
+    writer.add_layer_norm_rms_eps(config["rms_norm_eps"])
+    writer.add_vocab_size(config["vocab_size"])
+    writer.add_rope_dimension_count(config["head_dim"])
+    writer.add_file_type(gguf.LlamaFileType.MOSTLY_Q8_0)
+    _add_tokenizer(writer, hf_dir, config)
+
+    held = {}
+
+    def add(gguf_name: str, hf_name: str, kind: str, heads: int | None = None):
+        value = weights[hf_name].astype(np.float32)
+        stored = llama_cpp_permute(value, heads) if heads else value
+        qtype = gguf.GGMLQuantizationType[quantised.get(kind, "F32")]
+        data = gguf.quants.quantize(stored, qtype)
+        writer.add_tensor(gguf_name, data, raw_dtype=qtype)  # uint8 blocks: the writer knows
+        # quantisation blocks run along rows, so the permutation commutes with it
+        held[hf_name] = gguf.quants.dequantize(gguf.quants.quantize(value, qtype), qtype)
+
+    add("token_embd.weight", "model.embed_tokens.weight", "token_embd")
+    for layer in range(config["num_hidden_layers"]):
+        for ours, theirs in BLOCK.items():
+            heads = {"attn_q": h, "attn_k": kv}.get(ours)
+            add(f"blk.{layer}.{ours}.weight", f"model.layers.{layer}.{theirs}.weight", ours, heads)
+    add("output_norm.weight", "model.norm.weight", "output_norm")
+    if "lm_head.weight" in weights:
+        add("output.weight", "lm_head.weight", "output")
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return held
+
+
+def _add_tokenizer(writer, hf_dir: Path, config: dict) -> None:
+    """The byte-level BPE of ``hf_dir/tokenizer.json`` as llama.cpp stores one: tokens in id
+    order, merges as ``"a b"`` strings, special tokens typed as control."""
+    spec = json.loads((hf_dir / "tokenizer.json").read_text())
+    vocab = {**spec["model"]["vocab"], **{t["content"]: t["id"] for t in spec["added_tokens"]}}
+    tokens = [t for t, _ in sorted(vocab.items(), key=lambda item: item[1])]
+    special = {t["content"] for t in spec["added_tokens"] if t["special"]}
+    merges = [m if isinstance(m, str) else " ".join(m) for m in spec["model"]["merges"]]
+    writer.add_tokenizer_model("gpt2")
+    writer.add_tokenizer_pre("gpt-2")
+    writer.add_token_list(tokens)
+    writer.add_token_types([3 if t in special else 1 for t in tokens])
+    writer.add_token_merges(merges)
+    writer.add_bos_token_id(config["bos_token_id"])
+    writer.add_eos_token_id(config["eos_token_id"])
+
+
+def save_as_hf(weights: dict, hf_dir: Path, out: Path) -> None:
+    """``weights`` as a Hugging Face checkpoint in ``out``, with ``hf_dir``'s config and
+    tokenizer files."""
+    from safetensors.numpy import save_file
+
+    out.mkdir(parents=True, exist_ok=True)
+    save_file({k: np.ascontiguousarray(v) for k, v in weights.items()},
+              str(out / "model.safetensors"), metadata={"format": "pt"})
+    for name in ("config.json", "tokenizer.json", "tokenizer_config.json"):
+        if (hf_dir / name).is_file():
+            (out / name).write_bytes((hf_dir / name).read_bytes())
