@@ -33,34 +33,72 @@ Encoder = Callable[[list[str]], list[list[int]]]
 
 
 # Attributes of every Hugging Face config that do not change what a causal LM computes in
-# evaluation: names, token ids, output switches, generation settings, initialisation.
+# evaluation: names and bookkeeping, token ids, output switches, tokenizer and generation
+# settings, initialisation.
 GENERIC = frozenset({
-    "_name_or_path", "architectures", "model_type", "transformers_version", "dtype", "torch_dtype",
-    "bos_token_id", "eos_token_id", "pad_token_id", "sep_token_id", "decoder_start_token_id",
-    "id2label", "label2id", "num_labels", "problem_type", "finetuning_task", "task_specific_params",
-    "tokenizer_class", "prefix", "return_dict", "output_attentions", "output_hidden_states",
-    "torchscript", "use_cache", "chunk_size_feed_forward", "initializer_range",
-    "gradient_checkpointing", "is_decoder", "attn_implementation", "_attn_implementation",
-    "max_length", "min_length", "do_sample", "early_stopping", "num_beams", "temperature", "top_k",
-    "top_p", "repetition_penalty", "length_penalty", "no_repeat_ngram_size", "bad_words_ids",
-    "num_return_sequences", "typical_p", "use_bfloat16", "tf_legacy_loss",
+    "_name_or_path", "name_or_path", "_commit_hash", "_attn_implementation_autoset",
+    "architectures", "model_type", "model_name", "transformers_version", "dtype", "torch_dtype",
+    "use_bfloat16",
+    # token ids
+    "bos_token_id", "eos_token_id", "pad_token_id", "sep_token_id", "unk_token_id",
+    "cls_token_id", "mask_token_id", "decoder_start_token_id", "forced_bos_token_id",
+    "forced_eos_token_id",
+    # labels and heads libjax does not load
+    "id2label", "label2id", "num_labels", "problem_type", "finetuning_task",
+    "task_specific_params",
+    # tokenizer settings
+    "tokenizer_class", "prefix", "chat_template",
+    # output switches and implementation choices of the same function
+    "return_dict", "output_attentions", "output_hidden_states", "output_scores",
+    "return_dict_in_generate", "torchscript", "use_cache", "chunk_size_feed_forward",
+    "gradient_checkpointing", "attn_implementation", "_attn_implementation", "is_decoder",
+    "tf_legacy_loss",
+    # initialisation
+    "initializer_range",
+    # generation settings
+    "max_length", "min_length", "max_new_tokens", "do_sample", "early_stopping", "num_beams",
+    "num_beam_groups", "diversity_penalty", "temperature", "top_k", "top_p", "typical_p",
+    "repetition_penalty", "length_penalty", "no_repeat_ngram_size",
+    "encoder_no_repeat_ngram_size", "bad_words_ids", "num_return_sequences",
+    "remove_invalid_values", "exponential_decay_length_penalty", "suppress_tokens",
+    "begin_suppress_tokens", "generation_config",
+    # cross-attention sizes, used only with add_cross_attention (which converters require off)
     "cross_attention_hidden_size",
 })
 
 
 def check_config(config: dict, what: str, understood, required: dict | None = None) -> None:
-    """Refuse a ``config.json`` that sets anything the converter does not understand: every
-    attribute must be :data:`GENERIC`, in ``understood`` (read or known to be training-only), or
-    in ``required`` with the value given there (a feature libjax does not implement)."""
+    """The one policy of every converter: refuse a ``config.json`` that sets anything the
+    converter does not understand. Each attribute must be :data:`GENERIC` (cannot change the
+    computation), in ``understood`` (read by the converter, or training-only such as dropout), or
+    in ``required`` with the value given there (a feature libjax does not implement, off);
+    anything else is refused by name, since it may make the model compute something else."""
     required = required or {}
     unknown = sorted(set(config) - GENERIC - set(understood) - set(required))
     if unknown:
         raise CheckpointError(f"the {what} config.json sets {', '.join(unknown)}, which libjax's "
-                              f"{what} converter does not know; it cannot vouch for such a model")
+                              f"{what} converter does not know; it cannot vouch for such a model "
+                              "(if the attribute cannot change what the model computes, remove "
+                              "it from config.json)")
     for name, value in required.items():
         if name in config and config[name] != value:
             raise CheckpointError(f"{what} with {name}={config[name]!r} is not supported "
                                   f"(libjax needs {value!r})")
+
+
+def require(config: dict, what: str, names) -> None:
+    """Refuse a config whose sizes ``names`` (the architecture is read from them) are missing or
+    not positive integers."""
+    missing = [name for name in names if config.get(name) is None]
+    if missing:
+        raise CheckpointError(f"the {what} config.json lacks {', '.join(missing)}; it is not a "
+                              f"complete {what} config")
+    bad = [f"{name}={config[name]!r}" for name in names
+           if isinstance(config[name], bool) or not isinstance(config[name], int)
+           or config[name] <= 0]
+    if bad:
+        raise CheckpointError(f"the {what} config.json sets {', '.join(bad)}; sizes must be "
+                              "positive integers")
 
 
 def _how_to_point(what: str, hub_name: str = "HUB_NAME") -> str:

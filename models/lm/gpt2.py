@@ -12,7 +12,7 @@ import numpy as np
 
 from libjax.errors import CheckpointError
 from models.common import transformer
-from models.common.hf import check_config
+from models.common.hf import check_config, require
 from models.lm import model as lm
 from models.lm.family import LMFamily
 
@@ -32,6 +32,10 @@ def config(hf: dict) -> transformer.TransformerConfig:
     if hf.get("model_type") != "gpt2":
         raise CheckpointError(f"the checkpoint is a {hf.get('model_type')!r} model, not GPT-2")
     check_config(hf, WHAT, UNDERSTOOD, REQUIRED)
+    require(hf, WHAT, ("n_embd", "n_head", "n_layer", "vocab_size", "n_positions"))
+    if hf["n_embd"] % hf["n_head"]:
+        raise CheckpointError(f"{WHAT}: n_embd={hf['n_embd']} does not split into "
+                              f"n_head={hf['n_head']} heads")
     d, h = hf["n_embd"], hf["n_head"]
     return transformer.TransformerConfig(
         n_layers=hf["n_layer"], d_model=d, n_heads=h, d_head=d // h,
@@ -45,20 +49,21 @@ def to_tl(weights: dict, cfg: transformer.TransformerConfig) -> dict:
     """Hugging Face GPT-2 tensors -> TransformerLens-named weights (before processing)."""
     w = lm.HFWeights(weights, WHAT, BUFFERS)
     h, dh, d = cfg.n_heads, cfg.d_head, cfg.d_model
-    tl = {"embed.W_E": w.take("wte.weight"), "pos_embed.W_pos": w.take("wpe.weight")}
+    tl = {"embed.W_E": w.take("wte.weight", (cfg.d_vocab, d)),
+          "pos_embed.W_pos": w.take("wpe.weight", (None, d))}
     for layer in range(cfg.n_layers):
         src, dst = f"h.{layer}.", f"blocks.{layer}."
         for ours, theirs in (("ln1", "ln_1"), ("ln2", "ln_2")):
-            tl[dst + ours + ".w"] = w.take(src + theirs + ".weight")
-            tl[dst + ours + ".b"] = w.take(src + theirs + ".bias")
-        qkv = np.split(w.take(src + "attn.c_attn.weight"), 3, axis=1)
-        qkv_bias = np.split(w.take(src + "attn.c_attn.bias"), 3)
+            tl[dst + ours + ".w"] = w.take(src + theirs + ".weight", (d,))
+            tl[dst + ours + ".b"] = w.take(src + theirs + ".bias", (d,))
+        qkv = np.split(w.take(src + "attn.c_attn.weight", (d, 3 * h * dh)), 3, axis=1)
+        qkv_bias = np.split(w.take(src + "attn.c_attn.bias", (3 * h * dh,)), 3)
         for name, weight, bias in zip("QKV", qkv, qkv_bias):
             tl[dst + f"attn.W_{name}"] = lm.heads_in(weight, h)
             tl[dst + f"attn.b_{name}"] = bias.reshape(h, dh)
-        tl[dst + "attn.W_O"] = w.take(src + "attn.c_proj.weight").reshape(h, dh, d)
-        tl[dst + "attn.b_O"] = w.take(src + "attn.c_proj.bias")
-        w.mlp(src, dst, tl, out_in=False)
+        tl[dst + "attn.W_O"] = w.take(src + "attn.c_proj.weight", (h * dh, d)).reshape(h, dh, d)
+        tl[dst + "attn.b_O"] = w.take(src + "attn.c_proj.bias", (d,))
+        w.mlp(src, dst, tl, out_in=False, d=d, m=cfg.d_mlp)
     return w.finish(tl, cfg.d_vocab)
 
 

@@ -13,7 +13,7 @@ import numpy as np
 
 from libjax.errors import CheckpointError
 from models.common import transformer
-from models.common.hf import check_config
+from models.common.hf import check_config, require
 from models.lm import model as lm
 from models.lm.family import LMFamily
 
@@ -42,6 +42,10 @@ def config(hf: dict) -> transformer.TransformerConfig:
     if hf.get("model_type") != "gpt_neo":
         raise CheckpointError(f"the checkpoint is a {hf.get('model_type')!r} model, not GPT-Neo")
     check_config(hf, WHAT, UNDERSTOOD, REQUIRED)
+    require(hf, WHAT, ("hidden_size", "num_heads", "num_layers", "vocab_size", "max_position_embeddings"))
+    if hf["hidden_size"] % hf["num_heads"]:
+        raise CheckpointError(f"{WHAT}: hidden_size={hf['hidden_size']} does not split into "
+                              f"num_heads={hf['num_heads']} heads")
     kinds = _attention_layers(hf)
     if len(kinds) != hf["num_layers"] or set(kinds) - {"global", "local"}:
         raise CheckpointError(f"GPT-Neo attention layers {kinds} do not give 'global' or 'local' "
@@ -61,20 +65,21 @@ def to_tl(weights: dict, cfg: transformer.TransformerConfig) -> dict:
     """Hugging Face GPT-Neo tensors -> TransformerLens-named weights (before processing)."""
     w = lm.HFWeights(weights, WHAT, BUFFERS)
     h, dh, d = cfg.n_heads, cfg.d_head, cfg.d_model
-    tl = {"embed.W_E": w.take("wte.weight"), "pos_embed.W_pos": w.take("wpe.weight")}
+    tl = {"embed.W_E": w.take("wte.weight", (cfg.d_vocab, d)),
+          "pos_embed.W_pos": w.take("wpe.weight", (None, d))}
     for layer in range(cfg.n_layers):
         src, dst = f"h.{layer}.", f"blocks.{layer}."
         attn = src + "attn.attention."
         for ours, theirs in (("ln1", "ln_1"), ("ln2", "ln_2")):
-            tl[dst + ours + ".w"] = w.take(src + theirs + ".weight")
-            tl[dst + ours + ".b"] = w.take(src + theirs + ".bias")
+            tl[dst + ours + ".w"] = w.take(src + theirs + ".weight", (d,))
+            tl[dst + ours + ".b"] = w.take(src + theirs + ".bias", (d,))
         for name in "QKV":
-            weight = w.take(attn + f"{name.lower()}_proj.weight").T  # (d, H * dh)
+            weight = w.take(attn + f"{name.lower()}_proj.weight", (h * dh, d)).T  # (d, H * dh)
             tl[dst + f"attn.W_{name}"] = lm.heads_in(weight, h)
             tl[dst + f"attn.b_{name}"] = np.zeros((h, dh), weight.dtype)
-        tl[dst + "attn.W_O"] = w.take(attn + "out_proj.weight").T.reshape(h, dh, d)
-        tl[dst + "attn.b_O"] = w.take(attn + "out_proj.bias")
-        w.mlp(src, dst, tl, out_in=True)
+        tl[dst + "attn.W_O"] = w.take(attn + "out_proj.weight", (d, h * dh)).T.reshape(h, dh, d)
+        tl[dst + "attn.b_O"] = w.take(attn + "out_proj.bias", (d,))
+        w.mlp(src, dst, tl, out_in=True, d=d, m=cfg.d_mlp)
     return w.finish(tl, cfg.d_vocab)
 
 

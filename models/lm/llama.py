@@ -4,9 +4,10 @@ One converter for ``LlamaForCausalLM``, ``Qwen2ForCausalLM`` and ``MistralForCau
 checkpoints of the same structure, e.g. SmolLM): RMSNorm, rotary embeddings on whole heads with
 the model's ``rope_theta``, grouped-query attention, the gated MLP ``(act(x W_gate) * (x W_up))
 W_down``, optional biases (Qwen2's q/k/v, ``attention_bias``, ``mlp_bias``), tied or untied
-embeddings. The converter understands an explicit ALLOW-LIST of ``config.json`` attributes and
-refuses any other by name, so that a variant it does not implement (QK-norm, scaled rope, sliding
-windows in use, ...) is an error rather than a silently different model.
+embeddings. The converter understands an explicit ALLOW-LIST of ``config.json`` attributes (the policy every
+converter shares, :func:`models.common.hf.check_config`) and refuses any other by name, so that a
+variant it does not implement (QK-norm, scaled rope, sliding windows in use, ...) is an error
+rather than a silently different model.
 
 RMSNorm subtracts no mean, so the only weight processing that stays exact is folding its scale
 into the weights reading it (:func:`models.common.weight_processing.process` with ``rms=True``).
@@ -21,21 +22,23 @@ from models.lm import rotary as rotary_lm
 from models.lm import model as lm
 from models.lm.family import LMFamily
 from models.common import transformer
+from models.common.hf import check_config, require
 
 WHAT = "Llama-family"
 MODEL_TYPES = ("llama", "qwen2", "mistral")
 BUFFERS = (".rotary_emb.inv_freq",)
 
-# config.json attributes the converter reads (below) ...
-READ = {"model_type", "vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads",
-        "num_key_value_heads", "head_dim", "intermediate_size", "max_position_embeddings",
-        "hidden_act", "rms_norm_eps", "rope_theta", "rope_scaling", "rope_parameters",
-        "attention_bias", "mlp_bias", "tie_word_embeddings", "sliding_window",
-        "use_sliding_window", "layer_types", "max_window_layers", "eos_token_id"}
-# ... and those that do not change the function a checkpoint computes
-INERT = {"architectures", "torch_dtype", "dtype", "transformers_version", "bos_token_id",
-         "pad_token_id", "initializer_range", "use_cache", "attention_dropout", "pretraining_tp",
-         "_name_or_path", "_attn_implementation_autoset", "model_name"}
+# config.json attributes the converter reads (below), or that cannot change the computation for
+# these models (dropout in training; pretraining_tp: the same matmuls cut into slices); the
+# generic ones (token ids, dtype, generation settings ...) are hf.GENERIC
+UNDERSTOOD = {"vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads",
+              "num_key_value_heads", "head_dim", "intermediate_size", "max_position_embeddings",
+              "hidden_act", "rms_norm_eps", "rope_theta", "rope_scaling", "rope_parameters",
+              "partial_rotary_factor", "attention_bias", "mlp_bias", "tie_word_embeddings",
+              "sliding_window", "use_sliding_window", "layer_types", "max_window_layers",
+              "attention_dropout", "pretraining_tp"}
+SHAPE = ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads",
+         "intermediate_size", "max_position_embeddings")
 
 
 def _sliding_window(hf: dict) -> int | None:
@@ -62,15 +65,18 @@ def config(hf: dict) -> transformer.TransformerConfig:
     if hf.get("model_type") not in MODEL_TYPES:
         raise CheckpointError(f"the checkpoint is a {hf.get('model_type')!r} model; the llama "
                               f"family reads {', '.join(MODEL_TYPES)}")
-    unknown = sorted(set(hf) - READ - INERT)
-    if unknown:
-        raise CheckpointError(f"the {hf['model_type']} config.json sets {unknown}, which the "
-                              f"{WHAT} converter does not understand; such a checkpoint may "
-                              "compute something else and is not supported")
-    theta, _ = rotary_lm.rope(hf, WHAT)
+    check_config(hf, f"{WHAT} ({hf['model_type']})", UNDERSTOOD)
+    require(hf, WHAT, SHAPE)
+    theta, fraction = rotary_lm.rope(hf, WHAT)
+    if fraction != 1.0:
+        raise CheckpointError(f"{WHAT} with partial_rotary_factor={fraction} is not supported: "
+                              "the llama family rotates whole heads")
     d, h = hf["hidden_size"], hf["num_attention_heads"]
-    d_head = hf.get("head_dim") or d // h
     kv = hf.get("num_key_value_heads") or h
+    if not hf.get("head_dim") and d % h:
+        raise CheckpointError(f"{WHAT}: hidden_size={d} does not split into "
+                              f"num_attention_heads={h} heads (and the config gives no head_dim)")
+    d_head = hf.get("head_dim") or d // h
     if h % kv:
         raise CheckpointError(f"{WHAT}: {h} attention heads cannot share {kv} key/value heads")
     n_ctx = hf["max_position_embeddings"]
@@ -89,29 +95,30 @@ def to_tl(weights: dict, cfg: transformer.TransformerConfig) -> dict:
     processing; absent biases are zeros)."""
     w = lm.HFWeights({k.removeprefix("model."): v for k, v in weights.items()}, WHAT, BUFFERS)
     h, hkv, dh, d, m = cfg.n_heads, cfg.kv_heads, cfg.d_head, cfg.d_model, cfg.d_mlp
-    tl = {"embed.W_E": w.take("embed_tokens.weight")}
+    tl = {"embed.W_E": w.take("embed_tokens.weight", (cfg.d_vocab, d))}
     dtype = tl["embed.W_E"].dtype
 
-    def linear(name, n_out):  # nn.Linear (out, in) -> (in, out) and its bias (zeros if none)
-        bias = w.take_optional(name + ".bias")
-        return w.take(name + ".weight").T, np.zeros(n_out, dtype) if bias is None else bias
+    def linear(name, n_in, n_out):  # nn.Linear (out, in) -> (in, out) and its bias (zeros if none)
+        bias = w.take_optional(name + ".bias", (n_out,))
+        return (w.take(name + ".weight", (n_out, n_in)).T,
+                np.zeros(n_out, dtype) if bias is None else bias)
 
     for layer in range(cfg.n_layers):
         src, dst = f"layers.{layer}.", f"blocks.{layer}."
-        tl[dst + "ln1.w"] = w.take(src + "input_layernorm.weight")
-        tl[dst + "ln2.w"] = w.take(src + "post_attention_layernorm.weight")
+        tl[dst + "ln1.w"] = w.take(src + "input_layernorm.weight", (d,))
+        tl[dst + "ln2.w"] = w.take(src + "post_attention_layernorm.weight", (d,))
         for name, heads in (("Q", h), ("K", hkv), ("V", hkv)):
-            weight, bias = linear(src + f"self_attn.{name.lower()}_proj", heads * dh)
+            weight, bias = linear(src + f"self_attn.{name.lower()}_proj", d, heads * dh)
             tl[dst + f"attn.W_{name}"] = lm.heads_in(weight, heads)
             tl[dst + f"attn.b_{name}"] = bias.reshape(heads, dh)
-        weight, tl[dst + "attn.b_O"] = linear(src + "self_attn.o_proj", d)
+        weight, tl[dst + "attn.b_O"] = linear(src + "self_attn.o_proj", h * dh, d)
         tl[dst + "attn.W_O"] = weight.reshape(h, dh, d)
-        for ours, theirs, n_out in (("gate", "gate_proj", m), ("in", "up_proj", m),
-                                    ("out", "down_proj", d)):
-            tl[dst + f"mlp.W_{ours}"], tl[dst + f"mlp.b_{ours}"] = linear(src + f"mlp.{theirs}",
-                                                                        n_out)
-    tl["ln_final.w"] = w.take("norm.weight")
-    unembed = w.take_optional("lm_head.weight")
+        for ours, theirs, n_in, n_out in (("gate", "gate_proj", d, m), ("in", "up_proj", d, m),
+                                          ("out", "down_proj", m, d)):
+            tl[dst + f"mlp.W_{ours}"], tl[dst + f"mlp.b_{ours}"] = linear(
+                src + f"mlp.{theirs}", n_in, n_out)
+    tl["ln_final.w"] = w.take("norm.weight", (d,))
+    unembed = w.take_optional("lm_head.weight", (cfg.d_vocab, d))
     tl["unembed.W_U"] = (tl["embed.W_E"] if unembed is None else unembed).T
     tl["unembed.b_U"] = np.zeros(cfg.d_vocab, dtype)
     return w.all_used(tl)

@@ -169,30 +169,46 @@ class HFWeights:
         self._left = {k.removeprefix("transformer."): v for k, v in weights.items()
                       if not k.endswith(buffer_suffixes)}
 
-    def take_optional(self, name: str) -> np.ndarray | None:
+    def take_optional(self, name: str, shape: tuple | None = None) -> np.ndarray | None:
         """The tensor ``name``, or None where the checkpoint has none (optional biases)."""
-        return self._left.pop(name, None)
+        return self.take(name, shape) if name in self._left else None
 
-    def take(self, name: str) -> np.ndarray:
+    def take(self, name: str, shape: tuple | None = None) -> np.ndarray:
+        """The tensor ``name``, checked to have ``shape`` (``None`` entries: any size) before
+        any split or reshape, so a checkpoint that does not fit its config is named."""
         if name not in self._left:
             raise CheckpointError(f"the {self.what} checkpoint has no weight {name!r}; is it a "
                                   f"{self.what} checkpoint of the size its config.json says?")
-        return self._left.pop(name)
+        value = self._left.pop(name)
+        if shape is not None and (len(value.shape) != len(shape) or any(
+                want is not None and got != want for got, want in zip(value.shape, shape))):
+            expected = tuple("any" if n is None else n for n in shape)
+            raise CheckpointError(f"the {self.what} checkpoint's weight {name!r} has shape "
+                                  f"{tuple(value.shape)}, but its config.json implies {expected}; "
+                                  "the weights do not fit the config (a config.json of another "
+                                  "model size, or a damaged file): use the checkpoint's own "
+                                  "config.json")
+        return value
 
-    def mlp(self, src: str, dst: str, tl: dict, out_in: bool) -> None:
-        """Block ``src``'s MLP (``mlp.c_fc``, ``mlp.c_proj``) into ``tl`` as ``dst`` + ``mlp.W_in``
-        etc.; ``out_in``: weights stored ``(out, in)`` (``nn.Linear``) rather than ``(in, out)``."""
-        for ours, theirs in (("in", "c_fc"), ("out", "c_proj")):
-            weight = self.take(f"{src}mlp.{theirs}.weight")
+    def mlp(self, src: str, dst: str, tl: dict, out_in: bool, d: int, m: int) -> None:
+        """Block ``src``'s MLP (``mlp.c_fc``, ``mlp.c_proj``; width ``d``, hidden ``m``) into
+        ``tl`` as ``dst`` + ``mlp.W_in`` etc.; ``out_in``: weights stored ``(out, in)``
+        (``nn.Linear``) rather than ``(in, out)``."""
+        for ours, theirs, n_in, n_out in (("in", "c_fc", d, m), ("out", "c_proj", m, d)):
+            weight = self.take(f"{src}mlp.{theirs}.weight",
+                               (n_out, n_in) if out_in else (n_in, n_out))
             tl[f"{dst}mlp.W_{ours}"] = weight.T if out_in else weight
-            tl[f"{dst}mlp.b_{ours}"] = self.take(f"{src}mlp.{theirs}.bias")
+            tl[f"{dst}mlp.b_{ours}"] = self.take(f"{src}mlp.{theirs}.bias", (n_out,))
 
     def finish(self, tl: dict, d_vocab: int) -> dict:
         """Add the final LayerNorm and the unembedding (``lm_head.weight`` if stored, else tied to
         the embedding; no bias), and refuse tensors the conversion did not use."""
-        tl["ln_final.w"], tl["ln_final.b"] = self.take("ln_f.weight"), self.take("ln_f.bias")
+        d = tl["embed.W_E"].shape[1]
+        tl["ln_final.w"] = self.take("ln_f.weight", (d,))
+        tl["ln_final.b"] = self.take("ln_f.bias", (d,))
         tied = "lm_head.weight" not in self._left
-        tl["unembed.W_U"] = (tl["embed.W_E"] if tied else self.take("lm_head.weight")).T
+        tl["unembed.W_U"] = (tl["embed.W_E"] if tied
+                             else self.take("lm_head.weight", (d_vocab, d))).T
         tl["unembed.b_U"] = np.zeros(d_vocab, tl["unembed.W_U"].dtype)
         return self.all_used(tl)
 

@@ -17,10 +17,19 @@ from models.lm import rotary as rotary_lm
 from models.lm import model as lm
 from models.lm.family import LMFamily
 from models.common import transformer
+from models.common.hf import check_config, require
 
 WHAT = "GPT-NeoX"
 # causal-mask and rotary-frequency buffers that older checkpoints store
 BUFFERS = (".attention.bias", ".attention.masked_bias", ".rotary_emb.inv_freq")
+# config.json attributes read below, or training-only (dropout); the generic ones are hf.GENERIC
+UNDERSTOOD = ("hidden_size", "num_attention_heads", "num_hidden_layers", "intermediate_size",
+              "vocab_size", "max_position_embeddings", "hidden_act", "layer_norm_eps",
+              "rotary_pct", "rotary_emb_base", "rope_parameters", "rope_scaling",
+              "use_parallel_residual", "tie_word_embeddings", "attention_bias",
+              "attention_dropout", "hidden_dropout", "classifier_dropout")
+SHAPE = ("hidden_size", "num_attention_heads", "num_hidden_layers", "intermediate_size",
+         "vocab_size", "max_position_embeddings")
 
 
 def config(hf: dict) -> transformer.TransformerConfig:
@@ -28,7 +37,12 @@ def config(hf: dict) -> transformer.TransformerConfig:
     if hf.get("model_type") != "gpt_neox":
         raise CheckpointError(f"the checkpoint is a {hf.get('model_type')!r} model, not "
                               f"{WHAT} (Pythia)")
+    check_config(hf, WHAT, UNDERSTOOD)
+    require(hf, WHAT, SHAPE)
     d, h = hf["hidden_size"], hf["num_attention_heads"]
+    if d % h:
+        raise CheckpointError(f"{WHAT}: hidden_size={d} does not split into "
+                              f"num_attention_heads={h} heads")
     theta, fraction = rotary_lm.rope(hf, WHAT, "rotary_pct", default_fraction=0.25)
     rotary_dim = int(d // h * fraction)
     if rotary_dim % 2:
@@ -48,35 +62,36 @@ def to_tl(weights: dict, cfg: transformer.TransformerConfig) -> dict:
     """Hugging Face GPT-NeoX tensors -> TransformerLens-named weights (before processing)."""
     w = lm.HFWeights({k.removeprefix("gpt_neox."): v for k, v in weights.items()}, WHAT, BUFFERS)
     h, dh, d, m = cfg.n_heads, cfg.d_head, cfg.d_model, cfg.d_mlp
-    tl = {"embed.W_E": w.take("embed_in.weight")}
+    tl = {"embed.W_E": w.take("embed_in.weight", (cfg.d_vocab, d))}
 
     def bias(name, shape, dtype):  # checkpoints saved with attention_bias=false have none
-        b = w.take_optional(name)
+        b = w.take_optional(name, (shape,))
         return np.zeros(shape, dtype) if b is None else b
 
     for layer in range(cfg.n_layers):
         src, dst = f"layers.{layer}.", f"blocks.{layer}."
         for ours, theirs in (("ln1", "input_layernorm"), ("ln2", "post_attention_layernorm")):
-            tl[dst + ours + ".w"] = w.take(src + theirs + ".weight")
-            tl[dst + ours + ".b"] = w.take(src + theirs + ".bias")
-        qkv = w.take(src + "attention.query_key_value.weight")  # (H * 3 * dh, d)
-        qkv_bias = bias(src + "attention.query_key_value.bias", 3 * d, qkv.dtype)
+            tl[dst + ours + ".w"] = w.take(src + theirs + ".weight", (d,))
+            tl[dst + ours + ".b"] = w.take(src + theirs + ".bias", (d,))
+        qkv = w.take(src + "attention.query_key_value.weight", (3 * h * dh, d))  # (H * 3 * dh, d)
+        qkv_bias = bias(src + "attention.query_key_value.bias", 3 * h * dh, qkv.dtype)
         weights_, biases = qkv.reshape(h, 3, dh, d), qkv_bias.reshape(h, 3, dh)
         for i, name in enumerate("QKV"):
             tl[dst + f"attn.W_{name}"] = weights_[:, i].transpose(0, 2, 1)  # (H, d, dh)
             tl[dst + f"attn.b_{name}"] = biases[:, i]
-        tl[dst + "attn.W_O"] = w.take(src + "attention.dense.weight").T.reshape(h, dh, d)
+        tl[dst + "attn.W_O"] = w.take(src + "attention.dense.weight",
+                                      (d, h * dh)).T.reshape(h, dh, d)
         tl[dst + "attn.b_O"] = bias(src + "attention.dense.bias", d, qkv.dtype)
-        tl[dst + "mlp.W_in"] = w.take(src + "mlp.dense_h_to_4h.weight").T
+        tl[dst + "mlp.W_in"] = w.take(src + "mlp.dense_h_to_4h.weight", (m, d)).T
         tl[dst + "mlp.b_in"] = bias(src + "mlp.dense_h_to_4h.bias", m, qkv.dtype)
-        tl[dst + "mlp.W_out"] = w.take(src + "mlp.dense_4h_to_h.weight").T
+        tl[dst + "mlp.W_out"] = w.take(src + "mlp.dense_4h_to_h.weight", (d, m)).T
         tl[dst + "mlp.b_out"] = bias(src + "mlp.dense_4h_to_h.bias", d, qkv.dtype)
-    tl["ln_final.w"] = w.take("final_layer_norm.weight")
-    tl["ln_final.b"] = w.take("final_layer_norm.bias")
+    tl["ln_final.w"] = w.take("final_layer_norm.weight", (d,))
+    tl["ln_final.b"] = w.take("final_layer_norm.bias", (d,))
     # the hub's checkpoints call the unembedding embed_out, transformers 5 lm_head; either may be
     # absent when tied to the embedding
-    unembed = w.take_optional("embed_out.weight")
-    unembed = w.take_optional("lm_head.weight") if unembed is None else unembed
+    unembed = w.take_optional("embed_out.weight", (cfg.d_vocab, d))
+    unembed = w.take_optional("lm_head.weight", (cfg.d_vocab, d)) if unembed is None else unembed
     tl["unembed.W_U"] = (tl["embed.W_E"] if unembed is None else unembed).T
     tl["unembed.b_U"] = np.zeros(cfg.d_vocab, tl["unembed.W_U"].dtype)
     return w.all_used(tl)

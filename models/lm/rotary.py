@@ -20,19 +20,23 @@ from models.common import transformer
 
 def rope(hf: dict, what: str, fraction_key: str | None = None,
          default_fraction: float = 1.0) -> tuple[float, float]:
-    """``(theta, rotated fraction of each head)`` of a Hugging Face config, read from
-    ``rope_parameters`` (transformers 5), or the older ``rope_theta``/``rope_scaling`` and
-    ``fraction_key`` (GPT-NeoX: ``rotary_emb_base``/``rotary_pct``). Any rope type but the
-    original one (``default``: no scaling) is refused, naming it."""
-    params = dict(hf.get("rope_parameters") or hf.get("rope_scaling") or {})
+    """``(theta, rotated fraction of each head)`` of a Hugging Face config, read as transformers
+    5 reads it (``RotaryEmbeddingConfigMixin.convert_rope_params_to_dict``): the legacy
+    ``rope_scaling`` dict if it is set (it takes precedence over ``rope_parameters``), else
+    ``rope_parameters``; a theta or fraction missing there comes from the top-level ``rope_theta``
+    (GPT-NeoX, ``fraction_key`` given: ``rotary_emb_base``) and ``partial_rotary_factor``
+    (GPT-NeoX: ``fraction_key``, ``rotary_pct``). Any rope type but the original one
+    (``default``: no scaling) is refused, naming it, so a scaled model is never built unscaled."""
+    params = dict(hf.get("rope_scaling") or hf.get("rope_parameters") or {})
     kind = params.get("rope_type", params.get("type", "default"))
     if kind != "default":
         raise CheckpointError(f"{what} with rope type {kind!r} (rope_scaling/rope_parameters) is "
                               "not supported: only the original rotary embedding (rope_type "
                               "'default', no scaling) is")
-    theta = params.get("rope_theta", hf.get("rope_theta", hf.get("rotary_emb_base", 10000.0)))
-    fraction = params.get("partial_rotary_factor",
-                          hf.get(fraction_key, default_fraction) if fraction_key else 1.0)
+    base = hf.get("rotary_emb_base", 10000.0) if fraction_key else hf.get("rope_theta", 10000.0)
+    theta = params.get("rope_theta", base)
+    fraction = params.get("partial_rotary_factor", hf.get(fraction_key, default_fraction)
+                          if fraction_key else hf.get("partial_rotary_factor", 1.0))
     return float(theta), float(fraction)
 
 

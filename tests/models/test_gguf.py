@@ -190,9 +190,9 @@ def test_smollm2_gguf_build_equals_the_build_of_its_dequantised_hf_checkpoint(tm
     for name, checkpoint in (("gguf", path), ("hf", hf_dir)):
         run = run_script("compute_basis.py", "--model=llama", f"--checkpoint={checkpoint}",
                          f"--data_dir={data}", "--layer=0", "--n_ctx=16", "--n_samples=8",
-                         "--n_gram_samples=16", f"--out_dir={tmp_path / name}", timeout=600)
+                         "--n_gram_samples=16", f"--out_dir={tmp_path / ('out_' + name)}", timeout=600)
         assert run.returncode == 0, run.stderr[-3000:]
-        graphs[name] = graph.load(tmp_path / name)
+        graphs[name] = graph.load(tmp_path / ("out_" + name))
     assert_identical_graphs(graphs["gguf"], graphs["hf"])  # same float32 weights, same tokens
-    record = json.loads((tmp_path / "gguf" / "build.json").read_text())
+    record = json.loads((tmp_path / "out_gguf" / "build.json").read_text())
     assert record["model"].endswith(".gguf")
