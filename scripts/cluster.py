@@ -14,6 +14,7 @@ and prints the clusters with their directions' labels where the model family giv
 from __future__ import annotations
 
 import json
+import math
 import time
 
 from absl import flags
@@ -39,26 +40,35 @@ _LABELS = flags.DEFINE_boolean("labels", True, "show the model family's directio
 _MODEL = flags.DEFINE_string("model", None, "model family, for the labels (default: the build's)")
 
 
-def _eps(graph):
+def _validated_masks():
+    """Every flag checked, and the edge-ablation masks read, before the build is loaded: the
+    edge masks of ``--edge_results`` (None without it)."""
+    if not _GAMMA.value > 0:
+        raise ConfigError(f"--gamma must be > 0, got {_GAMMA.value}")
     if _EDGE_RESULTS.value and _EPS.value is not None:
         raise ConfigError("give --eps or --edge_results, not both")
+    if _EPS.value is not None and not 0 < _EPS.value < math.inf:
+        raise ConfigError(f"--eps must be a finite number > 0, got {_EPS.value}")
+    if _NORM.value == "log" and _EPS.value is None and not _EDGE_RESULTS.value:
+        raise ConfigError("--norm=log needs its zero point: pass --eps or --edge_results")
     if not _EDGE_RESULTS.value:
-        return _EPS.value
+        return None
     try:
         with open(_EDGE_RESULTS.value) as f:
-            masks = ablation.required_masks(json.load(f))
+            return ablation.required_masks(json.load(f))
     except (OSError, ValueError, KeyError) as err:
         raise DataError(f"cannot read edge masks from {_EDGE_RESULTS.value}: {err}; pass the "
                         "*_edge_ablation_results.json written by ablate.py") from None
-    return clustering.eps_from_edge_ablation(graph, masks)
 
 
 def main(argv):
     del argv
+    masks = _validated_masks()
     build = open_build(_GRAPH_DIR.value, _MODEL.value)
+    eps = _EPS.value if masks is None else clustering.eps_from_edge_ablation(build.graph, masks)
     start = time.perf_counter()
-    result = clustering.cluster(build.graph, _NORM.value, _GAMMA.value, _SEED.value,
-                                _eps(build.graph), include_output=_INCLUDE_OUTPUT.value)
+    result = clustering.cluster(build.graph, _NORM.value, _GAMMA.value, _SEED.value, eps,
+                                include_output=_INCLUDE_OUTPUT.value)
     seconds = time.perf_counter() - start
     labels = None
     if _LABELS.value:

@@ -28,6 +28,7 @@ from libjax import build
 from libjax.build import config
 from libjax.build.progress_saves import SaveSchedule
 from libjax.runtime import cli, precision
+from libjax.storage import store
 from libjax.storage.graph import format_summary, summary
 from models import registry
 from models.family import Options, single_block
@@ -123,6 +124,9 @@ def main(argv):
         split=_SPLIT.value, n_samples=_N_SAMPLES.value, n_gram_samples=_N_GRAM_SAMPLES.value,
         n_ctx=_N_CTX.value, dtype=_DTYPE.value, seed=_SEED.value)
     several = _LAYER.value is not None and opts.layer is None
+    cfg = build_config(family, opts)
+    out_dir = _OUT_DIR.value or f"out/{family.name}_{cfg.basis}"
+    store.refuse_if_in_use(out_dir)  # at once, not after the model and data load
     if several:
         blocks = family.blocks(opts, _LAYER.value)
         stats_model, models = family.load_blocks(opts, blocks)
@@ -130,8 +134,6 @@ def main(argv):
         models = [family.load_for_build(opts, family.node_layers(opts))]
         stats_model = models[0]
     data = family.data(opts)
-    cfg = build_config(family, opts)
-    out_dir = _OUT_DIR.value or f"out/{family.name}_{cfg.basis}"
     out_dirs = [os.path.join(out_dir, f"layer_{b}") for b in blocks] if several else [out_dir]
     graphs = build.build_many(models, data.inputs, cfg, data.gram_inputs, out_dirs,
                               _OVERWRITE.value, family.model_id(opts), stats_model=stats_model,

@@ -40,22 +40,28 @@ _CHECKPOINT = flags.DEFINE_string("checkpoint", None,
                                   "weights for the labels (default: the build's)")
 
 
-def main(argv):
-    del argv
+def _validated_masks():
+    """Every flag checked, and the edge masks read, before the build is loaded: the masks of
+    ``--edge_results`` (None without it)."""
     if _N_EDGES.value < 1 or _MAX_NODES.value < 1:
         raise ConfigError(f"--n_edges and --max_nodes must be >= 1, got {_N_EDGES.value} and "
                           f"{_MAX_NODES.value}")
+    if not _EDGE_RESULTS.value:
+        return None
+    try:
+        with open(_EDGE_RESULTS.value) as f:
+            return ablation.required_masks(json.load(f))
+    except (OSError, ValueError, KeyError) as err:  # ValueError: not JSON, not text
+        raise DataError(f"cannot read edge masks from {_EDGE_RESULTS.value}: {err}; pass the "
+                        "*_edge_ablation_results.json written by ablate.py") from None
+
+
+def main(argv):
+    del argv
+    masks = _validated_masks()
     precision.enable_for(precision.of_record(store.open_complete(_GRAPH_DIR.value)[1]))
     opened = open_build(_GRAPH_DIR.value, _MODEL.value, _CHECKPOINT.value)
     graph = opened.graph
-    masks = None
-    if _EDGE_RESULTS.value:
-        try:
-            with open(_EDGE_RESULTS.value) as f:
-                masks = ablation.required_masks(json.load(f))
-        except (OSError, ValueError, KeyError) as err:  # ValueError: not JSON, not text
-            raise DataError(f"cannot read edge masks from {_EDGE_RESULTS.value}: {err}; pass the "
-                            "*_edge_ablation_results.json written by ablate.py") from None
     labels = None
     if _LABELS.value:
         labels = opened.family.direction_labels(opened.opts, graph)

@@ -269,9 +269,22 @@ def build_many(models: Sequence, inputs, cfg: BuildConfig = BuildConfig(), gram_
     if len(inputs) == 0 or len(gram_inputs) == 0:
         raise ConfigError("the dataset is empty; give at least one sample")
     placement = placement or Placement()
-    stores = [store.Store(out_dir, _build_info(model, cfg, inputs, gram_inputs, model_id),
-                          overwrite, writer=placement.is_writer)
-              for model, out_dir in zip(models, out_dirs)]
+    stores = []
+    try:  # each store locks its directory until the build ends, however it ends
+        for model, out_dir in zip(models, out_dirs):
+            stores.append(store.Store(out_dir,
+                                      _build_info(model, cfg, inputs, gram_inputs, model_id),
+                                      overwrite, writer=placement.is_writer))
+        return _build_stores(models, stores, inputs, cfg, gram_inputs, placement, stats_model,
+                             save_schedule)
+    finally:
+        for st in stores:
+            st.close()
+
+
+def _build_stores(models, stores, inputs, cfg: BuildConfig, gram_inputs, placement, stats_model,
+                  save_schedule: SaveSchedule) -> list[Graph]:
+    """The statistics, then each graph's bases and edges, into their opened stores."""
     t0 = time.perf_counter()
     missing = [(m, st) for m, st in zip(models, stores) if not st.has(STATS_STAGE)]
     shared = _shared_stats(stats_model, [m for m, _ in missing], gram_inputs, cfg, placement,

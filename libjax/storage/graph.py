@@ -20,6 +20,7 @@ from typing import Optional
 import numpy as np
 
 from libjax.basis import Basis
+from libjax.errors import StoreError
 from libjax.storage import store
 
 
@@ -124,8 +125,44 @@ def format_summary(s: dict) -> str:
     return "\n".join(lines)
 
 
+def _agrees(have, want, exact: bool) -> bool:
+    """Whether a value read back agrees with the one recorded (to 1e-9: a sum may be taken in
+    another order elsewhere)."""
+    try:
+        want = np.asarray(want, np.float64)
+        return np.shape(want) == np.shape(have) and (
+            np.array_equal(have, want) if exact else np.allclose(have, want, rtol=1e-9, atol=0))
+    except (TypeError, ValueError):  # the record holds something that is not a number
+        return False
+
+
+def _check_against_summary(path, summ: dict, g: Graph) -> None:
+    """The graph read back has the dimensions, leading Lambdas and edge sums that ``summary.json``
+    recorded when it was built (a second check, beside the stages' checksums, that also covers
+    builds stored before checksums existed)."""
+    recorded = summary(g)
+    for kind, key, what in (("layers", "dim", "kept directions"),
+                            ("layers", "leading_lambdas", "leading Lambdas"),
+                            ("edges", "shape", "edge matrix shape"), ("edges", "sum", "edge sum")):
+        for name, entry in recorded[kind].items():
+            want = summ.get(kind, {}).get(name, {}).get(key)
+            have = entry.get(key)
+            if want is None or have is None:
+                continue
+            if not _agrees(have, want, exact=key in ("dim", "shape")):
+                stage = basis_stage(name) if kind == "layers" else edge_stage(*name.split("->"))
+                raise StoreError(
+                    f"stage {stage!r} of the build in {path} disagrees with its summary ({what} "
+                    f"{have}, recorded {want}): the stage or {store.SUMMARY_FILE} is corrupt, and "
+                    "nothing was computed from it; rerun the same compute_basis.py command with "
+                    f"--overwrite to rebuild it, or delete {path / 'stages' / stage} and "
+                    f"{path / store.SUMMARY_FILE} and rerun the same command to recompute the "
+                    "stage")
+
+
 def load(out_dir: str | os.PathLike) -> Graph:
-    """Read a finished build from ``out_dir`` (refuses an incomplete one)."""
+    """Read a finished build from ``out_dir`` (refuses an incomplete or damaged one: stages are
+    checked against their checksums and against the sums ``summary.json`` records)."""
     path, info, summ = store.open_complete(out_dir)
     node_layers = tuple(info["node_layers"])
     stats = store.read_stage(path, STATS_STAGE)
@@ -138,9 +175,11 @@ def load(out_dir: str | os.PathLike) -> Graph:
         if (path / "stages" / edge_stage(a, b)).exists():
             edges[(a, b)] = np.asarray(store.read_stage(path, edge_stage(a, b))["E"])
     stat_layers = info["stat_layers"]
-    return Graph(
+    g = Graph(
         node_layers=node_layers, bases=bases, edges=edges,
         means=dict(zip(stat_layers, map(np.asarray, stats["means"]))),
         grams=dict(zip(stat_layers, map(np.asarray, stats["grams"]))),
         orig_dims=dict(zip(node_layers, info["orig_dims"])), config=info["config"],
         timings=summ.get("timings_s", {}))
+    _check_against_summary(path, summ, g)
+    return g

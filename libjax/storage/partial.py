@@ -65,8 +65,12 @@ class PartialSave:
             with np.load(self.path, allow_pickle=False) as f:
                 record = json.loads(str(f[_META]))
                 leaves = [f[f"leaf{i}"] for i in range(len(f.files) - 1)]
-        except (OSError, ValueError, KeyError, zipfile.BadZipFile) as err:
-            return self._ignore(f"it cannot be read ({err})")
+        except (OSError, EOFError, ValueError, KeyError, TypeError, zipfile.BadZipFile) as err:
+            # EOFError: an empty file; TypeError: a single array; BadZipFile: also a member whose
+            # CRC fails
+            return self._ignore(f"it cannot be read ({type(err).__name__}: {err or 'empty'})")
+        if not isinstance(record, dict):
+            return self._ignore(f"its record is not one ({str(record)[:40]!r})")
         wanted = self._record(layout, record.get("done"))
         if record.get("build") != self.build:
             return self._ignore("it belongs to another build")
