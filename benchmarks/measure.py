@@ -154,3 +154,23 @@ def matmul_rates(n: int = 2048, repeats: int = 5, dtype=jnp.float64) -> dict[str
         wall = min(wall, time.perf_counter() - w0)
         cpu = min(cpu, time.process_time() - c0)
     return {"wall": 2 * n**3 / wall, "cpu": 2 * n**3 / cpu}
+
+
+def peak_device_gb() -> float | None:
+    """Peak memory in use on the first device so far (``memory_stats()``'s
+    ``peak_bytes_in_use``), or None where the backend keeps no such count (the CPU)."""
+    stats = jax.devices()[0].memory_stats() or {}
+    peak = stats.get("peak_bytes_in_use")
+    return None if peak is None else peak / 2**30
+
+
+def platform() -> dict:
+    """The backend, devices and versions this process runs on."""
+    import jaxlib
+
+    device = jax.devices()[0]
+    stats = device.memory_stats() or {}
+    return {"backend": jax.default_backend(), "device_kind": device.device_kind,
+            "devices": jax.device_count(), "jax": jax.__version__,
+            "jaxlib": getattr(jaxlib, "__version__", None), "cpu_cores": os.cpu_count(),
+            "device_memory_gb": stats["bytes_limit"] / 2**30 if "bytes_limit" in stats else None}
