@@ -1,7 +1,7 @@
 """The interactive explorer of a built graph: one self-contained page, offline from file://.
 
     python scripts/explore.py --graph_dir=out/modadd_lib           # writes the page, prints where
-    python scripts/explore.py --graph_dir=out/modadd_lib --serve   # and serves it on localhost
+    python scripts/explore.py --graph_dir=out/modadd_lib --serve   # serves it, with interventions
     python scripts/explore.py --graph_dir=out/gpt2_lib --data_dir=CORPUS --n_ctx=1024
 
 Writes ``<graph_dir>/explorer/index.html``: one column of nodes per node layer (size: Lambda, or
@@ -10,20 +10,31 @@ and click show a node's card. Feature cards (``<graph_dir>/analysis/cards``) and
 (``<graph_dir>/analysis/clustering.json``, see ``scripts/cluster.py``) are computed on first use
 and stored with the build. Options the build does not record (a language model's ``--data_dir``
 and ``--n_ctx``) must be given again to compute its cards.
+
+With ``--serve`` the page is served on localhost with an API beside it: ``api/ablate`` mean-ablates
+the chosen directions of a node or supernode in the graph's basis and answers the model's score
+on its evaluation data (the family's ablation defaults: split, metric, batch size), computed with
+``libjax.ablation``; ``api/edges`` sends a transition's edges up to any share, so a page whose
+written edges stop short of the share asked for gets the rest.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import http.server
+import json
+import threading
 import time
+import urllib.parse
 from pathlib import Path
 
 from absl import flags
 
+from libjax import ablation
 from libjax.runtime import cli
 from libjax.analysis import clustering, explorer, feature_cards
-from libjax.errors import ConfigError
+from libjax.errors import ConfigError, LibjaxError
 from models.opened import open_build
 
 _GRAPH_DIR = flags.DEFINE_string("graph_dir", None, "a finished build (compute_basis.py --out_dir)",
@@ -49,10 +60,109 @@ _SERVE = flags.DEFINE_boolean("serve", False, "serve the page on localhost until
 _PORT = flags.DEFINE_integer("port", 8000, "port for --serve (0: any free port)")
 
 
-def _serve(page: Path) -> None:
-    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(page.parent))
+_ABLATION_DTYPE = flags.DEFINE_enum("ablation_dtype", "float32", ["float32", "float64"],
+                                    "dtype of --serve's ablations (ablate.py's default)")
+_STREAM_LIMIT = 2_000_000  # edges per transition that api/edges sends at most
+
+
+def _check_flags() -> None:
+    """Every flag's value, before anything is loaded or computed."""
+    explorer.check_limits(_MAX_SHARE.value, _MAX_EDGES.value)
+    for flag, low in ((_K, 1), (_N_SAMPLES, 1), (_N_CTX, 1)):
+        if flag.value is not None and flag.value < low:
+            raise ConfigError(f"--{flag.name} must be >= {low}, got {flag.value}")
+    if not 0 <= _PORT.value <= 65535:
+        raise ConfigError(f"--port must be in 0..65535 (0: any free port), got {_PORT.value}")
+
+
+class _Api:
+    """What the served page may ask: ablations (an evaluator made on first use, one at a time)
+    and edges beyond those written into the page."""
+
+    def __init__(self, build):
+        self.build, self.lock, self._ev = build, threading.Lock(), None
+        self.defaults = build.family.ablation_defaults(build.opts)
+
+    def info(self) -> dict:
+        d = self.defaults
+        return {"ablate": d is not None, "edges": True,
+                "data": (f"the {d.get('split') or 'build'} split, {d['metric']}" if d else "")}
+
+    def evaluator(self):
+        if self._ev is None:
+            if self.defaults is None:
+                raise ConfigError(f"--model={self.build.family.name} has no labelled evaluation "
+                                  "data to ablate on")
+            opts = dataclasses.replace(self.build.opts, n_samples=None, n_gram_samples=None,
+                                       split=self.build.opts.split or self.defaults.get("split"))
+            # all of the evaluation split, as ablate.py takes it
+            data = self.build.family.data(opts)
+            self._ev = ablation.Evaluator(self.build.model, data.inputs, data.labels,
+                                          metric=self.defaults["metric"],
+                                          batch_size=self.defaults["batch_size"],
+                                          dtype=_ABLATION_DTYPE.value)
+        return self._ev
+
+    def ablate(self, request: dict) -> dict:
+        with self.lock:
+            return explorer.ablation_scores(self.evaluator(), self.build.graph,
+                                            str(request.get("layer")),
+                                            request.get("directions") or [])
+
+    def edges(self, query: dict) -> dict:
+        try:
+            share = float(query.get("share", [""])[0])
+        except ValueError:
+            raise ConfigError("api/edges needs share=<number in (0, 1]>") from None
+        return explorer.transition(self.build.graph, query.get("from", [""])[0],
+                                   query.get("to", [""])[0], share, _STREAM_LIMIT)
+
+
+def _handler(api: _Api, directory: Path):
+    class Handler(http.server.SimpleHTTPRequestHandler):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, directory=str(directory), **kwargs)
+
+        def _answer(self, status: int, body: dict) -> None:
+            raw = json.dumps(body).encode()
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(raw)))
+            self.end_headers()
+            self.wfile.write(raw)
+
+        def _api(self, work) -> None:
+            try:
+                self._answer(200, work())
+            except LibjaxError as err:  # bad requests and unusable builds: said, not raised
+                self._answer(400, {"error": str(err)})
+
+        def do_GET(self):
+            url = urllib.parse.urlparse(self.path)
+            if url.path.endswith("/api/info"):
+                return self._api(api.info)
+            if url.path.endswith("/api/edges"):
+                return self._api(lambda: api.edges(urllib.parse.parse_qs(url.query)))
+            return super().do_GET()
+
+        def do_POST(self):
+            if not self.path.endswith("/api/ablate"):
+                return self._answer(404, {"error": f"no API at {self.path}"})
+            try:
+                request = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))))
+            except ValueError:
+                return self._answer(400, {"error": "api/ablate takes a JSON object"})
+            return self._api(lambda: api.ablate(request))
+
+        def log_message(self, *args):  # quiet: the page asks often
+            pass
+    return Handler
+
+
+def _serve(page: Path, build) -> None:
     try:
-        server = http.server.ThreadingHTTPServer(("127.0.0.1", _PORT.value), handler)
+        server = http.server.ThreadingHTTPServer(("127.0.0.1", _PORT.value),
+                                                 _handler(_Api(build), page.parent))
     except OSError as err:
         raise ConfigError(f"cannot serve on port {_PORT.value}: {err.strerror}; pass another "
                           "--port (0: any free one)") from None
@@ -68,6 +178,7 @@ def _serve(page: Path) -> None:
 
 def main(argv):
     del argv
+    _check_flags()
     options = {k: v for k, v in {"data_dir": _DATA_DIR.value, "dataset": _DATASET.value,
                                  "n_ctx": _N_CTX.value, "n_samples": _N_SAMPLES.value}.items()
                if v is not None}
@@ -98,7 +209,7 @@ def main(argv):
     print(f"{out} ({out.stat().st_size / 1e6:.2f} MB; " +
           ", ".join(f"{k} {v:.2f}s" for k, v in timings.items()) + ")")
     if _SERVE.value:
-        _serve(out)
+        _serve(out, build)
 
 
 if __name__ == "__main__":

@@ -1,8 +1,9 @@
 """Activations of a node layer in a basis, ``f_hat = f @ C`` (SPEC 0, 1.9), for research code.
 
 :func:`basis_activations` returns every sample's activations; :func:`top_activations` keeps, per
-direction, only the ``k`` (sample, position) pairs of largest ``|f_hat|``, so a language model's
-whole sample never has to fit in memory. Both run the sectioned model in jitted, vmapped batches
+direction, only its ``k`` largest and ``k`` smallest (sample, position) pairs, so a language
+model's whole sample never has to fit in memory; :func:`output_effects` says which outputs each
+direction raises and lowers. All run the sectioned model in jitted, vmapped batches
 of a fixed size (the last batch is padded, so one program serves every batch).
 """
 
@@ -61,37 +62,44 @@ def basis_activations(model, node_layer: str, inputs, C: Optional[np.ndarray] = 
 
 
 class Top(NamedTuple):
-    """Per direction (columns), the ``k`` (sample, position) pairs of largest ``|f_hat|``, in
-    decreasing order: signed ``values`` ``(k, dirs)``, ``sample`` and ``position`` indices."""
+    """Per direction (columns), ``k`` (sample, position) pairs in order: signed ``values``
+    ``(k, dirs)``, ``sample`` and ``position`` indices."""
 
     values: np.ndarray
     sample: np.ndarray
     position: np.ndarray
 
 
+class Extremes(NamedTuple):
+    """The ``k`` largest activations of each direction (``high``, decreasing) and its ``k``
+    smallest (``low``, increasing): a direction's positive and negative ends, apart."""
+
+    high: Top
+    low: Top
+
+
 def _merge_program(model, index: int, k: int):
-    """Jitted step: a batch's activations merged into the running top ``k`` of each direction."""
-    def step(params, batch, n_real, start, C, best_abs, best_val, best_flat):
+    """Jitted step: a batch's activations merged into the running top ``k`` of each direction,
+    once for ``f_hat`` and once for ``-f_hat`` (rows ``[:dirs]`` and ``[dirs:]``)."""
+    def step(params, batch, n_real, start, C, best_key, best_ids):
         acts = jax.vmap(lambda x: model.run_to(params, x, index))(batch) @ C  # (b, pos, dirs)
         b, pos, dirs = acts.shape
         flat = acts.reshape(b * pos, dirs).T  # (dirs, b * pos), row-major over (sample, pos)
         ids = start * pos + jnp.arange(b * pos)
-        real = jnp.arange(b * pos) < n_real * pos
-        score = jnp.where(real[None, :], jnp.abs(flat), -jnp.inf)
-        all_abs = jnp.concatenate([best_abs, score], axis=1)
-        all_val = jnp.concatenate([best_val, flat], axis=1)
-        all_ids = jnp.concatenate([best_flat, jnp.broadcast_to(ids, flat.shape)], axis=1)
-        top_abs, where = jax.lax.top_k(all_abs, k)
-        take = lambda a: jnp.take_along_axis(a, where, axis=1)  # noqa: E731
-        return top_abs, take(all_val), take(all_ids)
+        real = (jnp.arange(b * pos) < n_real * pos)[None, :]
+        both = jnp.concatenate([jnp.where(real, flat, -jnp.inf), jnp.where(real, -flat, -jnp.inf)])
+        all_key = jnp.concatenate([best_key, both], axis=1)
+        all_ids = jnp.concatenate([best_ids, jnp.broadcast_to(ids, both.shape)], axis=1)
+        top_key, where = jax.lax.top_k(all_key, k)  # ties: the earlier column, i.e. sample
+        return top_key, jnp.take_along_axis(all_ids, where, axis=1)
     return jax.jit(step)
 
 
 def top_activations(model, node_layer: str, C: np.ndarray, inputs, k: int,
-                    batch_size: int = 64) -> Top:
-    """The ``k`` strongest activations ``|f_hat|`` of every direction of ``C`` at ``node_layer``
-    over all inputs and positions; memory ``O(batch + dirs * k)``, whatever the number of inputs.
-    Ties keep the earlier (sample, position)."""
+                    batch_size: int = 64) -> Extremes:
+    """The ``k`` largest and ``k`` smallest activations ``f_hat`` of every direction of ``C`` at
+    ``node_layer`` over all inputs and positions, in one pass; memory ``O(batch + dirs * k)``,
+    whatever the number of inputs. Ties keep the earlier (sample, position)."""
     index = _layer_index(model, node_layer)
     inputs = np.asarray(inputs)
     positions = model.layers[index].positions
@@ -101,11 +109,37 @@ def top_activations(model, node_layer: str, C: np.ndarray, inputs, k: int,
     C = jnp.asarray(C)
     dirs = C.shape[1]
     step = _merge_program(model, index, k)
-    best_abs = jnp.full((dirs, k), -jnp.inf, C.dtype)
-    best_val = jnp.zeros((dirs, k), C.dtype)
-    best_flat = jnp.zeros((dirs, k), jnp.int64)
+    best_key = jnp.full((2 * dirs, k), -jnp.inf, C.dtype)
+    best_ids = jnp.zeros((2 * dirs, k), jnp.int64)
     for start, batch, n in _batches(inputs, batch_size):
-        best_abs, best_val, best_flat = step(model.params, batch, n, start, C, best_abs, best_val,
-                                             best_flat)
-    flat = np.asarray(best_flat).T
-    return Top(np.asarray(best_val).T, flat // positions, flat % positions)
+        best_key, best_ids = step(model.params, batch, n, start, C, best_key, best_ids)
+    key, flat = np.asarray(best_key).T, np.asarray(best_ids).T  # (k, 2 * dirs)
+    high = Top(key[:, :dirs], flat[:, :dirs] // positions, flat[:, :dirs] % positions)
+    low = Top(-key[:, dirs:], flat[:, dirs:] // positions, flat[:, dirs:] % positions)
+    return Extremes(high, low)
+
+
+def output_effects(model, node_layer: str, directions: np.ndarray, inputs,
+                   batch_size: int = 256) -> np.ndarray:
+    """How the model's output moves per unit of each direction: the mean over ``inputs`` (and
+    output positions) of the Jacobian of the output at ``node_layer``'s activations applied to
+    each row of ``directions`` ``(dirs, width)`` (a row of ``C^+`` is what one unit of ``f_hat_j``
+    adds to ``f``), the same at every position. Returns ``(dirs, n_out)``."""
+    index = _layer_index(model, node_layer)
+    V = jnp.asarray(directions)
+
+    def run(params, batch, n_real):
+        def one(x):
+            acts = model.run_to(params, x, index)
+            _, lin = jax.linearize(lambda a: model.run_from(params, a, index), acts)
+            moved = jax.vmap(lambda v: lin(jnp.broadcast_to(v, acts.shape)))(V)
+            return moved.reshape(V.shape[0], -1, moved.shape[-1]).mean(axis=1)  # (dirs, out)
+        per = jax.vmap(one)(batch)  # (b, dirs, out)
+        weight = (jnp.arange(batch.shape[0]) < n_real).astype(per.dtype)
+        return jnp.einsum("b,bdo->do", weight, per)
+    program = jax.jit(run)
+    total = None
+    for _, batch, n in _batches(inputs, batch_size):
+        part = program(model.params, batch, n)
+        total = part if total is None else total + part
+    return np.asarray(total) / len(np.asarray(inputs))

@@ -112,9 +112,7 @@ def page_data(graph, labels: Optional[Mapping[str, Sequence[str]]] = None,
               cards: Optional[Mapping[str, dict]] = None, clustering=None, title: str = "",
               max_share: float = MAX_SHARE, max_edges: int = MAX_EDGES) -> dict:
     """The page's data (JSON-able) for ``graph``; see the module doc."""
-    if not 0 < max_share <= 1 or max_edges < 1:
-        raise ConfigError(f"max_share must be in (0, 1] and max_edges >= 1, got {max_share} and "
-                          f"{max_edges}")
+    check_limits(max_share, max_edges)
     labels, cards = labels or {}, cards or {}
     layers = []
     for name in graph.node_layers:
@@ -122,7 +120,8 @@ def page_data(graph, labels: Optional[Mapping[str, Sequence[str]]] = None,
                  "size": encode(node_sizes(graph, name).astype(np.float32)),
                  "size_kind": ("Lambda" if graph.basis(name) is not None
                                and graph.basis(name).Lambda is not None else "variance"),
-                 "const": clustering_io.has_constant_direction(graph, name)}
+                 "const": clustering_io.has_constant_direction(graph, name),
+                 "basis": graph.basis(name) is not None}
         layer_labels = labels.get(name)
         if layer_labels is None and name in cards and "label" in cards[name]:
             layer_labels = cards[name]["label"]
@@ -133,26 +132,67 @@ def page_data(graph, labels: Optional[Mapping[str, Sequence[str]]] = None,
         if name in cards:
             entry["card"] = _card_entry(cards[name])
         layers.append(entry)
-    transitions = []
-    for a, b in graph.edge_pairs:
-        if (a, b) not in graph.edges:
-            continue
-        E = np.asarray(graph.edges[(a, b)], np.float64)
-        const = clustering_io.has_constant_direction
-        chosen, is_const, totals = _prune(E, const(graph, b), const(graph, a), max_share,
-                                          max_edges)
-        out, inp = np.unravel_index(chosen, E.shape)
-        index = np.uint16 if max(E.shape) < 2**16 else np.uint32
-        transitions.append({"from": a, "to": b, "n_total": int(E.size), **totals,
-                            "src": encode(inp.astype(index)), "dst": encode(out.astype(index)),
-                            "w": encode(E.ravel()[chosen].astype(np.float32)),
-                            "const": encode(is_const.astype(np.uint8))})
+    transitions = [transition(graph, a, b, max_share, max_edges) for a, b in graph.edge_pairs
+                   if (a, b) in graph.edges]
     meta = {"title": title, "basis": graph.config.get("basis"), "default_share": DEFAULT_SHARE,
             "max_share": max_share, "max_edges": max_edges}
     if clustering is not None:
         meta["clustering"] = {"modularity": clustering.modularity,
                               "n_clusters": clustering.n_clusters, **clustering.settings}
     return {"meta": meta, "layers": layers, "transitions": transitions}
+
+
+def check_limits(max_share: float, max_edges: int) -> None:
+    """``max_share`` in (0, 1] and ``max_edges >= 1``, else a :class:`ConfigError`."""
+    if not 0 < max_share <= 1 or max_edges < 1:
+        raise ConfigError(f"max_share must be in (0, 1] and max_edges >= 1, got {max_share} and "
+                          f"{max_edges}")
+
+
+def transition(graph, a: str, b: str, max_share: float = MAX_SHARE,
+               max_edges: int = MAX_EDGES) -> dict:
+    """The page's entry for the edges ``a -> b``: the strongest up to ``max_share`` of the total
+    (with and without the constant direction's edges), at most ``max_edges``, strongest first
+    (also what ``explore.py --serve`` streams when the page asks for more than it holds)."""
+    check_limits(max_share, max_edges)
+    if (a, b) not in graph.edges:
+        raise ConfigError(f"the graph has no edges {a} -> {b}; its transitions are "
+                          f"{', '.join(f'{x}->{y}' for x, y in graph.edges)}")
+    E = np.asarray(graph.edges[(a, b)], np.float64)
+    const = clustering_io.has_constant_direction
+    chosen, is_const, totals = _prune(E, const(graph, b), const(graph, a), max_share, max_edges)
+    out, inp = np.unravel_index(chosen, E.shape)
+    index = np.uint16 if max(E.shape) < 2**16 else np.uint32
+    return {"from": a, "to": b, "n_total": int(E.size), **totals,
+            "src": encode(inp.astype(index)), "dst": encode(out.astype(index)),
+            "w": encode(E.ravel()[chosen].astype(np.float32)),
+            "const": encode(is_const.astype(np.uint8))}
+
+
+def ablation_scores(evaluator, graph, node_layer: str, directions: Sequence[int]) -> dict:
+    """Mean ablation of some directions of ``node_layer`` in the graph's basis: the model's
+    score (``evaluator``, a :class:`libjax.ablation.Evaluator` of the graph's model) with the
+    activations replaced by ``f C_abl C^+``, ``C`` with the chosen columns zeroed (in a centred
+    basis, each chosen coordinate of the centred activations set to zero: its mean), beside the
+    unablated score and the score of ``f C C^+`` (the basis alone, which drops what lies
+    outside its span)."""
+    b = graph.basis(node_layer)
+    if b is None:
+        raise ConfigError(f"node layer {node_layer!r} has no basis (the graph's unrotated final "
+                          f"layer) and cannot be ablated in it; choose one of "
+                          f"{', '.join(graph.bases)}")
+    C, C_pinv = np.asarray(b.C, np.float64), np.asarray(b.C_pinv, np.float64)
+    chosen = np.unique(np.asarray(list(directions), np.int64))
+    if not len(chosen) or chosen.min() < 0 or chosen.max() >= C.shape[1]:
+        raise ConfigError(f"directions to ablate must be among 0..{C.shape[1] - 1} of "
+                          f"{node_layer}, got {list(directions)}")
+    keep = np.ones(C.shape[1])
+    keep[chosen] = 0
+    index = graph.node_layers.index(node_layer)
+    return {"layer": node_layer, "n_ablated": int(len(chosen)), "metric": evaluator.metric,
+            "base": evaluator.base(), "projected": evaluator.node_score(index, C @ C_pinv),
+            "ablated": evaluator.node_score(index, (C * keep) @ C_pinv),
+            "n_samples": int(sum(float(w.sum()) for _, _, w in evaluator.batches))}
 
 
 def _card_entry(card: dict) -> dict:

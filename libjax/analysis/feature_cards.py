@@ -6,14 +6,19 @@ shared tables), and a ``kind`` saying how the explorer draws it:
 * ``grid``: ``grid`` ``(dirs, p, p)`` uint8 activations over an input grid (code 128 is 0, 0/255
   are ``-/+scale``), ``scale``, ``position`` and a text ``summary`` (modular addition: the
   dominant Fourier frequencies);
-* ``images``: ``top`` ``(dirs, k)`` indices into ``images`` ``(n, H, W)`` uint8 (or ``(n, 3, H,
-  W)``), ``top_values``, ``top_classes`` and ``direction`` ``(dirs, H * W)`` (the direction drawn
-  as an image);
-* ``contexts``: ``tokens`` ``(dirs, k, window)`` (``-1``: none) into ``vocab_ids``/``vocab_text``,
-  ``highlight`` (the activating token's index in every window) and ``top_values``.
+* ``images``: ``top``/``bottom`` ``(dirs, k)`` indices into ``images`` ``(n, H, W)`` uint8 (or
+  ``(n, 3, H, W)``): the images of largest and of smallest (most negative) activation, with
+  ``top_values``/``bottom_values`` and ``top_classes``/``bottom_classes``; ``direction``
+  ``(dirs, H * W)`` (the direction drawn as an image);
+* ``contexts``: ``tokens``/``bottom_tokens`` ``(dirs, k, window)`` (``-1``: none) into
+  ``vocab_ids``/``vocab_text``, ``highlight`` (the activating token's index in every window) and
+  ``top_values``/``bottom_values``.
 
 Every kind may carry ``label`` ``(dirs,)``, a short text per direction (searchable in the
-explorer). The model families make the content (``family.feature_cards``); this module computes,
+explorer); ``hist`` ``(dirs, bins)`` with ``hist_range`` ``(dirs, 2)``, the distribution of each
+direction's activation; and its effect on the output (:func:`effects`): ``raises``/``lowers``
+``(dirs, m)`` indices into ``outputs`` (their names) with ``raises_by``/``lowers_by``. The model
+families make the content (``family.feature_cards``); this module computes,
 stores and reads card sets: ``<graph_dir>/analysis/cards/<node layer>.npz``, each stamped with the
 build's fingerprint so that cards of a rebuilt directory are recomputed, not shown.
 """
@@ -27,6 +32,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 
+from libjax.analysis import activations
 from libjax.runtime import progress
 from libjax.storage import files
 from libjax.errors import ConfigError
@@ -37,9 +43,14 @@ CARDS_DIR = Path("analysis") / "cards"
 KINDS = ("grid", "images", "contexts")
 
 
+FORMAT = 2  # the card format: cards stored in an older one are recomputed
+
+
 def fingerprint(build_info: dict) -> str:
-    """What identifies a build's content: its weights and data digests and its configuration."""
-    return "|".join(str(build_info.get(k)) for k in ("params_sha256", "data_sha256", "config"))
+    """What identifies a build's content (its weights and data digests and its configuration)
+    and the card format."""
+    return f"cards v{FORMAT}|" + "|".join(str(build_info.get(k)) for k in
+                                          ("params_sha256", "data_sha256", "config"))
 
 
 def quantise(values: np.ndarray, axis: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
@@ -123,3 +134,35 @@ def majority(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     np.add.at(counts, (np.repeat(np.arange(len(values)), values.shape[1]), inverse.ravel()), 1)
     best = counts.argmax(axis=1)
     return uniq[best], counts[np.arange(len(values)), best]
+
+
+def histograms(acts: np.ndarray, bins: int = 32) -> dict:
+    """Each direction's activation histogram: ``acts`` ``(n, dirs)`` -> ``hist`` ``(dirs, bins)``
+    counts over ``bins`` equal bins spanning ``hist_range`` ``(dirs, 2)`` (its min and max)."""
+    acts = np.asarray(acts, np.float64)
+    lo, hi = acts.min(axis=0), acts.max(axis=0)
+    width = np.where(hi > lo, hi - lo, 1.0)
+    which = np.clip(((acts - lo) / width * bins).astype(np.int64), 0, bins - 1)  # (n, dirs)
+    counts = np.zeros((acts.shape[1], bins), np.int32)
+    np.add.at(counts, (np.broadcast_to(np.arange(acts.shape[1]), which.shape), which), 1)
+    return {"hist": counts, "hist_range": np.stack([lo, hi], axis=1)}
+
+
+def effects(model, graph, node_layer: str, inputs, scale: np.ndarray, outputs,
+            m: int = 5) -> dict:
+    """Which outputs each direction raises and lowers: the mean change of the output (centred
+    over the outputs, since a shift common to every logit changes no prediction) when the
+    direction's activation grows by ``scale`` (e.g. its standard deviation), linearised at each
+    input (:func:`activations.output_effects`), its ``m`` largest rises and falls.
+    ``outputs``: a name per output coordinate."""
+    b = graph.basis(node_layer)
+    rows = (np.asarray(b.C_pinv, np.float64) if b is not None
+            else np.eye(graph.orig_dims[node_layer]))
+    moved = activations.output_effects(model, node_layer, rows, inputs)
+    moved = (moved - moved.mean(axis=1, keepdims=True)) * np.asarray(scale)[:, None]
+    m = min(m, moved.shape[1])
+    up = np.argsort(-moved, axis=1, kind="stable")[:, :m]
+    down = np.argsort(moved, axis=1, kind="stable")[:, :m]
+    return {"raises": up.astype(np.int32), "raises_by": np.take_along_axis(moved, up, 1),
+            "lowers": down.astype(np.int32), "lowers_by": np.take_along_axis(moved, down, 1),
+            "outputs": np.asarray([str(o) for o in outputs])}

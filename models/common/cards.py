@@ -1,9 +1,11 @@
 """Feature-card content shared by model families (format: :mod:`libjax.analysis.feature_cards`;
 modular addition's grid cards are :mod:`models.modadd.cards`).
 
-* :func:`image_cards`: the top-activating images, and the direction drawn as an image (at the
-  input layer the direction itself, deeper the correlation of its activation with each pixel);
-* :func:`context_cards`: the top-activating token contexts, activating token highlighted,
+* :func:`image_cards`: the images of largest and of smallest activation, and the direction drawn
+  as an image (at the input layer the direction itself, deeper the correlation of its activation
+  with each pixel);
+* :func:`context_cards`: the token contexts of largest and smallest activation, the activating
+  token highlighted,
   decoded with the model's tokenizer when there is one.
 """
 
@@ -17,7 +19,12 @@ import numpy as np
 from libjax.analysis import activations, clustering, feature_cards
 
 
-def image_cards(model, graph, data, node_layers, image_shape, k: int = 8) -> dict:
+def image_cards(model, graph, data, node_layers, image_shape, k: int = 8,
+                n_effect: int = 512) -> dict:
+    """Per direction: the ``k`` images of largest and the ``k`` of smallest activation (its
+    positive and negative ends, apart), its histogram, the classes it raises and lowers (on the
+    first ``n_effect`` images) and the direction drawn as an image. Labels: a logit (the graph's
+    unrotated output) is its class; a direction, the majority classes of its two ends."""
     images = np.asarray(data.inputs, np.float64)
     flat = images.reshape(len(images), -1)
     labels = None if data.labels is None else np.asarray(data.labels)
@@ -25,7 +32,8 @@ def image_cards(model, graph, data, node_layers, image_shape, k: int = 8) -> dic
     for name in node_layers:
         C = feature_cards.basis_matrix(graph, name)
         acts = activations.basis_activations(model, name, images, C, 1024)[:, 0]  # (n, dirs)
-        order = np.argsort(-np.abs(acts), axis=0, kind="stable")[:k].T  # (dirs, k)
+        top = np.argsort(-acts, axis=0, kind="stable")[:k].T  # (dirs, k), largest first
+        bottom = np.argsort(acts, axis=0, kind="stable")[:k].T  # smallest (most negative) first
         at_input = model.node_layers.index(name) == 0 and graph.basis(name) is not None
         if at_input:
             direction = np.asarray(graph.basis(name).C_pinv, np.float64)[:, :flat.shape[1]]
@@ -34,48 +42,69 @@ def image_cards(model, graph, data, node_layers, image_shape, k: int = 8) -> dic
             x = flat - flat.mean(axis=0)
             denom = np.outer(np.linalg.norm(a, axis=0), np.linalg.norm(x, axis=0))
             direction = np.divide(a.T @ x, denom, out=np.zeros(denom.shape), where=denom > 0)
-        used, top = np.unique(order, return_inverse=True)
-        card = {"kind": "images", "top": top.reshape(order.shape).astype(np.int32),
-                "top_values": np.take_along_axis(acts.T, order, axis=1),
+        used, index = np.unique(np.concatenate([top, bottom], axis=1), return_inverse=True)
+        index = index.reshape(len(top), 2 * top.shape[1]).astype(np.int32)
+        n_classes = model.layers[-1].width
+        card = {"kind": "images", "top": index[:, :top.shape[1]],
+                "bottom": index[:, top.shape[1]:],
+                "top_values": np.take_along_axis(acts.T, top, axis=1),
+                "bottom_values": np.take_along_axis(acts.T, bottom, axis=1),
                 "images": np.clip(np.rint(images[used] * 255), 0, 255).astype(np.uint8)
                 .reshape(len(used), *image_shape),
                 "direction": direction,
-                "direction_kind": np.asarray("direction" if at_input else "pixel correlation")}
+                "direction_kind": np.asarray("direction" if at_input else "pixel correlation"),
+                **feature_cards.histograms(acts),
+                **feature_cards.effects(model, graph, name, images[:n_effect], acts.std(axis=0),
+                                        [f"class {c}" for c in range(n_classes)])}
+        if graph.basis(name) is None and name == model.node_layers[-1]:
+            text = [f"logit {j} (class {j})" for j in range(acts.shape[1])]
+        else:
+            text = [f"neuron {j}" if graph.basis(name) is None else f"dir {j}"
+                    for j in range(acts.shape[1])]
         if labels is not None:
-            classes = labels[order]
-            common, count = feature_cards.majority(classes)
-            card["top_classes"] = classes.astype(np.int32)
-            card["label"] = _const_first(graph, name, [f"class {c} ({n}/{classes.shape[1]})"
-                                                        for c, n in zip(common, count)])
+            up, down = labels[top], labels[bottom]
+            card["top_classes"], card["bottom_classes"] = up.astype(np.int32), down.astype(np.int32)
+            c_up, n_up = feature_cards.majority(up)
+            c_down, n_down = feature_cards.majority(down)
+            if graph.basis(name) is not None or name != model.node_layers[-1]:
+                text = [f"+{a} ({na}/{k}), -{b} ({nb}/{k})"
+                        for a, na, b, nb in zip(c_up, n_up, c_down, n_down)]
+        card["label"] = _const_first(graph, name, text)
         cards[name] = card
     return cards
 
 
 def context_cards(model, graph, data, node_layers, decode=None, k: int = 6, before: int = 12,
                   after: int = 3, batch_size: int = 8) -> dict:
-    """``decode(token_id) -> str`` (None: token ids shown as ``#id``)."""
+    """Per direction the ``k`` token contexts of largest and the ``k`` of smallest activation.
+    ``decode(token_id) -> str`` (None: token ids shown as ``#id``)."""
     tokens = np.asarray(data.inputs)
     n_ctx = tokens.shape[1]
+    name_of = (lambda t: decode(int(t))) if decode else (lambda t: f"#{t}")  # noqa: E731
     cards = {}
     for name in node_layers:
-        top = activations.top_activations(model, name, feature_cards.basis_matrix(graph, name),
-                                          tokens, k, batch_size)
-        sample, pos = top.sample.T, top.position.T  # (dirs, k)
+        ends = activations.top_activations(model, name, feature_cards.basis_matrix(graph, name),
+                                           tokens, k, batch_size)
         offsets = np.arange(-before, after + 1)
-        where = pos[..., None] + offsets  # (dirs, k, window)
-        inside = (where >= 0) & (where < n_ctx)
-        window = np.where(inside, tokens[sample[..., None], np.clip(where, 0, n_ctx - 1)], -1)
-        vocab = np.unique(window[window >= 0])
-        text = np.asarray([decode(int(t)) if decode else f"#{t}" for t in vocab], dtype=str)
-        index = np.where(window >= 0, np.searchsorted(vocab, np.maximum(window, 0)), -1)
-        active = tokens[sample, pos]
+        windows = []
+        for end in ends:
+            where = end.position.T[..., None] + offsets  # (dirs, k, window)
+            inside = (where >= 0) & (where < n_ctx)
+            windows.append(np.where(inside, tokens[end.sample.T[..., None],
+                                                   np.clip(where, 0, n_ctx - 1)], -1))
+        both = np.stack(windows)
+        vocab = np.unique(both[both >= 0])
+        text = np.asarray([name_of(t) for t in vocab], dtype=str)
+        index = np.where(both >= 0, np.searchsorted(vocab, np.maximum(both, 0)), -1)
+        active = tokens[ends.high.sample.T, ends.high.position.T]
         common, count = feature_cards.majority(active)
-        label = [f"{(decode(int(t)) if decode else f'#{t}')!r} ({n}/{active.shape[1]})"
-                 for t, n in zip(common, count)]
-        cards[name] = {"kind": "contexts", "tokens": index.astype(np.int32),
+        label = [f"{name_of(t)!r} ({n}/{active.shape[1]})" for t, n in zip(common, count)]
+        cards[name] = {"kind": "contexts", "tokens": index[0].astype(np.int32),
+                       "bottom_tokens": index[1].astype(np.int32),
                        "vocab_ids": vocab.astype(np.int32), "vocab_text": text,
                        "highlight": np.asarray(before),
-                       "top_values": top.values.T, "sample": sample, "position": pos,
+                       "top_values": ends.high.values.T, "bottom_values": ends.low.values.T,
+                       "sample": ends.high.sample.T, "position": ends.high.position.T,
                        "label": _const_first(graph, name, label)}
     return cards
 

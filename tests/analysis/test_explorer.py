@@ -5,6 +5,7 @@ errors; the notebook object; the scripts end to end on the shipped digits MLP.""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 import subprocess
@@ -15,7 +16,7 @@ import pytest
 
 import libjax
 from tests.helpers import synthetic_graphs
-from libjax import build
+from libjax import ablation, build
 from libjax.storage import graph as graph_io
 from libjax.analysis import clustering, explorer
 from models import registry
@@ -121,7 +122,9 @@ def open_page(browser, path):
 
 
 def drawn(page):
-    return page.locator("[data-node]").count(), page.locator("[data-edge]").count()
+    """Nodes drawn, and edges passing the controls (the edges are painted on a canvas)."""
+    return (page.locator("[data-node]").count(),
+            int(page.locator("#status").get_attribute("data-passing")))
 
 
 def grid_cards(g):
@@ -154,16 +157,17 @@ def test_page_draws_what_python_computes(browser, tmp_path):
     # hover, click, card, search
     node = page.locator('[data-node="b/3"]')
     node.hover()
-    assert "strongest in" in page.locator("#tip").inner_text()
+    assert "edges drawn" in page.locator("#tip").inner_text()
     node.click()
     card = page.locator("#card")
     assert card.get_attribute("data-card") == "b/3"
     assert "b feature 3" in card.inner_text() and "summary 3" in card.inner_text()
-    assert card.locator("canvas.heat").count() == 1
-    assert page.locator("circle.pinned").count() == 1
+    assert card.locator("canvas.heat").count() == 1  # no key frequency: natural order only
+    assert page.locator("circle.chosen").count() == 1
     page.fill("#search", "feature 1")
     want = sum("feature 1" in text for L in data["layers"] for text in L["labels"])
     assert page.locator("circle.match").count() == want == 5  # a/1, b/1, c/1, c/10, c/11
+    assert page.locator("#search-count").inner_text().startswith("5 matches")
     page.locator('[data-node="c/0"]').click()
     assert TRICKY in card.inner_text()
     page.mouse.wheel(0, -300)  # zoom does not break anything
@@ -174,6 +178,179 @@ def test_page_of_a_graph_without_edges(browser, tmp_path):
     g = synthetic_graphs.graph({"a": 3, "b": 4}, {"a": 3, "b": 4}, edges={})  # --noedges build
     page, problems = open_page(browser, explorer.explore(g).save(tmp_path / "p.html"))
     assert drawn(page) == (7, 0) and problems == []
+
+
+def passing_edges(data, share=explorer.DEFAULT_SHARE):
+    """Per transition, the edges the page's filter passes (top-k off, no constant edges):
+    ``(src, dst, w)`` arrays, strongest first."""
+    out = []
+    for t, n in zip(data["transitions"], explorer.visible_edge_counts(data, share)):
+        idx = np.flatnonzero(~explorer.decode(t["const"]).astype(bool))[:n]
+        out.append((explorer.decode(t["src"])[idx], explorer.decode(t["dst"])[idx],
+                    explorer.decode(t["w"])[idx].astype(np.float64)))
+    return out
+
+
+def node_ids(page):
+    """The drawn nodes' ids, each layer's from top to bottom."""
+    return page.evaluate("""() => Array.from(document.querySelectorAll('circle.node'))
+        .sort((a, b) => a.cy.baseVal.value - b.cy.baseVal.value).map((c) => c.dataset.node)""")
+
+
+def screen_box(page, node):
+    return page.locator(f'[data-node="{node}"]').bounding_box()
+
+
+def test_first_view_shows_the_largest_directions_first_legibly(browser, tmp_path):
+    dims = {"a": 40, "b": 60, "c": 30}
+    g = synthetic_graphs.graph(dims, dims, seed=3)
+    data = explorer.page_data(g)
+    page, problems = open_page(browser, explorer.Explorer(data).save(tmp_path / "p.html"))
+    ids = node_ids(page)
+    for name, dim in dims.items():
+        shown = [i for i in ids if i.startswith(f"{name}/")]
+        sizes = explorer.decode(data["layers"][list(dims).index(name)]["size"])
+        order = np.argsort(-sizes, kind="stable")
+        assert shown[:24] == [f"{name}/{j}" for j in order[:24]]  # the 24 largest, in order
+        assert shown[24:] == [f"{name}/rest"]  # the tail: one node
+    px = page.evaluate("""() => Array.from(document.querySelectorAll('text.nlabel')).map((t) =>
+        parseFloat(getComputedStyle(t).fontSize) * document.getElementById('graph')
+        .getScreenCTM().a)""")
+    assert len(px) == len(ids) and min(px) >= 11  # legible labels, on screen
+    texts = page.locator("text.nlabel").all_text_contents()
+    assert "rest: 36 directions (click: show)" in texts
+    assert drawn(page)[1] == sum(explorer.visible_edge_counts(data))
+    page.locator('[data-node="b/rest"]').click()  # the tail, expanded
+    assert len([i for i in node_ids(page) if i.startswith("b/")]) == 60
+    before = page.evaluate("state.k")
+    page.click("#zoom-in")
+    assert page.evaluate("state.k") == pytest.approx(before * 1.2)
+    page.mouse.move(300, 300)
+    for notch in (100, -100, 300):  # a wheel notch zooms at most one button step
+        k = page.evaluate("state.k")
+        page.mouse.wheel(0, notch)
+        page.wait_for_timeout(50)
+        assert 1 / 1.2 - 1e-9 <= page.evaluate("state.k") / k <= 1.2 + 1e-9
+        assert page.evaluate("state.k") != k
+    page.click("#fit-column")
+    box = page.locator("#graph").bounding_box()
+    top, bottom = screen_box(page, "a/0"), screen_box(page, "a/rest")
+    assert top["y"] >= box["y"] - 1 and bottom["y"] + bottom["height"] <= box["y"] + box["height"]
+    assert problems == []
+
+
+def test_paths_hover_search_and_links(browser, tmp_path):
+    g = small_graph()
+    data = explorer.page_data(g)
+    page, problems = open_page(browser, explorer.Explorer(data).save(tmp_path / "p.html"))
+    edges = passing_edges(data)
+    names = [L["name"] for L in data["layers"]]
+    page.locator('[data-node="b/3"]').hover()  # hover: the node's drawn edges
+    touching = ((edges[0][1] == 3).sum() + (edges[1][0] == 3).sum())
+    assert int(page.locator("#status").get_attribute("data-hover-edges")) == touching
+    page.locator('[data-node="b/3"]').click()
+    nodes, links = {"b/3"}, set()  # the path, computed here: edges >= 0.1 x the transition's max
+    for t in (0, 1):  # downstream from b (transition 1), upstream into b (transition 0)
+        src, dst, w = edges[t]
+        strong = w >= 0.1 * w.max()
+        if t == 1:
+            hit = strong & (src == 3)
+            nodes |= {f"c/{d}" for d in dst[hit]}
+            links |= {(f"b/{s}", f"c/{d}") for s, d in zip(src[hit], dst[hit])}
+        else:
+            hit = strong & (dst == 3)
+            nodes |= {f"a/{s}" for s in src[hit]}
+            links |= {(f"a/{s}", f"b/{d}") for s, d in zip(src[hit], dst[hit])}
+    onpath = set(page.evaluate("""() => Array.from(document.querySelectorAll('circle.onpath'))
+        .map((c) => c.dataset.node)"""))
+    assert onpath == nodes and len(nodes) > 2
+    assert int(page.locator("#status").get_attribute("data-path-edges")) == len(links)
+    assert names == ["a", "b", "c"]
+    page.fill("#path-threshold", "0")  # every drawn edge that leads to or from b/3
+    assert int(page.locator("#status").get_attribute("data-path-nodes")) >= len(nodes)
+    # a card's link chooses the node and centres it
+    link = page.locator("#card a[data-goto]").first
+    target = link.get_attribute("data-goto")
+    link.click()
+    assert page.locator("#card").get_attribute("data-card") == target
+    assert page.locator(f'[data-node="{target}"]').get_attribute("class").count("chosen") == 1
+    box, node = page.locator("#graph").bounding_box(), screen_box(page, target)
+    assert abs(node["x"] + node["width"] / 2 - (box["x"] + box["width"] / 2)) < 3
+    assert abs(node["y"] + node["height"] / 2 - (box["y"] + box["height"] / 2)) < 3
+    # search: its count, and Enter shows each match in turn
+    page.fill("#search", "c/1")
+    assert page.locator("#search-count").inner_text().startswith("3 matches")  # c/1, c/10, c/11
+    page.press("#search", "Enter")
+    assert page.locator("#card").get_attribute("data-card") == "c/1"
+    page.press("#search", "Enter")
+    assert page.locator("#card").get_attribute("data-card") == "c/10"
+    assert problems == []
+
+
+def test_supernodes_sum_edges_and_survive_in_the_address(browser, tmp_path):
+    g = small_graph()
+    data = explorer.page_data(g)
+    path = explorer.Explorer(data).save(tmp_path / "p.html")
+    page, problems = open_page(browser, path)
+    page.locator('[data-node="c/2"]').click(modifiers=["Shift"])
+    page.locator('[data-node="c/5"]').click(modifiers=["Shift"])
+    page.fill("#group-name", "pair")
+    page.click("#group")
+    group = "c/group:pair"
+    assert page.locator(f'[data-node="{group}"]').count() == 1
+    assert page.locator('[data-node="c/2"]').count() == 0
+    src, dst, w = passing_edges(data)[1]
+    inside = np.isin(dst, [2, 5])
+    want = {f"b/{s}": w[inside & (src == s)].sum() for s in np.unique(src[inside])}
+    got = page.evaluate("""(id) => { const e = drawn[1], out = {};
+        for (let n = 0; n < e.w.length; n++) if (e.B.items[e.d[n]].id === id)
+          out[e.A.items[e.s[n]].id] = e.w[n];
+        return out; }""", group)
+    assert set(got) == set(want)
+    for key, value in want.items():
+        assert got[key] == pytest.approx(value, rel=1e-6)  # float32 weights summed
+    url = page.url
+    assert "pair" in url
+    again, more = open_page_at(browser, url)
+    assert again.locator(f'[data-node="{group}"]').count() == 1
+    assert again.locator("#card").get_attribute("data-card") == group  # chosen, as it was
+    assert "members: 2, 5" in again.locator("#card").inner_text()
+    assert problems == [] and more == []
+
+
+def open_page_at(browser, url):
+    page = browser.new_page(viewport={"width": 1400, "height": 900})
+    problems = []
+    page.on("console", lambda m: problems.append(m.text) if m.type in ("error", "warning")
+            else None)
+    page.on("pageerror", lambda e: problems.append(str(e)))
+    page.goto(url)
+    page.wait_for_selector("body[data-ready=true]", timeout=60_000)
+    return page, problems
+
+
+def gpt2_sized(n_edges_scale=1):
+    """A GPT-2-small block's shape: 7 node layers of ~1000 directions, ~6 million edges."""
+    dims = {"ln1": 769, "attn_out": 769, "ln2": 769, "mlp_in": 769, "mlp_out": 3073,
+            "ln1_next": 769, "out": 769}
+    return synthetic_graphs.graph(dims, dims, seed=4)
+
+
+@pytest.mark.slow
+def test_a_gpt2_sized_graph_opens_and_redraws_within_100_ms(browser, tmp_path):
+    g = gpt2_sized()
+    assert sum(E.size for E in g.edges.values()) > 5_900_000
+    data = explorer.page_data(g)
+    page, problems = open_page(browser, explorer.Explorer(data).save(tmp_path / "p.html"))
+    times = []
+    for share in (0.9, 0.95, 0.5, 0.98):
+        page.fill("#share", str(share))
+        times.append(float(page.locator("#status").get_attribute("data-redraw-ms")))
+        assert drawn(page)[1] == sum(explorer.visible_edge_counts(data, share))
+    page.fill("#topk", "3")
+    times.append(float(page.locator("#status").get_attribute("data-redraw-ms")))
+    assert max(times) < 100, times
+    assert problems == []
 
 
 def test_notebook_object_renders_the_page_inline(browser):
@@ -211,7 +388,7 @@ def test_open_build_gives_back_the_models_and_data_of_the_build(mlp_build, caplo
     assert len(fewer.data.inputs) == 100 and "differs from the data it was built on" in caplog.text
 
 
-def test_explore_script_writes_serves_and_shows_image_cards(mlp_build, browser):
+def test_explore_script_serves_signed_cards_and_interventions(mlp_build, browser):
     before = {p.name: p.stat().st_mtime_ns for p in (mlp_build / "stages").iterdir()}
     proc = subprocess.Popen(script_command("explore.py", f"--graph_dir={mlp_build}", "--k=5",
                                            "--serve", "--port=0"),
@@ -227,27 +404,74 @@ def test_explore_script_writes_serves_and_shows_image_cards(mlp_build, browser):
         assert url.startswith("http://127.0.0.1:") and url.endswith("/index.html")
         with urllib.request.urlopen(url, timeout=30) as response:
             assert response.status == 200 and b"libjax-data" in response.read()
+        path = mlp_build / "explorer" / "index.html"
+        assert str(path) in "".join(lines)
+        assert (mlp_build / "analysis" / "cards" / "layers.1.npz").is_file()
+        assert clustering.load(mlp_build).settings["node_layers"] == ["layers.0", "layers.1",
+                                                                     "layers.2"]  # no output
+        stored = libjax.explore(mlp_build).data["layers"]  # what a notebook shows of the build
+        assert all("card" in L for L in stored) and [("cluster" in L) for L in stored] == [
+            True, True, True, False]
+        opened = open_build(mlp_build)
+        g = opened.graph
+        page, problems = open_page_at(browser, url)
+        # first view: each layer's largest directions, then one "rest" node
+        ids = node_ids(page)
+        assert len(ids) < sum(g.dim(n) for n in g.node_layers)
+        assert f"{g.node_layers[0]}/rest" in ids
+        # signed cards: the largest and the smallest activations apart, each with its value
+        page.locator('[data-node="layers.1/2"]').click()
+        card = page.locator("#card")
+        top = [float(x.split()[0]) for x in card.locator(".imgs.top figcaption").all_inner_texts()]
+        low = [float(x.split()[0]) for x in card.locator(".imgs.bottom figcaption")
+               .all_inner_texts()]
+        assert len(top) == len(low) == 5 and top == sorted(top, reverse=True)
+        assert low == sorted(low) and min(top) > max(low) and top[0] > 0 > low[0]
+        assert card.locator("canvas.hist").count() == 1
+        assert card.locator("table.raises tr").count() == 5
+        assert "pixel correlation" in card.inner_text()
+        page.locator('[data-node="output/3"]').click()  # a logit's card names its own class
+        text = card.inner_text()
+        assert "logit 3 (class 3)" in text
+        assert card.locator("table.raises tr").first.inner_text().startswith("class 3")
+        classes = [x.split()[-1] for x in card.locator(".imgs.top figcaption").all_inner_texts()]
+        assert classes.count("3") >= 3
+        # an intervention: the page asks the server, which ablates with libjax.ablation
+        page.locator('[data-node="layers.1/2"]').click()
+        page.click("#ablate")
+        page.wait_for_selector("#ablate-out[data-ablated]", timeout=120_000)
+        shown = float(page.locator("#ablate-out").get_attribute("data-ablated"))
+        defaults = opened.family.ablation_defaults(opened.opts)
+        data = opened.family.data(dataclasses.replace(opened.opts, split=defaults["split"],
+                                                      n_samples=None, n_gram_samples=None))
+        ev = ablation.Evaluator(opened.model, data.inputs, data.labels, defaults["metric"])
+        b = g.basis("layers.1")
+        keep = np.ones(b.C.shape[1])
+        keep[2] = 0
+        want = ev.node_score(g.node_layers.index("layers.1"), (b.C * keep) @ b.C_pinv)
+        assert shown == pytest.approx(want, abs=1e-12)
+        assert float(page.locator("#ablate-out").get_attribute("data-base")) == ev.base()
+        # a share above what the page holds: the server sends the missing edges
+        page.fill("#share", "1")
+        page.wait_for_selector("#status[data-streamed]", timeout=60_000)
+        page.wait_for_function("document.getElementById('status').dataset.streamed >= 1")
+        full = {"transitions": [explorer.transition(g, a, b, 1.0, 2_000_000)
+                                for a, b in g.edge_pairs]}
+        page.wait_for_timeout(300)
+        assert drawn(page)[1] == sum(explorer.visible_edge_counts(full, 1.0))
+        assert problems == []
     finally:
         proc.terminate()
         proc.wait(timeout=30)
-    path = mlp_build / "explorer" / "index.html"
-    assert str(path) in "".join(lines)
     assert {p.name: p.stat().st_mtime_ns for p in (mlp_build / "stages").iterdir()} == before
-    assert (mlp_build / "analysis" / "cards" / "layers.1.npz").is_file()
-    assert clustering.load(mlp_build).settings["node_layers"] == ["layers.0", "layers.1",
-                                                                 "layers.2"]  # no output
-    stored = libjax.explore(mlp_build).data["layers"]  # what a notebook shows of the build
-    assert all("card" in L for L in stored) and [("cluster" in L) for L in stored] == [
-        True, True, True, False]
-    g = graph_io.load(mlp_build)
-    page, problems = open_page(browser, path)
-    assert drawn(page)[0] == sum(g.dim(n) for n in g.node_layers)
-    page.locator('[data-node="layers.1/2"]').click()
-    card = page.locator("#card")
-    assert card.locator("canvas.img").count() == 5  # top-activating images
-    assert card.locator("canvas.heat").count() == 1  # the direction as an image
-    assert "pixel correlation" in card.inner_text()
-    assert problems == []
+
+
+def test_explore_script_checks_its_flags_first(tmp_path):
+    for flag, words in (("--max_edges=0", "max_edges"), ("--max_share=1.5", "max_share"),
+                        ("--k=0", "--k must be"), ("--port=70000", "--port")):
+        run = run_script("explore.py", f"--graph_dir={tmp_path / 'none'}", flag)
+        assert run.returncode == 2 and words in run.stderr, (flag, run.stderr[-500:])
+        assert "Traceback" not in run.stderr and not (tmp_path / "none").exists()
 
 
 @pytest.mark.slow

@@ -52,19 +52,49 @@ def test_basis_activations_are_f_times_C_in_any_batching(tiny):
         activations.basis_activations(model, "blocks.0", tokens)
 
 
-def test_top_activations_are_the_largest_over_samples_and_positions(tiny):
+def test_top_activations_are_the_largest_and_smallest_over_samples_and_positions(tiny):
     model, tokens = tiny
     width = model.layers[model.node_layers.index("ln2_out.0")].width
     C = np.random.default_rng(1).normal(size=(width, 9))
     acts = direct(model, "ln2_out.0", tokens, C)  # (n, pos, dirs)
     flat = acts.reshape(-1, 9)
-    order = np.argsort(-np.abs(flat), axis=0, kind="stable")[:6]  # (k, dirs)
-    top = activations.top_activations(model, "ln2_out.0", C, tokens, k=6, batch_size=7)
-    np.testing.assert_array_equal(top.sample * 5 + top.position, order)
-    np.testing.assert_allclose(top.values, np.take_along_axis(flat, order, axis=0), rtol=1e-12)
-    assert top.values.shape == (6, 9)
+    ends = activations.top_activations(model, "ln2_out.0", C, tokens, k=6, batch_size=7)
+    for end, order in ((ends.high, np.argsort(-flat, axis=0, kind="stable")[:6]),
+                       (ends.low, np.argsort(flat, axis=0, kind="stable")[:6])):
+        np.testing.assert_array_equal(end.sample * 5 + end.position, order)
+        np.testing.assert_allclose(end.values, np.take_along_axis(flat, order, axis=0),
+                                   rtol=1e-12)
+        assert end.values.shape == (6, 9)
+    assert (ends.high.values[0] > 0).all() and (ends.low.values[0] < 0).all()
     many = activations.top_activations(model, "ln2_out.0", C, tokens[:2], k=100)
-    assert many.values.shape == (10, 9)  # k capped at samples x positions
+    assert many.high.values.shape == many.low.values.shape == (10, 9)  # k capped
+
+
+def test_output_effects_are_the_mean_derivative_along_each_direction(tiny):
+    model, tokens = tiny
+    index = model.node_layers.index("ln2.0")
+    width = model.layers[index].width
+    V = np.random.default_rng(4).normal(size=(3, width))
+    got = activations.output_effects(model, "ln2.0", V, tokens[:10], batch_size=4)
+    eps = 1e-6
+    for j in range(3):  # central differences of the mean output, one direction at a time
+        def mean_out(step):
+            outs = [model.run_from(model.params, model.run_to(model.params, x, index)
+                                   + step * V[j], index) for x in tokens[:10]]
+            return np.mean([np.asarray(o).reshape(-1, o.shape[-1]).mean(axis=0) for o in outs],
+                           axis=0)
+        np.testing.assert_allclose(got[j], (mean_out(eps) - mean_out(-eps)) / (2 * eps),
+                                   rtol=1e-5, atol=1e-7)
+
+
+def test_histograms_count_every_activation_once():
+    acts = np.random.default_rng(6).normal(size=(500, 4))
+    acts[:, 3] = 2.0  # a constant direction: every count in one bin
+    h = feature_cards.histograms(acts, bins=10)
+    assert h["hist"].shape == (4, 10) and (h["hist"].sum(axis=1) == 500).all()
+    np.testing.assert_array_equal(h["hist"][0], np.histogram(acts[:, 0], 10)[0])
+    np.testing.assert_allclose(h["hist_range"][1], [acts[:, 1].min(), acts[:, 1].max()])
+    assert h["hist"][3].max() == 500
 
 
 def test_modadd_cards_show_the_grid_and_its_frequencies():
@@ -86,7 +116,18 @@ def test_modadd_cards_show_the_grid_and_its_frequencies():
             np.testing.assert_allclose(shown, truth[:, :, t, j], atol=card["scale"][j] / 254 + 1e-9)
         freqs = modadd_fourier.frequencies(truth)
         assert list(card["label"]) == [f.label() for f in freqs]
-    assert made["output"]["label"][5].startswith("logit 5: ")  # no basis: one card per logit
+        for j, f in enumerate(freqs):  # the summary names only frequencies carrying power
+            for g in modadd_fourier.GROUPS:
+                named = f"{g}: k={f.dominant[g]} (" in card["summary"][j]
+                assert named == (not f.constant and f.share[g] >= modadd_cards.MIN_SHARE)
+            k = card["key_frequency"][j]
+            order = card["fourier_order"][j]
+            assert sorted(order) == list(range(modadd.P))
+            assert (np.diff((k * order) % modadd.P) >= 0).all()
+    out = made["output"]
+    assert out["label"][5].startswith("logit 5 (c=5): ")  # no basis: one card per logit
+    assert [out["outputs"][i] for i in out["raises"][:, 0]] == list(out["outputs"])  # itself
+    assert (out["raises_by"][:, 0] > 0).all() and (out["lowers_by"][:, 0] < 0).all()
     assert made["output"]["grid"].shape == (model.layers[-1].width, modadd.P, modadd.P)
 
 
@@ -100,12 +141,23 @@ def test_image_cards_show_top_images_and_the_direction():
     for name in ("layers.0", "layers.1"):
         card = made[name]
         acts = direct(model, name, x, graph.basis(name).C)[:, 0]
-        want = np.argsort(-np.abs(acts), axis=0, kind="stable")[:4].T
-        shown = card["images"][card["top"]]  # (dirs, k, 8, 8)
-        np.testing.assert_array_equal(shown, np.rint(x[want] * 255).astype(np.uint8))
-        np.testing.assert_array_equal(card["top_classes"], y[want])
-        np.testing.assert_allclose(card["top_values"], np.take_along_axis(acts.T, want, 1))
-        assert card["label"][0] == "const"
+        for end, order in (("top", np.argsort(-acts, axis=0, kind="stable")),
+                           ("bottom", np.argsort(acts, axis=0, kind="stable"))):
+            want = order[:4].T
+            shown = card["images"][card[end]]  # (dirs, k, 8, 8)
+            np.testing.assert_array_equal(shown, np.rint(x[want] * 255).astype(np.uint8))
+            np.testing.assert_array_equal(card[f"{end}_classes"], y[want])
+            np.testing.assert_allclose(card[f"{end}_values"], np.take_along_axis(acts.T, want, 1))
+        assert (card["top_values"][:, 0] >= card["top_values"][:, -1]).all()
+        assert (card["bottom_values"][:, 0] <= card["bottom_values"][:, -1]).all()
+        assert card["label"][0] == "const" and card["label"][1].startswith("+")
+        assert (card["hist"].sum(axis=1) == len(x)).all()
+    out = cards.image_cards(model, graph, Data(x, x, y), ["output"], (8, 8), k=8)["output"]
+    assert list(out["label"]) == [f"logit {j} (class {j})" for j in range(10)]  # by index
+    # a logit's own class is what it raises most, and its strongest images are mostly that class
+    np.testing.assert_array_equal(out["raises"][:, 0], np.arange(10))
+    assert [out["outputs"][j] for j in range(10)] == [f"class {j}" for j in range(10)]
+    assert ((out["top_classes"] == np.arange(10)[:, None]).mean(axis=1) >= 0.5).all()
     np.testing.assert_allclose(made["layers.0"]["direction"],
                                graph.basis("layers.0").C_pinv[:, :64])
     a = direct(model, "layers.1", x, graph.basis("layers.1").C)[:, 0, 2]
@@ -125,11 +177,15 @@ def test_context_cards_highlight_the_activating_token(tmp_path):
     made = cards.context_cards(model, graph, Data(tokens, tokens), ["ln2.0"], decode, k=3,
                                before=2, after=1)["ln2.0"]
     acts = direct(model, "ln2.0", tokens, graph.basis("ln2.0").C).reshape(-1, 4)
-    flat = np.argsort(-np.abs(acts), axis=0, kind="stable")[:3]
+    flat = np.argsort(-acts, axis=0, kind="stable")[:3]
     top = activations.Top(None, flat // 5, flat % 5)
     window = made["vocab_ids"][made["tokens"]]  # (dirs, k, 4); -1 entries are outside
     h = int(made["highlight"])
     np.testing.assert_array_equal(window[..., h], tokens[top.sample.T, top.position.T])
+    low = np.argsort(acts, axis=0, kind="stable")[:3]
+    np.testing.assert_array_equal(made["vocab_ids"][made["bottom_tokens"]][..., h],
+                                  tokens[(low // 5).T, (low % 5).T])
+    np.testing.assert_allclose(made["bottom_values"], np.take_along_axis(acts, low, 0).T)
     before = np.where(made["tokens"][..., h - 1] >= 0, window[..., h - 1], -1)
     want = np.where(top.position.T > 0, tokens[top.sample.T, np.maximum(top.position.T - 1, 0)],
                     -1)
