@@ -5,7 +5,8 @@ A corpus is a sequence of pieces, each a text document or an array of token ids.
 are tokenised with the model's tokenizer and each gets the EOS token appended; token arrays
 (pre-tokenised corpora) are taken as they are. All pieces are concatenated, cut into chunks of
 ``n_ctx`` tokens (the last partial chunk is dropped), and samples are drawn from the chunks with a
-seeded permutation. No BOS is prepended.
+seeded permutation. No BOS is prepended. A tokenizer that turns a non-blank document into no
+tokens is refused (it would leave a corpus of lone EOS tokens).
 
 Corpora come from local files (:func:`local_corpus`) or, with the optional ``datasets`` package
 and a network or its cache, from a Hugging Face dataset (:func:`hub_corpus`).
@@ -46,7 +47,16 @@ def _jsonl_documents(path: Path) -> Iterator[str]:
 
 
 def _token_file(path: Path) -> np.ndarray:
-    tokens = np.load(path, allow_pickle=False)
+    try:  # never unpickle: a .npy of Python objects could run code, and is no token array
+        tokens = np.load(path, allow_pickle=False)
+    except (ValueError, OSError, EOFError) as err:
+        what = ("holds pickled Python objects" if "allow_pickle" in str(err)
+                else f"is not a readable .npy array ({err})")
+        raise DataError(f"{path} {what}; a .npy corpus file must hold one integer array of token "
+                        "ids (np.save(path, ids.astype(np.int32)))") from None
+    if not isinstance(tokens, np.ndarray):  # an .npz archive under a .npy name
+        tokens.close()
+        raise DataError(f"{path} is an .npz archive, not a .npy array of token ids")
     if not np.issubdtype(tokens.dtype, np.integer):
         raise DataError(f"{path} holds {tokens.dtype} values; a .npy corpus file must hold "
                         "integer token ids")
@@ -119,7 +129,13 @@ def token_stream(pieces: Iterable[Piece], encoder: Callable[[], Callable],
         nonlocal encode
         if texts:
             encode = encode or encoder()
-            for ids in encode(texts):
+            for text, ids in zip(texts, encode(texts)):
+                if not len(ids) and text.strip():
+                    raise DataError(
+                        f"the tokenizer turned a document of {len(text)} characters "
+                        f"({text[:40]!r}...) into no tokens: it is empty or does not fit the "
+                        "text. Give the checkpoint its own tokenizer files, or pre-tokenised "
+                        ".npy token ids")
                 parts.append(np.asarray(list(ids) + [eos_id], np.int64))
             texts.clear()
 
