@@ -204,9 +204,15 @@ def read_config(path) -> dict:
                               "original rotary embedding is)")
     hf = {"model_type": spec["model_type"], **spec["fixed"],
           **{attr: meta[prefix + key] for key, attr in spec["keys"].items() if prefix + key in meta}}
-    names = {t.name for t in reader.tensors}
-    hf.setdefault("vocab_size", len(reader.fields["tokenizer.ggml.tokens"].data)
-                  if "tokenizer.ggml.tokens" in reader.fields else None)
+    names = {t.name: t for t in reader.tensors}
+    if "vocab_size" not in hf and "token_embd.weight" in names:  # older files: the embedding's rows
+        hf["vocab_size"] = int(names["token_embd.weight"].shape[-1])
+    missing = sorted(attr for attr in spec["keys"].values() if hf.get(attr) is None
+                     and attr not in ("head_dim", "n_inner", "use_parallel_residual",
+                                      "rope_theta", "rotary_emb_base"))
+    if missing:
+        raise CheckpointError(f"{path} lacks the metadata (or tensor) for {', '.join(missing)}; "
+                              "it is not a complete GGUF checkpoint")
     for key, attr in (("bos_token_id", "bos_token_id"), ("eos_token_id", "eos_token_id")):
         if f"tokenizer.ggml.{key}" in meta:
             hf[attr] = int(meta[f"tokenizer.ggml.{key}"])
@@ -224,12 +230,6 @@ def read_config(path) -> dict:
         d_head = hf["hidden_size"] // hf["num_attention_heads"]
         rotary = meta.get(prefix + "rope.dimension_count", d_head)
         hf["rotary_pct"] = rotary / d_head
-    missing = sorted(attr for attr in spec["keys"].values() if hf.get(attr) is None
-                     and attr not in ("head_dim", "vocab_size", "n_inner",
-                                      "use_parallel_residual", "rope_theta", "rotary_emb_base"))
-    if missing or hf.get("vocab_size") is None:
-        raise CheckpointError(f"{path} lacks the metadata for {missing or ['vocab_size']}; it is "
-                              "not a complete GGUF checkpoint")
     return hf
 
 

@@ -109,3 +109,57 @@ def save_as_hf(weights: dict, hf_dir: Path, out: Path) -> None:
     for name in ("config.json", "tokenizer.json", "tokenizer_config.json"):
         if (hf_dir / name).is_file():
             (out / name).write_bytes((hf_dir / name).read_bytes())
+
+
+GPT2_BLOCK = {"ln_1": "attn_norm", "attn.c_attn": "attn_qkv", "attn.c_proj": "attn_output",
+              "ln_2": "ffn_norm", "mlp.c_fc": "ffn_up", "mlp.c_proj": "ffn_down"}
+
+
+def write_gpt2(hf_dir: Path, path: Path, qtype: str = "Q8_0") -> dict[str, np.ndarray]:
+    """Write the GPT-2 checkpoint in ``hf_dir`` (safetensors, e.g. from
+    :func:`tests.helpers.hf_tiny.gpt2_numpy`) as llama.cpp's converter does: Conv1D matrices
+    transposed to ``(out, in)``, the (tied) embedding stored again as ``output.weight``, the
+    fused ``c_attn`` in ``qtype``. The dequantised Hugging Face weights come back (with
+    ``lm_head.weight``)."""
+    import gguf
+    from safetensors.numpy import load_file
+
+    config = json.loads((Path(hf_dir) / "config.json").read_text())
+    weights = {k.removeprefix("transformer."): v for k, v in
+               load_file(str(Path(hf_dir) / "model.safetensors")).items()}
+    writer = gguf.GGUFWriter(str(path), "gpt2")
+    writer.add_block_count(config["n_layer"])
+    writer.add_context_length(config["n_positions"])
+    writer.add_embedding_length(config["n_embd"])
+    writer.add_feed_forward_length(config.get("n_inner") or 4 * config["n_embd"])
+    writer.add_head_count(config["n_head"])
+    writer.add_layer_norm_eps(config["layer_norm_epsilon"])
+    writer.add_file_type(gguf.LlamaFileType.MOSTLY_Q8_0)
+    writer.add_tokenizer_model("gpt2")
+    writer.add_eos_token_id(config["eos_token_id"])
+    held = {}
+
+    def add(gguf_name: str, hf_name: str, value: np.ndarray, transpose: bool, kind: str = "F32"):
+        qtype_ = gguf.GGMLQuantizationType[kind]
+        stored = value.T.copy() if transpose else value
+        writer.add_tensor(gguf_name, gguf.quants.quantize(stored, qtype_), raw_dtype=qtype_)
+        back = gguf.quants.dequantize(gguf.quants.quantize(stored, qtype_), qtype_)
+        held[hf_name] = back.T if transpose else back
+
+    add("token_embd.weight", "wte.weight", weights["wte.weight"], False)
+    add("position_embd.weight", "wpe.weight", weights["wpe.weight"], False)
+    for layer in range(config["n_layer"]):
+        for theirs, ours in GPT2_BLOCK.items():
+            for part in ("weight", "bias"):
+                name = f"h.{layer}.{theirs}.{part}"
+                matrix = weights[name].ndim == 2
+                add(f"blk.{layer}.{ours}.{part}", name, weights[name], matrix,
+                    qtype if ours == "attn_qkv" and matrix else "F32")
+    add("output_norm.weight", "ln_f.weight", weights["ln_f.weight"], False)
+    add("output_norm.bias", "ln_f.bias", weights["ln_f.bias"], False)
+    add("output.weight", "lm_head.weight", weights["wte.weight"], False)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return held

@@ -196,3 +196,36 @@ def test_smollm2_gguf_build_equals_the_build_of_its_dequantised_hf_checkpoint(tm
     assert_identical_graphs(graphs["gguf"], graphs["hf"])  # same float32 weights, same tokens
     record = json.loads((tmp_path / "out_gguf" / "build.json").read_text())
     assert record["model"].endswith(".gguf")
+
+
+def test_gpt2_gguf_reads_as_its_hf_checkpoint(tmp_path):
+    """A GPT-2 written as llama.cpp writes one (matrices ``(out, in)``, the tied embedding
+    stored again as ``output``, ``attn_qkv`` in Q8_0) converts to the HF checkpoint's
+    architecture and weights, and transformers' GGUF loader reads the same tensors."""
+    from models.lm import gpt2
+
+    hf_dir = tmp_path / "hf"
+    hf_tiny.gpt2_numpy(hf_dir, n_embd=32, n_head=4)  # rows of 32: Q8_0 blocks
+    path = tmp_path / "gpt2.gguf"
+    held = hf_tiny_gguf.write_gpt2(hf_dir, path)
+    ours = hf.read_weights(path)
+    assert ours.keys() == held.keys()
+    for name in held:
+        np.testing.assert_array_equal(ours[name], held[name], err_msg=name)
+    hf_config = hf.read_config(path)
+    assert gpt2.config(hf_config) == gpt2.config(hf.read_config(hf_dir))
+    cfg = gpt2.config(hf_config)
+    tl = gpt2.to_tl(ours, cfg)
+    assert tl["blocks.0.attn.W_Q"].shape == (4, 32, 8)
+    torch = pytest.importorskip("torch")
+    import transformers
+    from transformers.modeling_gguf_pytorch_utils import load_gguf_checkpoint
+
+    config = transformers.GPT2Config(n_embd=32, n_head=4, n_layer=2, vocab_size=hf_tiny.VOCAB,
+                                     n_positions=hf_tiny.N_POSITIONS)
+    with torch.device("meta"):
+        model = transformers.GPT2LMHeadModel(config)
+    theirs = load_gguf_checkpoint(str(path), return_tensors=True, model_to_load=model)["tensors"]
+    for name, value in ours.items():
+        key = name if name == "lm_head.weight" else "transformer." + name
+        np.testing.assert_array_equal(theirs[key].numpy(), value, err_msg=name)
