@@ -163,3 +163,70 @@ def write_gpt2(hf_dir: Path, path: Path, qtype: str = "Q8_0") -> dict[str, np.nd
     writer.write_tensors_to_file()
     writer.close()
     return held
+
+
+NEOX_BLOCK = {"input_layernorm": "attn_norm", "attention.query_key_value": "attn_qkv",
+              "attention.dense": "attn_output", "post_attention_layernorm": "ffn_norm",
+              "mlp.dense_h_to_4h": "ffn_up", "mlp.dense_4h_to_h": "ffn_down"}
+
+
+def gptneox_numpy(config: dict, seed: int = 0) -> dict[str, np.ndarray]:
+    """Random GPT-NeoX weights for ``config`` under their Hugging Face names (no torch)."""
+    d, m, v = config["hidden_size"], config["intermediate_size"], config["vocab_size"]
+    shapes = {"gpt_neox.embed_in.weight": (v, d), "gpt_neox.final_layer_norm.weight": (d,),
+              "gpt_neox.final_layer_norm.bias": (d,), "embed_out.weight": (v, d)}
+    for layer in range(config["num_hidden_layers"]):
+        block = f"gpt_neox.layers.{layer}."
+        for name, shape in (("input_layernorm", (d,)), ("post_attention_layernorm", (d,)),
+                            ("attention.query_key_value", (3 * d, d)),
+                            ("attention.dense", (d, d)), ("mlp.dense_h_to_4h", (m, d)),
+                            ("mlp.dense_4h_to_h", (d, m))):
+            shapes[block + name + ".weight"] = shape
+            shapes[block + name + ".bias"] = shape[:1]
+    rng = np.random.default_rng(seed)
+    return {k: (0.3 * rng.standard_normal(s)).astype(np.float32) for k, s in shapes.items()}
+
+
+def write_gptneox(config: dict, weights: dict, path: Path) -> dict[str, np.ndarray]:
+    """Write GPT-NeoX ``weights`` as llama.cpp's converter does: the fused projection's rows
+    reordered from head-major ``(H, 3, dh)`` to ``[Q; K; V]`` (weight and bias), stored in
+    Q8_0; the rest F32. The dequantised Hugging Face weights come back."""
+    import gguf
+
+    h, d = config["num_attention_heads"], config["hidden_size"]
+    writer = gguf.GGUFWriter(str(path), "gptneox")
+    writer.add_block_count(config["num_hidden_layers"])
+    writer.add_context_length(config["max_position_embeddings"])
+    writer.add_embedding_length(d)
+    writer.add_feed_forward_length(config["intermediate_size"])
+    writer.add_rope_dimension_count(int(config["rotary_pct"] * (d // h)))
+    writer.add_head_count(h)
+    writer.add_parallel_residual(config["use_parallel_residual"])
+    writer.add_layer_norm_eps(config["layer_norm_eps"])
+    writer.add_vocab_size(config["vocab_size"])
+    writer.add_eos_token_id(config["eos_token_id"])
+    held = {}
+    names = {"gpt_neox.embed_in.weight": "token_embd.weight",
+             "gpt_neox.final_layer_norm.weight": "output_norm.weight",
+             "gpt_neox.final_layer_norm.bias": "output_norm.bias",
+             "embed_out.weight": "output.weight"}
+    for layer in range(config["num_hidden_layers"]):
+        for theirs, ours in NEOX_BLOCK.items():
+            for part in ("weight", "bias"):
+                names[f"gpt_neox.layers.{layer}.{theirs}.{part}"] = f"blk.{layer}.{ours}.{part}"
+    for hf_name, gguf_name in names.items():
+        value = weights[hf_name]
+        fused = "query_key_value" in hf_name
+        if fused:  # llama.cpp: cat(qkv[:, 0], qkv[:, 1], qkv[:, 2]) of (H, 3, dh, ...)
+            per_head = value.reshape(h, 3, d // h, *value.shape[1:])
+            value = np.concatenate([per_head[:, i].reshape(-1, *value.shape[1:])
+                                    for i in range(3)])
+        qtype = gguf.GGMLQuantizationType["Q8_0" if fused and value.ndim == 2 else "F32"]
+        writer.add_tensor(gguf_name, gguf.quants.quantize(value, qtype), raw_dtype=qtype)
+        back = gguf.quants.dequantize(gguf.quants.quantize(weights[hf_name], qtype), qtype)
+        held[hf_name] = back  # Q8_0 blocks run along rows: the reordering commutes with them
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return held

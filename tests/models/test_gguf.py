@@ -229,3 +229,24 @@ def test_gpt2_gguf_reads_as_its_hf_checkpoint(tmp_path):
     for name, value in ours.items():
         key = name if name == "lm_head.weight" else "transformer." + name
         np.testing.assert_array_equal(theirs[key].numpy(), value, err_msg=name)
+
+
+def test_gptneox_gguf_reads_as_its_hf_checkpoint(tmp_path):
+    """A GPT-NeoX written as llama.cpp writes one (the fused projection as ``[Q; K; V]`` in Q8_0,
+    the rotary share as ``rope.dimension_count``) gives back the head-major Hugging Face
+    weights and the architecture of the HF config."""
+    from models.lm import pythia
+
+    config = {"model_type": "gpt_neox", "vocab_size": hf_tiny.VOCAB, "hidden_size": 32,
+              "num_hidden_layers": 2, "num_attention_heads": 4, "intermediate_size": 64,
+              "max_position_embeddings": hf_tiny.N_POSITIONS, "rotary_pct": 0.5,
+              "layer_norm_eps": 1e-5, "use_parallel_residual": False, "eos_token_id": 0,
+              "hidden_act": "gelu", "tie_word_embeddings": False}
+    weights = hf_tiny_gguf.gptneox_numpy(config)
+    path = tmp_path / "neox.gguf"
+    held = hf_tiny_gguf.write_gptneox(config, weights, path)
+    ours = hf.read_weights(path)
+    assert ours.keys() == held.keys()
+    for name in held:
+        np.testing.assert_array_equal(ours[name], held[name], err_msg=name)
+    assert pythia.config(hf.read_config(path)) == pythia.config(config)
