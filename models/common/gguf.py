@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import functools
 import importlib.util
+import logging
 import re
 from collections import Counter
 from pathlib import Path
@@ -31,7 +32,9 @@ import numpy as np
 
 from libjax.errors import CheckpointError, DataError
 
+log = logging.getLogger("libjax")
 SUFFIX = ".gguf"
+TAG = "#dequantised-"  # checkpoint_id's mark: PATH.gguf#dequantised-Q4_1
 INSTALL = "pip install gguf (or: pip install 'libjax[gguf]')"
 
 # general.file_type (llama.cpp's LLAMA_FTYPE) -> its name
@@ -58,10 +61,26 @@ def is_gguf(path) -> bool:
     return Path(path).suffix.lower() == SUFFIX
 
 
+def checkpoint_id(path) -> str:
+    """What a build records for the GGUF file ``path``: the path, marked with the file's
+    quantisation (``PATH.gguf#dequantised-Q4_1``), so the record says that the graph is of the
+    dequantised quantised model; :func:`find` reads the mark back and checks it."""
+    return f"{Path(path)}{TAG}{file_type(path)}"
+
+
 def find(path: Path) -> Path | None:
-    """The GGUF file that ``path`` names: itself, or the only ``.gguf`` in a directory that has
-    no ``config.json`` (None if it names none; refused if a directory holds several)."""
+    """The GGUF file that ``path`` names: itself, the only ``.gguf`` in a directory that has no
+    ``config.json``, or a :func:`checkpoint_id` (whose file must still have the recorded
+    quantisation). None if it names none; refused if a directory holds several."""
     path = Path(path)
+    stem, tag, recorded = str(path).partition(TAG)
+    if tag and is_gguf(stem):
+        found = find(Path(stem))
+        if found is not None and file_type(found) != recorded:
+            raise CheckpointError(f"{found} is now a {file_type(found)} file, but the build "
+                                  f"recorded a {recorded} one: these are different weights; "
+                                  "pass --checkpoint with the file the build was made from")
+        return found
     if path.is_file():
         return path if is_gguf(path) else None
     if not path.is_dir() or (path / "config.json").exists():
@@ -272,14 +291,23 @@ def _dequantised(tensor, path) -> np.ndarray:
     return values.reshape(shape)
 
 
+def file_type(path) -> str:
+    """The file's quantisation as llama.cpp names it (``general.file_type``: ``Q4_1`` ...), or,
+    without that key, the storage type of most of its tensors."""
+    reader = _reader(path)
+    code = _metadata(reader).get("general.file_type")
+    if code in FILE_TYPES:
+        return FILE_TYPES[code]
+    return Counter(t.tensor_type.name for t in reader.tensors).most_common(1)[0][0]
+
+
 def quantisation(path) -> str:
     """What the file stores, e.g. ``"Q4_1 (Q4_1 x210, F32 x61, Q8_0 x1)"``: the file type and
     the count of tensors per storage type."""
     reader = _reader(path)
     counts = Counter(t.tensor_type.name for t in reader.tensors)
     kinds = ", ".join(f"{k} x{n}" for k, n in counts.most_common())
-    file_type = _metadata(reader).get("general.file_type")
-    return f"{FILE_TYPES.get(file_type, 'unknown file type')} ({kinds})"
+    return f"{file_type(path)} ({kinds})"
 
 
 def read_weights(path) -> dict[str, np.ndarray]:
@@ -289,6 +317,8 @@ def read_weights(path) -> dict[str, np.ndarray]:
     meta = _metadata(reader)
     arch, spec = _architecture(meta, path)
     hf = read_config(path)
+    log.info("reading GGUF %s: %s, dequantised (the values llama.cpp computes with)", path,
+             quantisation(path))
     block = re.compile(r"blk\.(\d+)\.([a-z_0-9]+)\.(weight|bias)$")
     outer = re.compile(r"([a-z_]+)\.(weight|bias)$")
     out = {}

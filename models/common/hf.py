@@ -101,6 +101,14 @@ def require(config: dict, what: str, names) -> None:
                               "positive integers")
 
 
+def checkpoint_id(checkpoint: str) -> str:
+    """What a build records as its checkpoint: ``checkpoint`` itself, or for a GGUF file its
+    :func:`models.common.gguf.checkpoint_id` (the path marked with its quantisation), which
+    :func:`resolve` accepts back."""
+    found = gguf.find(Path(checkpoint).expanduser())
+    return gguf.checkpoint_id(found) if found is not None else str(checkpoint)
+
+
 def _how_to_point(what: str, hub_name: str = "HUB_NAME") -> str:
     return (f"To use a local copy of the {what} weights, fetch them where there is a network "
             f"(e.g. `hf download {hub_name} --local-dir DIR`, or `save_pretrained(DIR)` in "

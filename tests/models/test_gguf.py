@@ -154,6 +154,16 @@ def test_a_corrupt_gguf_ends_in_a_clear_error(tiny, tmp_path):
     assert "Traceback" not in run.stderr and "not a readable GGUF file" in run.stderr
 
 
+def test_the_build_record_names_the_file_and_its_quantisation(tiny, tmp_path):
+    _, path, _ = tiny
+    recorded = hf.checkpoint_id(str(path))
+    assert recorded == f"{path}#dequantised-Q8_0"
+    assert hf.resolve(recorded, "Llama") == path  # a build reopened from its record
+    with pytest.raises(CheckpointError, match="recorded a Q4_0 one"):
+        hf.resolve(f"{path}#dequantised-Q4_0", "Llama")
+    assert hf.checkpoint_id("gpt2") == "gpt2"
+
+
 def test_smollm2_path_is_the_wheels_gguf_or_none():
     path = gguf_ckpt.smollm2_path()
     assert path is None or (path.suffix == ".gguf" and path.is_file()
@@ -195,7 +205,7 @@ def test_smollm2_gguf_build_equals_the_build_of_its_dequantised_hf_checkpoint(tm
         graphs[name] = graph.load(tmp_path / ("out_" + name))
     assert_identical_graphs(graphs["gguf"], graphs["hf"])  # same float32 weights, same tokens
     record = json.loads((tmp_path / "out_gguf" / "build.json").read_text())
-    assert record["model"].endswith(".gguf")
+    assert record["model"] == f"{path}#dequantised-Q4_1"
 
 
 def test_gpt2_gguf_reads_as_its_hf_checkpoint(tmp_path):
