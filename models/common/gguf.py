@@ -210,6 +210,10 @@ def read_config(path) -> dict:
     metadata; keys that may change the computation and that no converter reads are refused."""
     reader = _reader(path)
     meta = _metadata(reader)
+    if (meta.get("split.count") or 1) > 1:
+        raise CheckpointError(f"{path} is part {meta.get('split.no', 0) + 1} of a GGUF split into "
+                              f"{meta['split.count']} files; merge them first (llama.cpp: "
+                              "llama-gguf-split --merge FIRST.gguf OUT.gguf) and pass OUT.gguf")
     arch, spec = _architecture(meta, path)
     prefix = arch + "."
     unknown = sorted(k for k in meta if k.startswith(prefix)

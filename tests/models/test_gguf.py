@@ -140,6 +140,9 @@ def test_metadata_that_may_change_the_model_is_refused(tiny, tmp_path):
     out = _rewrite(tiny, tmp_path, lambda w: w.add_string("llama.rope.scaling.type", "linear"))
     with pytest.raises(CheckpointError, match="rope scaling 'linear'"):
         hf.read_config(out)
+    out = _rewrite(tiny, tmp_path, lambda w: w.add_uint16("split.count", 3))
+    with pytest.raises(CheckpointError, match="split into 3 files"):
+        hf.read_config(out)
 
 
 def test_a_corrupt_gguf_ends_in_a_clear_error(tiny, tmp_path):
