@@ -78,14 +78,21 @@ def local_corpus(path: str | Path) -> Iterator[Piece]:
     if not files:
         raise DataError(f"{path} has no corpus files ({', '.join(CORPUS_SUFFIXES)})")
     for file in files:
-        if file.suffix == ".npy":
-            yield _token_file(file)
-        elif file.suffix == ".jsonl":
-            yield from _jsonl_documents(file)
-        elif file.suffix == ".txt":
-            yield file.read_text(encoding="utf-8")
-        else:
-            raise DataError(f"{file}: unknown corpus file type; use {', '.join(CORPUS_SUFFIXES)}")
+        try:
+            if file.suffix == ".npy":
+                yield _token_file(file)
+            elif file.suffix == ".jsonl":
+                yield from _jsonl_documents(file)
+            elif file.suffix == ".txt":
+                yield file.read_text(encoding="utf-8")
+            else:
+                raise DataError(f"{file}: unknown corpus file type; use "
+                                f"{', '.join(CORPUS_SUFFIXES)}")
+        except UnicodeDecodeError as err:
+            raise DataError(f"{file} is not UTF-8 text (byte {err.start}: {err.reason}); save "
+                            "the corpus as UTF-8") from None
+        except OSError as err:
+            raise DataError(f"cannot read the corpus file {file} ({err.strerror})") from None
 
 
 def _hub_rows(datasets, name: str, split: str, max_documents: int) -> Iterator[dict]:

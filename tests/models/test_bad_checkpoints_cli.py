@@ -266,6 +266,13 @@ def test_npy_corpus_files_that_are_not_token_arrays(tmp_path):
         list(text.local_corpus(tmp_path / "b.npy"))
 
 
+def test_text_corpus_files_that_are_not_utf8(tmp_path):
+    for name in ("a.txt", "b.jsonl"):
+        (tmp_path / name).write_bytes(b'"caf\xe9"\n')
+        with pytest.raises(DataError, match="not UTF-8"):
+            list(text.local_corpus(tmp_path / name))
+
+
 def test_a_tokenizer_that_yields_no_tokens_is_refused():
     with pytest.raises(DataError, match="into no tokens"):
         text.token_stream(["some text", "more"], lambda: (lambda texts: [[] for _ in texts]), 0)
