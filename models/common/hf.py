@@ -217,12 +217,17 @@ def _torch_bin(path: Path) -> dict[str, np.ndarray]:
 
 
 def _safetensors(path: Path) -> dict[str, np.ndarray]:
+    """The tensors of a safetensors file; bfloat16 ones (many hub checkpoints) widened to
+    float32, exactly (importing ``ml_dtypes``, jax's own dependency, teaches NumPy bfloat16)."""
+    import ml_dtypes  # noqa: F401
     from safetensors.numpy import load_file
     try:
-        return load_file(str(path))
+        weights = load_file(str(path))
     except Exception as err:  # safetensors raises its own error types for corrupt files
         raise CheckpointError(f"{path} is not a readable safetensors file ({err}); re-download "
                               "it") from None
+    return {k: v.astype(np.float32) if v.dtype.name == "bfloat16" else v
+            for k, v in weights.items()}
 
 
 def read_weights(directory: Path) -> dict[str, np.ndarray]:

@@ -256,6 +256,28 @@ def test_unreadable_weight_files(tmp_path):
         hf.read_config(ckpt)
 
 
+def test_bfloat16_safetensors_read_exactly(tmp_path):
+    """Many hub checkpoints are bfloat16 safetensors, which safetensors.numpy cannot read:
+    they load widened to float32, value for value."""
+    import ml_dtypes
+
+    values = {"a": np.arange(-3, 3, 0.5).reshape(3, 4).astype(ml_dtypes.bfloat16),
+              "b": np.linspace(0, 1, 5).astype(np.float32)}
+    header, offset, blobs = {}, 0, []
+    for name, value in values.items():
+        blob = value.tobytes()
+        header[name] = {"dtype": "BF16" if value.dtype == ml_dtypes.bfloat16 else "F32",
+                        "shape": list(value.shape), "data_offsets": [offset, offset + len(blob)]}
+        offset += len(blob)
+        blobs.append(blob)
+    head = json.dumps(header).encode()
+    (tmp_path / hf.SAFETENSORS).write_bytes(len(head).to_bytes(8, "little") + head + b"".join(blobs))
+    weights = hf.read_weights(tmp_path)
+    assert weights["a"].dtype == np.float32
+    np.testing.assert_array_equal(weights["a"], values["a"].astype(np.float32))
+    np.testing.assert_array_equal(weights["b"], values["b"])
+
+
 def test_npy_corpus_files_that_are_not_token_arrays(tmp_path):
     (tmp_path / "a.npy").write_bytes(b"\x93NUMPY garbage")
     with pytest.raises(DataError, match="not a readable .npy"):
