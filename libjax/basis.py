@@ -158,7 +158,13 @@ def neuron_basis(dim: int) -> Basis:
 def pca_basis(gram, mean, center: bool = True, isolate_var: bool = False,
               threshold: float = 1e-15, relative: float = 0.0) -> Basis:
     """PCA basis (the reference's ``svd`` formula): ``C = W`` (centred Gram eigenvectors, no
-    scaling)."""
+    scaling).
+
+    ``relative`` is 0 under either precision policy unless a user sets it: float32 round-off in a
+    Gram matrix only turns the directions of its smallest eigenvalues among themselves, which is
+    harmful where a basis divides by their square roots (``lib_basis``), not here; dropping them
+    drops real directions, of tiny variance but large, cancelling edges (BUILD_NOTES.md
+    "Precision policy")."""
     w, w_pinv, d = _gram_projection(gram, mean, center, isolate_var, threshold, relative)
     return Basis(C=w, C_pinv=w_pinv, W=w, W_pinv=w_pinv, gram_eigenvalues=d, kind="pca")
 

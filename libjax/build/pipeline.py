@@ -330,9 +330,11 @@ def _bases(model, st, stat: dict, cfg: BuildConfig, start: FirstLayer, placement
                 m_prime = compute_m_prime(started, i, acts, cfg, _c(bases, i + 1), placement,
                                           saves)
             try:
-                if i == last or cfg.basis == "pca":
+                if i == last or cfg.basis == "pca":  # the policy's relative truncation is
+                    # for bases that divide by eigenvalues: only a user's applies here
                     b = basis_lib.pca_basis(gram, mean, cfg.center, isolate_var,
-                                            cfg.truncation_threshold, cfg.relative_threshold)
+                                            cfg.truncation_threshold,
+                                            cfg.relative_truncation_threshold or 0.0)
                 elif cfg.basis == "neuron":
                     b = basis_lib.neuron_basis(model.layers[i].width)
                 else:

@@ -17,6 +17,8 @@ from libjax.build import BuildConfig, build
 from libjax.build.steps import batch_key, batch_key_data
 from libjax.errors import ConfigError, StoreError
 from libjax.method.probes import ProbeSet
+from models.common import transformer
+from models.modadd import model as modadd
 from tests.helpers.tiny import tiny_ln_transformer, tiny_transformer
 
 MIXED = BuildConfig(precision="mixed")
@@ -181,3 +183,41 @@ def test_the_relative_threshold_drops_small_free_directions_but_never_the_consta
     gram, m_prime = np.diag(np.append(d, 1.0)), np.diag(np.append(lam / d, 1e-9))
     lib = lib_basis(gram, mean, m_prime, threshold=1e-15, relative=1e-3)
     np.testing.assert_allclose(lib.Lambda, [1e-9, 1.0, 0.5, 1e-2, 1e-3])  # constant first
+
+
+def _transformer_with_a_small_direction(scale=1e-4):
+    """The tiny transformer with residual coordinate 0 scaled down by ``scale`` wherever it is
+    written (embeddings, attention and MLP outputs): a direction of every node layer whose
+    variance is ~``scale**2`` of the largest, below the mixed policy's relative threshold."""
+    cfg = transformer.TransformerConfig(
+        n_layers=1, d_model=8, n_heads=2, d_head=4, d_mlp=16, d_vocab=11, n_ctx=3,
+        act_fn="relu", normalization=None, last_pos_module="add_resid1.0")
+    rng = np.random.default_rng(0)
+    weights = {k: rng.normal(size=s) / np.sqrt(s[-2] if len(s) > 1 else 4)
+               for k, s in modadd.expected_shapes(cfg).items()}
+    for name in ("embed.W_E", "pos_embed.W_pos", "blocks.0.attn.W_O", "blocks.0.attn.b_O",
+                 "blocks.0.mlp.W_out", "blocks.0.mlp.b_out"):
+        weights[name][..., 0] *= scale
+    model = transformer.sectioned_model("tiny", cfg, transformer.fold_biases(cfg, weights),
+                                        ("ln1.0", "ln2.0", "unembed", "output"))
+    return model, rng.integers(0, 11, size=(64, 3)).astype(np.int32)
+
+
+def test_the_policy_truncates_lib_bases_relatively_but_pca_bases_only_where_asked():
+    """A PCA basis never divides by a Gram eigenvalue, so float32 round-off among its smallest
+    directions is harmless and the mixed policy keeps what float64 keeps (dropping them changed
+    the edges the modular-addition PCA graphs need by up to 18%); LIB bases, which divide by
+    them, are still truncated at the policy's relative threshold, and a threshold the user gives
+    applies to both."""
+    model, tokens = _transformer_with_a_small_direction()
+    pca = dataclasses.replace(MIXED, basis="pca")
+    reference = build(model, tokens, dataclasses.replace(pca, precision="float64"))
+    mixed = build(model, tokens, pca)
+    assert {n: b.dim for n, b in mixed.bases.items()} == \
+        {n: b.dim for n, b in reference.bases.items()}
+    for pair, e in mixed.edges.items():
+        assert abs(e.sum() / reference.edges[pair].sum() - 1) < 1e-4, pair
+    asked = build(model, tokens, dataclasses.replace(pca, relative_truncation_threshold=1e-6))
+    assert all(asked.bases[n].dim < b.dim for n, b in reference.bases.items())
+    lib, lib_reference = build(model, tokens, MIXED), build(model, tokens, BuildConfig())
+    assert any(lib.bases[n].dim < b.dim for n, b in lib_reference.bases.items())
