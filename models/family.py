@@ -109,11 +109,14 @@ def select_blocks(spec: str, n_blocks: int, label: str) -> tuple[int, ...]:
 
 @dataclasses.dataclass(frozen=True)
 class Data:
-    """Model inputs for the basis/edges and for the Gram matrices, and labels where known."""
+    """Model inputs for the basis/edges and for the Gram matrices, and labels where known.
+    ``source``: where they came from, for the build record (``build.json`` ``"data"``) or an
+    ablation record; None where the options say it all."""
 
     inputs: np.ndarray
     gram_inputs: np.ndarray
     labels: Optional[np.ndarray] = None
+    source: Optional[dict] = None
 
 
 class Family:
@@ -166,6 +169,17 @@ class Family:
         """The paper's ablation settings for this model: evaluation ``split``, ``metric``,
         ``batch_size`` and the exponential schedule's ``ablate_every_vec_cutoff``/``exp_base``;
         None (the default) for a model without labelled data to ablate on."""
+        return None
+
+    def evaluation_data(self, opts: Options, build_info: dict, data_dir: Optional[str]) -> Data:
+        """What ablations of a build (``build_info``: its ``build.json``) score on, with labels:
+        by default :meth:`data` on ``opts`` (the evaluation split), from ``data_dir`` if given."""
+        return self.data(dataclasses.replace(opts, data_dir=data_dir or opts.data_dir))
+
+    def sections(self, node_layers: Sequence[str]) -> Optional[dict[str, str]]:
+        """The part of the model (e.g. ``attention``, ``MLP``) that the transition out of each
+        node layer belongs to, for per-part edge counts; None (the default) where there are no
+        such parts."""
         return None
 
     def feature_cards(self, opts: Options, model: SectionedModel, graph, data: Data,

@@ -10,8 +10,9 @@ imports ``models``)::
     build.model                   # the SectionedModel the build was made from (loaded once)
     build.data.inputs             # the build's inputs (read once)
 
-The weights are the ones ``build.json`` records unless ``checkpoint`` is given; options the record
-does not keep (a language model's ``data_dir``, ``n_ctx``, ...) are passed as keyword arguments;
+The weights are the ones ``build.json`` records unless ``checkpoint`` is given, and so are a
+language model's corpus and context (``data_dir`` or ``dataset``, ``n_ctx``) where the record keeps
+them; other options (an MLP's ``data_dir``, ...) are passed as keyword arguments;
 the sample counts and seed default to the build's, so the data is the build's own (a warning
 says when it is not).
 """
@@ -70,6 +71,10 @@ def open_build(graph_dir, model: str | None = None, checkpoint: str | None = Non
     family = registry.of_build(info, model)
     recorded = {"n_samples": info.get("n_samples"), "n_gram_samples": info.get("n_gram_samples"),
                 "seed": info["config"].get("seed", 0)}
+    corpus = info.get("data") or {}  # a language model's corpus and context, where recorded
+    for key in ("data_dir", "dataset", "split", "n_ctx"):
+        if corpus.get(key) is not None and options.get(key) is None:
+            options[key] = corpus[key]
     opts = Options(checkpoint=checkpoint or info.get("model") or None,
                    node_layers=tuple(info["node_layers"]), **{**recorded, **options})
     return OpenedBuild(directory, info, graph_io.load(directory), family, opts)

@@ -7,10 +7,16 @@
     python scripts/ablate.py --graph_dir=out/modadd_lib --ablations=node --schedule=linear \\
         --n_points=20 --metric=ce_loss
     python scripts/ablate.py --model=mlp --graph_dir=out/mlp_mnist_lib --data_dir=~/data/mnist
+    python scripts/ablate.py --graph_dir=out/llama_lib               # a language model: next-token
+                                                                     # loss on held-out chunks
+    python scripts/ablate.py --graph_dir=out/llama_lib --data_dir=eval.txt --metric=kl
 
 The model is rebuilt from the graph's build record (``--model``/``--checkpoint`` override it) and
-evaluated in ``--dtype`` (float32, as in the paper) on ``--dataset``/``--data_dir`` (as for
-``compute_basis.py``; MNIST and CIFAR-10 MLPs need their files). Writes, under ``--out_dir``,
+evaluated in ``--dtype`` (float32, as in the paper). Evaluation data: a model's labelled split
+(``--dataset``/``--data_dir`` as for ``compute_basis.py``; MNIST and CIFAR-10 MLPs need their
+files); for a language model, chunks of the build's context scored on every next token: by
+default the build corpus's held-out chunks (the last tenth less those the build drew), or the
+whole of ``--data_dir``, at most ``--n_samples`` of them. Writes, under ``--out_dir``,
 ``<exp>_<basis>_ablation_results.json`` (node) and ``<exp>_edge_ablation_results.json`` (edge),
 each with a PNG/SVG plot; ``--compare`` adds other result files of the same kind to the plots.
 """
@@ -43,27 +49,34 @@ _NODE_LAYERS = flags.DEFINE_string(
 _BASIS = flags.DEFINE_enum("basis", "lib", list(ablation.NODE_BASES),
                            "node ablation in the graph's basis C (lib) or in the PCA projection "
                            "W of the layer's Gram matrix (pca)")
-_SCHEDULE = flags.DEFINE_enum("schedule", "exponential", ["exponential", "linear", "explicit"],
-                              "node ablation schedule (explicit: only --specific_points)")
+_SCHEDULE = flags.DEFINE_enum("schedule", None, ["exponential", "linear", "explicit"],
+                              "node ablation schedule (explicit: only --specific_points; default: "
+                              "the model's, linear for language models, else exponential)")
 _CUTOFF = flags.DEFINE_integer("ablate_every_vec_cutoff", None,
                                "exponential schedule: ablate every direction for the last this "
                                "many (default: the model's)")
 _EXP_BASE = flags.DEFINE_float("exp_base", None, "exponential schedule base (default: the model's)")
-_N_POINTS = flags.DEFINE_integer("n_points", None, "linear schedule: number of points")
+_N_POINTS = flags.DEFINE_integer("n_points", None,
+                                 "linear schedule: number of points (default: the model's)")
 _SPECIFIC = flags.DEFINE_string("specific_points", None,
                                 "comma-separated numbers of directions remaining to add")
 _EARLY_STOP = flags.DEFINE_float("early_stopping_threshold", None,
-                                 "stop a layer once its score moves this far from the first point")
-_DELTA = flags.DEFINE_float("score_target_difference", 0.001,
-                            "edge bisection: largest allowed change of the metric")
+                                 "stop a layer once its score moves this far from the first point "
+                                 "(default: the model's; 1.5 for language models)")
+_DELTA = flags.DEFINE_float("score_target_difference", None,
+                            "edge bisection: largest allowed change of the metric (default: the "
+                            "model's; 0.001, language models 0.05 nats)")
 _SCALING = flags.DEFINE_enum("bisect_scaling", "linear", ["linear", "logarithmic"],
                              "edge bisection proposals")
 _TOLERANCE = flags.DEFINE_integer("tolerance", 1, "edge bisection: stop within this many edges")
 _DATASET = flags.DEFINE_string("dataset", None, "dataset name (model-specific; default: model's)")
-_DATA_DIR = flags.DEFINE_string("data_dir", None, "local directory with the dataset's files")
+_DATA_DIR = flags.DEFINE_string("data_dir", None,
+                                 "evaluation data: the dataset's files, or for a language model "
+                                 "a corpus (.txt/.jsonl/.npy file or directory) used whole")
 _METRIC = flags.DEFINE_enum("metric", None, list(ablation.METRICS), "default: the model's")
 _SPLIT = flags.DEFINE_string("split", None, "evaluation split (default: the model's)")
-_N_SAMPLES = flags.DEFINE_integer("n_samples", None, "evaluate on the first n samples only")
+_N_SAMPLES = flags.DEFINE_integer("n_samples", None, "evaluate on the first n samples only "
+                                  "(default: all; language models 100 chunks)")
 _BATCH = flags.DEFINE_integer("batch_size", None, "evaluation batch (default: the model's)")
 _DTYPE = flags.DEFINE_enum("dtype", "float32", ["float32", "float64"], "evaluation dtype")
 _OUT_DIR = flags.DEFINE_string("out_dir", None, "default: <graph_dir>/ablations")
@@ -112,10 +125,12 @@ def _settings(defaults: dict):
     if not kinds or set(kinds) - {"node", "edge"}:
         raise ConfigError(f"--ablations must list node and/or edge, got {_ABLATIONS.value!r}")
     schedule = ablation.schedule_for(
-        defaults, _SCHEDULE.value,
-        _CUTOFF.value if _CUTOFF.present else ablation.MODEL_DEFAULT, _EXP_BASE.value,
-        _N_POINTS.value, _int_list(_SPECIFIC.value), _EARLY_STOP.value)
-    bisect = ablation.Bisect(_DELTA.value, _SCALING.value, _TOLERANCE.value)
+        defaults, _SCHEDULE.value, _CUTOFF.value if _CUTOFF.present else ablation.MODEL_DEFAULT,
+        _EXP_BASE.value, _N_POINTS.value, _int_list(_SPECIFIC.value),
+        _EARLY_STOP.value if _EARLY_STOP.present else ablation.MODEL_DEFAULT)
+    delta = _DELTA.value if _DELTA.value is not None else defaults.get(
+        "score_target_difference", 0.001)
+    bisect = ablation.Bisect(delta, _SCALING.value, _TOLERANCE.value)
     if "node" in kinds:
         schedule.validate()
     if "edge" in kinds:
@@ -159,16 +174,17 @@ def main(argv):
     recorded = precision.of_record(store.open_complete(_GRAPH_DIR.value)[1])
     precision.enable_for("float64" if _DTYPE.value == "float64" else recorded)
     opened = open_build(_GRAPH_DIR.value, _MODEL.value, _CHECKPOINT.value,
-                        dataset=_DATASET.value, data_dir=_DATA_DIR.value, split=_SPLIT.value,
-                        n_samples=_N_SAMPLES.value, n_gram_samples=None, dtype=_DTYPE.value)
+                        dataset=_DATASET.value, split=_SPLIT.value, n_gram_samples=None,
+                        dtype=_DTYPE.value)
     family, graph, graph_dir = opened.family, opened.graph, opened.directory
     defaults = family.ablation_defaults(opened.opts)  # the model's, for its checkpoint and data
     if defaults is None:
         raise ConfigError(f"--model={family.name} has no labelled evaluation data to ablate on")
-    opts = dataclasses.replace(opened.opts, split=opened.opts.split or defaults.get("split"))
+    opts = dataclasses.replace(opened.opts, split=opened.opts.split or defaults.get("split"),
+                               n_samples=_N_SAMPLES.value or defaults.get("n_samples"))
     kinds, schedule, bisect = _settings(defaults)
     compare = _read_records(cli.comma_list(_COMPARE.value) or ())
-    data = family.data(opts)
+    data = family.evaluation_data(opts, opened.info, _DATA_DIR.value)
     metric = _METRIC.value or defaults["metric"]
     batch_size = defaults["batch_size"] if _BATCH.value is None else _BATCH.value
     if batch_size < 1:
@@ -179,11 +195,11 @@ def main(argv):
     out_dir = Path(_OUT_DIR.value) if _OUT_DIR.value else graph_dir / "ablations"
     common = {"exp_name": exp, "graph_dir": str(graph_dir), "model": family.name,
               "checkpoint": str(opts.checkpoint), "graph_basis": graph.config.get("basis"),
-              "dataset": opts.dataset, "data_dir": opts.data_dir, "metric": metric,
-              "split": opts.split, "n_samples": len(data.inputs),
-              "batch_size": batch_size, "dtype": _DTYPE.value}
-    print(f"{exp}: unablated {metric} on {len(data.inputs)} samples ({opts.split} split): "
-          f"{ev.base():.7g}")
+              "dataset": opts.dataset, "data_dir": _DATA_DIR.value or opts.data_dir,
+              "metric": metric, "split": opts.split, "n_samples": len(data.inputs),
+              "batch_size": batch_size, "dtype": _DTYPE.value, **(data.source or {})}
+    where = (data.source or {}).get("evaluation_data", "") or f"{opts.split} split"
+    print(f"{exp}: unablated {metric} on {len(data.inputs)} samples ({where}): {ev.base():.7g}")
     layers = cli.comma_list(_NODE_LAYERS.value)
     if "node" in kinds:
         _node(ev, graph, layers, schedule, common, out_dir, exp, compare)

@@ -137,7 +137,7 @@ def main(argv):
     out_dirs = [os.path.join(out_dir, f"layer_{b}") for b in blocks] if several else [out_dir]
     graphs = build.build_many(models, data.inputs, cfg, data.gram_inputs, out_dirs,
                               _OVERWRITE.value, family.model_id(opts), stats_model=stats_model,
-                              save_schedule=save_schedule)
+                              save_schedule=save_schedule, data_record=data.source)
     for g, directory in zip(graphs, out_dirs):
         print(f"\n{family.name}: {cfg.basis} basis, node layers {', '.join(g.node_layers)}, "
               f"{len(data.inputs)} samples -> {directory}")

@@ -29,10 +29,11 @@ from libjax.errors import ConfigError
 
 
 class EdgeForward:
-    """Scores of the model with an edge mask from node layer ``index`` to the next one."""
+    """Scores of the model with an edge mask from node layer ``index`` to the next one
+    (``try_affine=False``: always the pattern loop)."""
 
     def __init__(self, ev, index: int, c_in, c_in_pinv, out_basis=None,
-                 cache_bytes: int = 2**28):
+                 cache_bytes: int = 2**28, try_affine: bool = True):
         self.ev, self.index, self.cache_bytes = ev, index, cache_bytes
         self.c_in, self.c_in_pinv = ev.cast(c_in), ev.cast(c_in_pinv)
         self.rotated = out_basis is not None
@@ -44,7 +45,8 @@ class EdgeForward:
                           for a in ev.acts(index)]
         full = self._prepared[0][1]
         self.shape = (full.shape[-1], self.c_in.shape[1])  # (out nodes, in nodes)
-        self.affine = self._affine_map() if self.section.positionwise else None
+        self.affine = (self._affine_map() if try_affine and self.section.positionwise
+                       else None)
         if self.affine is None:
             self._run = ev.program(("edge", index, self.rotated), lambda: self._run_patterns)
         else:

@@ -25,6 +25,7 @@ from libjax.ablation.metrics import is_good
 from libjax.ablation.records import EdgeResult, edge_record, node_record
 from libjax.ablation.schedules import Bisect, Schedule, bisect
 from libjax.errors import ConfigError
+from libjax.runtime.progress import Meter
 from libjax.storage.graph import Graph
 
 log = logging.getLogger("libjax")
@@ -84,10 +85,13 @@ def node_ablation(ev: Evaluator, graph: Graph, layers: Sequence[str], schedule: 
         index = graph.node_layers.index(name)
         scores: dict[int, float] = {}
         first = None
-        for n_ablated in reversed(schedule.n_ablated(orig)):
+        points = schedule.n_ablated(orig)
+        meter = Meter(len(points), f"node ablation of {name}", "points")
+        for n_ablated in reversed(points):
             m = max(n_ablated - (orig - rib), 0)
             score = ev.base() if m == 0 else ev.node_score(index, rotation_matrix(c, c_pinv, m))
             scores[orig - n_ablated] = score
+            meter.tick(f"{orig - n_ablated} remaining: {score:.6g}")
             first = score if first is None else first
             threshold = schedule.early_stopping_threshold
             if threshold is not None and abs(score - first) > threshold:
@@ -128,11 +132,13 @@ def edge_ablation(ev: Evaluator, graph: Graph, pairs: Sequence[tuple[str, str]],
                               None if b_out is None else (b_out.C, b_out.C_pinv))
         n = graph.orig_dims[a] * graph.orig_dims[b]
         scores: dict[int, float] = {}
+        meter = Meter(cfg.max_steps(n), f"edge ablation {a}->{b}", "bisection steps (about)")
 
         def evaluate(n_ablated: int) -> float:
             keep = n - n_ablated
             mask = edge_mask(edges, keep, free_const)
             scores[keep] = base if mask.all() else forward.score(mask)
+            meter.tick(f"{keep} edges kept: {scores[keep]:.6g}")
             return scores[keep]
 
         lower, _ = bisect(evaluate, good, n, cfg)

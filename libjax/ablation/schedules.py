@@ -22,7 +22,7 @@ class Schedule:
         ``explicit`` (only ``specific_points``).
       ablate_every_vec_cutoff: None = every value ``n..0``.
       exp_base: growth of the exponential steps.
-      n_points: points of the linear schedule (``2 <= n_points <= n``).
+      n_points: points of the linear schedule (``>= 2``; every value where the layer has fewer).
       specific_points: numbers of directions **remaining** to evaluate as well (the only ones
         for ``explicit``); those ``> n`` are ignored, as the reference does.
       early_stopping_threshold: stop a layer once its score is further than this from the score
@@ -90,11 +90,11 @@ def exponential_schedule(n: int, cutoff: Optional[int], base: float) -> list[int
 
 
 def linear_schedule(n: int, n_points: int) -> list[int]:
-    """``int(linspace(n, 0, n_points))``, e.g. ``(n=12, n_points=3) -> [12, 6, 0]``."""
-    if not 2 <= n_points <= n:
-        raise ConfigError(f"a linear schedule needs 2 <= n_points <= {n} (the layer's width), "
-                          f"got {n_points}")
-    return [int(v) for v in np.linspace(n, 0, n_points).astype(int)]
+    """``int(linspace(n, 0, n_points))``, e.g. ``(n=12, n_points=3) -> [12, 6, 0]``. A layer with
+    fewer than ``n_points`` values (``n + 1``) gets every value, where the reference refuses."""
+    if n_points < 2:
+        raise ConfigError(f"a linear schedule needs n_points >= 2, got {n_points}")
+    return [int(v) for v in np.linspace(n, 0, min(n_points, n + 1)).astype(int)]
 
 
 def with_specific_points(values: Sequence[int], n: int, remaining: Iterable[int]) -> list[int]:
@@ -128,6 +128,12 @@ class Bisect:
             raise ConfigError(f"score_target_difference must be >= 0, got "
                               f"{self.score_target_difference}")
 
+    def max_steps(self, n: int) -> int:
+        """About the number of evaluations :func:`bisect` makes over ``[0, n]``, for progress
+        lines: a linear bisection halves the interval each step (a logarithmic one may take a
+        few more)."""
+        return max(1, math.ceil(math.log2(max(n, 2) / self.tolerance)) + 1)
+
 
 def bisect(evaluate: Callable[[int], float], good: Callable[[float], bool], n: int,
            cfg: Bisect) -> tuple[int, int]:
@@ -156,15 +162,23 @@ def bisect(evaluate: Callable[[int], float], good: Callable[[float], bool], n: i
 MODEL_DEFAULT = object()  # "not given": take the model's value (None is a valid cutoff)
 
 
-def schedule_for(model_defaults: Mapping, kind: str = "exponential",
+def schedule_for(model_defaults: Mapping, kind: Optional[str] = None,
                  ablate_every_vec_cutoff=MODEL_DEFAULT, exp_base: Optional[float] = None,
                  n_points: Optional[int] = None, specific_points: Sequence[int] = (),
-                 early_stopping_threshold: Optional[float] = None) -> Schedule:
+                 early_stopping_threshold=MODEL_DEFAULT) -> Schedule:
     """The schedule a user asked for over a model's paper settings (``model_defaults``:
-    ``ablate_every_vec_cutoff``, ``exp_base``): what is given wins, then the model's value,
-    then an exponential base of 2."""
+    ``schedule``, ``ablate_every_vec_cutoff``, ``exp_base``, ``n_points``,
+    ``early_stopping_threshold``): what is given wins, then the model's value, then an
+    exponential schedule of base 2 without early stopping. ``None`` is a value of the cutoff
+    (every direction) and of the threshold (never stop), so those two take the model's only
+    when left at :data:`MODEL_DEFAULT`."""
+    def pick(value, key, fallback=None):
+        return model_defaults.get(key, fallback) if value in (None, MODEL_DEFAULT) else value
+
     if ablate_every_vec_cutoff is MODEL_DEFAULT:
         ablate_every_vec_cutoff = model_defaults.get("ablate_every_vec_cutoff")
-    return Schedule(kind, ablate_every_vec_cutoff,
-                    exp_base or model_defaults.get("exp_base", 2.0), n_points,
+    if early_stopping_threshold is MODEL_DEFAULT:
+        early_stopping_threshold = model_defaults.get("early_stopping_threshold")
+    return Schedule(pick(kind, "schedule", "exponential"), ablate_every_vec_cutoff,
+                    pick(exp_base, "exp_base", 2.0), pick(n_points, "n_points"),
                     tuple(specific_points), early_stopping_threshold)

@@ -94,9 +94,19 @@ def _reuse_or_run(path: Path, config: dict, rerun: bool, run) -> dict:
     return record
 
 
+def _with_basis(cfg: build.BuildConfig, basis: str) -> build.BuildConfig:
+    """``cfg`` for ``basis``: stochastic ``M'`` sources (a language model's default) apply only
+    to LIB, as in ``build.config.resolve``."""
+    if basis == "lib":
+        return dataclasses.replace(cfg, basis=basis)
+    return dataclasses.replace(cfg, basis=basis, n_stochastic_sources_basis_pos=None,
+                               n_stochastic_sources_basis_hidden=None)
+
+
 def compare(model, inputs, ev: ablation.Evaluator, plan: Plan, out_dir, prefix: str = "",
             common: Optional[dict] = None, gram_inputs=None, model_id: str = "",
-            rerun: bool = False, overwrite: bool = False) -> dict[str, Outcome]:
+            rerun: bool = False, overwrite: bool = False,
+            data_record: Optional[dict] = None) -> dict[str, Outcome]:
     """Build and ablate the LIB and the PCA graph of ``model``.
 
     Args:
@@ -110,6 +120,7 @@ def compare(model, inputs, ev: ablation.Evaluator, plan: Plan, out_dir, prefix: 
       model_id: identifies the weights in the builds' records.
       rerun: recompute the records even when matching ones exist.
       overwrite: replace graphs in ``out_dir`` built with other settings.
+      data_record: where ``inputs`` came from, kept in the builds' records.
     Returns:
       ``{basis: Outcome}`` for ``lib`` and ``pca``.
     """
@@ -120,9 +131,9 @@ def compare(model, inputs, ev: ablation.Evaluator, plan: Plan, out_dir, prefix: 
     outcomes = {}
     for basis, label in BASES.items():
         graph_dir = out_dir / f"{prefix}{basis}"
-        graph = build.build(model, inputs, dataclasses.replace(plan.build, basis=basis),
+        graph = build.build(model, inputs, _with_basis(plan.build, basis),
                             gram_inputs=gram_inputs, out_dir=graph_dir, overwrite=overwrite,
-                            model_id=model_id)
+                            model_id=model_id, data_record=data_record)
         _, info, summary = store.open_complete(graph_dir)
         config = dict(common or {}, exp_name=f"{prefix}{basis}", graph_basis=basis, label=label,
                       metric=ev.metric, dtype=str(ev.dtype), graph_dir=str(graph_dir),
@@ -167,10 +178,13 @@ def directions_needed(scores: Mapping, good) -> Optional[int]:
     return needed
 
 
-def summarize(outcomes: Mapping[str, Outcome], score_target_difference: float) -> dict:
+def summarize(outcomes: Mapping[str, Outcome], score_target_difference: float,
+              sections: Optional[Mapping[str, str]] = None) -> dict:
     """Per node layer: its width, the directions each basis keeps (after truncation) and needs
     (:func:`directions_needed` within ``score_target_difference``), and the edges each basis
-    requires from it to the next layer; plus the unablated score and the time each part took."""
+    requires from it to the next layer; plus the unablated score and the time each part took.
+    ``sections``: the part of the model each node layer's outgoing transition belongs to (a
+    transformer's ``attention`` or ``MLP``); then the edges required are also summed per part."""
     first = next(iter(outcomes.values()))
     metric, base = first.node["config"]["metric"], first.node["no_ablation_result"]
     good = ablation.is_good(metric, base, score_target_difference)
@@ -179,6 +193,7 @@ def summarize(outcomes: Mapping[str, Outcome], score_target_difference: float) -
     layers = {}
     for name in graph.node_layers:
         entry = {"width": int(graph.orig_dims[name]), "next": nexts.get(name),
+                 "section": (sections or {}).get(name) if name in nexts else None,
                  "possible_edges": (int(graph.orig_dims[name] * graph.orig_dims[nexts[name]])
                                     if name in nexts else None)}
         for key in ("directions_kept", "directions_needed", "edges_required"):
@@ -191,11 +206,19 @@ def summarize(outcomes: Mapping[str, Outcome], score_target_difference: float) -
                                                  else directions_needed(scores, good))
             entry["edges_required"][basis] = o.edge["n_edges_required"].get(name)
         layers[name] = entry
+    by_section: dict[str, dict] = {}
+    for e in layers.values():
+        if e["section"] is not None:
+            part = by_section.setdefault(e["section"], {"possible_edges": 0, "edges_required":
+                                                        {b: 0 for b in outcomes}})
+            part["possible_edges"] += e["possible_edges"]
+            for b in outcomes:
+                part["edges_required"][b] += e["edges_required"][b] or 0
     seconds = {basis: {"build": o.build_seconds, "node_ablation": o.node["time_taken_s"],
                        "edge_ablation": o.edge["time_taken_s"]} for basis, o in outcomes.items()}
     return {"metric": metric, "no_ablation_result": base,
             "score_target_difference": score_target_difference, "layers": layers,
-            "seconds": seconds}
+            "sections": by_section, "seconds": seconds}
 
 
 def _pair(values: Mapping) -> str:
@@ -215,6 +238,9 @@ def layer_table(summary: Mapping) -> list[str]:
         lines.append(f"| {name} | {e['width']} | {_pair(e['directions_kept'])} | "
                      f"{_pair(e['directions_needed'])} | {transition} | "
                      f"{_pair(e['edges_required'])} | {e['possible_edges'] or '–'} |")
+    for part, totals in summary.get("sections", {}).items():
+        lines.append(f"| {part} sections | | | | | {_pair(totals['edges_required'])} | "
+                     f"{totals['possible_edges']} |")
     totals = {b: sum(e["edges_required"][b] or 0 for e in summary["layers"].values())
               for b in BASES}
     possible = sum(e["possible_edges"] or 0 for e in summary["layers"].values())

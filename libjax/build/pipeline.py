@@ -178,10 +178,11 @@ def _stat_layers(model, cfg: BuildConfig) -> list[int]:
     return list(range(last)) + ([last] if needs_final else [])
 
 
-def _build_info(model, cfg: BuildConfig, inputs, gram_inputs, model_id: str) -> dict:
+def _build_info(model, cfg: BuildConfig, inputs, gram_inputs, model_id: str,
+                data_record: dict | None) -> dict:
     digest = lambda a: hashlib.sha256(np.ascontiguousarray(a).tobytes()).hexdigest()[:16]  # noqa
     stat_layers = _stat_layers(model, cfg)
-    return {
+    info = {
         "family": model.name, "model": model_id, "node_layers": list(model.node_layers),
         "orig_dims": [layer.width for layer in model.layers],
         "stat_layers": [model.node_layers[i] for i in stat_layers],
@@ -189,6 +190,9 @@ def _build_info(model, cfg: BuildConfig, inputs, gram_inputs, model_id: str) -> 
         "n_gram_samples": len(gram_inputs), "gram_data_sha256": digest(gram_inputs),
         "params_sha256": _params_digest(model.params),
     }
+    if data_record is not None:  # where the inputs came from (a language model's corpus)
+        info["data"] = data_record
+    return info
 
 
 def _params_digest(params) -> str:
@@ -205,7 +209,7 @@ def _params_digest(params) -> str:
 def build(model, inputs, cfg: BuildConfig = BuildConfig(), gram_inputs=None,
           out_dir=None, overwrite: bool = False, model_id: str = "",
           placement: Placement | None = None,
-          save_schedule: SaveSchedule = SaveSchedule()) -> Graph:
+          save_schedule: SaveSchedule = SaveSchedule(), data_record: dict | None = None) -> Graph:
     """Build the graph of ``model`` (a :class:`libjax.model.SectionedModel`).
 
     Args:
@@ -220,19 +224,22 @@ def build(model, inputs, cfg: BuildConfig = BuildConfig(), gram_inputs=None,
       placement: the devices to use (default: a ``data`` mesh over every device).
       save_schedule: how often a pass saves its progress in ``out_dir`` (a stopped stage then
         resumes from its last save, bit for bit: :mod:`libjax.build.progress_saves`).
+      data_record: where ``inputs`` came from, recorded as ``"data"`` in ``build.json`` (so
+        ablations and the explorer find the corpus and context again).
 
     A stop requested while it runs (SIGTERM with :func:`libjax.runtime.preemption.install`)
     saves the running pass's progress and raises :class:`libjax.runtime.preemption.Preempted`.
     """
     return build_many([model], inputs, cfg, gram_inputs, [out_dir], overwrite, model_id,
-                      placement, save_schedule=save_schedule)[0]
+                      placement, save_schedule=save_schedule, data_record=data_record)[0]
 
 
 @preemption.deferring
 def build_many(models: Sequence, inputs, cfg: BuildConfig = BuildConfig(), gram_inputs=None,
                out_dirs: Sequence | None = None, overwrite: bool = False, model_id: str = "",
                placement: Placement | None = None, stats_model=None,
-               save_schedule: SaveSchedule = SaveSchedule()) -> list[Graph]:
+               save_schedule: SaveSchedule = SaveSchedule(),
+               data_record: dict | None = None) -> list[Graph]:
     """Build the graphs of several cuts of one model, each as :func:`build` builds it alone.
 
     The means and Grams of every graph come from one pass over ``gram_inputs`` through
@@ -273,7 +280,8 @@ def build_many(models: Sequence, inputs, cfg: BuildConfig = BuildConfig(), gram_
     try:  # each store locks its directory until the build ends, however it ends
         for model, out_dir in zip(models, out_dirs):
             stores.append(store.Store(out_dir,
-                                      _build_info(model, cfg, inputs, gram_inputs, model_id),
+                                      _build_info(model, cfg, inputs, gram_inputs, model_id,
+                                                  data_record),
                                       overwrite, writer=placement.is_writer))
         return _build_stores(models, stores, inputs, cfg, gram_inputs, placement, stats_model,
                              save_schedule)

@@ -11,13 +11,15 @@ from typing import Callable, Optional
 import flax.linen as nn
 import numpy as np
 
-from libjax.errors import CheckpointError, ConfigError
+from libjax.errors import CheckpointError, ConfigError, DataError
 from models.common import cards, checkpoints, hf, text, transformer
 from models.family import Data, Family, select_blocks
+from models.lm import evaluation
 from models.lm.model import (LanguageModel, block_node_layers, blocks_of, expected_shapes,
                              extent, processed_weights, sectioned, truncated_model)
 
 _resolve = functools.lru_cache(maxsize=8)(hf.resolve)
+ATTENTION_NODE_MODULES = ("ln1", "ln1_out", "attn_in")  # node layers before the attention
 
 
 @dataclasses.dataclass(frozen=True)
@@ -121,29 +123,104 @@ class LMFamily(Family):
                 [truncated_model(self.name, cfg, params, cut, n_pos, *extent(cfg, cut))
                  for cut in cuts])
 
-    def data(self, opts):
-        directory, hf_config, cfg = self._checkpoint(opts)
-        n_ctx = self._n_ctx(opts, cfg)
+    def _tokens(self, directory, hf_config, cfg, pieces) -> np.ndarray:
+        """The token stream of a corpus's pieces, documents ended by the model's EOS."""
         eos = hf_config.get("eos_token_id")
         eos = eos[0] if isinstance(eos, list) else eos
         if eos is None:
             raise CheckpointError(f"{directory / hf.CONFIG} has no eos_token_id, which separates "
                                   "documents")
-        if opts.data_dir:
-            pieces = text.local_corpus(opts.data_dir)
-        else:
-            pieces = text.hub_corpus(opts.dataset or self.default_dataset, self.max_documents,
-                                     opts.split or "train")
         tokens = text.token_stream(pieces, lambda: hf.load_tokenizer(directory), eos)
         text.check_vocab(tokens, cfg.d_vocab)
+        return tokens
+
+    def _corpus(self, opts) -> tuple[np.ndarray, dict]:
+        """The build corpus's tokens and the record that finds them again."""
+        directory, hf_config, cfg = self._checkpoint(opts)
+        if opts.data_dir:
+            path = str(Path(opts.data_dir).expanduser().resolve())
+            record = {"data_dir": path}
+            pieces = text.local_corpus(path)
+        else:
+            record = {"dataset": opts.dataset or self.default_dataset,
+                      "split": opts.split or "train", "max_documents": self.max_documents}
+            pieces = text.hub_corpus(record["dataset"], self.max_documents, record["split"])
+        tokens = self._tokens(directory, hf_config, cfg, pieces)
+        return tokens, dict(record, n_tokens=len(tokens), tokens_sha256=evaluation.digest(tokens))
+
+    def data(self, opts):
+        _, _, cfg = self._checkpoint(opts)
+        n_ctx = self._n_ctx(opts, cfg)
+        tokens, record = self._corpus(opts)
         pool = text.chunks(tokens, n_ctx)
         n = opts.n_samples or self.n_samples
         n_gram = opts.n_gram_samples or (opts.n_samples or self.n_gram_samples)
         inputs, gram_inputs = text.sample(pool, n, n_gram, opts.seed)
-        return Data(inputs.astype(np.int32), gram_inputs.astype(np.int32))
+        record.update(n_ctx=n_ctx, seed=opts.seed, n_chunks=len(pool))
+        return Data(inputs.astype(np.int32), gram_inputs.astype(np.int32), source=record)
 
-    def model_id(self, opts):
-        return str(opts.checkpoint or self.default_checkpoint)
+    def ablation_defaults(self, opts):
+        # The reference's language-model ablations (rib_scripts/ablations/*pythia-14m.yaml):
+        # next-token cross-entropy, a linear schedule of 20 points stopped 1.5 nats from the
+        # unablated loss. The batch holds about 0.5 GB of float32 logits; 100 held-out chunks.
+        _, _, cfg = self._checkpoint(opts)
+        n_ctx = self._n_ctx(opts, cfg)
+        return {"split": None, "metric": "ce_loss", "schedule": "linear", "n_points": 20,
+                "early_stopping_threshold": 1.5, "score_target_difference": 0.05,
+                "n_samples": 100, "batch_size": max(1, 2**29 // (4 * n_ctx * cfg.d_vocab))}
+
+    def evaluation_data(self, opts, build_info, data_dir):
+        """Next-token labelled chunks of the build's context: the whole of ``data_dir`` if
+        given, else the build corpus's held-out chunks (:mod:`models.lm.evaluation`); at most
+        ``opts.n_samples`` of them, the first in corpus order."""
+        directory, hf_config, cfg = self._checkpoint(opts)
+        n_ctx = self._n_ctx(opts, cfg)
+        if data_dir:
+            tokens = self._tokens(directory, hf_config, cfg, text.local_corpus(data_dir))
+            chunks = evaluation.scored_chunks(len(tokens), n_ctx)
+            source = {"evaluation_data": "--data_dir, used whole", "data_dir": str(data_dir)}
+        else:
+            record = build_info.get("data")
+            if not record:
+                raise DataError("this build's build.json does not record its corpus (it predates "
+                                "libjax 0.2), so no held-out part is known; give evaluation data "
+                                "with --data_dir (used whole)")
+            build_opts = dataclasses.replace(opts, data_dir=record.get("data_dir"),
+                                             dataset=record.get("dataset"),
+                                             split=record.get("split"))
+            tokens, found = self._corpus(build_opts)
+            if found["tokens_sha256"] != record["tokens_sha256"]:
+                raise DataError(f"the corpus {record.get('data_dir') or record.get('dataset')} "
+                                "has changed since the build (its tokens differ), so the part "
+                                "the build did not see is unknown; give evaluation data with "
+                                "--data_dir")
+            if n_ctx != record["n_ctx"]:
+                raise ConfigError(f"the build's samples are {record['n_ctx']} tokens long; its "
+                                  f"held-out data cannot be scored at --n_ctx={n_ctx} (leave "
+                                  "--n_ctx out, or give evaluation data with --data_dir)")
+            pool = len(tokens) // n_ctx
+            drawn = np.random.default_rng(record["seed"]).permutation(pool)[
+                :max(build_info["n_samples"], build_info["n_gram_samples"])]
+            chunks = evaluation.held_out(len(tokens), n_ctx, drawn)
+            source = {"evaluation_data": "held-out chunks of the build corpus",
+                      "corpus": record.get("data_dir") or record.get("dataset"),
+                      "held_out_chunks": int(len(chunks))}
+        if not len(chunks):
+            raise DataError(f"the evaluation data has {len(tokens)} tokens, too few for one "
+                            f"chunk of {n_ctx} tokens and the token after it")
+        chunks = chunks[:opts.n_samples]
+        inputs, labels = evaluation.labelled(tokens, n_ctx, chunks)
+        source.update(n_ctx=n_ctx, n_samples=len(chunks), first_chunk=int(chunks[0]))
+        return Data(inputs, inputs, labels, source)
+
+    def sections(self, node_layers):
+        # A block's attention part runs from ln1 to the attention's output (ln2), its MLP part
+        # from ln2 to the next block's ln1 (the paper's attention / MLP comparison).
+        return {name: "attention" if name.split(".")[0] in ATTENTION_NODE_MODULES else "MLP"
+                for name in node_layers}
+
+    def model_id(self, opts):  # a GGUF file: PATH.gguf#dequantised-Q4_1 (hf.checkpoint_id)
+        return hf.checkpoint_id(str(opts.checkpoint or self.default_checkpoint))
 
     def feature_cards(self, opts, model, graph, data, node_layers, **options):
         decode = cards.decoder(self._checkpoint(opts)[0])

@@ -66,9 +66,14 @@ def test_bad_schedules_are_refused(schedule):
         schedule.n_ablated(12)
 
 
-def test_schedule_bounds_depend_on_the_layer_width():
-    with pytest.raises(ConfigError, match="n_points"):
-        ablation.Schedule("linear", n_points=13).n_ablated(12)
+def test_a_linear_schedule_wider_than_the_layer_takes_every_value():
+    """The language models' 20 points on a layer of 12 directions: every value 12..0 once (the
+    reference refuses more than n + 1 points)."""
+    every = list(range(12, -1, -1))
+    assert ablation.Schedule("linear", n_points=13).n_ablated(12) == every
+    assert ablation.Schedule("linear", n_points=20).n_ablated(12) == every
+    assert ablation.Schedule("linear", n_points=12).n_ablated(12) == [12, 10, 9, 8, 7, 6, 5, 4,
+                                                                      3, 2, 1, 0]
 
 
 # --- bisection ------------------------------------------------------------------------------------
