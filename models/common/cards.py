@@ -17,6 +17,8 @@ from typing import Callable, Optional
 import numpy as np
 
 from libjax.analysis import activations, clustering, feature_cards
+from libjax.errors import DataError
+from models.common import gguf
 
 
 def image_cards(model, graph, data, node_layers, image_shape, k: int = 8,
@@ -118,8 +120,15 @@ def _const_first(graph, node_layer: str, labels) -> np.ndarray:
 
 
 def decoder(directory) -> Optional[Callable[[int], str]]:
-    """``token id -> text`` with the checkpoint's tokenizer in ``directory`` (None without one)."""
+    """``token id -> text`` with the checkpoint's tokenizer: a GGUF file's, or the one in a
+    checkpoint directory (None without one)."""
     directory = Path(directory)
+    if gguf.is_gguf(directory):
+        try:
+            tok = gguf.tokenizer(directory)
+        except DataError:  # no byte-level BPE tokenizer in the file: token ids are shown
+            return None
+        return lambda t: tok.decode([t], skip_special_tokens=False)
     if (directory / "tokenizer.json").is_file():
         from tokenizers import Tokenizer
         tok = Tokenizer.from_file(str(directory / "tokenizer.json"))

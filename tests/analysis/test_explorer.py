@@ -477,8 +477,7 @@ def test_explore_script_serves_signed_cards_and_interventions(mlp_build, browser
 
 
 def test_explore_script_checks_its_flags_first(tmp_path):
-    for flag, words in (("--max_edges=0", "max_edges"), ("--max_share=1.5", "max_share"),
-                        ("--k=0", "--k must be"), ("--port=70000", "--port")):
+    for flag, words in (("--max_edges=0", "max_edges"), ("--port=70000", "--port")):
         run = run_script("explore.py", f"--graph_dir={tmp_path / 'none'}", flag)
         assert run.returncode == 2 and words in run.stderr, (flag, run.stderr[-500:])
         assert "Traceback" not in run.stderr and not (tmp_path / "none").exists()

