@@ -178,7 +178,13 @@ ARCHITECTURES = {
                   tensors=_LLAMA_TENSORS, transposed=False,
                   outer={"token_embd": "model.embed_tokens", "output_norm": "model.norm",
                          "output": "lm_head"},
-                  fixed={"hidden_act": "silu"}),
+                  fixed={"hidden_act": "silu"}, permute=True),
+    # Qwen2: Llama's names plus q/k/v biases; llama.cpp leaves its Q/K rows as they are (NeoX rope)
+    "qwen2": dict(model_type="qwen2", keys=_LLAMA_KEYS, block="model.layers.{}.",
+                  tensors=_LLAMA_TENSORS, transposed=False,
+                  outer={"token_embd": "model.embed_tokens", "output_norm": "model.norm",
+                         "output": "lm_head"},
+                  fixed={"hidden_act": "silu"}, permute=False),
     "gpt2": dict(model_type="gpt2", keys=_GPT2_KEYS, block="h.{}.", tensors=_GPT2_TENSORS,
                  transposed=True,
                  outer={"token_embd": "wte", "position_embd": "wpe", "output_norm": "ln_f",
@@ -201,7 +207,8 @@ def _architecture(meta: dict, path) -> tuple[str, dict]:
     if arch not in ARCHITECTURES:
         raise CheckpointError(f"{path} is a GGUF file of architecture {arch!r}; libjax reads "
                               f"GGUF files of {', '.join(ARCHITECTURES)} (llama covers Llama, "
-                              "SmolLM, Mistral)")
+                              "SmolLM, Mistral; gpt2 for --model=gpt2, gptneox for "
+                              "--model=pythia, the others for --model=llama)")
     return arch, ARCHITECTURES[arch]
 
 
@@ -240,15 +247,16 @@ def read_config(path) -> dict:
         if f"tokenizer.ggml.{key}" in meta:
             hf[attr] = int(meta[f"tokenizer.ggml.{key}"])
     hf["tie_word_embeddings"] = "output.weight" not in names
-    if arch == "llama":
+    if spec["model_type"] in ("llama", "qwen2"):
         heads = hf.get("num_attention_heads")
         d_head = hf.get("head_dim") or (hf["hidden_size"] // heads if heads else None)
         rotary = meta.get(prefix + "rope.dimension_count", d_head)
         if rotary != d_head:
             raise CheckpointError(f"{path} rotates {rotary} of each head's {d_head} dims; the "
                                   "llama family rotates whole heads")
-        hf["attention_bias"] = "blk.0.attn_q.bias" in names
-        hf["mlp_bias"] = "blk.0.ffn_up.bias" in names
+        if arch == "llama":  # Qwen2's q/k/v biases are part of its architecture
+            hf["attention_bias"] = "blk.0.attn_q.bias" in names
+            hf["mlp_bias"] = "blk.0.ffn_up.bias" in names
     elif arch == "gptneox":
         d_head = hf["hidden_size"] // hf["num_attention_heads"]
         rotary = meta.get(prefix + "rope.dimension_count", d_head)
@@ -337,7 +345,7 @@ def read_weights(path) -> dict[str, np.ndarray]:
         else:
             raise CheckpointError(f"{path}: tensor {tensor.name!r} is not one libjax's GGUF "
                                   f"reader knows for the {arch} architecture")
-        if arch == "llama" and kind in ("attn_q", "attn_k"):
+        if spec.get("permute") and kind in ("attn_q", "attn_k"):
             heads = hf["num_attention_heads" if kind == "attn_q" else "num_key_value_heads"]
             heads = heads or hf["num_attention_heads"]
             if values.shape[0] % (2 * heads):
@@ -363,17 +371,20 @@ def read_weights(path) -> dict[str, np.ndarray]:
 _GPT2_SPLIT = r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
 _LLAMA3_SPLIT = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}"
                  r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+")
-# tokenizer.ggml.pre -> (split each digit apart first, the split pattern)
-PRE_TOKENIZERS = {"gpt-2": (False, _GPT2_SPLIT), "default": (False, _GPT2_SPLIT),
-                  "smollm": (True, _GPT2_SPLIT), "llama-bpe": (False, _LLAMA3_SPLIT),
-                  "llama3": (False, _LLAMA3_SPLIT)}
+_QWEN2_SPLIT = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}"
+                r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+")
+# tokenizer.ggml.pre -> (split each digit apart first, the split pattern, NFC-normalise first)
+PRE_TOKENIZERS = {"gpt-2": (False, _GPT2_SPLIT, False), "default": (False, _GPT2_SPLIT, False),
+                  "smollm": (True, _GPT2_SPLIT, False), "llama-bpe": (False, _LLAMA3_SPLIT, False),
+                  "llama3": (False, _LLAMA3_SPLIT, False), "qwen2": (False, _QWEN2_SPLIT, True)}
 CONTROL, USER_DEFINED = 3, 4  # llama.cpp's token types
 
 
 def tokenizer(path):
     """The file's byte-level BPE tokenizer (``tokenizer.ggml.model`` ``gpt2``) as a
     ``tokenizers.Tokenizer``; control tokens are special, user-defined ones added."""
-    from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, pre_tokenizers
+    from tokenizers import (AddedToken, Regex, Tokenizer, decoders, models, normalizers,
+                            pre_tokenizers)
 
     reader = _reader(path)
     meta = _metadata(reader)
@@ -391,7 +402,9 @@ def tokenizer(path):
     kinds = (reader.fields["tokenizer.ggml.token_type"].contents()
              if "tokenizer.ggml.token_type" in reader.fields else [1] * len(tokens))
     tok = Tokenizer(models.BPE(vocab={t: i for i, t in enumerate(tokens)}, merges=merges))
-    digits, split = PRE_TOKENIZERS[pre]
+    digits, split, nfc = PRE_TOKENIZERS[pre]
+    if nfc:
+        tok.normalizer = normalizers.NFC()
     tok.pre_tokenizer = pre_tokenizers.Sequence(
         ([pre_tokenizers.Digits(individual_digits=True)] if digits else [])
         + [pre_tokenizers.Split(Regex(split), behavior="isolated"),

@@ -31,9 +31,11 @@ def llama_cpp_permute(rows: np.ndarray, n_heads: int) -> np.ndarray:
             .swapaxes(1, 2).reshape(rows.shape))
 
 
-def write_llama(hf_dir: Path, path: Path, quantised: dict = QUANTISED) -> dict[str, np.ndarray]:
-    """Write the Llama checkpoint in ``hf_dir`` as the GGUF file ``path``; the dequantised
-    weights it holds, by Hugging Face name, come back."""
+def write_llama(hf_dir: Path, path: Path, quantised: dict = QUANTISED,
+                arch: str = "llama") -> dict[str, np.ndarray]:
+    """Write the Llama (``arch="qwen2"``: Qwen2, whose Q/K rows llama.cpp leaves unpermuted and
+    whose q/k/v biases it stores) checkpoint in ``hf_dir`` as the GGUF file ``path``; the
+    dequantised weights it holds, by Hugging Face name, come back."""
     import gguf
     from safetensors.numpy import load_file
 
@@ -41,7 +43,7 @@ def write_llama(hf_dir: Path, path: Path, quantised: dict = QUANTISED) -> dict[s
     config = json.loads((hf_dir / "config.json").read_text())
     weights = load_file(str(hf_dir / "model.safetensors"))
     h, kv = config["num_attention_heads"], config["num_key_value_heads"]
-    writer = gguf.GGUFWriter(str(path), "llama")
+    writer = gguf.GGUFWriter(str(path), arch)
     writer.add_block_count(config["num_hidden_layers"])
     writer.add_context_length(config["max_position_embeddings"])
     writer.add_embedding_length(config["hidden_size"])
@@ -51,7 +53,7 @@ def write_llama(hf_dir: Path, path: Path, quantised: dict = QUANTISED) -> dict[s
     writer.add_rope_freq_base(config["rope_parameters"]["rope_theta"])
     writer.add_layer_norm_rms_eps(config["rms_norm_eps"])
     writer.add_vocab_size(config["vocab_size"])
-    writer.add_rope_dimension_count(config["head_dim"])
+    writer.add_rope_dimension_count(config.get("head_dim") or config["hidden_size"] // h)
     writer.add_file_type(gguf.LlamaFileType.MOSTLY_Q8_0)
     _add_tokenizer(writer, hf_dir, config)
 
@@ -69,8 +71,11 @@ def write_llama(hf_dir: Path, path: Path, quantised: dict = QUANTISED) -> dict[s
     add("token_embd.weight", "model.embed_tokens.weight", "token_embd")
     for layer in range(config["num_hidden_layers"]):
         for ours, theirs in BLOCK.items():
-            heads = {"attn_q": h, "attn_k": kv}.get(ours)
+            heads = {"attn_q": h, "attn_k": kv}.get(ours) if arch == "llama" else None
             add(f"blk.{layer}.{ours}.weight", f"model.layers.{layer}.{theirs}.weight", ours, heads)
+            if f"model.layers.{layer}.{theirs}.bias" in weights:
+                add(f"blk.{layer}.{ours}.bias", f"model.layers.{layer}.{theirs}.bias", "bias",
+                    heads)
     add("output_norm.weight", "model.norm.weight", "output_norm")
     if "lm_head.weight" in weights:
         add("output.weight", "lm_head.weight", "output")

@@ -109,6 +109,34 @@ def test_transformers_gguf_loader_reads_the_same_weights(tiny):
         np.testing.assert_array_equal(theirs[name].numpy(), value, err_msg=name)
 
 
+def test_qwen2_gguf_reads_as_its_hf_checkpoint(tmp_path):
+    """Qwen2 as llama.cpp writes it (Q/K rows unpermuted, q/k/v biases): the HF weights and
+    architecture, and the tensors transformers' GGUF loader reads."""
+    torch = pytest.importorskip("torch")
+    import transformers
+    from transformers.modeling_gguf_pytorch_utils import load_gguf_checkpoint
+
+    from tests.helpers import hf_tiny_families
+
+    hf_dir = tmp_path / "hf"
+    hf_tiny_families.qwen2(hf_dir)
+    hf_tiny.tokenizer(hf_dir)
+    path = tmp_path / "qwen2.gguf"
+    held = hf_tiny_gguf.write_llama(hf_dir, path, arch="qwen2")
+    ours = hf.read_weights(path)
+    assert ours.keys() == held.keys() and "model.layers.0.self_attn.q_proj.bias" in ours
+    for name in held:
+        np.testing.assert_array_equal(ours[name], held[name], err_msg=name)
+    assert llama.config(hf.read_config(path)) == llama.config(hf.read_config(hf_dir))
+    config = load_gguf_checkpoint(str(path), return_tensors=False)["config"]
+    with torch.device("meta"):
+        model = transformers.Qwen2ForCausalLM(transformers.Qwen2Config(
+            **{k: v for k, v in config.items() if k != "model_type"}))
+    theirs = load_gguf_checkpoint(str(path), return_tensors=True, model_to_load=model)["tensors"]
+    for name, value in ours.items():
+        np.testing.assert_array_equal(theirs[name].numpy(), value, err_msg=name)
+
+
 def _rewrite(tiny, tmp_path, edit) -> Path:
     """The tiny GGUF written again with ``edit(writer)`` applied before its tensors."""
     import gguf
