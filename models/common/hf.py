@@ -38,7 +38,7 @@ Encoder = Callable[[list[str]], list[list[int]]]
 GENERIC = frozenset({
     "_name_or_path", "name_or_path", "_commit_hash", "_attn_implementation_autoset",
     "architectures", "model_type", "model_name", "transformers_version", "dtype", "torch_dtype",
-    "use_bfloat16",
+    "use_bfloat16", "transformers.js_config",
     # token ids
     "bos_token_id", "eos_token_id", "pad_token_id", "sep_token_id", "unk_token_id",
     "cls_token_id", "mask_token_id", "decoder_start_token_id", "forced_bos_token_id",

@@ -36,7 +36,11 @@ UNDERSTOOD = {"vocab_size", "hidden_size", "num_hidden_layers", "num_attention_h
               "hidden_act", "rms_norm_eps", "rope_theta", "rope_scaling", "rope_parameters",
               "partial_rotary_factor", "attention_bias", "mlp_bias", "tie_word_embeddings",
               "sliding_window", "use_sliding_window", "layer_types", "max_window_layers",
-              "attention_dropout", "pretraining_tp"}
+              "attention_dropout", "pretraining_tp",
+              "is_llama_config"}  # nanotron's mark in SmolLM configs
+# nanotron's rope_interleaved (SmolLM configs): transformers ignores it and rotates halves, as
+# libjax does; an interleaved checkpoint would need the other pairing
+REQUIRED = {"rope_interleaved": False}
 SHAPE = ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads",
          "intermediate_size", "max_position_embeddings")
 
@@ -65,7 +69,7 @@ def config(hf: dict) -> transformer.TransformerConfig:
     if hf.get("model_type") not in MODEL_TYPES:
         raise CheckpointError(f"the checkpoint is a {hf.get('model_type')!r} model; the llama "
                               f"family reads {', '.join(MODEL_TYPES)}")
-    check_config(hf, f"{WHAT} ({hf['model_type']})", UNDERSTOOD)
+    check_config(hf, f"{WHAT} ({hf['model_type']})", UNDERSTOOD, REQUIRED)
     require(hf, WHAT, SHAPE)
     theta, fraction = rotary_lm.rope(hf, WHAT)
     if fraction != 1.0:

