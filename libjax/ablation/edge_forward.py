@@ -10,9 +10,12 @@ the model runs on from the next node layer. Two ways to get the ``y_o``, the sam
   matrix product per mask, ``x_hat @ (G * mask^T) + beta``. ``G`` comes from the section applied
   to the rows of ``C_in^+``; the section is taken as affine only if ``G`` reproduces it on the
   evaluation data, whole and under a random mask, to the evaluation dtype's precision.
-* any other section is evaluated once per distinct row pattern of the mask: the patterns,
-  padded to a fixed ``(out, in)`` array, are visited by a ``fori_loop`` whose trip count is an
-  argument, so one compiled program serves every mask. A row's output depends only on its own
+* any other section is evaluated once per distinct row pattern of the mask, in one of two
+  ways, whichever costs fewer FLOPs: a pattern shared by many rows is evaluated once and
+  projected on all of ``C_out`` (``fori_loop`` over a padded ``(out, in)`` array of patterns);
+  the rows of rarer patterns are evaluated a few rows at a time, each projected on its own
+  column of ``C_out`` only (``d_out`` instead of ``d_out x out`` per token). Trip counts are
+  arguments, so one compiled program serves every mask. A row's output depends only on its own
   pattern, so rows computed for earlier masks (a bisection revisits most rows unchanged) are
   reused from a cache bounded by ``cache_bytes``, and rows that keep every input are computed
   once.
@@ -33,7 +36,7 @@ class EdgeForward:
     (``try_affine=False``: always the pattern loop)."""
 
     def __init__(self, ev, index: int, c_in, c_in_pinv, out_basis=None,
-                 cache_bytes: int = 2**28, try_affine: bool = True):
+                 cache_bytes: int = 2**28, try_affine: bool = True, row_bytes: int = 2**28):
         self.ev, self.index, self.cache_bytes = ev, index, cache_bytes
         self.c_in, self.c_in_pinv = ev.cast(c_in), ev.cast(c_in_pinv)
         self.rotated = out_basis is not None
@@ -53,6 +56,17 @@ class EdgeForward:
             self._run = ev.program(("edge_affine", index, self.rotated),
                                    lambda: self._run_affine)
         self._step_bytes = sum(f.size * f.dtype.itemsize for _, f in self._prepared)
+        x_hat = self._prepared[0][0]
+        d_in, d_out, (n_out, n_in) = self.c_in_pinv.shape[1], full.shape[-1], self.shape
+        if self.rotated:  # FLOPs per token: a pattern's evaluation against a row's
+            d_out = self.c_out.shape[0]
+            per_pattern, per_row = n_in * d_in + d_out * n_out, n_in * d_in + d_out
+            self._shared_rows = -(-per_pattern // per_row)
+        else:  # the output nodes are the section's outputs: nothing to save row by row
+            self._shared_rows = 1
+        tokens, itemsize = x_hat.shape[0] * x_hat.shape[1], x_hat.dtype.itemsize
+        self._rows_per_chunk = int(max(1, min(n_out, row_bytes // (
+            3 * tokens * max(n_in, d_in, d_out) * itemsize))))
         self._steps: dict[int, list] = {}  # step id -> per-batch output nodes of that mask
         self._cached: dict[tuple[int, bytes], int] = {}  # (row, pattern) -> step id
         self._next_step = 0
@@ -83,9 +97,28 @@ class EdgeForward:
         logits = jax.vmap(lambda a: ev.model.run_from(params, a, self.index + 1))(nxt)
         return ev.sums(logits, ev.reference(params, acts, self.index), y, w)
 
+    def _row_loop(self, params, x_hat, out, c_in_pinv, c_out, row_masks, rows, n_chunks):
+        """``out`` with the listed ``rows`` recomputed from their own ``row_masks``, a chunk of
+        rows at a time, each projected on its own column of ``C_out`` (padding rows hold index
+        ``out`` and are dropped)."""
+        size = self._rows_per_chunk
+
+        def body(k, out):
+            r = jax.lax.dynamic_slice_in_dim(rows, k * size, size)
+            m = jax.lax.dynamic_slice_in_dim(row_masks, k * size, size)
+            x = (x_hat[None] * m[:, None, None, :]) @ c_in_pinv  # (rows, batch, pos, d_in)
+            y = jax.vmap(lambda xr: jax.vmap(lambda a: self.section.fn(params, a))(xr))(x)
+            cols = jnp.take(c_out, r, axis=1, mode="fill", fill_value=0)
+            vals = jnp.einsum("rbpd,dr->bpr", y, cols)
+            return out.at[..., r].set(vals, mode="drop")
+        return jax.lax.fori_loop(0, n_chunks, body, out)
+
     def _run_patterns(self, params, x_hat, init, c_in_pinv, c_out, c_out_pinv, acts, y, w,
-                      patterns, inverse, n):
+                      patterns, inverse, n, row_masks, rows, n_chunks):
         out_hat = self._loop(params, x_hat, init, c_in_pinv, c_out, patterns, inverse, n)
+        if self.rotated:
+            out_hat = self._row_loop(params, x_hat, out_hat, c_in_pinv, c_out, row_masks, rows,
+                                     n_chunks)
         return self._finish(params, out_hat, c_out_pinv, acts, y, w), out_hat
 
     def _run_affine(self, params, x_hat, masked_g, beta, c_out_pinv, acts, y, w):
@@ -143,9 +176,21 @@ class EdgeForward:
         source = {o: self._cached.get((o, k)) for o, k in enumerate(keys)}
         compute = np.array([not mask[o].all() and source[o] is None for o in range(len(keys))])
         patterns, inverse = group_rows(mask, compute)
+        rows_of = np.bincount(inverse[compute], minlength=len(patterns))  # rows per pattern
+        by_row = compute.copy()
+        by_row[compute] = rows_of[inverse[compute]] < self._shared_rows
+        patterns, inverse = group_rows(mask, compute & ~by_row)
+        rows = np.flatnonzero(by_row)
+        size = self._rows_per_chunk
+        n_chunks = -(-len(rows) // size)
+        padded_rows = np.full(-(-self.shape[0] // size) * size, self.shape[0], np.int32)
+        padded_rows[:len(rows)] = rows
+        row_masks = np.zeros((len(padded_rows), self.shape[1]), np.float32)
+        row_masks[:len(rows)] = mask[rows]
         padded = np.zeros(self.shape, np.float32)
         padded[:len(patterns)] = patterns
-        args = (jnp.asarray(padded, ev.dtype), jnp.asarray(inverse), jnp.int32(len(patterns)))
+        args = (jnp.asarray(padded, ev.dtype), jnp.asarray(inverse), jnp.int32(len(patterns)),
+                jnp.asarray(row_masks, ev.dtype), jnp.asarray(padded_rows), jnp.int32(n_chunks))
         sums, outs = [], []
         for b, ((x_hat, full), a, (_, y, w)) in enumerate(zip(self._prepared, acts, ev.batches)):
             init = self._initial(b, full, source)
