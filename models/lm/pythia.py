@@ -27,7 +27,8 @@ UNDERSTOOD = ("hidden_size", "num_attention_heads", "num_hidden_layers", "interm
               "vocab_size", "max_position_embeddings", "hidden_act", "layer_norm_eps",
               "rotary_pct", "rotary_emb_base", "rope_parameters", "rope_scaling",
               "use_parallel_residual", "tie_word_embeddings", "attention_bias",
-              "attention_dropout", "hidden_dropout", "classifier_dropout")
+              "attention_dropout", "hidden_dropout", "classifier_dropout",
+              "attention_probs_dropout_prob", "hidden_dropout_prob")  # older dropout names
 SHAPE = ("hidden_size", "num_attention_heads", "num_hidden_layers", "intermediate_size",
          "vocab_size", "max_position_embeddings")
 
