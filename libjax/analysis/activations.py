@@ -2,8 +2,8 @@
 
 :func:`basis_activations` returns every sample's activations; :func:`top_activations` keeps, per
 direction, only its ``k`` largest and ``k`` smallest (sample, position) pairs, so a language
-model's whole sample never has to fit in memory; :func:`output_effects` says which outputs each
-direction raises and lowers. All run the sectioned model in jitted, vmapped batches
+model's whole sample never has to fit in memory (nor for :func:`histograms`);
+:func:`output_effects` says which outputs each direction raises and lowers. All run the sectioned model in jitted, vmapped batches
 of a fixed size (the last batch is padded, so one program serves every batch).
 """
 
@@ -143,3 +143,29 @@ def output_effects(model, node_layer: str, directions: np.ndarray, inputs,
         part = program(model.params, batch, n)
         total = part if total is None else total + part
     return np.asarray(total) / len(np.asarray(inputs))
+
+
+def histograms(model, node_layer: str, C: np.ndarray, inputs, lo: np.ndarray, hi: np.ndarray,
+               bins: int = 32, batch_size: int = 64) -> np.ndarray:
+    """Per direction of ``C``, the counts ``(dirs, bins)`` of its activations over all inputs and
+    positions in ``bins`` equal bins from ``lo`` to ``hi`` (each ``(dirs,)``: e.g. the extremes
+    from :func:`top_activations`; values outside go to the end bins), in one streamed pass."""
+    index = _layer_index(model, node_layer)
+    lo, hi = np.asarray(lo, np.float64), np.asarray(hi, np.float64)
+    width = jnp.asarray(np.where(hi > lo, hi - lo, 1.0))
+    lo_j = jnp.asarray(lo)
+    positions = model.layers[index].positions
+
+    def step(params, batch, n_real, C, counts):
+        acts = jax.vmap(lambda x: model.run_to(params, x, index))(batch) @ C  # (b, pos, dirs)
+        flat = acts.reshape(-1, acts.shape[-1])
+        which = jnp.clip(((flat - lo_j) / width * bins).astype(jnp.int32), 0, bins - 1)
+        real = (jnp.arange(flat.shape[0]) < n_real * positions).astype(counts.dtype)
+        dirs = jnp.broadcast_to(jnp.arange(flat.shape[1]), which.shape)
+        return counts.at[dirs, which].add(jnp.broadcast_to(real[:, None], which.shape))
+    program = jax.jit(step)
+    C = jnp.asarray(C)
+    counts = jnp.zeros((C.shape[1], bins), jnp.int32)
+    for _, batch, n in _batches(inputs, batch_size):
+        counts = program(model.params, batch, n, C, counts)
+    return np.asarray(counts)

@@ -43,7 +43,7 @@ CARDS_DIR = Path("analysis") / "cards"
 KINDS = ("grid", "images", "contexts")
 
 
-FORMAT = 2  # the card format: cards stored in an older one are recomputed
+FORMAT = 3  # the card format: cards stored in an older one are recomputed
 
 
 def fingerprint(build_info: dict) -> str:

@@ -78,7 +78,8 @@ def image_cards(model, graph, data, node_layers, image_shape, k: int = 8,
 
 def context_cards(model, graph, data, node_layers, decode=None, k: int = 6, before: int = 12,
                   after: int = 3, batch_size: int = 8) -> dict:
-    """Per direction the ``k`` token contexts of largest and the ``k`` of smallest activation.
+    """Per direction the ``k`` token contexts of largest and the ``k`` of smallest activation,
+    and its histogram over every (sample, position) of ``data``.
     ``decode(token_id) -> str`` (None: token ids shown as ``#id``)."""
     tokens = np.asarray(data.inputs)
     n_ctx = tokens.shape[1]
@@ -101,7 +102,11 @@ def context_cards(model, graph, data, node_layers, decode=None, k: int = 6, befo
         active = tokens[ends.high.sample.T, ends.high.position.T]
         common, count = feature_cards.majority(active)
         label = [f"{name_of(t)!r} ({n}/{active.shape[1]})" for t, n in zip(common, count)]
+        lo, hi = ends.low.values[0], ends.high.values[0]  # every activation lies between
+        hist = activations.histograms(model, name, feature_cards.basis_matrix(graph, name),
+                                      tokens, lo, hi, batch_size=batch_size)
         cards[name] = {"kind": "contexts", "tokens": index[0].astype(np.int32),
+                       "hist": hist, "hist_range": np.stack([lo, hi], axis=1),
                        "bottom_tokens": index[1].astype(np.int32),
                        "vocab_ids": vocab.astype(np.int32), "vocab_text": text,
                        "highlight": np.asarray(before),

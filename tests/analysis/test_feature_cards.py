@@ -187,6 +187,10 @@ def test_context_cards_highlight_the_activating_token(tmp_path):
     np.testing.assert_array_equal(made["vocab_ids"][made["bottom_tokens"]][..., h],
                                   tokens[(low // 5).T, (low % 5).T])
     np.testing.assert_allclose(made["bottom_values"], np.take_along_axis(acts, low, 0).T)
+    for j in range(4):  # the histogram counts every (sample, position) once, as numpy does
+        lo, hi = made["hist_range"][j]  # (stored rounded: values just outside go to the ends)
+        np.testing.assert_array_equal(made["hist"][j],
+                                      np.histogram(np.clip(acts[:, j], lo, hi), 32, (lo, hi))[0])
     before = np.where(made["tokens"][..., h - 1] >= 0, window[..., h - 1], -1)
     want = np.where(top.position.T > 0, tokens[top.sample.T, np.maximum(top.position.T - 1, 0)],
                     -1)
