@@ -15,7 +15,9 @@ With ``--serve`` the page is served on localhost with an API beside it: ``api/ab
 the chosen directions of a node or supernode in the graph's basis and answers the model's score
 on its evaluation data (the family's ablation defaults: split, metric, batch size), computed with
 ``libjax.ablation``; ``api/edges`` sends a transition's edges up to any share, so a page whose
-written edges stop short of the share asked for gets the rest.
+written edges stop short of the share asked for gets the rest; ``api/view`` keeps the page's view
+(supernodes included) in ``view.json`` beside it, which the page opens with from then on (also
+when written again without ``--serve``).
 """
 
 from __future__ import annotations
@@ -146,12 +148,16 @@ def _handler(api: _Api, directory: Path):
             return super().do_GET()
 
         def do_POST(self):
-            if not self.path.endswith("/api/ablate"):
+            kind = self.path.rsplit("/", 1)[-1]
+            if kind not in ("ablate", "view") or "/api/" not in self.path:
                 return self._answer(404, {"error": f"no API at {self.path}"})
             try:
                 request = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))))
             except ValueError:
-                return self._answer(400, {"error": "api/ablate takes a JSON object"})
+                return self._answer(400, {"error": f"api/{kind} takes a JSON object"})
+            if kind == "view":  # the page's view, beside it: explore.py opens the page with it
+                return self._api(lambda: {"saved": str(explorer.write_view(
+                    request, directory / explorer.VIEW_FILE))})
             return self._api(lambda: api.ablate(request))
 
         def log_message(self, *args):  # quiet: the page asks often
@@ -200,10 +206,11 @@ def main(argv):
             clustering.save(found, build.directory)
         timings["clustering"] = time.perf_counter() - start
     start = time.perf_counter()
+    out = Path(_OUT.value) if _OUT.value else build.directory / "explorer" / "index.html"
     page = explorer.explore(build.graph, labels, cards, found,
                             title=f"{build.family.name}: {build.directory.name}",
-                            max_share=_MAX_SHARE.value, max_edges=_MAX_EDGES.value)
-    out = Path(_OUT.value) if _OUT.value else build.directory / "explorer" / "index.html"
+                            max_share=_MAX_SHARE.value, max_edges=_MAX_EDGES.value,
+                            view=explorer.read_view(out.with_name(explorer.VIEW_FILE)))
     page.save(out)
     timings["page"] = time.perf_counter() - start
     print(f"{out} ({out.stat().st_size / 1e6:.2f} MB; " +

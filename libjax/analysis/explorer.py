@@ -110,8 +110,11 @@ def _prune(E: np.ndarray, const_out: bool, const_in: bool, max_share: float, max
 
 def page_data(graph, labels: Optional[Mapping[str, Sequence[str]]] = None,
               cards: Optional[Mapping[str, dict]] = None, clustering=None, title: str = "",
-              max_share: float = MAX_SHARE, max_edges: int = MAX_EDGES) -> dict:
-    """The page's data (JSON-able) for ``graph``; see the module doc."""
+              max_share: float = MAX_SHARE, max_edges: int = MAX_EDGES,
+              view: Optional[dict] = None) -> dict:
+    """The page's data (JSON-able) for ``graph``; see the module doc. ``view``: the view the page
+    opens with when its address holds none (what its "save view" writes: share, top-k, expanded
+    layers, supernodes, chosen node; :func:`read_view`)."""
     check_limits(max_share, max_edges)
     labels, cards = labels or {}, cards or {}
     layers = []
@@ -136,10 +139,40 @@ def page_data(graph, labels: Optional[Mapping[str, Sequence[str]]] = None,
                    if (a, b) in graph.edges]
     meta = {"title": title, "basis": graph.config.get("basis"), "default_share": DEFAULT_SHARE,
             "max_share": max_share, "max_edges": max_edges}
+    if view is not None:
+        meta["view"] = view
     if clustering is not None:
         meta["clustering"] = {"modularity": clustering.modularity,
                               "n_clusters": clustering.n_clusters, **clustering.settings}
     return {"meta": meta, "layers": layers, "transitions": transitions}
+
+
+VIEW_FILE = "view.json"
+
+
+def read_view(path) -> Optional[dict]:
+    """A view saved by the page (``view.json`` beside it), or None where there is none."""
+    path = Path(path)
+    if not path.is_file():
+        return None
+    try:
+        view = json.loads(path.read_text())
+    except (OSError, ValueError) as err:
+        raise StoreError(f"{path} is not a readable explorer view ({err}); delete it or save "
+                         "the view again from the page") from None
+    if not isinstance(view, dict) or not isinstance(view.get("groups", []), list):
+        raise StoreError(f"{path} is not an explorer view (a JSON object with 'groups'); delete "
+                         "it or save the view again from the page")
+    return view
+
+
+def write_view(view: dict, path) -> Path:
+    """Write a view the page sent (atomically), after checking its shape."""
+    if not isinstance(view, dict) or not isinstance(view.get("groups", []), list):
+        raise ConfigError("a view is a JSON object whose 'groups' is a list")
+    path = Path(path)
+    files.write_atomic(path, lambda f: f.write(json.dumps(view, indent=1).encode()))
+    return path
 
 
 def check_limits(max_share: float, max_edges: int) -> None:
@@ -288,7 +321,7 @@ def explore(graph, labels=None, cards=None, clustering=None, title: str = "",
     directory (then the feature cards and clustering stored with it are shown). ``labels`` (per
     node layer, a text per node), ``cards`` (:mod:`libjax.analysis.feature_cards`) and
     ``clustering`` (:mod:`libjax.analysis.clustering`) are optional; ``options``: ``max_share``,
-    ``max_edges``."""
+    ``max_edges``, ``view``."""
     if isinstance(graph, (str, os.PathLike)):
         directory = Path(graph).resolve()  # orbax needs absolute paths
         _, info, _ = store.open_complete(directory)

@@ -9,6 +9,7 @@ import dataclasses
 import json
 import shutil
 import subprocess
+import urllib.parse
 import urllib.request
 
 import numpy as np
@@ -21,6 +22,7 @@ from libjax.basis import Basis
 from libjax.storage import graph as graph_io
 from libjax.storage.graph import Graph
 from libjax.analysis import clustering, explorer
+from libjax.errors import ConfigError, StoreError
 from models import registry
 from models.family import Options
 from models.opened import open_build
@@ -312,7 +314,27 @@ def test_supernodes_sum_edges_and_survive_in_the_address(browser, tmp_path):
     assert again.locator(f'[data-node="{group}"]').count() == 1
     assert again.locator("#card").get_attribute("data-card") == group  # chosen, as it was
     assert "members: 2, 5" in again.locator("#card").inner_text()
-    assert problems == [] and more == []
+    # the same view saved beside the page (view.json) opens with a page written again
+    view = json.loads(urllib.parse.unquote(url.split("#", 1)[1]))
+    saved = explorer.write_view(view, tmp_path / explorer.VIEW_FILE)
+    assert explorer.read_view(saved) == view
+    path = explorer.Explorer(explorer.page_data(g, view=explorer.read_view(saved))).save(
+        tmp_path / "again.html")
+    third, most = open_page(browser, path)
+    assert third.locator(f'[data-node="{group}"]').count() == 1
+    assert problems == [] and more == [] and most == []
+
+
+def test_a_broken_view_file_is_refused_with_what_to_do(tmp_path):
+    assert explorer.read_view(tmp_path / "none.json") is None
+    (tmp_path / "view.json").write_text("{not json")
+    with pytest.raises(StoreError, match="not a readable explorer view.*save the view again"):
+        explorer.read_view(tmp_path / "view.json")
+    (tmp_path / "view.json").write_text('{"groups": 3}')
+    with pytest.raises(StoreError, match="not an explorer view"):
+        explorer.read_view(tmp_path / "view.json")
+    with pytest.raises(ConfigError, match="'groups' is a list"):
+        explorer.write_view({"groups": "x"}, tmp_path / "v.json")
 
 
 def open_page_at(browser, url):
@@ -461,6 +483,15 @@ def test_explore_script_serves_signed_cards_and_interventions(mlp_build, browser
         want = ev.node_score(g.node_layers.index("layers.1"), (b.C * keep) @ b.C_pinv)
         assert shown == pytest.approx(want, abs=1e-12)
         assert float(page.locator("#ablate-out").get_attribute("data-base")) == ev.base()
+        # the view, kept beside the page by the server
+        page.locator('[data-node="layers.1/1"]').click(modifiers=["Shift"])
+        page.locator('[data-node="layers.1/3"]').click(modifiers=["Shift"])
+        page.fill("#group-name", "ends")
+        page.click("#group")
+        page.click("#save-view")
+        page.wait_for_selector("#group-msg[data-saved]", timeout=30_000)
+        view = explorer.read_view(path.with_name(explorer.VIEW_FILE))
+        assert view["groups"] == [{"name": "ends", "layer": "layers.1", "members": [1, 3]}]
         # a share above what the page holds: the server sends the missing edges
         page.fill("#share", "1")
         page.wait_for_selector("#status[data-streamed]", timeout=60_000)
