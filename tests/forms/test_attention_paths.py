@@ -11,7 +11,7 @@ import pytest
 
 from libjax.build import BuildConfig, build
 from libjax.build.pipeline import compute_edges, compute_m_prime
-from libjax.forms.attention import AttentionForm
+from libjax.forms.attention import AttentionForm, dense
 from libjax.forms.attention import plan as attention_form
 from libjax.forms.attention import sums as attention_sums
 from libjax.method import integration
@@ -136,3 +136,31 @@ def test_the_cheaper_method_is_planned():
     assert method == "lowrank" and 1 <= samples <= 4096
     assert plan(n_pos=3, n_alphas=3)[0] == "dense"  # 9 terms per head: near d_head / 4
     assert plan(n_pos=64, n_alphas=1)[0] == "dense"
+
+
+@pytest.mark.parametrize("name", [
+    "split", pytest.param("rotary_all_positions", marks=pytest.mark.slow),
+    pytest.param("parallel", marks=pytest.mark.slow)])
+def test_dense_method_in_position_chunks_equals_one_chunk(name):
+    """Chunks of 1 and 3 positions (padding; under the causal mask, runs of chunks that skip the
+    masked pairs: ``dense._windows``) give the sums of one chunk over every position."""
+    model, i, xs, weights, b_in, c = section_inputs(name)
+    form, params = model.sections[i].form, model.params
+    n_pos, n_out = xs.shape[1], model.layers[i + 1].positions
+    rho = jnp.asarray(np.random.default_rng(4).choice([-1.0, 1.0], size=(len(xs), 2, n_out)))
+    x_hat = xs @ jnp.asarray(b_in.C)
+
+    def sums(positions):
+        chunks = ("dense", positions, 7)
+        head_sums = form.weighted_sums("m_prime", chunks, params, xs, weights, rho, None, c,
+                                       [1.0], [1.0])
+        return head_sums, form.weighted_sums("edges", chunks, params, x_hat, weights, rho,
+                                             jnp.asarray(b_in.C_pinv), c, [1.0], [1.0])
+
+    whole = sums(n_pos)
+    assert len(dense._windows(form, n_pos, 1)) == min(dense.SEGMENTS, n_pos)
+    for positions in (1, 3):
+        head_sums, edges = sums(positions)
+        for key in ("cc", "zl", "ll"):
+            assert rel(head_sums[key], whole[0][key]) < 1e-12, (positions, key)
+        assert rel(edges, whole[1]) < 1e-12, positions

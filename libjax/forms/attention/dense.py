@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 import libjax.forms.attention.rotary as rotary
 import libjax.forms.attention.sums as sums_lib
@@ -29,17 +30,42 @@ def _patterns(form, w, xs, alphas):
     return [jax.vmap(lambda x: sums_lib.attention(form, w, a * x))(xs) for a in alphas]
 
 
-def _head_matrices(form, att, rho, weight, n_pos: int, idx, is_query, slot):
+def _per_head(fun, *args):
+    """``fun`` of each head's slices of ``args`` (head axis first), stacked: one head's
+    ``P x d_head d_v`` products live at a time instead of every head's."""
+    return jax.lax.map(lambda a: fun(*a), args)
+
+
+def _head_matrices(form, att, rho, weight, n_pos: int, idx, is_query, slot, window):
     """One sample's ``c`` ``(R, S, M)`` and ``Y`` ``(H, R, S, 2 dh, dv)`` at the positions
-    ``idx``, from its attention ``att`` at one evaluation point with quadrature ``weight``."""
+    ``idx``, from its attention ``att`` at one evaluation point with quadrature ``weight``;
+    ``window = (lo, hi)``: ``p_hts`` is zero for query positions ``t < lo`` and ``p_hsu`` for
+    keys ``u >= hi`` at these positions (causal masks), so the sums skip them.
+
+    The quadratic sums are one matrix product per head over the positions ``t`` (``u``), with
+    the pairs' outer products as its right factor: ``B_hs = sum_t w_hst (q_ht z_ht^T)`` with
+    ``w_hst = rho_t p_hts``, and ``L_hs = sum_u p_hsu (k_hu v_hu^T)``; a chunk of ``S``
+    positions makes it ``(R S, P) x (P, dh dv)``, which runs at the matmul rate."""
     q, k, v, p, z = att
     c = sums_lib.coefficients(form, rho, p, n_pos)[:, idx]
-    a = jnp.einsum("rt,hts,hte->hrse", rho, p[:, :, idx], q)
-    b = jnp.einsum("rt,hts,hte,htf->hrsef", rho, p[:, :, idx], q, z)
+    lo, hi = window
+    w = jnp.einsum("rt,hts->hrst", rho[:, lo:], p[:, lo:, idx])  # (H, R, S, Pq - lo)
+
+    def quadratic(w_h, q_h, z_h, p_h, k_h, v_h):
+        qz = (q_h[:, :, None] * z_h[:, None, :]).reshape(q_h.shape[0], -1)
+        kv = (k_h[:, :, None] * v_h[:, None, :]).reshape(k_h.shape[0], -1)
+        return w_h.reshape(-1, w_h.shape[-1]) @ qz, p_h @ kv
+
+    rows = p[:, slot, :hi]  # (H, S, hi): the query rows at the chunk's positions
+    b, l_kv = _per_head(quadratic, w, q[:, lo:], z[:, lo:], rows, k[:, :hi], v[:, :hi])
+    heads, n_r, size = w.shape[0], w.shape[1], idx.shape[0]
+    b = b.reshape(heads, n_r, size, q.shape[-1], z.shape[-1])
+    a = jnp.einsum("hrst,hte->hrse", w, q[:, lo:])
     t = a[..., None] * v[:, None, idx, None, :] - b
     rho_s = rho[:, slot] * is_query  # (R, S): the query path's weight
-    pk = jnp.einsum("hsu,hue->hseu", p[:, slot], k)
-    lz = jnp.einsum("hseu,huf->hsef", pk, v) - jnp.sum(pk, -1)[..., None] * z[:, slot, None, :]
+    kappa = jnp.einsum("hsu,hue->hse", rows, k[:, :hi])
+    lz = (l_kv.reshape(heads, size, k.shape[-1], v.shape[-1])
+          - kappa[..., None] * z[:, slot, None, :])
     u = rho_s[None, :, :, None, None] * lz[:, None]
     # rotary: Theta_s^T on the d_head rows at input position s (see rotary.py)
     t, u = (jnp.swapaxes(rotary.turn(form, jnp.swapaxes(m, -1, -2), idx, n_pos, axis=-3,
@@ -47,38 +73,62 @@ def _head_matrices(form, att, rho, weight, n_pos: int, idx, is_query, slot):
     return weight * c, weight / form.scale * jnp.concatenate([t, u], axis=-2)
 
 
-def _chunk_matrices(form, atts, rho, sw, weights, n_pos: int, idx, valid, acc):
+def _chunk_matrices(form, atts, rho, sw, weights, n_pos: int, idx, valid, window, acc):
     """``c`` ``(B, R, S, M)`` and ``Y`` ``(B, H, R, S, 2 dh, dv)`` of a chunk, summed over the
     quadrature points and scaled by the sample weights and the position mask, in ``acc``."""
     if form.last_only:
         slot, is_query = jnp.zeros_like(idx), idx == n_pos - 1
     else:
         slot, is_query = idx, jnp.ones(idx.shape, bool)
-    parts = [jax.vmap(lambda at, r: _head_matrices(form, at, r, wt, n_pos, idx, is_query, slot))(
-        att, rho) for att, wt in zip(atts, weights)]
+    parts = [jax.vmap(lambda at, r: _head_matrices(form, at, r, wt, n_pos, idx, is_query, slot,
+                                                   window))(att, rho)
+             for att, wt in zip(atts, weights)]
     mask = sw[:, None, None] * valid[None, None, :]  # (B, 1, S)
     c = sum(part[0] for part in parts) * mask[..., None]
     y = sum(part[1] for part in parts) * mask[:, None, :, :, None, None]
     return c.astype(acc), y.astype(acc)
 
 
-def _scan(xs_list, sample_weights, samples: int, positions: int, n_pos: int, acc, start, step,
-          finish):
-    """Per chunk of samples (padding samples get weight 0): ``state = start(chunk)``, fold
-    ``step(inner, state, idx, valid)`` over chunks of positions (padding positions have
-    ``valid = False``) from ``state["inner"]``, then ``acc = finish(acc, inner, state)``."""
-    positions = max(1, min(positions, n_pos))
+SEGMENTS = 4  # causal masks: position chunks in this many runs, each skipping its masked pairs
+
+
+def _windows(form, n_pos: int, positions: int) -> list[tuple[int, int, int, int]]:
+    """Runs of position chunks ``(first, last)`` (chunk indices, last excluded) and the
+    ``(lo, hi)`` window of :func:`_head_matrices` valid for every chunk in a run. Under a causal
+    mask (query ``t`` sees keys ``u <= t``) a run of positions ``[a, b)`` needs queries ``t >= a``
+    and keys ``u < b``: ``SEGMENTS`` runs do ``(SEGMENTS + 1) / (2 SEGMENTS)`` of the pairs' work
+    (each run is a scan of its own: static shapes, one program per run). Other masks, and a last
+    query only: one run over everything."""
     n_steps = -(-n_pos // positions)
+    mask = form.mask(n_pos)
+    causal = (not form.last_only and isinstance(mask, np.ndarray)
+              and not np.triu(mask, 1).any())
+    if not causal:
+        return [(0, n_steps, 0, n_pos)]
+    cuts = sorted({round(i * n_steps / SEGMENTS) for i in range(SEGMENTS + 1)})
+    return [(a, b, a * positions, min(n_pos, b * positions)) for a, b in zip(cuts, cuts[1:])]
+
+
+def _scan(form, xs_list, sample_weights, samples: int, positions: int, n_pos: int, acc, start,
+          step, finish):
+    """Per chunk of samples (padding samples get weight 0): ``state = start(chunk)``, fold
+    ``step(inner, state, idx, valid, window)`` over chunks of positions (padding positions have
+    ``valid = False``; ``window``: :func:`_windows`) from ``state["inner"]``, then
+    ``acc = finish(acc, inner, state)``."""
+    positions = max(1, min(positions, n_pos))
+    runs = _windows(form, n_pos, positions)
     batches = memory.in_chunks(samples, *xs_list, sample_weights)
 
     def over_samples(acc, chunk):
         state = start(chunk)
+        inner = state["inner"]
+        for first, last, lo, hi in runs:
+            def over_positions(inner, i, window=(lo, hi)):
+                idx = i * positions + jnp.arange(positions)
+                return step(inner, state, jnp.minimum(idx, n_pos - 1), idx < n_pos,
+                            window), None
 
-        def over_positions(inner, i):
-            idx = i * positions + jnp.arange(positions)
-            return step(inner, state, jnp.minimum(idx, n_pos - 1), idx < n_pos), None
-
-        inner = jax.lax.scan(over_positions, state["inner"], jnp.arange(n_steps))[0]
+            inner = jax.lax.scan(over_positions, inner, jnp.arange(first, last))[0]
         return finish(acc, inner, state), None
 
     return jax.lax.scan(over_samples, acc, batches)[0]
@@ -108,16 +158,21 @@ def m_prime_sum(form, w, o, xs, sample_weights, rho, alphas, weights, positions:
         x, r, sw = chunk
         return {"atts": _patterns(form, w, x, alphas), "rho": r, "sw": sw, "inner": zeros}
 
-    def step(total, state, idx, valid):
+    def step(total, state, idx, valid, window):
         cc, y = _chunk_matrices(form, state["atts"], state["rho"], state["sw"], weights, n_pos,
-                                idx, valid, acc)
-        y_omega = jnp.einsum("bhrsef,hHfg->bhrseHg", y, omega)
+                                idx, valid, window, acc)
+        # S^LL_hH = sum Y_h Omega_hH Y_H^T, one column H at a time: (h, e, (b r s), f) rows
+        # times Omega_hH, then one product over (b r s, g) with Y_H (both in matmul layout)
+        yt = y.transpose(1, 4, 0, 2, 3, 5).reshape(heads, 2 * d_head, -1, dv)
+        s_ll = _per_head(lambda om, y_col: jnp.einsum(
+            "hesg,xsg->hex", jnp.einsum("hesf,hfg->hesg", yt, om), y_col),
+            omega.swapaxes(0, 1), yt)  # (H, h, e, x)
         new = (jnp.einsum("brsm,brsn->mn", cc, cc), jnp.einsum("brsm,bhrsef->mhfe", cc, y),
-               jnp.einsum("bhrseHg,bHrsxg->hHex", y_omega, y))
+               s_ll.transpose(1, 0, 2, 3))
         return jax.tree.map(jnp.add, total, new)
 
     finish = lambda total, inner, state: jax.tree.map(jnp.add, total, inner)  # noqa: E731
-    s_cc, s_zl, s_ll = _scan([xs, rho], sample_weights, samples, positions, n_pos, zeros, start,
+    s_cc, s_zl, s_ll = _scan(form, [xs, rho], sample_weights, samples, positions, n_pos, zeros, start,
                              step, finish)
     s_zl, s_ll = _to_groups(s_zl, s_ll)
     return {"cc": s_cc, "zl": s_zl, "ll": s_ll}
@@ -141,13 +196,17 @@ def squared_edges_sum(form, w, c, o, c_in_pinv, x_hat, sample_weights, rho, alph
         return {"atts": _patterns(form, w, f_hat @ c_in_pinv, alphas), "rho": r, "sw": sw,
                 "f_hat": f_hat, "inner": inner}
 
-    def step(inner, state, idx, valid):
+    def step(inner, state, idx, valid, window):
         cc, y = _chunk_matrices(form, state["atts"], state["rho"], state["sw"], weights, n_pos,
-                                idx, valid, acc)
+                                idx, valid, window, acc)
         f_s = state["f_hat"][:, idx].astype(acc)
-        yp = jnp.einsum("bhrsef,hej->bhrsfj", y, pw)
+        # per head: sum_{s,e} Y_se^T (pw_ej f^_sj), one product over (s, e): f^_s weights pw
+        # first (S x 2dh x r_in, a 1/dv of the product's work), not the product's S x dv x r_in
+        heads_part = _per_head(lambda y_h, pw_h: jnp.einsum(
+            "brsef,bsej->brfj", y_h, pw_h[None, None] * f_s[:, :, None, :]),
+            y.swapaxes(0, 1), pw)
         return (inner[0] + jnp.einsum("brsm,bsj->brmj", cc, f_s),
-                inner[1] + jnp.einsum("bhrsfj,bsj->bhrfj", yp, f_s))
+                inner[1] + heads_part.swapaxes(0, 1))
 
     def finish(total, inner, state):
         u, heads_part = inner
@@ -156,5 +215,5 @@ def squared_edges_sum(form, w, c, o, c_in_pinv, x_hat, sample_weights, rho, alph
         return total + jnp.sum(a_t * a_t, axis=(0, 1))
 
     init = jnp.zeros((c.shape[1], r_in), acc)
-    return _scan([x_hat, rho], sample_weights, samples, positions, n_pos, init, start, step,
+    return _scan(form, [x_hat, rho], sample_weights, samples, positions, n_pos, init, start, step,
                  finish)

@@ -22,8 +22,12 @@ def plan(form, params, n_pos: int, n_weightings: int, out_dim: int, in_dim: int,
                           + 2 * n_weightings * out_dim * in_dim)
         return "lowrank", n_pos, memory.rows_per_step(3 * per_sample, budget_gb, per_sample,
                                                      limit=per_device)
-    per_row = 8 * 2 * n_weightings * heads * (2 * d_head * d_v * (3 + heads) + d_v * in_dim
-                                              + n_pos * (2 * d_head + d_v) + d_in)
-    rows = memory.rows_per_step(per_row, budget_gb)
+    # per position and weighting: Y and the terms it is made of (~6 copies of H x 2dh x dv),
+    # the pattern weights w (H x P), the edges' per-head product (dv x in_dim), the input row;
+    # per step: one head's outer products q z^T and k v^T (2 x P x dh dv, see dense.py)
+    per_row = 8 * n_weightings * (heads * (12 * d_head * d_v + n_pos) + d_v * in_dim + d_in)
+    fixed = 8 * 2 * n_pos * d_head * d_v
+    rows = memory.rows_per_step(per_row, max(budget_gb - fixed / 2**30, budget_gb / 4))
     positions = min(n_pos, rows)
+    positions = -(-n_pos // -(-n_pos // positions))  # as even as the chunk count allows
     return "dense", positions, int(max(1, min(per_device, rows // positions)))
