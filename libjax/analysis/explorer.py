@@ -9,6 +9,11 @@ Python prunes first: per transition only the strongest edges up to ``max_share``
 (``explorer_page.html``, written by hand: no library, no network) draws what passes its controls:
 the cumulative share of each transition's total (default 0.98, as circuit-tracer prunes edges)
 and the top ``k`` edges per node. :func:`visible_edge_counts` is the same filter in Python.
+It shows each layer's largest directions and collapses the rest into one node, sums the edges
+between such groups and named supernodes, traces paths from a chosen node, and keeps its view in
+its address or in ``view.json`` beside it (:func:`read_view`). Served by ``explore.py --serve``,
+it also ablates directions (:func:`ablation_scores`) and fetches a transition's edges beyond
+those written (:func:`transition`).
 
 ``explore(graph, ...)`` (also ``libjax.explore``) returns an :class:`Explorer`: ``.save(path)``
 writes the page, and Jupyter shows it inline (an ``iframe`` whose ``srcdoc`` is the page, so its

@@ -224,6 +224,14 @@ def test_first_view_shows_the_largest_directions_first_legibly(browser, tmp_path
     texts = page.locator("text.nlabel").all_text_contents()
     assert "+36 more (click)" in texts
     assert drawn(page)[1] == sum(explorer.visible_edge_counts(data))
+    # edge widths: one scale across transitions, or each transition's own
+    widths = """() => drawn.map((e) => relWidth(e, 0))"""  # each transition's widest edge
+    strongest = [float(e) for e in page.evaluate("() => drawn.map((e) => e.max)")]
+    one_scale = page.evaluate(widths)
+    assert one_scale == pytest.approx([np.sqrt(m / max(strongest)) for m in strongest])
+    assert min(one_scale) < 1
+    page.locator("#per-transition").check()
+    assert page.evaluate(widths) == pytest.approx([1.0] * len(strongest))
     page.locator('[data-node="b/rest"]').click()  # the tail, expanded
     assert len([i for i in node_ids(page) if i.startswith("b/")]) == 60
     before = page.evaluate("state.k")
