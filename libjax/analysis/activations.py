@@ -3,8 +3,9 @@
 :func:`basis_activations` returns every sample's activations; :func:`top_activations` keeps, per
 direction, only its ``k`` largest and ``k`` smallest (sample, position) pairs, so a language
 model's whole sample never has to fit in memory (nor for :func:`histograms`);
-:func:`output_effects` says which outputs each direction raises and lowers. All run the sectioned model in jitted, vmapped batches
-of a fixed size (the last batch is padded, so one program serves every batch).
+:func:`output_effects` says which outputs each direction raises and lowers. All run the sectioned
+model in jitted, vmapped batches of a fixed size (the last batch is padded, so one program serves
+every batch).
 """
 
 from __future__ import annotations

@@ -531,4 +531,4 @@ def test_cluster_script_writes_the_clustering_and_its_figure(mlp_build):
     assert f"{stored.n_clusters} clusters" in run.stdout
     assert (mlp_build / "analysis" / "clustering.png").stat().st_size > 1000
     bad = run_script("cluster.py", f"--graph_dir={mlp_build}", "--norm=log")
-    assert bad.returncode == 2 and "needs eps" in bad.stderr and "Traceback" not in bad.stderr
+    assert bad.returncode == 2 and "pass --eps" in bad.stderr and "Traceback" not in bad.stderr
