@@ -15,7 +15,7 @@ shared tables), and a ``kind`` saying how the explorer draws it:
   ``top_values``/``bottom_values``.
 
 Every kind may carry ``label`` ``(dirs,)``, a short text per direction (searchable in the
-explorer); ``hist`` ``(dirs, bins)`` with ``hist_range`` ``(dirs, 2)``, the distribution of each
+explorer); ``source``, a JSON text saying what data the examples were drawn from; ``hist`` ``(dirs, bins)`` with ``hist_range`` ``(dirs, 2)``, the distribution of each
 direction's activation; and its effect on the output (:func:`effects`): ``raises``/``lowers``
 ``(dirs, m)`` indices into ``outputs`` (their names) with ``raises_by``/``lowers_by``. The model
 families make the content (``family.feature_cards``); this module computes,
@@ -43,7 +43,7 @@ CARDS_DIR = Path("analysis") / "cards"
 KINDS = ("grid", "images", "contexts")
 
 
-FORMAT = 3  # the card format: cards stored in an older one are recomputed
+FORMAT = 4  # the card format: cards stored in an older one are recomputed
 
 
 def fingerprint(build_info: dict) -> str:

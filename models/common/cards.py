@@ -11,6 +11,7 @@ modular addition's grid cards are :mod:`models.modadd.cards`).
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Callable, Optional
 
@@ -47,7 +48,8 @@ def image_cards(model, graph, data, node_layers, image_shape, k: int = 8,
         used, index = np.unique(np.concatenate([top, bottom], axis=1), return_inverse=True)
         index = index.reshape(len(top), 2 * top.shape[1]).astype(np.int32)
         n_classes = model.layers[-1].width
-        card = {"kind": "images", "top": index[:, :top.shape[1]],
+        card = {"kind": "images", "source": _source(data, len(images)),
+                "top": index[:, :top.shape[1]],
                 "bottom": index[:, top.shape[1]:],
                 "top_values": np.take_along_axis(acts.T, top, axis=1),
                 "bottom_values": np.take_along_axis(acts.T, bottom, axis=1),
@@ -105,7 +107,8 @@ def context_cards(model, graph, data, node_layers, decode=None, k: int = 6, befo
         lo, hi = ends.low.values[0], ends.high.values[0]  # every activation lies between
         hist = activations.histograms(model, name, feature_cards.basis_matrix(graph, name),
                                       tokens, lo, hi, batch_size=batch_size)
-        cards[name] = {"kind": "contexts", "tokens": index[0].astype(np.int32),
+        cards[name] = {"kind": "contexts", "source": _source(data, len(tokens)),
+                       "tokens": index[0].astype(np.int32),
                        "hist": hist, "hist_range": np.stack([lo, hi], axis=1),
                        "bottom_tokens": index[1].astype(np.int32),
                        "vocab_ids": vocab.astype(np.int32), "vocab_text": text,
@@ -114,6 +117,12 @@ def context_cards(model, graph, data, node_layers, decode=None, k: int = 6, befo
                        "sample": ends.high.sample.T, "position": ends.high.position.T,
                        "label": _const_first(graph, name, label)}
     return cards
+
+
+def _source(data, n: int) -> np.ndarray:
+    """What the examples were drawn from, as the card records it (JSON): the data's own record
+    (a language model's corpus, context and seed) and the number of samples."""
+    return np.asarray(json.dumps({**(data.source or {}), "n_samples": int(n)}, sort_keys=True))
 
 
 def _const_first(graph, node_layer: str, labels) -> np.ndarray:

@@ -470,6 +470,7 @@ def test_explore_script_serves_signed_cards_and_interventions(mlp_build, browser
         assert card.locator("canvas.hist").count() == 1
         assert card.locator("table.raises tr").count() == 5
         assert "pixel correlation" in card.inner_text()
+        assert card.locator(".source").inner_text() == "examples from n_samples 1437"
         page.locator('[data-node="output/3"]').click()  # a logit's card names its own class
         text = card.inner_text()
         assert "logit 3 (class 3)" in text

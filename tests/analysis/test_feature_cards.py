@@ -3,6 +3,8 @@ family (libjax.analysis.feature_cards, models/cards.py): the cards show what the
 
 from __future__ import annotations
 
+import json
+
 import jax
 import numpy as np
 import pytest
@@ -181,6 +183,7 @@ def test_context_cards_highlight_the_activating_token(tmp_path):
     flat = np.argsort(-acts, axis=0, kind="stable")[:3]
     top = activations.Top(None, flat // 5, flat % 5)
     window = made["vocab_ids"][made["tokens"]]  # (dirs, k, 4); -1 entries are outside
+    assert json.loads(str(made["source"])) == {"n_samples": 20}
     h = int(made["highlight"])
     np.testing.assert_array_equal(window[..., h], tokens[top.sample.T, top.position.T])
     low = np.argsort(acts, axis=0, kind="stable")[:3]
