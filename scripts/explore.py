@@ -13,8 +13,9 @@ and ``--n_ctx``) must be given again to compute its cards.
 
 With ``--serve`` the page is served on localhost with an API beside it: ``api/ablate`` mean-ablates
 the chosen directions of a node or supernode in the graph's basis and answers the model's score
-on its evaluation data (the family's ablation defaults: split, metric, batch size), computed with
-``libjax.ablation``; ``api/edges`` sends a transition's edges up to any share, so a page whose
+on its evaluation data (as ``ablate.py`` takes them: the family's evaluation data, metric, batch
+size and sample count; a language model's held-out chunks of the build corpus, whole model),
+computed with ``libjax.ablation``; ``api/edges`` sends a transition's edges up to any share, so a page whose
 written edges stop short of the share asked for gets the rest; ``api/view`` keeps the page's view
 (supernodes included) in ``view.json`` beside it, which the page opens with from then on (also
 when written again without ``--serve``).
@@ -87,21 +88,23 @@ class _Api:
 
     def info(self) -> dict:
         d = self.defaults
+        where = f"the {d['split']} split" if d and d.get("split") else "held-out data"
         return {"ablate": d is not None, "edges": True,
-                "data": (f"the {d.get('split') or 'build'} split, {d['metric']}" if d else "")}
+                "data": f"{where}, {d['metric']}" if d else ""}
 
     def evaluator(self):
+        """As ablate.py makes it: the family's evaluation data and whole model, its defaults."""
         if self._ev is None:
-            if self.defaults is None:
-                raise ConfigError(f"--model={self.build.family.name} has no labelled evaluation "
+            build, d = self.build, self.defaults
+            if d is None:
+                raise ConfigError(f"--model={build.family.name} has no labelled evaluation "
                                   "data to ablate on")
-            opts = dataclasses.replace(self.build.opts, n_samples=None, n_gram_samples=None,
-                                       split=self.build.opts.split or self.defaults.get("split"))
-            # all of the evaluation split, as ablate.py takes it
-            data = self.build.family.data(opts)
-            self._ev = ablation.Evaluator(self.build.model, data.inputs, data.labels,
-                                          metric=self.defaults["metric"],
-                                          batch_size=self.defaults["batch_size"],
+            opts = dataclasses.replace(build.opts, split=build.opts.split or d.get("split"),
+                                       n_samples=d.get("n_samples"), n_gram_samples=None)
+            data = build.family.evaluation_data(opts, build.info, None)
+            self._ev = ablation.Evaluator(build.family.load(opts, build.graph.node_layers),
+                                          data.inputs, data.labels, metric=d["metric"],
+                                          batch_size=d["batch_size"],
                                           dtype=_ABLATION_DTYPE.value)
         return self._ev
 
