@@ -140,13 +140,18 @@ def _ln_in(normalized: bool, rms: bool = False):
 
 
 def _normalise(var, resid, eps: float, rms: bool = False):
-    """``(resid - mean) / sqrt(var + eps)`` on the first d_model coords, then the constant 1
-    (RMSNorm: ``resid / sqrt(mean square + eps)``, no mean subtracted)."""
+    """``(resid - mean) / sqrt(var + eps)`` on the first d_model coords, then the constant
+    (RMSNorm: ``resid / sqrt(mean square + eps)``, no mean subtracted).
+
+    The constant is the residual's own last coordinate, 1 unless an ablation zeroed it: as in the
+    reference, a node ablation that removes every direction (the constant's too) removes every
+    folded bias downstream. Its derivative is held at zero (``stop_gradient``), so the
+    Jacobians the build takes, and with them every graph, are those of a fresh 1."""
     body = resid[:, :-1]
     centred = body if rms else body - jnp.mean(body, axis=-1, keepdims=True)
     # Ablations can rotate the variance node below zero; clamp as the reference does.
     normed = centred / jnp.sqrt(jnp.maximum(var, 0.0) + eps)
-    return jnp.concatenate([normed, jnp.ones_like(resid[:, -1:])], axis=-1)
+    return jnp.concatenate([normed, jax.lax.stop_gradient(resid[:, -1:])], axis=-1)
 
 
 def _ln_out(normalized: bool, keep_resid: bool, eps: float, rms: bool = False):

@@ -119,6 +119,9 @@ def test_ablate_scores_next_tokens_on_held_out_chunks(tiny_lm):
     assert cfg["metric"] == "ce_loss" and cfg["n_samples"] == 30 and cfg["n_ctx"] == 8
     assert cfg["schedule"]["kind"] == "linear" and cfg["schedule"]["n_points"] == 20
     assert len(node["results"]["ln2_out.1"]) == 19  # 20 points on 18 directions: every value
+    # No direction left, the constant's included: every folded bias downstream goes with it, as in
+    # the reference (the LayerNorm carries the residual's constant), so the logits are 0.
+    assert node["results"]["ln2_out.1"]["0"] == pytest.approx(np.log(64), rel=1e-6)
     assert edge["n_edges_required"]["ln2_out.1"] >= 1
 
     from models.opened import open_build  # the same loss, computed directly
