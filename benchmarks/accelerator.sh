@@ -6,8 +6,8 @@
 #   bash benchmarks/accelerator.sh                   # writes accelerator.json/.md to $OUT
 #   bash benchmarks/accelerator.sh --out_dir=DIR     # or to DIR
 #   bash benchmarks/accelerator.sh --dry_run         # tiny sizes on the CPU, seconds
-# PYTHON picks the interpreter (default python3). See benchmarks/accelerator.py.
+# PYTHON picks the interpreter (default: python, else python3). See benchmarks/accelerator.py.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PYTHONPATH=".${PYTHONPATH:+:$PYTHONPATH}"
-exec "${PYTHON:-python3}" benchmarks/accelerator.py "$@"
+exec "${PYTHON:-$(command -v python || command -v python3)}" benchmarks/accelerator.py "$@"
