@@ -145,8 +145,9 @@ def _normalise(var, resid, eps: float, rms: bool = False):
 
     The constant is the residual's own last coordinate, 1 unless an ablation zeroed it: as in the
     reference, a node ablation that removes every direction (the constant's too) removes every
-    folded bias downstream. Its derivative is held at zero (``stop_gradient``), so the
-    Jacobians the build takes, and with them every graph, are those of a fresh 1."""
+    folded bias downstream. Its derivative is held at zero (``stop_gradient``): the constant
+    coordinate is not a direction the method differentiates along, and the closed forms of the
+    norm halves, and with them every graph, assume a fresh 1."""
     body = resid[:, :-1]
     centred = body if rms else body - jnp.mean(body, axis=-1, keepdims=True)
     # Ablations can rotate the variance node below zero; clamp as the reference does.

@@ -77,6 +77,7 @@ def test_output_effects_are_the_mean_derivative_along_each_direction(tiny):
     index = model.node_layers.index("ln2.0")
     width = model.layers[index].width
     V = np.random.default_rng(4).normal(size=(3, width))
+    V[:, model.layers[index].constant] = 0  # the constant coordinate is no direction to move
     got = activations.output_effects(model, "ln2.0", V, tokens[:10], batch_size=4)
     eps = 1e-6
 
