@@ -100,3 +100,10 @@ def run(family: Family, opts: Options, request: Request, out_dir) -> tuple[dict,
     (out_dir / "table.md").write_text("\n".join(lines) + "\n")
     files.write_json_atomic(out_dir / "comparison.json", summary)
     return summary, lines, paths
+
+
+def report(lines: list[str], paths: list[Path], out_dir) -> None:
+    """Print :func:`run`'s table and the files it wrote."""
+    print("\n".join(lines))
+    print(f"written to {out_dir}: table.md, comparison.json, "
+          + ", ".join(p.name for p in paths))

@@ -64,10 +64,7 @@ def main(argv):
     request = comparing.Request(_SPLIT.value, _N_EVAL.value, _EVAL_DATA_DIR.value,
                                 _DELTA.value, _RERUN.value, _OVERWRITE.value)
     out_dir = Path(_OUT_DIR.value or f"out/compare_{family.name}")
-    _, lines, paths = comparing.run(family, opts, request, out_dir)
-    print("\n".join(lines))
-    print(f"written to {out_dir}: table.md, comparison.json, "
-          + ", ".join(p.name for p in paths))
+    comparing.report(*comparing.run(family, opts, request, out_dir)[1:], out_dir)
 
 
 if __name__ == "__main__":

@@ -58,10 +58,7 @@ def main(argv):
                    n_gram_samples=_N_GRAM_SAMPLES.value)
     request = comparing.Request(n_eval_samples=_N_EVAL.value,
                                 score_target_difference=_DELTA.value, rerun=_RERUN.value)
-    _, lines, paths = comparing.run(family, opts, request, out_dir)
-    print("\n".join(lines))
-    print(f"written to {out_dir}: table.md, comparison.json, "
-          + ", ".join(p.name for p in paths))
+    comparing.report(*comparing.run(family, opts, request, out_dir)[1:], out_dir)
 
 
 if __name__ == "__main__":
