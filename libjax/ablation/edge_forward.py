@@ -98,14 +98,13 @@ class EdgeForward:
         return ev.sums(logits, ev.reference(params, acts, self.index), y, w)
 
     def _row_loop(self, params, x_hat, out, c_in_pinv, c_out, row_masks, rows, n_chunks):
-        """``out`` with the listed ``rows`` recomputed from their own ``row_masks``, a chunk of
-        rows at a time, each projected on its own column of ``C_out`` (padding rows hold index
-        ``out`` and are dropped)."""
-        size = self._rows_per_chunk
-
+        """``out`` with the listed rows recomputed from their own masks, a chunk of rows at a
+        time (``rows`` ``(chunks, size)``, ``row_masks`` ``(chunks, size, in)``), each projected
+        on its own column of ``C_out``; padding rows hold index ``out`` and are dropped. The
+        chunk size comes from the shapes: a jitted program is shared by every EdgeForward of
+        the same evaluator and layer pair."""
         def body(k, out):
-            r = jax.lax.dynamic_slice_in_dim(rows, k * size, size)
-            m = jax.lax.dynamic_slice_in_dim(row_masks, k * size, size)
+            r, m = rows[k], row_masks[k]
             x = (x_hat[None] * m[:, None, None, :]) @ c_in_pinv  # (rows, batch, pos, d_in)
             y = jax.vmap(lambda xr: jax.vmap(lambda a: self.section.fn(params, a))(xr))(x)
             cols = jnp.take(c_out, r, axis=1, mode="fill", fill_value=0)
@@ -182,11 +181,13 @@ class EdgeForward:
         patterns, inverse = group_rows(mask, compute & ~by_row)
         rows = np.flatnonzero(by_row)
         size = self._rows_per_chunk
-        n_chunks = -(-len(rows) // size)
-        padded_rows = np.full(-(-self.shape[0] // size) * size, self.shape[0], np.int32)
+        slots = -(-self.shape[0] // size)
+        padded_rows = np.full(slots * size, self.shape[0], np.int32)
         padded_rows[:len(rows)] = rows
-        row_masks = np.zeros((len(padded_rows), self.shape[1]), np.float32)
+        row_masks = np.zeros((slots * size, self.shape[1]), np.float32)
         row_masks[:len(rows)] = mask[rows]
+        padded_rows, row_masks = padded_rows.reshape(slots, size), row_masks.reshape(slots, size, -1)
+        n_chunks = -(-len(rows) // size)
         padded = np.zeros(self.shape, np.float32)
         padded[:len(patterns)] = patterns
         args = (jnp.asarray(padded, ev.dtype), jnp.asarray(inverse), jnp.int32(len(patterns)),

@@ -257,6 +257,10 @@ def test_edge_forward_matches_the_row_by_row_definition(tiny):
         fw = ablation.EdgeForward(ev, index, g.bases[a].C, g.bases[a].C_pinv, out_basis)
         uncached = ablation.EdgeForward(ev, index, g.bases[a].C, g.bases[a].C_pinv, out_basis,
                                         cache_bytes=0)
+        # One row per chunk: the same jitted programs as above (they are shared per evaluator and
+        # layer pair), so a chunk size must reach them through the arguments' shapes.
+        one_row = ablation.EdgeForward(ev, index, g.bases[a].C, g.bases[a].C_pinv, out_basis,
+                                       cache_bytes=0, row_bytes=1)
         shape = g.edges[(a, b)].shape
         first = rng.random(shape) < 0.5
         first[:2] = True  # rows keeping everything
@@ -267,6 +271,7 @@ def test_edge_forward_matches_the_row_by_row_definition(tiny):
             direct = _direct_edge_score(tiny, index, mask)
             assert fw.score(mask) == pytest.approx(direct, rel=1e-12)
             assert uncached.score(mask) == pytest.approx(direct, rel=1e-12)
+            assert one_row.score(mask) == pytest.approx(direct, rel=1e-12)
 
 
 def test_everything_kept_reproduces_the_unablated_model(tiny):
