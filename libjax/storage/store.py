@@ -314,7 +314,10 @@ class Store:
             raise StoreError(f"output directory {self.out_dir} is not writable; choose another "
                              "--out_dir")
         build_file = self.out_dir / BUILD_FILE
-        if not build_file.exists() and any(p.name != LOCK_FILE for p in self.out_dir.iterdir()):
+        # A lock file marks libjax's directory even before build.json exists (a build another
+        # process has just begun: the lock below then says it is in use, not foreign).
+        if (not build_file.exists() and not (self.out_dir / LOCK_FILE).exists()
+                and any(self.out_dir.iterdir())):
             raise StoreError(f"output directory {self.out_dir} is not empty and holds no libjax "
                              "build; libjax writes only into a new or empty directory or its own "
                              "build: choose another --out_dir")
