@@ -35,5 +35,6 @@ def test_smollm2_block_builds_and_ablates_on_held_out_text(tmp_path):
     base = node["no_ablation_result"]
     assert 0.5 < base < 8  # a trained model on English text: far below ln(49152) = 10.8
     scores = node["results"]["ln2_out.0"]
-    assert scores["0"] > base + 1  # no directions at all: far worse than the model
+    fewest = min(scores, key=int)  # the schedule stops 1.5 nats from the unablated loss
+    assert int(fewest) > 0 and scores[fewest] > base + 1.5
     assert 0 < edge["n_edges_required"]["ln2_out.0"] < 577 * 1153
