@@ -115,14 +115,7 @@ def browser():
 
 def open_page(browser, path):
     """The page at ``path`` from file://, ready; returns it and its console's complaints."""
-    page = browser.new_page(viewport={"width": 1400, "height": 900})
-    problems = []
-    page.on("console", lambda m: problems.append(m.text) if m.type in ("error", "warning")
-            else None)
-    page.on("pageerror", lambda e: problems.append(str(e)))
-    page.goto(path.resolve().as_uri())
-    page.wait_for_selector("body[data-ready=true]", timeout=30_000)
-    return page, problems
+    return open_page_at(browser, path.resolve().as_uri(), timeout=30_000)
 
 
 def drawn(page):
@@ -345,14 +338,15 @@ def test_a_broken_view_file_is_refused_with_what_to_do(tmp_path):
         explorer.write_view({"groups": "x"}, tmp_path / "v.json")
 
 
-def open_page_at(browser, url):
+def open_page_at(browser, url, timeout=60_000):
+    """The page at ``url``, ready; returns it and its console's complaints."""
     page = browser.new_page(viewport={"width": 1400, "height": 900})
     problems = []
     page.on("console", lambda m: problems.append(m.text) if m.type in ("error", "warning")
             else None)
     page.on("pageerror", lambda e: problems.append(str(e)))
     page.goto(url)
-    page.wait_for_selector("body[data-ready=true]", timeout=60_000)
+    page.wait_for_selector("body[data-ready=true]", timeout=timeout)
     return page, problems
 
 
