@@ -173,8 +173,14 @@ def sample(pool: np.ndarray, n_samples: int, n_gram_samples: int, seed: int):
         raise DataError(f"the corpus has {len(pool)} chunks of {pool.shape[1]} tokens, fewer than "
                         f"the {need} samples asked for; lower --n_samples/--n_gram_samples or "
                         "--n_ctx, or give more data")
-    order = np.random.default_rng(seed).permutation(len(pool))
+    order = drawn(len(pool), need, seed)
     return pool[order[:n_samples]], pool[order[:n_gram_samples]]
+
+
+def drawn(n_chunks: int, n: int, seed: int) -> np.ndarray:
+    """The indices of the chunks :func:`sample` draws for ``n = max(n_samples,
+    n_gram_samples)`` samples, in drawing order (what a build did not see is the rest)."""
+    return np.random.default_rng(seed).permutation(n_chunks)[:n]
 
 
 def check_vocab(tokens: np.ndarray, vocab: int) -> None:

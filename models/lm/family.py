@@ -199,8 +199,8 @@ class LMFamily(Family):
                                   f"held-out data cannot be scored at --n_ctx={n_ctx} (leave "
                                   "--n_ctx out, or give evaluation data with --data_dir)")
             pool = len(tokens) // n_ctx
-            drawn = np.random.default_rng(record["seed"]).permutation(pool)[
-                :max(build_info["n_samples"], build_info["n_gram_samples"])]
+            drawn = text.drawn(pool, max(build_info["n_samples"], build_info["n_gram_samples"]),
+                               record["seed"])
             chunks = evaluation.held_out(len(tokens), n_ctx, drawn)
             source = {"evaluation_data": "held-out chunks of the build corpus",
                       "corpus": record.get("data_dir") or record.get("dataset"),
