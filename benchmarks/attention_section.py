@@ -25,8 +25,8 @@ from absl import flags
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root
 
 from benchmarks import flops, measure, run_build  # noqa: E402 (enables float64 first)
-from libjax import build  # noqa: E402
-from libjax.build import pipeline  # noqa: E402
+from libjax import pipeline  # noqa: E402
+from libjax.pipeline import pipeline  # noqa: E402
 from libjax.runtime import cli  # noqa: E402
 
 _LAYER = flags.DEFINE_string("layer", "attn_in.6", "node layer starting the section timed")
@@ -58,7 +58,7 @@ def main(argv):
     pca = dataclasses.replace(config, basis="pca", compute_edges=False, fast_paths=True,
                               n_stochastic_sources_basis_pos=None,
                               n_stochastic_sources_basis_hidden=None)
-    bases = build.build(model, gram_inputs, pca).bases
+    bases = pipeline.build(model, gram_inputs, pca).bases
     i = model.node_layers.index(_LAYER.value)
     c_next, b_in = bases[model.node_layers[i + 1]].C, bases[_LAYER.value]
     form = model.sections[i].form if config.fast_paths else None

@@ -44,7 +44,7 @@ _JSON = flags.DEFINE_string("json", None, "also write the records here")
 def section(ctx: int):
     """The attention form and parameters of block 6 of the random GPT-2-small model."""
     cfg = gpt2.config(run_build.GPT2_SMALL)
-    model = lm.sectioned("gpt2", cfg, run_build.gpt2_weights(cfg, 0),
+    model = lm.sectioned_model("gpt2", cfg, run_build.gpt2_weights(cfg, 0),
                          lm.block_node_layers(run_build.GPT2_LAYER, cfg.n_layers), ctx,
                          truncate=True)
     i = model.node_layers.index(f"attn_in.{run_build.GPT2_LAYER}")

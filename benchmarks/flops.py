@@ -179,14 +179,14 @@ def _check_build_steps() -> list[str]:
     """A small modular-addition build with a memory budget large enough that every probe scan
     has one trip: XLA's count then covers the whole program, and ours (matmuls only) should be
     at most that and close to it."""
-    from libjax import build
+    from libjax import pipeline
     from models.modadd import model as modadd
 
     cfg, weights = modadd.load()
     tokens, _ = modadd.split_data("train")
     with JitCounter(xla=True) as counter:
-        build.build(modadd.sectioned(weights, cfg), tokens[:16],
-                    build.BuildConfig(batch_size=16, memory_budget_gb=64))
+        pipeline.build(modadd.sectioned_model(weights, cfg), tokens[:16],
+                    pipeline.BuildConfig(batch_size=16, memory_budget_gb=64))
     lines = []
     for call in {c.name + str(c.count): c for c in counter.calls}.values():
         ratio = call.count.flops / call.xla_flops

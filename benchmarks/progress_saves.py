@@ -19,11 +19,11 @@ import jax
 import numpy as np
 
 from benchmarks import measure
-from libjax.build.progress_saves import PassProgress, SaveSchedule
+from libjax.pipeline.progress_saves import PassProgress, SaveSchedule
 from libjax.method import stats
 from libjax.runtime import precision
 from libjax.runtime.sharding import Placement
-from libjax.storage.partial import PartialSave
+from libjax.storage.midstage import MidstageSave
 
 WIDTHS = (769,) * 6 + (3073,)
 
@@ -54,7 +54,7 @@ def main() -> None:
     device = placement.replicate(host)
     mb = sum(a.nbytes for a in jax.tree.leaves(host)) / 1e6
     layout = {"batches": 1000}
-    save = PartialSave(Path(args.out_dir), "stats", "bench")
+    save = MidstageSave(Path(args.out_dir), "stats", "bench")
     w_save, c_save = timed(lambda: save.save(placement.host(device), layout, 1), args.repeats)
     w_load, c_load = timed(lambda: save.load(init, layout), args.repeats)
     save.remove()

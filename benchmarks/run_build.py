@@ -40,7 +40,7 @@ from libjax.runtime import precision  # noqa: E402
 
 precision.enable_float64()
 from benchmarks import flops, measure  # noqa: E402
-from libjax import build  # noqa: E402
+from libjax import pipeline  # noqa: E402
 from libjax.errors import ConfigError  # noqa: E402
 from libjax.runtime import cli  # noqa: E402
 from models.lm import gpt2, llama, pythia  # noqa: E402
@@ -122,10 +122,10 @@ def modadd_setup():
     tokens, _ = modadd.split_data("train")
     if _N_SAMPLES.value:
         tokens = np.resize(tokens, (_N_SAMPLES.value, tokens.shape[1]))
-    config = build.BuildConfig(batch_size=_BATCH.value or 99999, gram_batch_size=_GRAM_BATCH.value,
+    config = pipeline.BuildConfig(batch_size=_BATCH.value or 99999, gram_batch_size=_GRAM_BATCH.value,
                                **_numerics())
     source = str(weights or modadd.DEFAULT_CHECKPOINT)
-    return modadd.sectioned(w, cfg), tokens, None, config, source
+    return modadd.sectioned_model(w, cfg), tokens, None, config, source
 
 
 def gpt2_weights(cfg, seed: int, model=lm.LanguageModel) -> dict:
@@ -156,14 +156,14 @@ def gpt2_setup():
     ``--context`` (the benchmark tokens' rows joined into samples of that length)."""
     cfg = gpt2.config(GPT2_SIZES[_GPT2_SIZE.value])
     ctx = _CONTEXT.value
-    model = lm.sectioned("gpt2", cfg, gpt2_weights(cfg, _SEED.value),
+    model = lm.sectioned_model("gpt2", cfg, gpt2_weights(cfg, _SEED.value),
                          lm.block_node_layers(_layer(cfg), cfg.n_layers), ctx)
     tokens, source = gpt2_tokens(cfg, ctx)
     inputs = np.resize(tokens, (_N_SAMPLES.value or 4, ctx))
     gram_inputs = np.resize(tokens, (_N_GRAM.value or 16, ctx))
     sizes = {"batch_size": _BATCH.value or 2, "edge_batch_size": _BATCH.value or 2,
              "gram_batch_size": _GRAM_BATCH.value or gpt2.FAMILY.batch_sizes["gram_batch_size"]}
-    config = build.BuildConfig(**{**gpt2.FAMILY.build_defaults(None), **sizes,
+    config = pipeline.BuildConfig(**{**gpt2.FAMILY.build_defaults(None), **sizes,
                                   **_numerics()})
     return model, inputs, gram_inputs, config, source
 
@@ -174,14 +174,14 @@ def rotary_setup(family, hf_config: dict):
     cfg = family.config_from_hf(hf_config)
     weights = gpt2_weights(cfg, _SEED.value, family.model)
     ctx = _CONTEXT.value
-    model = lm.sectioned(family.name, cfg, weights, lm.block_node_layers(_layer(cfg), cfg.n_layers),
+    model = lm.sectioned_model(family.name, cfg, weights, lm.block_node_layers(_layer(cfg), cfg.n_layers),
                          ctx)
     rng = np.random.default_rng(0)
     inputs = rng.integers(0, cfg.d_vocab, (_N_SAMPLES.value or 2, ctx), np.int32)
     gram_inputs = rng.integers(0, cfg.d_vocab, (_N_GRAM.value or 4, ctx), np.int32)
     sizes = {"batch_size": _BATCH.value or 1, "edge_batch_size": _BATCH.value or 1,
              "gram_batch_size": _GRAM_BATCH.value or family.batch_sizes["gram_batch_size"]}
-    config = build.BuildConfig(**{**family.build_defaults(None), **sizes,
+    config = pipeline.BuildConfig(**{**family.build_defaults(None), **sizes,
                                   **_numerics()})
     return model, inputs, gram_inputs, config, "uniform random tokens (numpy seed 0)"
 
@@ -199,14 +199,14 @@ def smollm2_setup():
     cfg = llama.FAMILY.config_from_hf(hf.read_config(path))
     tl = llama.FAMILY.to_tl(hf.read_weights(path), cfg)
     ctx = _CONTEXT.value
-    model = lm.sectioned("llama", cfg, tl, lm.block_node_layers(_layer(cfg), cfg.n_layers), ctx,
+    model = lm.sectioned_model("llama", cfg, tl, lm.block_node_layers(_layer(cfg), cfg.n_layers), ctx,
                          truncate=True)
     rng = np.random.default_rng(0)
     inputs = rng.integers(0, cfg.d_vocab, (_N_SAMPLES.value or 2, ctx), np.int32)
     gram_inputs = rng.integers(0, cfg.d_vocab, (_N_GRAM.value or 4, ctx), np.int32)
     sizes = {"batch_size": _BATCH.value or 1, "edge_batch_size": _BATCH.value or 1,
              "gram_batch_size": _GRAM_BATCH.value or llama.FAMILY.batch_sizes["gram_batch_size"]}
-    config = build.BuildConfig(**{**llama.FAMILY.build_defaults(None), **sizes, **_numerics()})
+    config = pipeline.BuildConfig(**{**llama.FAMILY.build_defaults(None), **sizes, **_numerics()})
     return model, inputs, gram_inputs, config, f"{path.name}, uniform random tokens (seed 0)"
 
 
@@ -218,7 +218,7 @@ def timed_build(model, inputs, gram_inputs, config, compiles: measure.CompileLog
     first_log = len(log.records)
     with flops.JitCounter() as counter, measure.CpuSampler() as cpu:
         start = time.perf_counter()
-        g = build.build(model, inputs, config, gram_inputs=gram_inputs, out_dir=out_dir)
+        g = pipeline.build(model, inputs, config, gram_inputs=gram_inputs, out_dir=out_dir)
         end = time.perf_counter()
     windows = measure.phase_windows(end, g.timings)
 
@@ -261,16 +261,16 @@ def grams_all(compiles: measure.CompileLog) -> dict:
     """The statistics pass of ``--layer=all``: the means and Grams of every block's node layers
     (the union of the blocks' cuts, as ``Family.load_blocks`` makes it) in one forward over
     ``--n_gram_samples`` samples of ``--context`` tokens, run twice (the second warm)."""
-    from libjax.build import pipeline
+    from libjax.pipeline import pipeline
 
     cfg = gpt2.config(GPT2_SIZES[_GPT2_SIZE.value])
     ctx = _CONTEXT.value
     union = tuple(dict.fromkeys(name for b in range(cfg.n_layers)
                                 for name in lm.block_node_layers(b, cfg.n_layers)))
-    model = lm.sectioned("gpt2", cfg, gpt2_weights(cfg, _SEED.value), union, ctx, truncate=True)
+    model = lm.sectioned_model("gpt2", cfg, gpt2_weights(cfg, _SEED.value), union, ctx, truncate=True)
     tokens, source = gpt2_tokens(cfg, ctx)
     inputs = np.resize(tokens, (_N_GRAM.value or 16, ctx))
-    config = build.BuildConfig(**{**gpt2.FAMILY.build_defaults(None), **_numerics(),
+    config = pipeline.BuildConfig(**{**gpt2.FAMILY.build_defaults(None), **_numerics(),
                                   "gram_batch_size": _GRAM_BATCH.value or
                                   gpt2.FAMILY.batch_sizes["gram_batch_size"]})
     layers = list(range(len(model.node_layers)))

@@ -28,7 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository r
 
 from benchmarks import measure, run_build  # noqa: E402  (defines the model flags)
 from libjax import basis as basis_lib  # noqa: E402
-from libjax.build.pipeline import compute_edges, compute_m_prime  # noqa: E402
+from libjax.pipeline.run import compute_edges, compute_m_prime  # noqa: E402
 from libjax.runtime import cli  # noqa: E402
 from models.lm import llama, pythia  # noqa: E402
 

@@ -7,6 +7,10 @@ for: ``libjax.runtime.precision.enable_float64()`` (what the scripts do) or the 
 
 __version__ = "0.1.0"
 
+from libjax import moved as _moved
+
+_moved.install()  # 0.1's module names (libjax.graph, libjax.build, ...) still import, with a warning
+
 
 def __getattr__(name):
     """``libjax.explore``, imported on first use so that ``import libjax`` stays cheap."""

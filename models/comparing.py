@@ -11,7 +11,7 @@ from typing import Optional
 
 import numpy as np
 
-from libjax import ablation, build
+from libjax import ablation, pipeline
 from libjax.analysis import comparison
 from libjax.errors import ConfigError
 from libjax.storage import files
@@ -54,7 +54,7 @@ def plan(family: Family, opts: Options, request: Request) -> comparison.Plan:
     defaults = _defaults(family, opts)
     delta = request.score_target_difference
     delta = defaults.get("score_target_difference", 0.001) if delta is None else delta
-    out = comparison.Plan(build.BuildConfig(**family.build_defaults(opts)),
+    out = comparison.Plan(pipeline.BuildConfig(**family.build_defaults(opts)),
                           ablation.schedule_for(defaults), ablation.Bisect(delta, "linear", 1))
     out.validate()
     return out

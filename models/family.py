@@ -154,7 +154,7 @@ class Family:
                     ) -> tuple[SectionedModel, list[SectionedModel]]:
         """The model cut for each block's graph (as :meth:`load_for_build` cuts it for that block
         alone), and one cut at the node layers of all of them, for statistics in one pass
-        (:func:`libjax.build.build_many`)."""
+        (:func:`libjax.pipeline.build_many`)."""
         raise NotImplementedError
 
     def data(self, opts: Options) -> Data:

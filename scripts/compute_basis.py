@@ -24,9 +24,9 @@ import os
 
 from absl import flags
 
-from libjax import build
-from libjax.build import config
-from libjax.build.progress_saves import SaveSchedule
+from libjax import pipeline
+from libjax.pipeline import config
+from libjax.pipeline.progress_saves import SaveSchedule
 from libjax.runtime import cli, precision
 from libjax.storage import store
 from libjax.storage.graph import format_summary, summary
@@ -66,7 +66,7 @@ _ROTATE = flags.DEFINE_boolean("rotate_final_node_layer", None,
                                "PCA-rotate the last node layer (default: model's)")
 _EDGES = flags.DEFINE_boolean("edges", True, "compute the edges")
 FLAG_OF = {"compute_edges": "edges"}  # BuildConfig fields whose flag has another name
-_MEMORY = flags.DEFINE_float("memory_budget_gb", build.BuildConfig.memory_budget_gb,
+_MEMORY = flags.DEFINE_float("memory_budget_gb", pipeline.BuildConfig.memory_budget_gb,
                              "bound on the probe working set (GB)")
 _SEED = flags.DEFINE_integer("seed", 0, "seed of stochastic sources and data sampling")
 _DATASET = flags.DEFINE_string("dataset", None, "dataset name (model-specific; default: model's)")
@@ -93,7 +93,7 @@ _REL_THRESHOLD = flags.DEFINE_float("relative_truncation_threshold", None,
                                     "largest (default: the policy's, 0 for float64, 1e-6 mixed)")
 
 
-def build_config(family, opts) -> build.BuildConfig:
+def build_config(family, opts) -> pipeline.BuildConfig:
     values = dict(
         basis=_BASIS.value, integration=_INTEGRATION.value, n_intervals=_N_INTERVALS.value,
         n_stochastic_sources_basis_pos=_SRC_POS.value,
@@ -135,7 +135,7 @@ def main(argv):
         stats_model = models[0]
     data = family.data(opts)
     out_dirs = [os.path.join(out_dir, f"layer_{b}") for b in blocks] if several else [out_dir]
-    graphs = build.build_many(models, data.inputs, cfg, data.gram_inputs, out_dirs,
+    graphs = pipeline.build_many(models, data.inputs, cfg, data.gram_inputs, out_dirs,
                               _OVERWRITE.value, family.model_id(opts), stats_model=stats_model,
                               save_schedule=save_schedule, data_record=data.source)
     for g, directory in zip(graphs, out_dirs):

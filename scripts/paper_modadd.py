@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 from absl import flags
 
-from libjax import ablation, build
+from libjax import ablation, pipeline
 from libjax.analysis import comparison, reference
 from libjax.errors import CheckpointError
 from libjax.runtime import cli
@@ -34,7 +34,7 @@ _OVERWRITE = flags.DEFINE_boolean("overwrite", False,
                                   "replace graphs in --out_dir built with other settings")
 
 BASES = comparison.BASES
-PLAN = comparison.Plan(build.BuildConfig(batch_size=99999),
+PLAN = comparison.Plan(pipeline.BuildConfig(batch_size=99999),
                        ablation.Schedule("exponential", ablate_every_vec_cutoff=10, exp_base=1.05),
                        ablation.Bisect(score_target_difference=0.001, scaling="linear",
                                        tolerance=1))
@@ -52,10 +52,10 @@ def compare_seed(seed: int, path: Path, out_dir: Path) -> dict[str, comparison.O
     cfg, weights = modadd.load(path)
     train, _ = modadd.split_data("train")
     tokens, labels = modadd.split_data("test")
-    ev = ablation.Evaluator(modadd.sectioned(weights, cfg, dtype=np.float32), tokens, labels,
+    ev = ablation.Evaluator(modadd.sectioned_model(weights, cfg, dtype=np.float32), tokens, labels,
                             "accuracy", batch_size=99999, dtype=np.float32)
     outcomes = comparison.compare(
-        modadd.sectioned(weights, cfg), train, ev, PLAN, out_dir, prefix=f"seed{seed}_",
+        modadd.sectioned_model(weights, cfg), train, ev, PLAN, out_dir, prefix=f"seed{seed}_",
         common={"model": "modadd", "checkpoint": str(path), "split": "test"},
         model_id=str(path), rerun=_RERUN.value, overwrite=_OVERWRITE.value)
     comparison.plot(outcomes, out_dir, prefix=f"seed{seed}_",

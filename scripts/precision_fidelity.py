@@ -33,7 +33,7 @@ from pathlib import Path
 import numpy as np
 from absl import flags
 
-from libjax.build.config import RELATIVE_TRUNCATION
+from libjax.pipeline.config import RELATIVE_TRUNCATION
 from libjax.runtime import cli
 from libjax.storage import graph as graph_lib
 

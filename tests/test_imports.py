@@ -89,3 +89,28 @@ def test_the_checker_sees_imports_and_cycles():
     assert "libjax.model" in edges["models.common.transformer"]
     assert "libjax.forms" in edges["libjax.model"]
     assert cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
+
+
+def test_moved_modules_import_under_their_old_names_with_a_warning():
+    import importlib
+    import warnings
+
+    from libjax import moved
+    from libjax.pipeline import BuildConfig
+    from libjax.storage import graph as storage_graph
+
+    for old, new in [("libjax.graph", "libjax.storage.graph"), ("libjax.build", "libjax.pipeline"),
+                     ("libjax.build.config", "libjax.pipeline.config"),
+                     ("libjax.build.pipeline", "libjax.pipeline.run")]:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            module = importlib.import_module(old)
+        assert module is importlib.import_module(new)
+        assert any(issubclass(w.category, DeprecationWarning) and new in str(w.message)
+                   for w in caught), old
+    from libjax.build import BuildConfig as OldConfig  # noqa: the old spelling, on purpose
+    from libjax.graph import Graph
+    assert OldConfig is BuildConfig and Graph is storage_graph.Graph
+    every_new = set(moved.MODULES.values()) | set(moved.PACKAGES.values())
+    assert every_new <= set(modules()), "an alias points at a module that does not exist"
+    assert moved.new_name("libjax.pipeline") is None

@@ -24,7 +24,7 @@ from typing import Mapping, Optional
 
 import numpy as np
 
-from libjax import ablation, build
+from libjax import ablation, pipeline
 from libjax.ablation import experiments
 from libjax.analysis import plots
 from libjax.storage import files, store
@@ -45,7 +45,7 @@ class Plan:
         directions a layer needs (:func:`directions_needed`).
     """
 
-    build: build.BuildConfig
+    build: pipeline.BuildConfig
     schedule: ablation.Schedule
     bisect: ablation.Bisect
 
@@ -94,9 +94,9 @@ def _reuse_or_run(path: Path, config: dict, rerun: bool, run) -> dict:
     return record
 
 
-def _with_basis(cfg: build.BuildConfig, basis: str) -> build.BuildConfig:
+def _with_basis(cfg: pipeline.BuildConfig, basis: str) -> pipeline.BuildConfig:
     """``cfg`` for ``basis``: stochastic ``M'`` sources (a language model's default) apply only
-    to LIB, as in ``build.config.resolve``."""
+    to LIB, as in ``pipeline.config.resolve``."""
     if basis == "lib":
         return dataclasses.replace(cfg, basis=basis)
     return dataclasses.replace(cfg, basis=basis, n_stochastic_sources_basis_pos=None,
@@ -131,7 +131,7 @@ def compare(model, inputs, ev: ablation.Evaluator, plan: Plan, out_dir, prefix: 
     outcomes = {}
     for basis, label in BASES.items():
         graph_dir = out_dir / f"{prefix}{basis}"
-        graph = build.build(model, inputs, _with_basis(plan.build, basis),
+        graph = pipeline.build(model, inputs, _with_basis(plan.build, basis),
                             gram_inputs=gram_inputs, out_dir=graph_dir, overwrite=overwrite,
                             model_id=model_id, data_record=data_record)
         _, info, summary = store.open_complete(graph_dir)

@@ -1,6 +1,6 @@
 """The result of a build: bases and edges of every node layer, with config and timings.
 
-``graph.load(out_dir)`` reads a finished build written by :func:`libjax.build.pipeline.build`::
+``graph.load(out_dir)`` reads a finished build written by :func:`libjax.pipeline.run.build`::
 
     g = graph.load("out/modadd")
     g.node_layers                      # ('ln1.0', 'ln2.0', 'unembed', 'output')

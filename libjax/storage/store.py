@@ -8,7 +8,7 @@ Layout of ``out_dir``::
                         and checked whenever it is read back (:func:`read_stage`)
     .lock               locked (``fcntl.flock``) by the process writing the build, which records
                         its PID there: a second process is refused (:class:`DirectoryLock`)
-    partial/<stage>.npz the progress of the stage being computed (:mod:`libjax.storage.partial`),
+    partial/<stage>.npz the progress of the stage being computed (:mod:`libjax.storage.midstage`),
                         removed when the stage is stored
     summary.json        written last, only when every stage is done: marks the build complete
 
@@ -49,7 +49,7 @@ from jax.experimental import multihost_utils
 
 from libjax.errors import StoreError
 from libjax.runtime import preemption
-from libjax.storage import partial
+from libjax.storage import midstage
 from libjax.storage.files import read_json, write_json_atomic
 
 log = logging.getLogger("libjax")
@@ -275,7 +275,7 @@ class Store:
         # orbax needs absolute paths
         self.out_dir = None if out_dir is None else Path(out_dir).resolve()
         self.writer = writer
-        self._record = partial.record_digest(build_info)
+        self._record = midstage.record_digest(build_info)
         self._memory: dict[str, Any] = {}
         self._done: set[str] = set()
         self._computed = False  # whether this run stored a stage (then summary.json is rewritten)
@@ -347,7 +347,7 @@ class Store:
                     (self.out_dir / name).unlink(missing_ok=True)
                 shutil.rmtree(self._stages, ignore_errors=True)
                 shutil.rmtree(self.out_dir / CHECKSUMS, ignore_errors=True)
-                partial.remove_all(self.out_dir)
+                midstage.remove_all(self.out_dir)
             if not resume:  # the record first: stages are only ever resumed under their record
                 write_json_atomic(build_file, build_info)
             self._stages.mkdir(exist_ok=True)
@@ -366,13 +366,13 @@ class Store:
                 shutil.rmtree(stage_dir, ignore_errors=True)
         for reservation in self.out_dir.glob(RESERVATION + "*"):
             reservation.unlink(missing_ok=True)
-        partial.remove_unfinished(self.out_dir)
+        midstage.remove_unfinished(self.out_dir)
 
-    def partial_save(self, stage: str) -> partial.PartialSave | None:
+    def midstage_save(self, stage: str) -> midstage.MidstageSave | None:
         """Where the pass computing ``stage`` saves its progress (None in memory)."""
         if self.out_dir is None:
             return None
-        return partial.PartialSave(self.out_dir, stage, self._record, self.writer)
+        return midstage.MidstageSave(self.out_dir, stage, self._record, self.writer)
 
     def has(self, stage: str) -> bool:
         return stage in (self._memory if self.out_dir is None else self._done)
@@ -408,7 +408,7 @@ class Store:
                 from None
         self._done.add(stage)
         self._computed = True
-        self.partial_save(stage).remove()
+        self.midstage_save(stage).remove()
 
     def finish(self, summary: dict) -> None:
         """Mark the build complete with ``summary`` and the list of its stages. A rerun that

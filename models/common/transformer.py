@@ -36,7 +36,7 @@ import jax.numpy as jnp
 import numpy as np
 from einops import rearrange
 
-from libjax import model as sectioned
+from libjax import model as contract
 from libjax.forms import Form
 from libjax.forms.attention import AttentionForm
 from libjax.forms.layernorm import LayerNormInForm, LayerNormOutForm
@@ -329,7 +329,7 @@ def _unembed(p, inputs):
 
 
 def modules(cfg: TransformerConfig, n_blocks: int | None = None,
-            unembed: bool = True) -> list[sectioned.Module]:
+            unembed: bool = True) -> list[contract.Module]:
     """The flat module list of a folded transformer, in reference order.
 
     ``n_blocks`` below ``cfg.n_layers`` truncates it for a build that ends inside the model: the
@@ -341,7 +341,7 @@ def modules(cfg: TransformerConfig, n_blocks: int | None = None,
     if cfg.parallel_attn_mlp and not ln:
         raise ValueError("parallel attention and MLP need a normalisation (ln2 reads the block's "
                          "input)")
-    mods: list[sectioned.Module] = [("embed", _embed_rotary if cfg.rotary else _embed)]
+    mods: list[contract.Module] = [("embed", _embed_rotary if cfg.rotary else _embed)]
     if not cfg.rotary:
         mods += [("pos_embed", _pos_embed), ("add_embed", _add_embed)]
     for layer in range(n_blocks):
@@ -373,7 +373,7 @@ def modules(cfg: TransformerConfig, n_blocks: int | None = None,
 
 def sectioned_model(name: str, cfg: TransformerConfig, folded_params, node_layers,
                     n_pos: int | None = None, n_blocks: int | None = None,
-                    unembed: bool = True) -> sectioned.SectionedModel:
+                    unembed: bool = True) -> contract.SectionedModel:
     """Cut the folded transformer at ``node_layers`` for inputs of ``n_pos`` tokens;
     ``n_blocks`` and ``unembed`` truncate it as in :func:`modules` (then ``folded_params`` needs
     only what those modules read, and the model's tail ends at the truncation, not at the
@@ -389,7 +389,7 @@ def sectioned_model(name: str, cfg: TransformerConfig, folded_params, node_layer
     # The input of ln*_out is (var, resid): its first coordinate is the LayerNorm variance.
     variances = {} if cfg.normalization is None else {
         f"{m}.{layer}": 0 for layer in range(cfg.n_layers) for m in ("ln1_out", "ln2_out")}
-    return sectioned.cut(name, mods, folded_params, example, node_layers, positional=True,
+    return contract.cut(name, mods, folded_params, example, node_layers, positional=True,
                          positionwise_modules=positionwise,
                          form_of=lambda span: section_form(cfg, span), fused=fused,
                          variances=variances)

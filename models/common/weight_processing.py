@@ -107,7 +107,7 @@ def process(tl: dict, n_layers: int, rms: bool = False) -> dict:
     ``tl`` must hold every bias (zeros where the architecture has none) and the LN parameters
     ``blocks.L.ln1.w/b``, ``blocks.L.ln2.w/b``, ``ln_final.w/b`` (RMSNorm: ``w`` only); the
     result has no LN parameters. For a truncated model (see
-    :func:`models.lm.model.sectioned`) ``tl`` may hold only the first ``n_layers`` blocks and
+    :func:`models.lm.model.sectioned_model`) ``tl`` may hold only the first ``n_layers`` blocks and
     leave out ``ln_final`` and the unembedding; each rewrite acts on one block (or the embedding,
     or the unembedding) at a time, so the blocks kept come out as in the whole model.
     """

@@ -16,7 +16,7 @@ from models.common import cards, checkpoints, hf, text, transformer
 from models.family import Data, Family, select_blocks
 from models.lm import evaluation
 from models.lm.model import (LanguageModel, block_node_layers, blocks_of, expected_shapes,
-                             extent, processed_weights, sectioned, truncated_model)
+                             extent, processed_weights, sectioned_model, truncated_model)
 
 _resolve = functools.lru_cache(maxsize=8)(hf.resolve)
 ATTENTION_NODE_MODULES = ("ln1", "ln1_out", "attn_in")  # node layers before the attention
@@ -99,7 +99,7 @@ class LMFamily(Family):
         cfg, tl = self._weights(opts)
         if truncate:  # let go of the blocks after the last node layer at once
             tl = blocks_of(tl, *extent(cfg, node_layers))
-        return sectioned(self.name, cfg, tl, node_layers, self._n_ctx(opts, cfg),
+        return sectioned_model(self.name, cfg, tl, node_layers, self._n_ctx(opts, cfg),
                          np.dtype(opts.dtype), truncate)
 
     def load_for_build(self, opts, node_layers):

@@ -2,7 +2,7 @@
 
 * :class:`LanguageModel`: the model as it was trained (LayerNorm with scale and shift), a Flax
   module with TransformerLens parameter names; the architectures' converters produce its params.
-* :func:`sectioned`: TransformerLens's weight processing (:mod:`models.common.weight_processing`),
+* :func:`sectioned_model`: TransformerLens's weight processing (:mod:`models.common.weight_processing`),
   bias folding and cutting (:mod:`models.common.transformer`): the model LIB sees, whose
   node-layer activations are the reference's.
 * :class:`HFWeights`: Hugging Face tensors taken by name, leftovers refused.
@@ -131,7 +131,7 @@ def blocks_of(weights: dict, n_blocks: int, unembed: bool) -> dict:
     return {k: v for k, v in weights.items() if used(k)}
 
 
-def sectioned(name: str, cfg: transformer.TransformerConfig, tl: dict, node_layers,
+def sectioned_model(name: str, cfg: transformer.TransformerConfig, tl: dict, node_layers,
               n_pos: int, dtype=np.float64, truncate: bool = False):
     """Process (TransformerLens), bias-fold and cut the model for inputs of ``n_pos`` tokens.
 

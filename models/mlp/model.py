@@ -26,7 +26,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from libjax import model as sectioned
+from libjax import model as contract
 from libjax.errors import CheckpointError, ConfigError, NodeLayerError
 from libjax.forms.mlp import MLPForm
 from models.common import checkpoints, transformer
@@ -134,7 +134,7 @@ def _layer(i: int, act):
     return fn
 
 
-def modules(cfg: MLPConfig) -> list[sectioned.Module]:
+def modules(cfg: MLPConfig) -> list[contract.Module]:
     """``flatten, layers.0, ..., layers.{n-1}`` as per-sample functions of folded weights."""
     act = transformer.ACTIVATIONS[cfg.act_fn]
     last = cfg.n_layers - 1
@@ -144,14 +144,14 @@ def modules(cfg: MLPConfig) -> list[sectioned.Module]:
 
 def all_node_layers(cfg: MLPConfig) -> tuple[str, ...]:
     """Every node layer, in order: ``layers.0 .. layers.{n-1}, output``."""
-    return tuple(f"layers.{i}" for i in range(cfg.n_layers)) + (sectioned.OUTPUT,)
+    return tuple(f"layers.{i}" for i in range(cfg.n_layers)) + (contract.OUTPUT,)
 
 
 def check_node_layers(node_layers, cfg: MLPConfig) -> tuple[str, ...]:
     """Valid, ordered and **consecutive** node layers (each section is one layer, docs/method.md
     4.1)."""
     valid = all_node_layers(cfg)
-    node_layers = sectioned.validate_node_layers(node_layers, valid)
+    node_layers = contract.validate_node_layers(node_layers, valid)
     idx = [valid.index(n) for n in node_layers]
     if idx != list(range(idx[0], idx[0] + len(idx))):
         raise NodeLayerError(f"MLP node layers must be consecutive, got {list(node_layers)}; to "
@@ -161,13 +161,13 @@ def check_node_layers(node_layers, cfg: MLPConfig) -> tuple[str, ...]:
 
 
 def sectioned_model(weights: dict, cfg: MLPConfig, node_layers=None,
-                    dtype=np.float64) -> sectioned.SectionedModel:
+                    dtype=np.float64) -> contract.SectionedModel:
     """The folded MLP cut at ``node_layers`` (default: all of them)."""
     node_layers = check_node_layers(node_layers or all_node_layers(cfg), cfg)
     folded = jax.device_put(fold_biases(cfg, weights, dtype))
     example = jax.ShapeDtypeStruct((cfg.widths[0],), jnp.dtype(dtype))
     ids = [mid for mid, _ in modules(cfg)]
-    return sectioned.cut("mlp", modules(cfg), folded, example, node_layers, positional=False,
+    return contract.cut("mlp", modules(cfg), folded, example, node_layers, positional=False,
                          positionwise_modules=ids, form_of=lambda span: _form(cfg, span))
 
 

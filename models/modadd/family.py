@@ -23,7 +23,7 @@ class ModAdd(Family):
 
     def load(self, opts, node_layers):
         cfg, weights = modadd.load(opts.checkpoint)
-        return modadd.sectioned(weights, cfg, node_layers, dtype=np.dtype(opts.dtype))
+        return modadd.sectioned_model(weights, cfg, node_layers, dtype=np.dtype(opts.dtype))
 
     def data(self, opts):
         reject_unused(opts, "the modular-addition model (its data is every pair a, b)",

@@ -11,7 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from libjax import ablation, build
+from libjax import ablation, pipeline
 from libjax.ablation.metrics import metric_sums
 from libjax.errors import ConfigError, DataError
 from tests.helpers.tiny import tiny_transformer
@@ -210,7 +210,7 @@ def tiny():
     """A random tiny transformer, its LIB graph with the last direction of every layer dropped
     (so that ``C C^+ != I``), and labelled data."""
     model, tokens = tiny_transformer(LAYERS)
-    g = build.build(model, tokens, build.BuildConfig(batch_size=64))
+    g = pipeline.build(model, tokens, pipeline.BuildConfig(batch_size=64))
     bases = {k: dataclasses.replace(b, C=b.C[:, :-1], C_pinv=b.C_pinv[:-1], W=b.W[:, :-1],
                                     W_pinv=b.W_pinv[:-1], Lambda=b.Lambda[:-1])
              for k, b in g.bases.items()}

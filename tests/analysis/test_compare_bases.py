@@ -9,7 +9,7 @@ import json
 import numpy as np
 import pytest
 
-from libjax import build
+from libjax import pipeline
 from models import registry
 from models.family import Options
 from models.mlp import model as mlp
@@ -79,7 +79,7 @@ def mnist_mlp(tmp_path):
         write_mnist(data_dir, split, *random_mnist(n, rng))
     x = random_mnist(40, np.random.default_rng(1))[0].astype(np.float32) / 255
     graph_dir = tmp_path / "graph"
-    build.build(mlp.sectioned_model(weights, cfg), x, out_dir=graph_dir,
+    pipeline.build(mlp.sectioned_model(weights, cfg), x, out_dir=graph_dir,
                 model_id=str(checkpoint))
     return {"checkpoint": checkpoint, "data_dir": data_dir, "graph_dir": graph_dir}
 

@@ -11,7 +11,7 @@ import json
 import numpy as np
 import pytest
 
-from libjax import ablation, build
+from libjax import ablation, pipeline
 from libjax.ablation import experiments
 from libjax.analysis import comparison
 from models.common import images
@@ -45,7 +45,7 @@ def test_ablations_score_the_mlp_outputs(digits):
     ev = _evaluator(digits)
     assert digits["model32"].forward(ev.params, digits["test"][0][0]).shape == (1, 10)
     assert ev.base() == pytest.approx(digits["meta"]["test_accuracy"], abs=1e-12)
-    graph = build.build(digits["model"], digits["train"], build.BuildConfig(basis="pca"))
+    graph = pipeline.build(digits["model"], digits["train"], pipeline.BuildConfig(basis="pca"))
     scores = ablation.node_ablation(ev, graph, ["layers.1"], ablation.Schedule(
         "explicit", specific_points=(graph.orig_dims["layers.1"], 0)))["layers.1"]
     counts = np.bincount(digits["test"][1], minlength=10) / len(digits["test"][1])
@@ -67,7 +67,7 @@ def test_directions_needed_reads_the_curve_from_the_top():
 
 def test_experiment_records_say_how_they_were_made(digits):
     ev = _evaluator(digits, 60)
-    graph = build.build(digits["model"], digits["train"], build.BuildConfig(basis="pca"))
+    graph = pipeline.build(digits["model"], digits["train"], pipeline.BuildConfig(basis="pca"))
     schedule = ablation.Schedule("exponential", 3, 2.0)
     node = ablation.node_experiment(ev, graph, ["layers.2"], schedule, "lib", {"split": "x"})
     assert node["config"] == experiments.node_config({"split": "x"}, ["layers.2"], schedule, "lib")
@@ -81,7 +81,7 @@ def test_experiment_records_say_how_they_were_made(digits):
 
 def test_compare_builds_ablates_summarises_and_reuses(digits, tmp_path, monkeypatch):
     ev = _evaluator(digits, 120)
-    plan = comparison.Plan(build.BuildConfig(), ablation.Schedule("exponential", 5, 2.0),
+    plan = comparison.Plan(pipeline.BuildConfig(), ablation.Schedule("exponential", 5, 2.0),
                            ablation.Bisect(0.01))
     run = lambda plan: comparison.compare(  # noqa: E731
         digits["model"], digits["train"], ev, plan, tmp_path, prefix="d_",

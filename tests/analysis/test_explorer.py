@@ -17,7 +17,7 @@ import pytest
 
 import libjax
 from tests.helpers import synthetic_graphs
-from libjax import ablation, build
+from libjax import ablation, pipeline
 from libjax.basis import Basis
 from libjax.storage import graph as graph_io
 from libjax.storage.graph import Graph
@@ -407,7 +407,7 @@ def mlp_build(tmp_path_factory):
     model = family.load(opts, family.node_layers(opts))
     data = family.data(opts)
     out = tmp_path_factory.mktemp("mlp") / "build"
-    build.build(model, data.inputs, build.BuildConfig(), gram_inputs=data.gram_inputs,
+    pipeline.build(model, data.inputs, pipeline.BuildConfig(), gram_inputs=data.gram_inputs,
                 out_dir=out, model_id=family.model_id(opts))
     return out
 

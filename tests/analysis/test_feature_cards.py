@@ -103,7 +103,7 @@ def test_histograms_count_every_activation_once():
 
 def test_modadd_cards_show_the_grid_and_its_frequencies():
     cfg, weights = modadd.load()
-    model = modadd.sectioned(weights, cfg)
+    model = modadd.sectioned_model(weights, cfg)
     graph = synthetic_graphs.graph({layer.name: layer.width for layer in model.layers},
                                    {"ln2.0": 12, "unembed": 10})
     made = modadd_cards.modadd_cards(model, graph, ["ln2.0", "output"])

@@ -18,8 +18,8 @@ import pytest
 
 from libjax import basis as basis_lib
 from libjax.analysis import reference
-from libjax.build import BuildConfig, build
-from libjax.build.pipeline import compute_edges, compute_m_prime
+from libjax.pipeline import BuildConfig, build
+from libjax.pipeline.run import compute_edges, compute_m_prime
 from models.modadd import model as modadd
 
 LAYERS = modadd.PAPER_NODE_LAYERS
@@ -29,7 +29,7 @@ TAU = 1e-15
 @functools.cache
 def setup(shared_data):
     cfg, weights = modadd.load(shared_data / "weights_modadd_seed0.npz")
-    return modadd.sectioned(weights, cfg), modadd.split_data("train")[0]
+    return modadd.sectioned_model(weights, cfg), modadd.split_data("train")[0]
 
 
 @functools.cache

@@ -9,8 +9,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from libjax.build import BuildConfig, build
-from libjax.build.pipeline import compute_edges, compute_m_prime
+from libjax.pipeline import BuildConfig, build
+from libjax.pipeline.run import compute_edges, compute_m_prime
 from libjax.forms.attention import AttentionForm, dense
 from libjax.forms.attention import plan as attention_form
 from libjax.forms.attention import sums as attention_sums
@@ -128,7 +128,7 @@ def test_low_rank_method_equals_the_general_path(name):
 def test_the_cheaper_method_is_planned():
     """Few positions (modular addition: 3, one output) -> low rank; long contexts -> dense."""
     cfg, weights = modadd.load()
-    model = modadd.sectioned(weights, cfg, modadd.PAPER_NODE_LAYERS)
+    model = modadd.sectioned_model(weights, cfg, modadd.PAPER_NODE_LAYERS)
     form, params = model.sections[0].form, model.params
     plan = functools.partial(attention_form.plan, form, params, n_weightings=1, out_dim=111,
                              in_dim=115, d_in=129, per_device=4096, budget_gb=0.25)

@@ -6,8 +6,8 @@ import functools
 import numpy as np
 import pytest
 
-from libjax.build import BuildConfig, build
-from libjax.build.pipeline import compute_edges, compute_m_prime
+from libjax.pipeline import BuildConfig, build
+from libjax.pipeline.run import compute_edges, compute_m_prime
 from libjax.forms.attention import AttentionForm
 from libjax.forms.layernorm import LayerNormInForm, LayerNormOutForm
 from libjax.forms.mlp import MLPForm

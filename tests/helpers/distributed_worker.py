@@ -29,8 +29,8 @@ if len(sys.argv) > 3:
     sharding.initialize(sys.argv[3], int(sys.argv[4]), int(sys.argv[5]))
 
 from tests.helpers.tiny import tiny_transformer  # noqa: E402
-from libjax.build import BuildConfig, build, steps  # noqa: E402
-from libjax.build.progress_saves import SaveSchedule  # noqa: E402
+from libjax.pipeline import BuildConfig, build, steps  # noqa: E402
+from libjax.pipeline.progress_saves import SaveSchedule  # noqa: E402
 from libjax.runtime import preemption  # noqa: E402
 from models.modadd import model as modadd  # noqa: E402
 
@@ -46,7 +46,7 @@ def case(name):
         return model, tokens, CONFIG
     cfg, weights = modadd.load()
     tokens = modadd.split_data("train")[0][:240]
-    return (modadd.sectioned(weights, cfg), np.asarray(tokens),
+    return (modadd.sectioned_model(weights, cfg), np.asarray(tokens),
             BuildConfig(truncation_threshold=1e-4, batch_size=48))
 
 

@@ -58,7 +58,7 @@ def tiny_ln_transformer(node_layers, seed=0, n_ctx=5, n_layers=2):
     """The :func:`tiny_ln_weights` transformer processed and folded as pretrained language models
     are, cut at ``node_layers``; returns ``(model, tokens)``."""
     cfg, weights, rng = tiny_ln_weights(seed, n_ctx, n_layers)
-    model = lm.sectioned("tiny_ln", cfg, weights, node_layers, n_pos=n_ctx)
+    model = lm.sectioned_model("tiny_ln", cfg, weights, node_layers, n_pos=n_ctx)
     tokens = rng.integers(0, 11, size=(48, n_ctx)).astype(np.int32)
     return model, tokens
 
@@ -83,5 +83,5 @@ def tiny_lm_family(name, node_layers, n_samples=12):
     rng = np.random.default_rng(0)
     weights = {k: (1.0 if k.endswith(".w") else 0.0) + 0.4 * rng.standard_normal(shape)
                for k, shape in lm.expected_shapes(cfg, rotary_lm.RotaryLanguageModel).items()}
-    model = lm.sectioned(name, cfg, weights, node_layers, cfg.n_ctx)
+    model = lm.sectioned_model(name, cfg, weights, node_layers, cfg.n_ctx)
     return model, rng.integers(0, cfg.d_vocab, (n_samples, cfg.n_ctx))

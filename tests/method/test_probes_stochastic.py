@@ -16,8 +16,8 @@ import numpy as np
 import pytest
 
 from libjax.basis import neuron_basis
-from libjax.build import BuildConfig
-from libjax.build.pipeline import compute_edges, compute_m_prime
+from libjax.pipeline import BuildConfig
+from libjax.pipeline.run import compute_edges, compute_m_prime
 from libjax.method.probes import ProbeSet
 from libjax.method.vjp import m_prime_sum, squared_edges_sum
 from models.common import transformer
@@ -34,7 +34,7 @@ def model_and_tokens(n_pos: int):
     tl = {k: 0.5 * rng.standard_normal(s) for k, s in lm.expected_shapes(CFG).items()}
     for name in ("blocks.0.ln1.w", "blocks.0.ln2.w", "ln_final.w"):
         tl[name] += 1.0
-    model = lm.sectioned("tiny", CFG, tl, ("attn_in.0", "ln2.0"), n_pos)
+    model = lm.sectioned_model("tiny", CFG, tl, ("attn_in.0", "ln2.0"), n_pos)
     return model, rng.integers(0, CFG.d_vocab, (8, n_pos)).astype(np.int32)
 
 

@@ -31,7 +31,7 @@ from hypothesis import HealthCheck, event, given, note, settings
 from hypothesis import strategies as st
 
 from libjax import basis
-from libjax.build import BuildConfig, build
+from libjax.pipeline import BuildConfig, build
 from libjax.errors import BasisError, LibjaxError
 from libjax.method import stats
 from tests.helpers.tiny import tiny_transformer

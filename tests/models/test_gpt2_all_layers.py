@@ -12,7 +12,7 @@ import re
 import numpy as np
 import pytest
 
-from libjax import build
+from libjax import pipeline
 from libjax.storage import graph
 from models import registry
 from models.family import Options
@@ -65,8 +65,8 @@ def test_a_range_builds_each_block_from_one_statistics_pass(inputs, tmp_path):
     opts = Options(checkpoint=str(inputs[0]), data_dir=str(inputs[1]), layer=2, n_ctx=8,
                    n_samples=2, n_gram_samples=8)
     data = family.data(opts)
-    alone = build.build(family.load_for_build(opts, family.node_layers(opts)), data.inputs,
-                        build.BuildConfig(**g.config), gram_inputs=data.gram_inputs)
+    alone = pipeline.build(family.load_for_build(opts, family.node_layers(opts)), data.inputs,
+                        pipeline.BuildConfig(**g.config), gram_inputs=data.gram_inputs)
     assert_identical_graphs(alone, g)
 
 

@@ -86,7 +86,7 @@ def test_node_layer_activations_equal_hf(name, checkpoints, tokens, monkeypatch)
     cfg, tl = ours(directory, ARCHS[name][1])
     # every module point
     node_layers = tuple(mid for mid, _ in transformer.modules(cfg)[2:]) + ("output",)
-    folded = lm.sectioned(name, cfg, tl, node_layers, N_POS)
+    folded = lm.sectioned_model(name, cfg, tl, node_layers, N_POS)
     acts = jax.jit(jax.vmap(folded.all_acts, (None, 0)))(folded.params, jnp.asarray(tokens))
     acts = dict(zip(node_layers, map(np.asarray, acts)))
     d, tol = cfg.d_model, TOL[np.float64]

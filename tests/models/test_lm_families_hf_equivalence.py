@@ -89,7 +89,7 @@ def test_node_layer_activations_equal_hf(name, checkpoints, tokens, monkeypatch)
     logits, seen = hf_norms_and_attention(model, tokens, np.float64, monkeypatch)
     cfg, tl = ours(directory, ARCHS[name][1])
     node_layers = tuple([mid for mid, _ in transformer.modules(cfg)][1:]) + ("output",)  # every module point
-    folded = lm.sectioned(name, cfg, tl, node_layers, N_POS)
+    folded = lm.sectioned_model(name, cfg, tl, node_layers, N_POS)
     acts = jax.jit(jax.vmap(folded.all_acts, (None, 0)))(folded.params, jnp.asarray(tokens))
     acts = dict(zip(node_layers, map(np.asarray, acts)))
     d, tol, rms = cfg.d_model, TOL[np.float64], cfg.normalization == "RMS"
@@ -136,7 +136,7 @@ def test_folded_node_layer_dims(checkpoints):
     for name in ("pythia", "neox_sequential", "llama"):
         cfg, tl = ours(checkpoints[name][0], ARCHS[name][1])
         dims[name] = {layer.name: layer.width
-                      for layer in lm.sectioned(name, cfg, tl, layers, N_POS).layers}
+                      for layer in lm.sectioned_model(name, cfg, tl, layers, N_POS).layers}
     D = 33
     assert dims["pythia"] == dict(zip(layers, (D, 1 + D, 2 * D, 2 * D, 1 + 2 * D, 2 * D, D)))
     for name in ("neox_sequential", "llama"):

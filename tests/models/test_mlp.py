@@ -9,8 +9,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from libjax import build
-from libjax.build.pipeline import compute_stats
+from libjax import pipeline
+from libjax.pipeline.run import compute_stats
 from libjax.errors import CheckpointError, ConfigError, NodeLayerError
 from models import registry
 from models.common import checkpoints
@@ -121,7 +121,7 @@ def test_means_on_zero_data_are_relu_of_biases():
     cfg = mlp.MLPConfig((6, 5, 4, 3))
     weights = random_weights(cfg)
     model = mlp.sectioned_model(weights, cfg)
-    means, grams = compute_stats(model, np.zeros((7, 6)), build.BuildConfig(), [0, 1])
+    means, grams = compute_stats(model, np.zeros((7, 6)), pipeline.BuildConfig(), [0, 1])
     np.testing.assert_array_equal(means[0], np.r_[np.zeros(6), 1])
     np.testing.assert_allclose(means[1], np.r_[np.maximum(weights["layers.0.b"], 0), 1], atol=1e-15)
     assert grams[1].shape == (6, 6)
@@ -192,7 +192,7 @@ def test_family_builds_the_shipped_digits_model():
     model = fam.load(opts, fam.node_layers(opts))
     logits = folded_forward(model, data.inputs)
     assert np.mean(np.argmax(logits, -1) == data.labels) > 0.9
-    g = build.build(model, data.inputs, build.BuildConfig(), gram_inputs=data.gram_inputs)
+    g = pipeline.build(model, data.inputs, pipeline.BuildConfig(), gram_inputs=data.gram_inputs)
     assert set(g.bases) == {"layers.0", "layers.1", "layers.2"}
     assert g.edges[("layers.2", "output")].shape == (10, g.dim("layers.2"))
     assert all(np.all(e >= 0) for e in g.edges.values())

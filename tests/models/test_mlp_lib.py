@@ -8,7 +8,7 @@ import jax
 import numpy as np
 import pytest
 
-from libjax import build
+from libjax import pipeline
 from models.common import images
 from models.mlp import model as mlp
 from tests.helpers.image_files import random_mnist, write_cifar, write_mnist
@@ -85,7 +85,7 @@ def test_mnist_reference_checkpoint(shared_data, mnist_files):
     assert tuple(layer.width for layer in model.layers) == (785, 101, 101, 10)  # docs/method.md 4.1
     x, _ = images.load("mnist", "train", mnist_files)
     check_folded_equals_unfolded(cfg, weights, model, x)
-    graph = build.build(model, x, build.BuildConfig())
+    graph = pipeline.build(model, x, pipeline.BuildConfig())
     check_lib_invariants(model, graph, x)
     # the always-blank border (docs/method.md 4.1 data: 28 x 28 with a 4-pixel margin here) is
     # truncated
@@ -98,7 +98,7 @@ def test_cifar_reference_checkpoint(shared_data, cifar_files):
     x, _ = images.load("cifar10", "train", cifar_files)
     model = mlp.sectioned_model(weights, cfg, ("layers.1", "layers.2", "output"))
     check_folded_equals_unfolded(cfg, weights, model, x)
-    graph = build.build(model, x, build.BuildConfig())
+    graph = pipeline.build(model, x, pipeline.BuildConfig())
     check_lib_invariants(model, graph, x)
 
 
@@ -108,7 +108,7 @@ def test_cifar_reference_checkpoint_all_layers(shared_data, cifar_files):
     cfg, weights, _ = mlp.load(shared_data / "weights_cifar_mlp_50_50.npz")
     x, _ = images.load("cifar10", "train", cifar_files)
     model = mlp.sectioned_model(weights, cfg)
-    graph = build.build(model, x, build.BuildConfig())
+    graph = pipeline.build(model, x, pipeline.BuildConfig())
     check_lib_invariants(model, graph, x)
 
 
@@ -129,7 +129,7 @@ def test_linear_mlp_lib_edges_are_diagonal():
     distinct Lambdas it is diagonal; so are the edges ``E_ij = F^_ji^2 E[f^_j^2]``."""
     cfg, weights, x = linear_mlp()
     model = mlp.sectioned_model(weights, cfg, ("layers.0", "layers.1", "layers.2"))
-    graph = build.build(model, x, build.BuildConfig(rotate_final_node_layer=True, center=True))
+    graph = pipeline.build(model, x, pipeline.BuildConfig(rotate_final_node_layer=True, center=True))
     check_lib_invariants(model, graph, x)
     for pair, e in graph.edges.items():
         off = e.copy()
@@ -142,7 +142,7 @@ def test_linear_mlp_neuron_edges_are_weights_squared():
     """Neuron basis, linear sections: ``E_ij = W_ji^2 E[f_j^2]`` exactly (diagonal when W is)."""
     cfg, weights, x = linear_mlp()
     model = mlp.sectioned_model(weights, cfg)
-    graph = build.build(model, x, build.BuildConfig(basis="neuron", center=False))
+    graph = pipeline.build(model, x, pipeline.BuildConfig(basis="neuron", center=False))
     folded = mlp.fold_biases(cfg, weights)
     for i, (a, b) in enumerate(graph.edge_pairs):
         f = acts_at(model, x, i)

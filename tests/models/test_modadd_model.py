@@ -43,7 +43,7 @@ def test_folded_sectioned_model_equals_the_flax_model(last_pos_only):
     flax_logits = modadd.ModAddTransformer(cfg).apply(
         modadd.tl_to_flax({k: np.asarray(v, np.float64) for k, v in weights.items()}),
         jnp.asarray(tokens))
-    model = modadd.sectioned(weights, cfg, last_pos_only=last_pos_only)
+    model = modadd.sectioned_model(weights, cfg, last_pos_only=last_pos_only)
     ours = jax.vmap(lambda x: model.forward(model.params, x))(jnp.asarray(tokens))
     expected = flax_logits[:, -1:] if last_pos_only else flax_logits
     np.testing.assert_allclose(ours, expected, rtol=1e-11, atol=1e-11)
@@ -59,7 +59,7 @@ def test_every_node_layer_has_the_reference_width():
               "add_resid1.0": 258, "ln2.0": 129, "ln2_out.0": 129, "mlp_in.0": 258,
               "mlp_act.0": 642, "mlp_out.0": 642, "add_resid2.0": 258, "ln_final": 129,
               "ln_final_out": 129, "unembed": 129, "output": 114}
-    model = modadd.sectioned(weights, cfg, tuple(widths))
+    model = modadd.sectioned_model(weights, cfg, tuple(widths))
     assert dict(zip(model.node_layers, tuple(layer.width for layer in model.layers))) == widths
     positions = [layer.positions for layer in model.layers]
     assert positions[:5] == [3, 3, 3, 3, 3] and set(positions[5:]) == {1}
@@ -68,7 +68,7 @@ def test_every_node_layer_has_the_reference_width():
     acts = jax.vmap(lambda x: model.all_acts(model.params, x))(tokens)
     for name, a in zip(model.node_layers[:-1], acts[:-1]):
         np.testing.assert_array_equal(a[..., -1], 1.0, err_msg=name)
-    short = modadd.sectioned(weights, cfg, ("mlp_act.0", "output"))
+    short = modadd.sectioned_model(weights, cfg, ("mlp_act.0", "output"))
     np.testing.assert_allclose(jax.vmap(lambda x: short.forward(short.params, x))(tokens), acts[-1],
                                rtol=1e-12, atol=1e-12)
 
@@ -83,7 +83,7 @@ def test_every_node_layer_has_the_reference_width():
 def test_bad_node_layers_are_named(layers, message):
     cfg, weights = modadd.load()
     with pytest.raises(NodeLayerError, match=message) as err:
-        modadd.sectioned(weights, cfg, layers)
+        modadd.sectioned_model(weights, cfg, layers)
     assert "ln2.0" in str(err.value)  # lists the valid ones
 
 
@@ -121,8 +121,8 @@ def test_reference_checkpoints_load(shared_data):
 def test_last_query_attention_equals_the_module_by_module_section():
     """Cut at add_resid1.0, attention computes every query; across it, only the last one."""
     cfg, weights = modadd.load()
-    fused = modadd.sectioned(weights, cfg, ("ln1.0", "ln2.0", "output"))
-    split = modadd.sectioned(weights, cfg, ("ln1.0", "add_resid1.0", "ln2.0", "output"))
+    fused = modadd.sectioned_model(weights, cfg, ("ln1.0", "ln2.0", "output"))
+    split = modadd.sectioned_model(weights, cfg, ("ln1.0", "add_resid1.0", "ln2.0", "output"))
     x = jax.vmap(lambda t: fused.embed(fused.params, t))(jnp.asarray(modadd.dataset()[0][::53]))
     one = jax.vmap(lambda a: fused.sections[0].fn(fused.params, a))(x)
     two = jax.vmap(lambda a: split.sections[1].fn(

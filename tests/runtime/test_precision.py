@@ -6,14 +6,14 @@ import sys
 import jax
 import pytest
 
-from libjax.build import BuildConfig, build
+from libjax.pipeline import BuildConfig, build
 from libjax.errors import ConfigError
 from libjax.runtime import precision
 from tests.helpers.tiny import tiny_transformer
 
 
 def test_importing_libjax_and_every_model_family_leaves_jax_as_it_was():
-    code = ("import jax, libjax, libjax.build, libjax.ablation, models.registry\n"
+    code = ("import jax, libjax, libjax.pipeline, libjax.ablation, models.registry\n"
             "for name in models.registry.FAMILIES: models.registry.get(name)\n"
             "print(jax.config.jax_enable_x64, jax.config.jax_default_matmul_precision)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,

@@ -253,7 +253,7 @@ def test_two_builds_on_one_directory_one_runs_the_other_is_refused_and_a_kill_le
 def test_a_library_build_refuses_a_directory_another_process_holds(tmp_path):
     """The lock is the store's, not the script's: a build called from Python is refused too,
     and the process that holds a directory may open it again (re-entrant)."""
-    from libjax.build import BuildConfig, build
+    from libjax.pipeline import BuildConfig, build
     from tests.helpers.tiny import tiny_transformer
 
     holder = subprocess.Popen(

@@ -5,7 +5,7 @@ import shutil
 import numpy as np
 import pytest
 
-from libjax.build import BuildConfig, build
+from libjax.pipeline import BuildConfig, build
 from libjax.errors import StoreError
 from libjax.storage import graph, store
 from tests.helpers.tiny import tiny_transformer

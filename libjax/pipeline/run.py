@@ -1,8 +1,8 @@
 """The LIB build pipeline: statistics -> bases (last node layer first) -> edges (docs/method.md
 1.1).
 
-Each phase streams over the data with a jitted step (:mod:`libjax.build.steps`) on the path that
-:func:`~libjax.build.paths.choose_path` chooses, accumulating as the precision policy says
+Each phase streams over the data with a jitted step (:mod:`libjax.pipeline.steps`) on the path that
+:func:`~libjax.pipeline.computations.choose_path` chooses, accumulating as the precision policy says
 (:mod:`libjax.runtime.precision`); every finished stage is stored at once
 (:mod:`libjax.storage.store`), so an interrupted build resumes where it stopped and gives exactly
 the same graph (stochastic sources are keyed by seed, stage and batch).
@@ -20,12 +20,12 @@ import jax.numpy as jnp
 import numpy as np
 
 from libjax import basis as basis_lib
-from libjax.build.ahead import Ahead
-from libjax.build.config import BuildConfig
-from libjax.build.first_layer import FirstLayer
-from libjax.build.paths import choose_path, section_task
-from libjax.build.progress_saves import Saves, SaveSchedule
-from libjax.build.steps import accumulate, accumulation_step, compile_ahead, stats_step
+from libjax.pipeline.ahead import Ahead
+from libjax.pipeline.config import BuildConfig
+from libjax.pipeline.first_layer import FirstLayer
+from libjax.pipeline.computations import choose_path, section_task
+from libjax.pipeline.progress_saves import Saves, SaveSchedule
+from libjax.pipeline.steps import accumulate, accumulation_step, compile_ahead, stats_step
 from libjax.errors import BasisError, ConfigError, NumericalError
 from libjax.forms import EDGES, M_PRIME
 from libjax.method import stats
@@ -223,7 +223,7 @@ def build(model, inputs, cfg: BuildConfig = BuildConfig(), gram_inputs=None,
       model_id: identifies the model (e.g. checkpoint path) in ``out_dir``'s build record.
       placement: the devices to use (default: a ``data`` mesh over every device).
       save_schedule: how often a pass saves its progress in ``out_dir`` (a stopped stage then
-        resumes from its last save, bit for bit: :mod:`libjax.build.progress_saves`).
+        resumes from its last save, bit for bit: :mod:`libjax.pipeline.progress_saves`).
       data_record: where ``inputs`` came from, recorded as ``"data"`` in ``build.json`` (so
         ablations and the explorer find the corpus and context again).
 

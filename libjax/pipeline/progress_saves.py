@@ -1,7 +1,7 @@
 """Saving a pass's progress as it runs, resuming it, and stopping it when asked.
 
-A stage's pass over the data (:func:`libjax.build.steps.accumulate`) can take hours. It saves
-its accumulator and position (:mod:`libjax.storage.partial`) on a :class:`SaveSchedule`, and at
+A stage's pass over the data (:func:`libjax.pipeline.steps.accumulate`) can take hours. It saves
+its accumulator and position (:mod:`libjax.storage.midstage`) on a :class:`SaveSchedule`, and at
 once when a stop is requested (:mod:`libjax.runtime.preemption`: SIGTERM), then stops. A rerun
 continues the same fold from the saved batch with the same per-batch keys, so the stage ends bit
 for bit as an uninterrupted pass would; a save made with another batch size, device count or
@@ -22,7 +22,7 @@ from jax.experimental import multihost_utils
 from libjax.errors import ConfigError
 from libjax.runtime import preemption
 from libjax.runtime.sharding import Placement
-from libjax.storage.partial import PartialSave
+from libjax.storage.midstage import MidstageSave
 
 log = logging.getLogger("libjax")
 
@@ -64,7 +64,7 @@ class PassProgress:
     """The saves and stops of one pass: :meth:`resume` before the first batch, :meth:`boundary`
     after each."""
 
-    def __init__(self, save: Optional[PartialSave], schedule: SaveSchedule, what: str,
+    def __init__(self, save: Optional[MidstageSave], schedule: SaveSchedule, what: str,
                  layout: dict):
         self.save, self.schedule, self.what, self.layout = save, schedule, what, layout
         self.saved_at, self.saved_time = 0, time.monotonic()
@@ -73,7 +73,7 @@ class PassProgress:
     def of(cls, saves: Optional[Saves], stage: str, what: str, layout: dict) -> "PassProgress":
         if saves is None:
             return cls(None, SaveSchedule(), what, layout)
-        return cls(saves.store.partial_save(stage), saves.schedule, what, layout)
+        return cls(saves.store.midstage_save(stage), saves.schedule, what, layout)
 
     def resume(self, init):
         """``(first batch, accumulator)``: the saved position and sums if this pass has a

@@ -4,7 +4,7 @@ An edge step's program depends on the shapes of the bases on both sides of its s
 are known as soon as the later of the two is built; the bases are built from the last node layer
 back, each ``M'`` step waiting for the basis after it. So while the main thread compiles and runs
 the ``M'`` steps, one worker compiles the edge steps whose bases exist
-(:func:`libjax.build.steps.compile_ahead`: the compiled program lands in ``jax.jit``'s cache),
+(:func:`libjax.pipeline.steps.compile_ahead`: the compiled program lands in ``jax.jit``'s cache),
 and the edges then start at once, the last section first (the first section's step, whose
 basis is built last, compiles while the others run). XLA compiles on one core and releases the
 GIL, so the two overlap. On the 2-core machine of BUILD_NOTES both cores are then busy, and a

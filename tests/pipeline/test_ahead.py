@@ -1,4 +1,4 @@
-"""Edge steps compiled ahead in a worker thread (:mod:`libjax.build.ahead`): each is traced once,
+"""Edge steps compiled ahead in a worker thread (:mod:`libjax.pipeline.ahead`): each is traced once,
 its first batch runs the program compiled ahead, and the graph is bit for bit the one built
 without compiling ahead."""
 
@@ -10,19 +10,19 @@ import time
 import jax
 import numpy as np
 
-from libjax import build
-from libjax.build import ahead, steps
+from libjax import pipeline
+from libjax.pipeline import ahead, steps
 from models.lm import model as lm
 from tests.helpers.script_runs import assert_identical_graphs
 from tests.helpers.tiny import tiny_ln_weights
 
-LIB = build.BuildConfig(batch_size=4, n_stochastic_sources_basis_pos=2,
+LIB = pipeline.BuildConfig(batch_size=4, n_stochastic_sources_basis_pos=2,
                         n_stochastic_sources_edges=2, rotate_final_node_layer=True)
 
 
 def block_0(seed: int):
     cfg, weights, rng = tiny_ln_weights(seed=seed, n_layers=1)
-    model = lm.sectioned("tiny_ln", cfg, weights, lm.block_node_layers(0, 1), 5)
+    model = lm.sectioned_model("tiny_ln", cfg, weights, lm.block_node_layers(0, 1), 5)
     return model, rng.integers(0, cfg.d_vocab, size=(10, cfg.n_ctx)).astype(np.int32)
 
 
@@ -34,7 +34,7 @@ def test_edge_steps_compiled_ahead_are_traced_once_and_change_nothing(monkeypatc
             (time.perf_counter(), threading.current_thread().name))
         if event == "/jax/core/compile/backend_compile_duration" else None)
     before = steps.TRACES.copy()
-    first = build.build(model, tokens, LIB)
+    first = pipeline.build(model, tokens, LIB)
     edges_start = time.perf_counter() - first.timings["edges"]
     edge_traces = {k: v for k, v in (steps.TRACES - before).items() if k.startswith("edges")}
     assert len(edge_traces) == len(model.sections) and set(edge_traces.values()) == {1}
@@ -44,4 +44,4 @@ def test_edge_steps_compiled_ahead_are_traced_once_and_change_nothing(monkeypatc
 
     steps._steps.clear()  # compile every step again, this time in the main thread
     monkeypatch.setattr(ahead.Ahead, "submit", lambda self, key, compile_fn: None)
-    assert_identical_graphs(first, build.build(model, tokens, LIB))
+    assert_identical_graphs(first, pipeline.build(model, tokens, LIB))

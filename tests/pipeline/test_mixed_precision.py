@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 
 from libjax.basis import lib_basis, pca_basis
-from libjax.build import BuildConfig, build
-from libjax.build.steps import batch_key, batch_key_data
+from libjax.pipeline import BuildConfig, build
+from libjax.pipeline.steps import batch_key, batch_key_data
 from libjax.errors import ConfigError, StoreError
 from libjax.method.probes import ProbeSet
 from models.common import transformer
@@ -25,7 +25,7 @@ MIXED = BuildConfig(precision="mixed")
 
 
 class LoweredSteps:
-    """While active, every step that :mod:`libjax.build.steps` jits is lowered at each call and
+    """While active, every step that :mod:`libjax.pipeline.steps` jits is lowered at each call and
     its StableHLO kept (the text includes everything the step calls)."""
 
     def __init__(self):
@@ -36,7 +36,7 @@ class LoweredSteps:
 
         def jit(fun, *args, **kwargs):
             jitted = self._jit(fun, *args, **kwargs)
-            if fun.__module__ != "libjax.build.steps":
+            if fun.__module__ != "libjax.pipeline.steps":
                 return jitted
 
             def call(*a):

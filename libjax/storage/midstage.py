@@ -35,7 +35,7 @@ def record_digest(build_info: dict) -> str:
     return hashlib.sha256(json.dumps(build_info, sort_keys=True).encode()).hexdigest()[:16]
 
 
-class PartialSave:
+class MidstageSave:
     """The mid-stage save of one stage of one build."""
 
     def __init__(self, out_dir: Path, stage: str, build_digest: str, writer: bool = True):

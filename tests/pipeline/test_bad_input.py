@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from libjax.build import BuildConfig, build
+from libjax.pipeline import BuildConfig, build
 from libjax.errors import StoreError
 from libjax.storage import graph
 from models.common import checkpoints

@@ -29,7 +29,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from libjax.build.progress_saves import PassProgress, Saves, layout
+from libjax.pipeline.progress_saves import PassProgress, Saves, layout
 from libjax.forms import EDGES, Form, Task
 from libjax.method import stats
 from libjax.model import chain_acts
@@ -102,7 +102,7 @@ def _functions(model, stop: int) -> tuple:
 
 
 def first_layer_step(model, policy: str = "float64") -> Callable:
-    """A batch run to the model's first node layer (:mod:`libjax.build.first_layer`)."""
+    """A batch run to the model's first node layer (:mod:`libjax.pipeline.first_layer`)."""
     embed, label = model.embed, f"activations of {model.node_layers[0]}"
 
     def make():  # holds the function only, not the model's weights
@@ -183,7 +183,7 @@ def _make_accumulation_step(functions: tuple, path: Form, task: Task, plan, poli
 def compile_ahead(step: Step, acc, inputs, batch_size: int, placement: Placement, *args) -> None:
     """Compile ``step`` for the arguments :func:`accumulate` will give it (the same shapes,
     dtypes and shardings), so that its first batch finds the program compiled. Run in a thread
-    to compile while the build does other work (:mod:`libjax.build.ahead`)."""
+    to compile while the build does other work (:mod:`libjax.pipeline.ahead`)."""
     size = batch_size_for(len(inputs), batch_size, placement.size)
     on_host = step.merge is not None
     dtype = precision.narrow_dtype if on_host else np.dtype
@@ -206,7 +206,7 @@ def accumulate(step: Step, acc, inputs, batch_size: int, what: str, seed: int, s
 
     With ``saves``, the fold continues from the stage's saved progress if there is a matching
     save, saves on the schedule, and stops at a requested stop
-    (:mod:`libjax.build.progress_saves`): a resumed fold sums exactly as an uninterrupted one."""
+    (:mod:`libjax.pipeline.progress_saves`): a resumed fold sums exactly as an uninterrupted one."""
     size = batch_size_for(len(inputs), batch_size, placement.size)
     total = -(-len(inputs) // size)
     on_host = step.merge is not None

@@ -14,15 +14,15 @@ import jax
 import numpy as np
 import pytest
 
-from libjax.build import BuildConfig, build, steps
-from libjax.build.paths import choose_path, section_task
-from libjax.build.progress_saves import PassProgress, Saves, SaveSchedule
+from libjax.pipeline import BuildConfig, build, steps
+from libjax.pipeline.computations import choose_path, section_task
+from libjax.pipeline.progress_saves import PassProgress, Saves, SaveSchedule
 from libjax.errors import ConfigError
 from libjax.forms import M_PRIME
 from libjax.method import stats
 from libjax.runtime import precision, preemption
 from libjax.runtime.sharding import Placement
-from libjax.storage import partial, store
+from libjax.storage import midstage, store
 from libjax.storage.graph import STATS_STAGE, basis_stage
 from tests.helpers.script_runs import assert_identical_graphs
 from tests.helpers.tiny import tiny_transformer
@@ -65,7 +65,7 @@ def interrupt(monkeypatch, after: int, how: str) -> None:
 def saved_at(out) -> dict[str, int]:
     """Stage -> batches done, of each mid-stage save in build directory ``out``."""
     found = {}
-    for path in (out / partial.DIRECTORY).glob("*.npz"):
+    for path in (out / midstage.DIRECTORY).glob("*.npz"):
         with np.load(path) as f:
             found[path.stem] = json.loads(str(f["record"]))["done"]
     return found
@@ -159,9 +159,9 @@ def test_a_save_of_another_build_or_layout_is_not_resumed(tmp_path, monkeypatch,
     monkeypatch.undo()
 
     elsewhere = store.Store(tmp_path / "other", {"build": other.get("build", 1)})
-    (tmp_path / "other" / partial.DIRECTORY).mkdir()
-    shutil.copy(tmp_path / "saved" / partial.DIRECTORY / "stats.npz",
-                tmp_path / "other" / partial.DIRECTORY)
+    (tmp_path / "other" / midstage.DIRECTORY).mkdir()
+    shutil.copy(tmp_path / "saved" / midstage.DIRECTORY / "stats.npz",
+                tmp_path / "other" / midstage.DIRECTORY)
     run.batch_size = other.get("batch_size", BATCH)
     try:
         whole = run.run()
@@ -190,23 +190,23 @@ def test_a_stopped_build_resumes_to_the_same_graph_and_leaves_no_save(tmp_path, 
     preemption.clear()
     monkeypatch.undo()
     assert_identical_graphs(build(model, tokens, cfg, out_dir=tmp_path), whole)
-    assert not (tmp_path / partial.DIRECTORY).exists()
+    assert not (tmp_path / midstage.DIRECTORY).exists()
 
 
 def test_storing_a_stage_drops_its_save_and_is_where_a_stop_between_passes_ends(tmp_path):
     st = store.Store(tmp_path, {"build": 1})
     for stage in ("a", "b"):
-        st.partial_save(stage).save([np.zeros(3)], {}, 1)
+        st.midstage_save(stage).save([np.zeros(3)], {}, 1)
     st.put("a", {"x": np.ones(2)})
     assert saved_at(tmp_path) == {"b": 1}
     preemption.request()
     with pytest.raises(preemption.Preempted, match="stage 'b' is stored"):
         st.put("b", {"x": np.ones(2)})
-    assert st.has("b") and not (tmp_path / partial.DIRECTORY).exists()
+    assert st.has("b") and not (tmp_path / midstage.DIRECTORY).exists()
 
 
 def test_a_crash_mid_save_leaves_the_previous_save(tmp_path, monkeypatch):
-    save = partial.PartialSave(tmp_path, "s", "b")
+    save = midstage.MidstageSave(tmp_path, "s", "b")
     save.save([np.arange(3.0)], {"batches": 4}, 1)
 
     def crash(*args, **kwargs):
@@ -216,13 +216,13 @@ def test_a_crash_mid_save_leaves_the_previous_save(tmp_path, monkeypatch):
         save.save([np.arange(3.0) + 1], {"batches": 4}, 2)
     done, (acc,) = save.load([np.zeros(3)], {"batches": 4})
     assert done == 1 and np.array_equal(acc, np.arange(3.0))
-    assert [p.name for p in (tmp_path / partial.DIRECTORY).iterdir()] == ["s.npz"]
+    assert [p.name for p in (tmp_path / midstage.DIRECTORY).iterdir()] == ["s.npz"]
 
 
 def test_the_schedule_counts_batches_and_minutes(tmp_path, monkeypatch):
     clock = [0.0]
-    monkeypatch.setattr("libjax.build.progress_saves.time.monotonic", lambda: clock[0])
-    save = partial.PartialSave(tmp_path, "s", "b")
+    monkeypatch.setattr("libjax.pipeline.progress_saves.time.monotonic", lambda: clock[0])
+    save = midstage.MidstageSave(tmp_path, "s", "b")
     for schedule, minutes_per_batch, expected in [
             (SaveSchedule(every_batches=4, every_minutes=10), 1, [4, 8]),
             (SaveSchedule(every_batches=0, every_minutes=10), 4, [3, 6, 9]),

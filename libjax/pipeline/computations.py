@@ -7,7 +7,7 @@ positionwise section (fast paths on) needs one probe per output direction only.
 
 from __future__ import annotations
 
-from libjax.build.config import BuildConfig, points
+from libjax.pipeline.config import BuildConfig, points
 from libjax.forms import EDGES, Form, M_PRIME, Task
 from libjax.method.vjp import VJPPath
 from libjax.runtime import precision

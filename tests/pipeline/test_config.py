@@ -1,8 +1,8 @@
-"""How a user's options combine with a model's paper defaults (libjax.build.config.resolve)."""
+"""How a user's options combine with a model's paper defaults (libjax.pipeline.config.resolve)."""
 
 import pytest
 
-from libjax.build.config import BuildConfig, resolve
+from libjax.pipeline.config import BuildConfig, resolve
 from libjax.errors import ConfigError
 
 LM_DEFAULTS = {"n_stochastic_sources_basis_pos": 1, "n_stochastic_sources_edges": 1,

@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from libjax.build import BuildConfig, build
+from libjax.pipeline import BuildConfig, build
 from models.modadd import model as modadd
 from tests.helpers.tiny import tiny_transformer
 
@@ -18,7 +18,7 @@ def case(name):
     """``(model, inputs)`` of each test model."""
     if name == "modadd":
         cfg, weights = modadd.load()
-        return modadd.sectioned(weights, cfg), modadd.split_data("train")[0][:128]
+        return modadd.sectioned_model(weights, cfg), modadd.split_data("train")[0][:128]
     if name == "tiny":
         return tiny_transformer(("ln1.0", "ln2.0", "unembed", "output"))
     if name == "tiny_positions":  # every position kept: sections with several output positions

@@ -1,14 +1,14 @@
-"""Several graphs of one model in one job (:func:`libjax.build.build_many`): statistics from one
+"""Several graphs of one model in one job (:func:`libjax.pipeline.build_many`): statistics from one
 pass equal to each graph's own build, bit for bit, and jitted steps that a second build reuses
-instead of retracing (:data:`libjax.build.steps.TRACES`)."""
+instead of retracing (:data:`libjax.pipeline.steps.TRACES`)."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from libjax import build
-from libjax.build import steps
+from libjax import pipeline
+from libjax.pipeline import steps
 from libjax.errors import ConfigError
 from models.lm import model as lm
 from tests.helpers.script_runs import assert_identical_graphs
@@ -25,7 +25,7 @@ def blocks():
     tokens = rng.integers(0, cfg.d_vocab, size=(48, cfg.n_ctx)).astype(np.int32)
     cuts = [lm.block_node_layers(b, N_LAYERS) for b in range(N_LAYERS)]
     union = tuple(dict.fromkeys(n for cut in cuts for n in cut))
-    singles = [lm.sectioned("tiny_ln", cfg, weights, cut, 5, truncate=True) for cut in cuts]
+    singles = [lm.sectioned_model("tiny_ln", cfg, weights, cut, 5, truncate=True) for cut in cuts]
     n_blocks, unembed = lm.extent(cfg, union)
     params = lm.processed_weights(cfg, weights, n_blocks, unembed)
     stats_model = lm.truncated_model("tiny_ln", cfg, params, union, 5, n_blocks, unembed)
@@ -34,7 +34,7 @@ def blocks():
     return stats_model, shared, singles, tokens
 
 
-PCA = build.BuildConfig(basis="pca", compute_edges=False, rotate_final_node_layer=True,
+PCA = pipeline.BuildConfig(basis="pca", compute_edges=False, rotate_final_node_layer=True,
                         batch_size=16)
 
 
@@ -56,15 +56,15 @@ def test_one_statistics_pass_gives_each_block_its_own_build(blocks, tmp_path):
     stats_model, shared, singles, tokens = blocks
     dirs = [tmp_path / f"layer_{b}" for b in range(N_LAYERS)]
     before = steps.TRACES.copy()
-    many = build.build_many(shared, tokens, PCA, out_dirs=dirs, stats_model=stats_model)
+    many = pipeline.build_many(shared, tokens, PCA, out_dirs=dirs, stats_model=stats_model)
     traced = steps.TRACES - before
     assert sum(traced.values()) == 1, traced  # one statistics step, traced once
     for single, g, directory in zip(singles, many, dirs):
-        assert_identical_graphs(build.build(single, tokens, PCA), g)
+        assert_identical_graphs(pipeline.build(single, tokens, PCA), g)
         assert (directory / "summary.json").exists()
     # a rerun resumes every graph from its stages: no pass over the data at all
     before = steps.TRACES.copy()
-    again = build.build_many(shared, tokens, PCA, out_dirs=dirs, stats_model=stats_model)
+    again = pipeline.build_many(shared, tokens, PCA, out_dirs=dirs, stats_model=stats_model)
     assert steps.TRACES == before
     for g, h in zip(many, again):
         assert_identical_graphs(g, h)
@@ -75,19 +75,19 @@ def test_a_second_build_reuses_the_compiled_steps(blocks):
     seed, same shapes) traces nothing."""
     _, _, _, tokens = blocks
     cfg, weights, _ = tiny_ln_weights(n_layers=N_LAYERS)
-    model = lm.sectioned("tiny_ln", cfg, weights, ("ln2.0", "ln2_out.0", "mlp_in.0", "ln1.1"), 5,
+    model = lm.sectioned_model("tiny_ln", cfg, weights, ("ln2.0", "ln2_out.0", "mlp_in.0", "ln1.1"), 5,
                          truncate=True)
-    cfg = build.BuildConfig(rotate_final_node_layer=True, compute_edges=False, batch_size=16)
+    cfg = pipeline.BuildConfig(rotate_final_node_layer=True, compute_edges=False, batch_size=16)
     first = steps.TRACES.copy()
-    build.build(model, tokens[:16], cfg)
+    pipeline.build(model, tokens[:16], cfg)
     traced = steps.TRACES - first
     assert traced and max(traced.values()) == 1, traced
     again = steps.TRACES.copy()
-    build.build(model, tokens[16:32], cfg)
+    pipeline.build(model, tokens[16:32], cfg)
     assert steps.TRACES == again
 
 
 def test_statistics_model_must_hold_every_node_layer(blocks):
     stats_model, shared, _, tokens = blocks
     with pytest.raises(ConfigError, match="statistics model has no node layer 'ln1_out.1'"):
-        build.build_many(shared, tokens, PCA, stats_model=shared[0])
+        pipeline.build_many(shared, tokens, PCA, stats_model=shared[0])

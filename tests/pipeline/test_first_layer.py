@@ -1,4 +1,4 @@
-"""The build's steps start at the first node layer (:mod:`libjax.build.first_layer`): the same
+"""The build's steps start at the first node layer (:mod:`libjax.pipeline.first_layer`): the same
 graph as steps that run from the inputs, and the activations are the model's."""
 
 from __future__ import annotations
@@ -7,20 +7,20 @@ import logging
 
 import numpy as np
 
-from libjax import build
-from libjax.build import first_layer
+from libjax import pipeline
+from libjax.pipeline import first_layer
 from libjax.runtime.sharding import Placement
 from models.lm import model as lm
 from tests.helpers.tiny import tiny_ln_weights
 
-LIB = build.BuildConfig(batch_size=5, n_stochastic_sources_basis_pos=2,
+LIB = pipeline.BuildConfig(batch_size=5, n_stochastic_sources_basis_pos=2,
                         n_stochastic_sources_edges=2, rotate_final_node_layer=True)
 
 
 def block_1():
     """Block 1 of a 2-block LayerNorm transformer (block 0 runs before its first node layer)."""
     cfg, weights, rng = tiny_ln_weights(n_layers=2)
-    model = lm.sectioned("tiny_ln", cfg, weights, lm.block_node_layers(1, 2), 5)
+    model = lm.sectioned_model("tiny_ln", cfg, weights, lm.block_node_layers(1, 2), 5)
     return model, rng.integers(0, cfg.d_vocab, size=(12, cfg.n_ctx)).astype(np.int32)
 
 
@@ -36,10 +36,10 @@ def test_a_build_from_the_first_node_layer_equals_one_from_the_inputs(monkeypatc
     """Stochastic sources, padded last batch: the graph does not depend on where steps start;
     where the activations would not fit the host, the steps run from the inputs (and say so)."""
     model, tokens = block_1()
-    started = build.build(model, tokens, LIB)
+    started = pipeline.build(model, tokens, LIB)
     monkeypatch.setattr(first_layer, "HOST_SHARE", 0.0)
     with caplog.at_level(logging.INFO, logger="libjax"):
-        from_inputs = build.build(model, tokens, LIB)
+        from_inputs = pipeline.build(model, tokens, LIB)
     assert "would not fit in memory: every step runs from the inputs" in caplog.text
     for name, b in from_inputs.bases.items():  # the final layer's PCA basis has no Lambda
         assert started.bases[name].dim == b.dim

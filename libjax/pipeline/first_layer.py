@@ -17,7 +17,7 @@ import os
 
 import numpy as np
 
-from libjax.build.steps import first_layer_step
+from libjax.pipeline.steps import first_layer_step
 from libjax.runtime import precision
 from libjax.runtime.batching import batch_size_for, padded_batches
 from libjax.runtime.progress import track

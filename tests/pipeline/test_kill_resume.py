@@ -26,7 +26,7 @@ from pathlib import Path
 
 import pytest
 
-from libjax.build import BuildConfig, build
+from libjax.pipeline import BuildConfig, build
 from libjax.errors import StoreError
 from libjax.runtime import preemption
 from libjax.storage import graph, partial, store
@@ -83,7 +83,7 @@ KILL_POINTS = {
     # M' of ln1.0 takes milliseconds once compiled: kill as soon as it starts
     "during M' of ln1.0": (lambda out, log: any("M' ln1.0:" in x for x in log), 0.0),
     "writing a basis": (lambda out, log: writing(out, "basis_ln1.0"), 0.0),
-    # the edges run the last section first (libjax.build.pipeline._edges)
+    # the edges run the last section first (libjax.pipeline.run._edges)
     "during the first edges": (lambda out, log: any("edges unembed->output:" in x for x in log),
                                0.0),
     "between two edge matrices": (lambda out, log: "edges_unembed__output" in committed(out),
