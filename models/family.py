@@ -7,6 +7,7 @@ imports the families.
 
 from __future__ import annotations
 
+import abc
 import dataclasses
 import re
 from typing import Optional, Sequence
@@ -119,24 +120,25 @@ class Data:
     source: Optional[dict] = None
 
 
-class Family:
-    """A model the command-line tools know by ``--model`` name. Subclasses implement the first
-    five methods; the optional capabilities have defaults.
+class Family(abc.ABC):
+    """A model the command-line tools know by ``--model`` name. Subclasses implement the abstract
+    methods (:meth:`node_layers`, :meth:`load`, :meth:`data`, :meth:`model_id`); the optional
+    capabilities have defaults.
     """
 
     name: str
 
+    @abc.abstractmethod
     def node_layers(self, opts: Options) -> tuple[str, ...]:
         """The node layers to use (``opts.node_layers`` or the family's default)."""
-        raise NotImplementedError
 
     def build_defaults(self, opts: Options) -> dict:
         """``BuildConfig`` fields that this model's paper configuration sets."""
         return {}
 
+    @abc.abstractmethod
     def load(self, opts: Options, node_layers: tuple[str, ...]) -> SectionedModel:
         """The sectioned model, with weights from ``opts.checkpoint``."""
-        raise NotImplementedError
 
     def load_for_build(self, opts: Options, node_layers: tuple[str, ...]) -> SectionedModel:
         """The sectioned model a build needs, which never runs past its last node layer: a family
@@ -157,13 +159,13 @@ class Family:
         (:func:`libjax.pipeline.build_many`)."""
         raise NotImplementedError
 
+    @abc.abstractmethod
     def data(self, opts: Options) -> Data:
         """The build's inputs."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def model_id(self, opts: Options) -> str:
         """A string identifying the weights (recorded with every build)."""
-        raise NotImplementedError
 
     def ablation_defaults(self, opts: Options) -> Optional[dict]:
         """The paper's ablation settings for this model: evaluation ``split``, ``metric``,

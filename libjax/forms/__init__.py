@@ -22,6 +22,7 @@ nothing is registered in the build.
 
 from __future__ import annotations
 
+import abc
 import dataclasses
 from typing import Any, Optional
 
@@ -71,9 +72,10 @@ class Task:
         return self.n_samples * self.n_pos
 
 
-class Form:
+class Form(abc.ABC):
     """Base class of the closed forms (and of the general path): defaults for an exact form of a
-    positionwise section whose result is the summed batch contributions."""
+    positionwise section whose result is the summed batch contributions. ``batch_sums`` is the
+    one method every form writes."""
 
     label = "closed form"  # what the log calls it
 
@@ -97,8 +99,9 @@ class Form:
         return np.zeros((task.out_dim, task.in_dim) if task.kind == EDGES
                         else (task.d_in, task.d_in))
 
+    @abc.abstractmethod
     def batch_sums(self, task: Task, plan, params, x, sample_weights, signs, c_in_pinv, c_next):
-        raise NotImplementedError
+        """One batch's contribution to the sums (traced inside a jitted step)."""
 
     def finish(self, task: Task, params, sums, c_next):
         return sums
