@@ -108,7 +108,7 @@ def test_moved_modules_import_under_their_old_names_with_a_warning():
         assert module is importlib.import_module(new)
         assert any(issubclass(w.category, DeprecationWarning) and new in str(w.message)
                    for w in caught), old
-    from libjax.build import BuildConfig as OldConfig  # noqa: the old spelling, on purpose
+    from libjax.build import BuildConfig as OldConfig  # the old spelling, on purpose
     from libjax.graph import Graph
     assert OldConfig is BuildConfig and Graph is storage_graph.Graph
     every_new = set(moved.MODULES.values()) | set(moved.PACKAGES.values())
