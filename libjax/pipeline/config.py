@@ -29,9 +29,10 @@ class BuildConfig:
       isolate_ln_var: keep a LayerNorm variance coordinate that the model declares
         (:attr:`libjax.model.NodeLayer.variance`) as its own direction.
       truncation_threshold: drop directions with eigenvalue below this.
-      relative_truncation_threshold: also drop the directions (other than the constant and an
-        isolated variance) whose Gram eigenvalue or Lambda is below this fraction of the layer's
-        largest; None: the policy's default (:data:`RELATIVE_TRUNCATION`).
+      relative_truncation_threshold: LIB bases only: also drop the directions (other than the
+        constant and an isolated variance) whose Gram eigenvalue or Lambda is below this fraction
+        of the layer's largest; None: the policy's default (:data:`RELATIVE_TRUNCATION`). PCA
+        never divides by an eigenvalue, so it keeps every direction above the absolute threshold.
       precision: ``float64`` (every step in float64) or ``mixed`` (steps in float32, sums merged
         on the host in float64); see :mod:`libjax.runtime.precision`.
       rotate_final_node_layer: give the last node layer a PCA basis.
