@@ -26,7 +26,7 @@ from typing import Callable
 
 import jax
 from absl import app, flags
-from jax._src import xla_bridge
+from jax._src import xla_bridge  # backends_are_initialized() has no public equivalent
 
 from libjax.errors import ConfigError, LibjaxError
 from libjax.runtime import precision, preemption
@@ -77,9 +77,9 @@ QUICK_CPU_CODEGEN = "--xla_cpu_use_fusion_emitters=false"
 
 
 def use_quick_cpu_codegen() -> None:
-    """Compile CPU fusions with XLA's elemental emitters instead of its fusion emitters: a third
-    less compile time for the same programs (a cold modular-addition build: 3.4 s of XLA compile
-    instead of 5.0 s, its graph bit-identical; BUILD_NOTES "Cold start"). Elementwise
+    """Compile CPU fusions with XLA's elemental emitters instead of its fusion emitters: less
+    compile time for the same programs, the modular-addition graph bit-identical (measured in
+    BUILD_NOTES "Cold start"). Elementwise
     transcendentals (SiLU's logistic) may round differently, at 1e-15. Kept out when the user's
     ``XLA_FLAGS`` already choose, or when a backend exists already (XLA read its flags then)."""
     current = os.environ.get("XLA_FLAGS", "")
@@ -91,13 +91,13 @@ def use_quick_cpu_codegen() -> None:
 def _exit_without_teardown(status: int = 0) -> None:
     """End the script at once with ``status``: wait for its threads, run the exit handlers and
     flush the streams as a normal exit does, then skip the interpreter's teardown, where
-    destroying XLA's compiled programs and thread pools took 0.45 s of a 7 s cold
-    modular-addition run, and where a daemon thread still inside XLA (a step compiling ahead
+    destroying XLA's compiled programs and thread pools takes a noticeable part of a short run
+    (BUILD_NOTES "Cold start"), and where a daemon thread still inside XLA (a step compiling ahead
     when an error stopped the build) could abort the process instead of exiting."""
     for thread in threading.enumerate():
         if thread is not threading.current_thread() and not thread.daemon:
             thread.join()
-    atexit._run_exitfuncs()
+    atexit._run_exitfuncs()  # private, but the only way to run the exit handlers before os._exit
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(status)

@@ -2,8 +2,8 @@
 
 Steps are chunked twice over: by the user's memory budget (``--memory_budget_gb``, the bound on
 what a step may hold), and, where a step streams many small products, by what stays in the CPU
-caches: on the 2-core benchmark machine, 8 MiB operands ran the MLP edges and the low-rank
-attention 1.5-3x faster than budget-sized ones (BUILD_NOTES). Accelerators are unaffected: the
+caches: on CPUs, cache-sized operands run the MLP edges and the low-rank attention faster than
+budget-sized ones (measured in BUILD_NOTES). Accelerators are unaffected: the
 cap only shortens the scans.
 """
 

@@ -238,7 +238,7 @@ def _reserve(directory: Path, nbytes: int) -> None:
 
 
 def _import_orbax_meanwhile() -> None:
-    """Import orbax in a thread while the build starts: its ~0.25 s of importing then overlaps
+    """Import orbax in a thread while the build starts: its import time then overlaps
     the first step's compile (which releases the GIL) instead of preceding it. The first store
     or read waits for the import (Python's module lock)."""
     if _ORBAX not in sys.modules:
@@ -249,8 +249,8 @@ def _import_orbax_meanwhile() -> None:
 def _checkpointer():
     """An orbax checkpointer private to this process (no cross-process barriers): stages are
     written by one process and read by any. One file set per array rather than an OCDBT database:
-    a stage holds a few arrays, and merging the database took ~60 ms per stage, a tenth of a
-    cold modular-addition build's stores; it reads stages written either way."""
+    a stage holds a few arrays, and merging the database cost more than writing them (BUILD_NOTES
+    "Cold start"); it reads stages written either way."""
     ocp = importlib.import_module(_ORBAX)
     here = ocp.options.MultiprocessingOptions(primary_host=jax.process_index(),
                                               active_processes={jax.process_index()})
