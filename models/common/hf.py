@@ -101,6 +101,26 @@ def require(config: dict, what: str, names) -> None:
                               "positive integers")
 
 
+def check_architecture(config: dict, model_types: tuple[str, ...], what: str, understood,
+                       required: dict | None = None, sizes=()) -> None:
+    """What every converter checks before it reads ``config``: its ``model_type``, the allow-list
+    (:func:`check_config`) and the sizes it reads the architecture from (:func:`require`)."""
+    if config.get("model_type") not in model_types:
+        raise CheckpointError(f"the checkpoint is a {config.get('model_type')!r} model, not "
+                              f"{what} (model_type {' or '.join(map(repr, model_types))})")
+    check_config(config, what, understood, required)
+    require(config, what, sizes)
+
+
+def split_heads(config: dict, what: str, width: str, heads: str) -> tuple[int, int]:
+    """The width and head count that ``config`` gives under the names ``width`` and ``heads``;
+    refused unless the heads split the width."""
+    d, h = config[width], config[heads]
+    if d % h:
+        raise CheckpointError(f"{what}: {width}={d} does not split into {heads}={h} heads")
+    return d, h
+
+
 def checkpoint_id(checkpoint: str) -> str:
     """What a build records as its checkpoint: ``checkpoint`` itself, or for a GGUF file its
     :func:`models.common.gguf.checkpoint_id` (the path marked with its quantisation), which

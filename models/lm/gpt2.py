@@ -10,9 +10,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from libjax.errors import CheckpointError
 from models.common import transformer
-from models.common.hf import check_config, require
+from models.common.hf import check_architecture, split_heads
 from models.lm import model as lm
 from models.lm.family import LMFamily
 
@@ -29,14 +28,9 @@ REQUIRED = {"scale_attn_by_inverse_layer_idx": False, "add_cross_attention": Fal
 
 def config(hf: dict) -> transformer.TransformerConfig:
     """The architecture of a Hugging Face ``gpt2`` ``config.json``."""
-    if hf.get("model_type") != "gpt2":
-        raise CheckpointError(f"the checkpoint is a {hf.get('model_type')!r} model, not GPT-2")
-    check_config(hf, WHAT, UNDERSTOOD, REQUIRED)
-    require(hf, WHAT, ("n_embd", "n_head", "n_layer", "vocab_size", "n_positions"))
-    if hf["n_embd"] % hf["n_head"]:
-        raise CheckpointError(f"{WHAT}: n_embd={hf['n_embd']} does not split into "
-                              f"n_head={hf['n_head']} heads")
-    d, h = hf["n_embd"], hf["n_head"]
+    check_architecture(hf, ("gpt2",), WHAT, UNDERSTOOD, REQUIRED,
+                       ("n_embd", "n_head", "n_layer", "vocab_size", "n_positions"))
+    d, h = split_heads(hf, WHAT, "n_embd", "n_head")
     return transformer.TransformerConfig(
         n_layers=hf["n_layer"], d_model=d, n_heads=h, d_head=d // h,
         d_mlp=hf.get("n_inner") or 4 * d, d_vocab=hf["vocab_size"], n_ctx=hf["n_positions"],

@@ -13,7 +13,7 @@ import numpy as np
 
 from libjax.errors import CheckpointError
 from models.common import transformer
-from models.common.hf import check_config, require
+from models.common.hf import check_architecture, split_heads
 from models.lm import model as lm
 from models.lm.family import LMFamily
 
@@ -39,18 +39,13 @@ def _attention_layers(hf: dict) -> list[str]:
 
 def config(hf: dict) -> transformer.TransformerConfig:
     """The architecture of a Hugging Face ``gpt_neo`` ``config.json``."""
-    if hf.get("model_type") != "gpt_neo":
-        raise CheckpointError(f"the checkpoint is a {hf.get('model_type')!r} model, not GPT-Neo")
-    check_config(hf, WHAT, UNDERSTOOD, REQUIRED)
-    require(hf, WHAT, ("hidden_size", "num_heads", "num_layers", "vocab_size", "max_position_embeddings"))
-    if hf["hidden_size"] % hf["num_heads"]:
-        raise CheckpointError(f"{WHAT}: hidden_size={hf['hidden_size']} does not split into "
-                              f"num_heads={hf['num_heads']} heads")
+    check_architecture(hf, ("gpt_neo",), WHAT, UNDERSTOOD, REQUIRED,
+                       ("hidden_size", "num_heads", "num_layers", "vocab_size", "max_position_embeddings"))
+    d, h = split_heads(hf, WHAT, "hidden_size", "num_heads")
     kinds = _attention_layers(hf)
     if len(kinds) != hf["num_layers"] or set(kinds) - {"global", "local"}:
         raise CheckpointError(f"GPT-Neo attention layers {kinds} do not give 'global' or 'local' "
                               f"for each of the {hf['num_layers']} layers")
-    d, h = hf["hidden_size"], hf["num_heads"]
     return transformer.TransformerConfig(
         n_layers=hf["num_layers"], d_model=d, n_heads=h, d_head=d // h,
         d_mlp=hf.get("intermediate_size") or 4 * d, d_vocab=hf["vocab_size"],

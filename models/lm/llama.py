@@ -22,7 +22,7 @@ from models.lm import rotary as rotary_lm
 from models.lm import model as lm
 from models.lm.family import LMFamily
 from models.common import transformer
-from models.common.hf import check_config, require
+from models.common.hf import check_architecture
 
 WHAT = "Llama-family"
 MODEL_TYPES = ("llama", "qwen2", "mistral")
@@ -66,11 +66,7 @@ def config(hf: dict) -> transformer.TransformerConfig:
 
     A Mistral sliding window shorter than the context caps the context at the window, where it
     masks nothing (the reference has no sliding-window attention for these models)."""
-    if hf.get("model_type") not in MODEL_TYPES:
-        raise CheckpointError(f"the checkpoint is a {hf.get('model_type')!r} model; the llama "
-                              f"family reads {', '.join(MODEL_TYPES)}")
-    check_config(hf, f"{WHAT} ({hf['model_type']})", UNDERSTOOD, REQUIRED)
-    require(hf, WHAT, SHAPE)
+    check_architecture(hf, MODEL_TYPES, WHAT, UNDERSTOOD, REQUIRED, SHAPE)
     theta, fraction = rotary_lm.rope(hf, WHAT)
     if fraction != 1.0:
         raise CheckpointError(f"{WHAT} with partial_rotary_factor={fraction} is not supported: "

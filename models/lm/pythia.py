@@ -17,7 +17,7 @@ from models.lm import rotary as rotary_lm
 from models.lm import model as lm
 from models.lm.family import LMFamily
 from models.common import transformer
-from models.common.hf import check_config, require
+from models.common.hf import check_architecture, split_heads
 
 WHAT = "GPT-NeoX"
 # causal-mask and rotary-frequency buffers that older checkpoints store
@@ -35,15 +35,8 @@ SHAPE = ("hidden_size", "num_attention_heads", "num_hidden_layers", "intermediat
 
 def config(hf: dict) -> transformer.TransformerConfig:
     """The architecture of a Hugging Face ``gpt_neox`` ``config.json``."""
-    if hf.get("model_type") != "gpt_neox":
-        raise CheckpointError(f"the checkpoint is a {hf.get('model_type')!r} model, not "
-                              f"{WHAT} (Pythia)")
-    check_config(hf, WHAT, UNDERSTOOD)
-    require(hf, WHAT, SHAPE)
-    d, h = hf["hidden_size"], hf["num_attention_heads"]
-    if d % h:
-        raise CheckpointError(f"{WHAT}: hidden_size={d} does not split into "
-                              f"num_attention_heads={h} heads")
+    check_architecture(hf, ("gpt_neox",), WHAT, UNDERSTOOD, sizes=SHAPE)
+    d, h = split_heads(hf, WHAT, "hidden_size", "num_attention_heads")
     theta, fraction = rotary_lm.rope(hf, WHAT, "rotary_pct", default_fraction=0.25)
     rotary_dim = int(d // h * fraction)
     if rotary_dim % 2:
