@@ -22,7 +22,7 @@ import os
 import sys
 import tempfile
 import threading
-from typing import Callable
+from collections.abc import Callable
 
 import jax
 from absl import app, flags
@@ -130,8 +130,12 @@ def run(main: Callable[[list[str]], None], float64: bool = True) -> None:
                   "the same command to resume.", file=sys.stderr)
             _exit_without_teardown(preemption.EXIT_STATUS)
         _exit_without_teardown()
-    # Listed in every script's --help, not only in --helpfull.
-    flags.FLAGS.register_key_flag_for_module(sys.argv[0], flags.FLAGS[_CACHE_DIR.name])
+    # The flags libjax and models define for the script (this module's, the shared ones, a
+    # config's) are listed in its --help, not only in --helpfull.
+    for module, module_flags in flags.FLAGS.flags_by_module_dict().items():
+        if module.startswith(("libjax.", "models.")):
+            for flag in module_flags:
+                flags.FLAGS.register_key_flag_for_module(sys.argv[0], flag)
     app.run(wrapped)
 
 
