@@ -1,5 +1,6 @@
 """The bases as pure float64 linear algebra: ``neuron``, ``pca`` and ``lib``
-(docs/method.md 1.5-1.9).
+(docs/method.md 1.5-1.9), and the reconstruction error of any basis (1.13). Which of them a build
+makes is its basis kind's choice (:mod:`libjax.kinds`).
 
 Everything here is NumPy on the host: the matrices are ``d x d`` with ``d`` at most a few thousand,
 host LAPACK is deterministic on every backend, and TPUs have no float64 ``eigh``. A researcher who
@@ -29,18 +30,21 @@ class Basis:
     """One node layer's basis. ``f_hat = f @ C``; ``f ~= f_hat @ C_pinv``.
 
     Attributes:
-      C, C_pinv: ``(orig, rib)`` and ``(rib, orig)``; ``C_pinv @ C = I``.
-      W, W_pinv: centred projection onto the kept Gram eigenvectors, ``(orig, k)``, ``(k, orig)``.
+      C, C_pinv: ``(orig, rib)`` and ``(rib, orig)``; ``C_pinv @ C = I`` (except for an
+        overcomplete given basis, docs/method.md 1.14).
+      W, W_pinv: centred projection onto the kept Gram eigenvectors, ``(orig, k)``, ``(k, orig)``
+        (None for a given basis).
       Lambda: LIB eigenvalues of the kept directions, in ``C``'s column order (``None`` for PCA
         and neuron bases).
       gram_eigenvalues: ``D``, the kept Gram eigenvalues in ``W``'s column order (PCA variances).
       V: ``(k, k)`` eigenvectors of ``M`` (LIB only).
+      kind: the name of the kind that made it (:mod:`libjax.kinds`).
     """
 
     C: np.ndarray
     C_pinv: np.ndarray
-    W: np.ndarray
-    W_pinv: np.ndarray
+    W: Optional[np.ndarray] = None
+    W_pinv: Optional[np.ndarray] = None
     Lambda: Optional[np.ndarray] = None
     gram_eigenvalues: Optional[np.ndarray] = None
     V: Optional[np.ndarray] = None
@@ -209,3 +213,18 @@ def lib_basis(gram, mean, m_prime, center: bool = True, isolate_var: bool = Fals
     c_pinv = (v_kept.T @ r_pinv) / sqrt_lam[:, None]
     return Basis(C=c, C_pinv=c_pinv, W=w, W_pinv=w_pinv, Lambda=lam_kept, gram_eigenvalues=d, V=v,
                  kind="lib")
+
+
+# Singular values of ``I - C C^+`` below this are round-off: the basis reconstructs exactly there.
+ERROR_ATOL = 1e-9
+
+
+def error_factors(c, c_pinv) -> tuple[np.ndarray, np.ndarray]:
+    """``A`` ``(orig, q)`` and ``B`` ``(q, orig)`` with ``A @ B = I - C C^+``, the map from an
+    activation to its reconstruction error ``f - f C C^+`` (docs/method.md 1.14); ``q`` is its
+    rank, 0 for a basis that reconstructs every activation (singular values up to
+    :data:`ERROR_ATOL` count as zero)."""
+    c, c_pinv = np.asarray(c, np.float64), np.asarray(c_pinv, np.float64)
+    u, s, vt = np.linalg.svd(np.eye(c.shape[0]) - c @ c_pinv)
+    q = int(np.sum(s > ERROR_ATOL))
+    return u[:, :q] * s[:q], vt[:q]

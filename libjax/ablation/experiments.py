@@ -18,12 +18,14 @@ from typing import Sequence
 
 import numpy as np
 
+from libjax import kinds
 from libjax.ablation.edge_forward import EdgeForward
 from libjax.ablation.evaluator import Evaluator
 from libjax.ablation.masks import edge_mask, rotation_matrix
 from libjax.ablation.metrics import is_good
 from libjax.ablation.records import EdgeResult, edge_record, node_record
 from libjax.ablation.schedules import Bisect, Schedule, bisect
+from libjax.basis import Basis, error_factors
 from libjax.errors import ConfigError
 from libjax.runtime.progress import Meter
 from libjax.storage.graph import Graph
@@ -53,6 +55,30 @@ def _check_model(model, graph: Graph) -> None:
                           "checkpoint the graph was built from")
 
 
+def _error(b: Basis):
+    """``(A, B)`` with ``A B = I - C C^+`` where ``b``'s kind keeps its reconstruction error as a
+    node (docs/method.md 1.14), else None; None too where the error is zero."""
+    if not kinds.kind_of(b).keeps_error:
+        return None
+    a, b_ = error_factors(b.C, b.C_pinv)
+    return (a, b_) if a.shape[1] else None
+
+
+def _with_error(c, c_pinv, error):
+    """``C`` and ``C^+`` with the error's factors as extra last columns and rows: the section then
+    sees ``(f_hat * m) C^+ + f - f C C^+`` where the mask keeps the error columns."""
+    if error is None:
+        return c, c_pinv
+    return np.concatenate([c, error[0]], axis=1), np.concatenate([c_pinv, error[1]], axis=0)
+
+
+def _rotation(c, c_pinv, m: int, error) -> np.ndarray:
+    """The node ablation's rotation zeroing ``m`` directions, plus ``I - C C^+`` where the error
+    is kept."""
+    r = rotation_matrix(c, c_pinv, m)
+    return r if error is None else r + error[0] @ error[1]
+
+
 def node_ablation(ev: Evaluator, graph: Graph, layers: Sequence[str], schedule: Schedule,
                   basis: str = "lib") -> dict[str, dict[int, float]]:
     """Score after ablating the least important directions of each layer in ``layers``.
@@ -64,7 +90,11 @@ def node_ablation(ev: Evaluator, graph: Graph, layers: Sequence[str], schedule: 
       layers: node layers to ablate, one at a time.
       schedule: which numbers of directions to ablate.
     Returns:
-      ``{layer: {n_remaining: score}}``, keys descending; ``n_remaining = orig - n_ablated``.
+      ``{layer: {n_remaining: score}}``, keys descending; ``n_remaining = width - n_ablated``
+      with ``width = max(orig, rib)`` (``orig`` but for an overcomplete given basis).
+
+    A basis whose kind keeps its reconstruction error (a given basis) keeps it through every
+    point: ``x <- x C_abl C^+ + (x - x C C^+)`` (docs/method.md 1.14).
     """
     if basis not in NODE_BASES:
         raise ConfigError(f"unknown ablation basis {basis!r}; use one of {', '.join(NODE_BASES)}")
@@ -81,17 +111,22 @@ def node_ablation(ev: Evaluator, graph: Graph, layers: Sequence[str], schedule: 
     for name in layers:
         b = graph.basis(name)
         c, c_pinv = getattr(b, c_key), getattr(b, pinv_key)
+        if c is None:
+            raise ConfigError(f"node layer {name!r} has a {b.kind} basis, which has no PCA "
+                              f"projection W; ablate it in its own basis (basis='lib')")
+        error = _error(b) if basis == "lib" else None
         orig, rib = c.shape
+        width = max(orig, rib)
         index = graph.node_layers.index(name)
         scores: dict[int, float] = {}
         first = None
-        points = schedule.n_ablated(orig)
+        points = schedule.n_ablated(width)
         meter = Meter(len(points), f"node ablation of {name}", "points")
         for n_ablated in reversed(points):
-            m = max(n_ablated - (orig - rib), 0)
-            score = ev.base() if m == 0 else ev.node_score(index, rotation_matrix(c, c_pinv, m))
-            scores[orig - n_ablated] = score
-            meter.tick(f"{orig - n_ablated} remaining: {score:.6g}")
+            m = max(n_ablated - (width - rib), 0)
+            score = ev.base() if m == 0 else ev.node_score(index, _rotation(c, c_pinv, m, error))
+            scores[width - n_ablated] = score
+            meter.tick(f"{width - n_ablated} remaining: {score:.6g}")
             first = score if first is None else first
             threshold = schedule.early_stopping_threshold
             if threshold is not None and abs(score - first) > threshold:
@@ -103,17 +138,38 @@ def node_ablation(ev: Evaluator, graph: Graph, layers: Sequence[str], schedule: 
     return results
 
 
+def edge_scorer(ev: Evaluator, graph: Graph, a: str, b: str):
+    """The score of the model with a boolean ``(out, in)`` mask on the edges ``a -> b`` (the
+    graph's edge matrix's shape), as :func:`edge_ablation` evaluates it: where a basis's kind
+    keeps its reconstruction error, the error's edges are kept whatever the mask
+    (docs/method.md 1.14)."""
+    b_in, b_out = graph.basis(a), graph.basis(b)
+    err_in = _error(b_in)
+    err_out = None if b_out is None else _error(b_out)
+    forward = EdgeForward(ev, graph.node_layers.index(a),
+                          *_with_error(b_in.C, b_in.C_pinv, err_in),
+                          None if b_out is None else _with_error(b_out.C, b_out.C_pinv, err_out))
+    extra = ((0, 0 if err_out is None else err_out[0].shape[1]),
+             (0, 0 if err_in is None else err_in[0].shape[1]))
+    return lambda mask: forward.score(np.pad(np.asarray(mask, bool), extra,
+                                             constant_values=True))
+
+
 def edge_ablation(ev: Evaluator, graph: Graph, pairs: Sequence[tuple[str, str]],
                   cfg: Bisect) -> dict[str, EdgeResult]:
     """For each consecutive pair, bisect for the fewest edges keeping the score within
     ``cfg.score_target_difference`` of the unablated model (docs/method.md 3.3).
 
     Uses ``C, C^+`` at both layers (the identity for a basis-less layer such as ``output``). The
-    constant input node's edges are kept for free when the graph was built centred.
+    constant input node's edges are kept for free when the graph was built centred. Where a
+    basis's kind keeps its reconstruction error (a given basis), the error is an input node
+    whose edges are all kept, and the output layer's error keeps its unablated value
+    (docs/method.md 1.14). Edges are counted against ``orig_in * orig_out``, or the edge
+    matrix's size where an overcomplete basis makes it larger.
     """
     _check_model(ev.model, graph)
     cfg.validate()
-    free_const = bool(graph.config.get("center", True))
+    centred = bool(graph.config.get("center", True))
     base = ev.base()
     good = is_good(ev.metric, base, cfg.score_target_difference)
     out = {}
@@ -127,17 +183,16 @@ def edge_ablation(ev: Evaluator, graph: Graph, pairs: Sequence[tuple[str, str]],
             raise ConfigError(f"node layer {a!r} has no basis; it cannot be the input of an edge "
                               "ablation")
         edges = np.asarray(graph.edges[(a, b)])
-        b_in, b_out = graph.basis(a), graph.basis(b)
-        forward = EdgeForward(ev, graph.node_layers.index(a), b_in.C, b_in.C_pinv,
-                              None if b_out is None else (b_out.C, b_out.C_pinv))
-        n = graph.orig_dims[a] * graph.orig_dims[b]
+        score = edge_scorer(ev, graph, a, b)
+        free_const = kinds.kind_of(graph.basis(a)).constant_first(graph.basis(a), centred)
+        n = max(graph.orig_dims[a] * graph.orig_dims[b], edges.size)
         scores: dict[int, float] = {}
         meter = Meter(cfg.max_steps(n), f"edge ablation {a}->{b}", "bisection steps (about)")
 
         def evaluate(n_ablated: int) -> float:
             keep = n - n_ablated
             mask = edge_mask(edges, keep, free_const)
-            scores[keep] = base if mask.all() else forward.score(mask)
+            scores[keep] = base if mask.all() else score(mask)
             meter.tick(f"{keep} edges kept: {scores[keep]:.6g}")
             return scores[keep]
 

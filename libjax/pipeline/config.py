@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Any, Collection, Mapping, Optional
+from typing import Any, Collection, Mapping, Optional, Union
 
+from libjax import kinds
 from libjax.errors import ConfigError
 from libjax.method import integration
 from libjax.runtime import precision as precision_lib
 
-BASES = ("lib", "pca", "neuron")
+BASES = kinds.NAMES
 
 
 @dataclasses.dataclass(frozen=True)
@@ -19,7 +20,9 @@ class BuildConfig:
     """What to build (defaults: the paper's LIB configuration, docs/method.md 5).
 
     Attributes:
-      basis: ``lib`` (the jacobian formula), ``pca`` or ``neuron``.
+      basis: the basis kind (:mod:`libjax.kinds`): ``lib`` (the jacobian formula), ``pca``,
+        ``neuron``, or a kind object such as a :class:`~libjax.kinds.GivenBasis` (``given``:
+        a user's directions, e.g. an SAE decoder).
       integration, n_intervals: quadrature rule for the basis and edges (docs/method.md 2.5); either
         may be a dict keyed by node layer or module prefix.
       n_stochastic_sources_basis_pos, n_stochastic_sources_basis_hidden: Rademacher sources
@@ -49,7 +52,7 @@ class BuildConfig:
         sources were asked for. False reproduces the reference's computation everywhere.
     """
 
-    basis: str = "lib"
+    basis: Union[str, kinds.BasisKind] = "lib"
     integration: Any = "gradient"
     n_intervals: Any = 0
     n_stochastic_sources_basis_pos: Optional[int] = None
@@ -70,6 +73,11 @@ class BuildConfig:
     precision: str = "float64"
 
     @property
+    def kind(self) -> kinds.BasisKind:
+        """The basis kind object ``basis`` names or is."""
+        return kinds.get(self.basis)
+
+    @property
     def relative_threshold(self) -> float:
         """The relative truncation threshold in force: the one given, else the policy's."""
         given = self.relative_truncation_threshold
@@ -77,15 +85,12 @@ class BuildConfig:
 
     def validate(self, model) -> None:
         """Reject option combinations the method does not define (docs/method.md 5 validation)."""
-        if self.basis not in BASES:
-            raise ConfigError(f"unknown basis {self.basis!r}; choose one of {', '.join(BASES)}")
-        if self.basis == "neuron" and self.center:
-            raise ConfigError("the neuron basis cannot be centred; pass --nocenter with "
-                              "--basis=neuron")
+        kind = self.kind
         stochastic_basis = (self.n_stochastic_sources_basis_pos,
                             self.n_stochastic_sources_basis_hidden)
-        if any(s is not None for s in stochastic_basis) and self.basis != "lib":
-            raise ConfigError("stochastic basis sources only apply to the lib (jacobian) basis")
+        if any(s is not None for s in stochastic_basis) and not kind.needs_m_prime:
+            raise ConfigError(f"stochastic basis sources only apply to a basis made from M' "
+                              f"(lib), not to the {kind.name} basis")
         sources = stochastic_basis + (self.n_stochastic_sources_edges,)
         for s in sources:
             if s is not None and s < 1:
@@ -119,9 +124,12 @@ class BuildConfig:
                               "before it or do not rotate the final layer")
         for name in model.node_layers[:-1]:
             points(self, name)  # raises on a bad rule or interval count
+        kind.check(self, model)
 
     def to_json(self) -> dict:
-        return dataclasses.asdict(self)
+        record = dataclasses.asdict(dataclasses.replace(self, basis=self.kind.name))
+        record.update(self.kind.record())  # e.g. a given basis's digest (none for lib/pca/neuron)
+        return record
 
 
 # The float64 policy keeps the paper's absolute threshold only. Float32 steps leave round-off of
@@ -152,7 +160,7 @@ def resolve(values: Mapping[str, Any], given: Collection[str],
     Precedence: a stated value, then the model's default, then a value that was not stated (an
     option's own default), then :class:`BuildConfig`'s. The model's stochastic ``M'`` sources
     apply only to the LIB basis; a source count of 0 asks for the exact sums (None)."""
-    if values.get("basis", "lib") != "lib":
+    if not kinds.class_of(values.get("basis") or "lib").needs_m_prime:
         model_defaults = {k: v for k, v in model_defaults.items()
                           if not k.startswith("n_stochastic_sources_basis")}
     fields = {k: v for k, v in values.items() if v is not None}

@@ -20,6 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from libjax import basis as basis_lib
+from libjax import kinds
 from libjax.pipeline.ahead import Ahead
 from libjax.pipeline.config import BuildConfig
 from libjax.pipeline.first_layer import FirstLayer
@@ -324,8 +325,9 @@ def _bases(model, st, stat: dict, cfg: BuildConfig, start: FirstLayer, placement
     bases: dict[int, basis_lib.Basis] = {}
     for i in range(last, -1, -1):
         name = layers[i]
-        isolate_var = cfg.isolate_ln_var and model.layers[i].variance is not None
-        if i == last and not cfg.rotate_final_node_layer:
+        # the final node layer: the kind's own where it gives one, else rotated by PCA or none
+        kind = cfg.kind if i < last or cfg.kind.gives_final(name) else kinds.PCA()
+        if i == last and not (cfg.rotate_final_node_layer or cfg.kind.gives_final(name)):
             continue
         if st.has(basis_stage(name)):
             bases[i] = basis_from_tree(st.get(basis_stage(name)))
@@ -333,21 +335,18 @@ def _bases(model, st, stat: dict, cfg: BuildConfig, start: FirstLayer, placement
             log.info("basis of %s", name)
             mean, gram = stat.get(i, (None, None))
             m_prime = None
-            if i != last and cfg.basis == "lib":
+            if i != last and kind.needs_m_prime:
                 started, acts = start.get()
                 m_prime = compute_m_prime(started, i, acts, cfg, _c(bases, i + 1), placement,
                                           saves)
+            layer = kinds.LayerStats(
+                name=name, width=model.layers[i].width, mean=mean, gram=gram, m_prime=m_prime,
+                center=cfg.center,
+                isolate_var=cfg.isolate_ln_var and model.layers[i].variance is not None,
+                threshold=cfg.truncation_threshold, relative=cfg.relative_threshold,
+                given_relative=cfg.relative_truncation_threshold or 0.0)
             try:
-                if i == last or cfg.basis == "pca":  # the policy's relative truncation is
-                    # for bases that divide by eigenvalues: only a user's applies here
-                    b = basis_lib.pca_basis(gram, mean, cfg.center, isolate_var,
-                                            cfg.truncation_threshold,
-                                            cfg.relative_truncation_threshold or 0.0)
-                elif cfg.basis == "neuron":
-                    b = basis_lib.neuron_basis(model.layers[i].width)
-                else:
-                    b = basis_lib.lib_basis(gram, mean, m_prime, cfg.center, isolate_var,
-                                            cfg.truncation_threshold, cfg.relative_threshold)
+                b = kind.make(layer)
             except (BasisError, NumericalError) as err:
                 raise type(err)(f"node layer {name!r}: {err}") from None
             st.put(basis_stage(name), basis_to_tree(b))

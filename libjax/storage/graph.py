@@ -5,6 +5,7 @@
     g = graph.load("out/modadd")
     g.node_layers                      # ('ln1.0', 'ln2.0', 'unembed', 'output')
     g.bases["ln1.0"].C                 # (orig, rib); .C_pinv, .Lambda (None for PCA/neuron)
+    g.bases["ln1.0"].kind              # the name of the kind that made it (libjax.kinds)
     g.edges[("ln1.0", "ln2.0")]        # (out, in), E >= 0
 
 ``bases`` holds every node layer that has a basis (an unrotated final layer has none: its nodes
@@ -35,16 +36,26 @@ def edge_stage(in_layer: str, out_layer: str) -> str:
     return f"edges_{in_layer}__{out_layer}"
 
 
+# Stages written before kinds were stored by name hold ``kind``, an index into this list.
+_OLD_KIND_INDEX = ("neuron", "pca", "lib")
+
+
 def basis_to_tree(b: Basis) -> dict:
+    """A basis as a stage: its arrays and its kind's name (as UTF-8 bytes, ``kind_name``)."""
     tree = {k: getattr(b, k) for k in ("C", "C_pinv", "W", "W_pinv", "Lambda", "gram_eigenvalues",
                                         "V") if getattr(b, k) is not None}
-    tree["kind"] = np.asarray(["neuron", "pca", "lib"].index(b.kind))
+    tree["kind_name"] = np.frombuffer(b.kind.encode(), np.uint8).copy()
     return tree
 
 
 def basis_from_tree(tree: dict) -> Basis:
-    kind = ["neuron", "pca", "lib"][int(tree["kind"])]
-    arrays = {k: np.asarray(v) for k, v in tree.items() if k != "kind"}
+    """Inverse of :func:`basis_to_tree`; also reads the older stages that stored ``kind`` as an
+    index."""
+    if "kind_name" in tree:
+        kind = np.asarray(tree["kind_name"], np.uint8).tobytes().decode()
+    else:
+        kind = _OLD_KIND_INDEX[int(tree["kind"])]
+    arrays = {k: np.asarray(v) for k, v in tree.items() if k not in ("kind", "kind_name")}
     return Basis(kind=kind, **arrays)
 
 
