@@ -10,7 +10,7 @@ reused for every point, and only the sections from the ablated layer on are run 
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import Optional, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -33,13 +33,15 @@ class Evaluator:
     Data are cut into equal, padded batches (padding has weight 0) so each jitted program
     compiles once. Activations at the node layer in front of an intervention are computed once per
     layer and kept. Labels with a position axis are next tokens, scored at every position
-    (docs/method.md 3.4). The ``kl`` metric compares with the unablated model's outputs, which each
+    (docs/method.md 3.4) but the ``skip_positions`` a graph was built without: those are neither
+    ablated nor scored (docs/method.md 1.13; the experiments take them from the graph's record,
+    :meth:`use_skip_positions`). The ``kl`` metric compares with the unablated model's outputs, which each
     program recomputes from the kept activations (two passes downstream of the intervention, and
     memory for one batch of logits, not the whole evaluation set's).
     """
 
     def __init__(self, model, inputs, labels, metric: str = "accuracy",
-                 batch_size: int = 99999, dtype=np.float32):
+                 batch_size: int = 99999, dtype=np.float32, skip_positions: Sequence[int] = ()):
         if metric not in METRICS:
             raise ConfigError(f"unknown metric {metric!r}; use one of {', '.join(METRICS)}")
         if labels is None:
@@ -56,6 +58,29 @@ class Evaluator:
         self._acts: dict[int, list] = {}
         self._base: Optional[float] = None
         self._jitted: dict = {}
+        self.skip_positions: tuple[int, ...] = ()
+        self.use_skip_positions(skip_positions)
+
+    def use_skip_positions(self, skip_positions: Sequence[int]) -> None:
+        """Leave these positions unablated and unscored from now on (a graph built without them
+        cannot judge them); the unablated score and the programs are redone if they change."""
+        skip = tuple(sorted(int(p) for p in skip_positions))
+        if skip == self.skip_positions:
+            return
+        n_pos = self.batches[0][0].shape[1] if self.batches[0][0].ndim > 1 else 1
+        if skip and (self.batches[0][1].ndim < 2 or not all(0 <= p < n_pos for p in skip)):
+            raise ConfigError(f"cannot leave positions {list(skip)} out of the evaluation: the "
+                              f"labels have no position axis, or fewer positions ({n_pos})")
+        self.skip_positions, self._base, self._jitted = skip, None, {}
+
+    def at_kept(self, new, old):
+        """Traced: ``new`` at the kept positions, ``old`` at the skipped ones (positions: the
+        second-last axis)."""
+        if not self.skip_positions:
+            return new
+        keep = np.ones(new.shape[-2], bool)
+        keep[list(self.skip_positions)] = False
+        return jnp.where(keep[:, None], new, old)
 
     def cast(self, matrix):
         return jnp.asarray(np.asarray(matrix), self.dtype)
@@ -74,7 +99,11 @@ class Evaluator:
         return jax.vmap(lambda a: self.model.run_from(params, a, index))(acts)
 
     def sums(self, logits, reference, y, w):
-        """Traced: the metric's per-batch ``(total, count)``."""
+        """Traced: the metric's per-batch ``(total, count)``, over the kept positions."""
+        if self.skip_positions:
+            keep = np.setdiff1d(np.arange(y.shape[1]), self.skip_positions)
+            logits, y = logits[:, keep], y[:, keep]
+            reference = None if reference is None else reference[:, keep]
         return metric_sums(self.metric, logits, y, w, reference)
 
     def combine(self, sums) -> float:
@@ -102,10 +131,12 @@ class Evaluator:
         return self._acts[index]
 
     def node_score(self, index: int, rotation) -> float:
-        """Score with the activations at node layer ``index`` replaced by ``acts @ rotation``."""
+        """Score with the activations at node layer ``index`` replaced by ``acts @ rotation``
+        (at the kept positions)."""
         def make():
             def run(params, acts, rot, y, w):
-                logits = jax.vmap(lambda a: self.model.run_from(params, a @ rot, index))(acts)
+                logits = jax.vmap(lambda a: self.model.run_from(
+                    params, self.at_kept(a @ rot, a), index))(acts)
                 return self.sums(logits, self.reference(params, acts, index), y, w)
             return run
         run = self.program(("node", index), make)
