@@ -26,8 +26,7 @@ from typing import ClassVar, Optional, Union
 
 import numpy as np
 
-from libjax import basis as basis_lib
-from libjax.basis import Basis
+from libjax.basis import Basis, lib_basis, neuron_basis, pca_basis
 from libjax.errors import ConfigError
 
 
@@ -106,7 +105,7 @@ class Lib(BasisKind):
     needs_m_prime = True
 
     def make(self, layer: LayerStats) -> Basis:
-        return basis_lib.lib_basis(layer.gram, layer.mean, layer.m_prime, layer.center,
+        return lib_basis(layer.gram, layer.mean, layer.m_prime, layer.center,
                                    layer.isolate_var, layer.threshold, layer.relative)
 
 
@@ -119,7 +118,7 @@ class PCA(BasisKind):
     name = "pca"
 
     def make(self, layer: LayerStats) -> Basis:
-        return basis_lib.pca_basis(layer.gram, layer.mean, layer.center, layer.isolate_var,
+        return pca_basis(layer.gram, layer.mean, layer.center, layer.isolate_var,
                                    layer.threshold, layer.given_relative)
 
 
@@ -129,7 +128,12 @@ class Neuron(BasisKind):
     name = "neuron"
 
     def make(self, layer: LayerStats) -> Basis:
-        return basis_lib.neuron_basis(layer.width)
+        return neuron_basis(layer.width)
+
+    @classmethod
+    def constant_first(cls, b: Basis, centred: bool) -> bool:
+        """Node 0 is neuron 0, not the constant (which is the last neuron)."""
+        return False
 
     def check(self, cfg, model) -> None:
         if cfg.center:
@@ -359,3 +363,16 @@ def class_of(spec: Union[str, BasisKind]) -> type[BasisKind]:
     if spec not in CLASSES:
         raise ConfigError(f"unknown basis {spec!r}; choose one of {', '.join(NAMES)}")
     return CLASSES[spec]
+
+
+def from_command_line(name: str, basis_file: Optional[str]) -> Union[str, BasisKind]:
+    """What ``--basis=NAME`` with ``--basis_file=PATH`` asks for: the name, or for ``given`` the
+    basis read from the file."""
+    if name == GivenBasis.name:
+        if not basis_file:
+            raise ConfigError("--basis=given needs --basis_file=PATH: an .npz with one (n, d) "
+                              "array of directions per node layer (docs/method.md 1.14)")
+        return GivenBasis.load(basis_file)
+    if basis_file:
+        raise ConfigError(f"--basis_file is read only with --basis=given (got --basis={name})")
+    return name

@@ -3,6 +3,9 @@
     python scripts/compute_basis.py                      # the shipped modular-addition model,
                                                          # the paper's LIB configuration
     python scripts/compute_basis.py --basis=pca --out_dir=out/pca
+    python scripts/compute_basis.py --basis=given --basis_file=dirs.npz --out_dir=out/sae
+                                                         # a user's directions per node layer,
+                                                         # e.g. an SAE decoder (method.md 1.14)
     python scripts/compute_basis.py --checkpoint=../shared/data/weights_modadd_seed0.npz
     python scripts/compute_basis.py --model=gpt2 --layer=6 --checkpoint=DIR --data_dir=CORPUS
     python scripts/compute_basis.py --model=gpt2 --layer=all --out_dir=out/gpt2
@@ -19,12 +22,13 @@ finished stage or from the running stage's last progress save (--save_every_minu
 
 from __future__ import annotations
 
+import dataclasses
 import os
 
 import jax
 from absl import flags
 
-from libjax import pipeline
+from libjax import kinds, pipeline
 from libjax.pipeline.progress_saves import SaveSchedule
 from libjax.runtime import cli, precision
 from libjax.runtime import flags as config_flags
@@ -48,6 +52,10 @@ _N_CTX = script_flags.define("n_ctx")
 _OUT_DIR = script_flags.define("out_dir", help="output directory (default out/<model>_<basis>)")
 _OVERWRITE = script_flags.define("overwrite", help="replace a different build in --out_dir")
 BUILD = config_flags.define_build_flags()  # every BuildConfig field: --basis, --seed, --edges ...
+_BASIS_FILE = flags.DEFINE_string(
+    "basis_file", None, "with --basis=given: an .npz with one (n, d) array of directions per "
+    "node layer, named by it, rows in the layer's coordinates (d or d-1 wide), and optional "
+    "readout:<layer> (d, n) arrays (docs/method.md 1.14)")
 _SAVE_MINUTES = flags.DEFINE_float(
     "save_every_minutes", SaveSchedule.every_minutes,
     "save the running stage's progress after this many minutes (0: no time limit); an "
@@ -70,7 +78,8 @@ def main(argv):
     opts = script_flags.options()
     several = _LAYER.value is not None and opts.layer is None
     cfg = config_flags.build_config(BUILD, family.build_defaults(opts))
-    out_dir = _OUT_DIR.value or f"out/{family.name}_{cfg.basis}"
+    cfg = dataclasses.replace(cfg, basis=kinds.from_command_line(cfg.basis, _BASIS_FILE.value))
+    out_dir = _OUT_DIR.value or f"out/{family.name}_{cfg.kind.name}"
     store.refuse_if_in_use(out_dir)  # at once, not after the model and data load
     if several:
         blocks = family.blocks(opts, _LAYER.value)
@@ -84,7 +93,7 @@ def main(argv):
                               _OVERWRITE.value, family.model_id(opts), stats_model=stats_model,
                               save_schedule=save_schedule, data_record=data.source)
     for g, directory in zip(graphs, out_dirs):
-        print(f"\n{family.name}: {cfg.basis} basis, node layers {', '.join(g.node_layers)}, "
+        print(f"\n{family.name}: {cfg.kind.name} basis, node layers {', '.join(g.node_layers)}, "
               f"{len(data.inputs)} samples -> {directory}")
         print(format_summary(summary(g)))
 

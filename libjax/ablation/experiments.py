@@ -18,7 +18,6 @@ from typing import Sequence
 
 import numpy as np
 
-from libjax import kinds
 from libjax.ablation.edge_forward import EdgeForward
 from libjax.ablation.evaluator import Evaluator
 from libjax.ablation.masks import edge_mask, rotation_matrix
@@ -27,6 +26,7 @@ from libjax.ablation.records import EdgeResult, edge_record, node_record
 from libjax.ablation.schedules import Bisect, Schedule, bisect
 from libjax.basis import Basis, error_factors
 from libjax.errors import ConfigError
+from libjax.kinds import kind_of
 from libjax.runtime.progress import Meter
 from libjax.storage.graph import Graph
 
@@ -58,7 +58,7 @@ def _check_model(model, graph: Graph) -> None:
 def _error(b: Basis):
     """``(A, B)`` with ``A B = I - C C^+`` where ``b``'s kind keeps its reconstruction error as a
     node (docs/method.md 1.14), else None; None too where the error is zero."""
-    if not kinds.kind_of(b).keeps_error:
+    if not kind_of(b).keeps_error:
         return None
     a, b_ = error_factors(b.C, b.C_pinv)
     return (a, b_) if a.shape[1] else None
@@ -114,7 +114,7 @@ def node_ablation(ev: Evaluator, graph: Graph, layers: Sequence[str], schedule: 
         if c is None:
             raise ConfigError(f"node layer {name!r} has a {b.kind} basis, which has no PCA "
                               f"projection W; ablate it in its own basis (basis='lib')")
-        error = _error(b) if basis == "lib" else None
+        error = _error(b)  # only a given basis keeps one, and it has only its own C to ablate in
         orig, rib = c.shape
         width = max(orig, rib)
         index = graph.node_layers.index(name)
@@ -184,7 +184,7 @@ def edge_ablation(ev: Evaluator, graph: Graph, pairs: Sequence[tuple[str, str]],
                               "ablation")
         edges = np.asarray(graph.edges[(a, b)])
         score = edge_scorer(ev, graph, a, b)
-        free_const = kinds.kind_of(graph.basis(a)).constant_first(graph.basis(a), centred)
+        free_const = kind_of(graph.basis(a)).constant_first(graph.basis(a), centred)
         n = max(graph.orig_dims[a] * graph.orig_dims[b], edges.size)
         scores: dict[int, float] = {}
         meter = Meter(cfg.max_steps(n), f"edge ablation {a}->{b}", "bisection steps (about)")

@@ -28,8 +28,9 @@ from typing import Mapping, Optional, Sequence
 
 import numpy as np
 
-from libjax.storage import files
 from libjax.errors import ConfigError, DataError
+from libjax.kinds import kind_of
+from libjax.storage import files
 
 NORMS = ("none", "sqrt", "abs", "max", "log")
 ANALYSIS_DIR = "analysis"
@@ -59,9 +60,11 @@ def normalise(E: np.ndarray, norm: str, eps: Optional[float] = None) -> np.ndarr
 
 
 def has_constant_direction(graph, node_layer: str) -> bool:
-    """Whether direction 0 of ``node_layer`` is a centred LIB/PCA basis's constant direction."""
+    """Whether direction 0 of ``node_layer`` is its basis's constant direction (a centred LIB or
+    PCA basis, or a given basis whose node 0 reads the constant coordinate alone)."""
     b = graph.basis(node_layer)
-    return bool(graph.config.get("center", True)) and b is not None and b.kind != "neuron"
+    centred = bool(graph.config.get("center", True))
+    return b is not None and kind_of(b).constant_first(b, centred)
 
 
 def eps_from_edge_ablation(graph, masks: Mapping[str, np.ndarray]) -> dict[str, float]:

@@ -27,6 +27,7 @@ import numpy as np
 from libjax import ablation, pipeline
 from libjax.ablation import experiments
 from libjax.analysis import plots
+from libjax.kinds import class_of
 from libjax.storage import files, store
 from libjax.storage.graph import Graph
 
@@ -97,7 +98,7 @@ def _reuse_or_run(path: Path, config: dict, rerun: bool, run) -> dict:
 def _with_basis(cfg: pipeline.BuildConfig, basis: str) -> pipeline.BuildConfig:
     """``cfg`` for ``basis``: stochastic ``M'`` sources (a language model's default) apply only
     to LIB, as in ``pipeline.config.resolve``."""
-    if basis == "lib":
+    if class_of(basis).needs_m_prime:
         return dataclasses.replace(cfg, basis=basis)
     return dataclasses.replace(cfg, basis=basis, n_stochastic_sources_basis_pos=None,
                                n_stochastic_sources_basis_hidden=None)

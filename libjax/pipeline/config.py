@@ -7,12 +7,13 @@ import dataclasses
 import math
 from typing import Any, Collection, Mapping, Optional, Union
 
-from libjax import kinds
 from libjax.errors import ConfigError
+from libjax.kinds import NAMES, BasisKind, class_of
+from libjax.kinds import get as get_kind
 from libjax.method import integration
 from libjax.runtime import precision as precision_lib
 
-BASES = kinds.NAMES
+BASES = NAMES
 
 
 @dataclasses.dataclass(frozen=True)
@@ -52,7 +53,7 @@ class BuildConfig:
         sources were asked for. False reproduces the reference's computation everywhere.
     """
 
-    basis: Union[str, kinds.BasisKind] = "lib"
+    basis: Union[str, BasisKind] = "lib"
     integration: Any = "gradient"
     n_intervals: Any = 0
     n_stochastic_sources_basis_pos: Optional[int] = None
@@ -73,9 +74,9 @@ class BuildConfig:
     precision: str = "float64"
 
     @property
-    def kind(self) -> kinds.BasisKind:
+    def kind(self) -> BasisKind:
         """The basis kind object ``basis`` names or is."""
-        return kinds.get(self.basis)
+        return get_kind(self.basis)
 
     @property
     def relative_threshold(self) -> float:
@@ -160,7 +161,7 @@ def resolve(values: Mapping[str, Any], given: Collection[str],
     Precedence: a stated value, then the model's default, then a value that was not stated (an
     option's own default), then :class:`BuildConfig`'s. The model's stochastic ``M'`` sources
     apply only to the LIB basis; a source count of 0 asks for the exact sums (None)."""
-    if not kinds.class_of(values.get("basis") or "lib").needs_m_prime:
+    if not class_of(values.get("basis") or "lib").needs_m_prime:
         model_defaults = {k: v for k, v in model_defaults.items()
                           if not k.startswith("n_stochastic_sources_basis")}
     fields = {k: v for k, v in values.items() if v is not None}
