@@ -199,8 +199,8 @@ class GivenBasis(BasisKind):
                               f"{a.shape} of {a.dtype}")
         a = a.astype(np.float64)
         if not np.all(np.isfinite(a)):
-            raise ConfigError(f"{self._where()}{what} contain NaN or inf "
-                              f"({int(np.sum(~np.isfinite(a)))} entries); give finite numbers")
+            raise ConfigError(f"{self._where()}{what}: NaN or inf in "
+                              f"{int(np.sum(~np.isfinite(a)))} entries; give finite numbers")
         return a
 
     # --- files -------------------------------------------------------------------------------
