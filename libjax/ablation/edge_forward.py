@@ -86,7 +86,8 @@ class EdgeForward:
         """Output nodes with each row's pattern: ``init`` with the rows of patterns ``0..n-1``
         (``inverse``: each row's pattern, -1 for rows ``init`` already holds) recomputed."""
         def body(u, out):
-            y = self._section_out(params, (x_hat * patterns[u]) @ c_in_pinv, c_out)
+            masked = self.ev.at_kept(x_hat * patterns[u], x_hat)  # skipped positions: whole
+            y = self._section_out(params, masked @ c_in_pinv, c_out)
             return jnp.where(inverse == u, y, out)
         return jax.lax.fori_loop(0, n, body, init)
 
@@ -94,6 +95,8 @@ class EdgeForward:
         """The metric's sums once the output nodes are known."""
         ev = self.ev
         nxt = out_hat @ c_out_pinv if self.rotated else out_hat
+        if ev.skip_positions:  # positions outside the graph: as the model computes them
+            nxt = ev.at_kept(nxt, jax.vmap(lambda a: self.section.fn(params, a))(acts))
         logits = jax.vmap(lambda a: ev.model.run_from(params, a, self.index + 1))(nxt)
         return ev.sums(logits, ev.reference(params, acts, self.index), y, w)
 
@@ -105,7 +108,8 @@ class EdgeForward:
         the same evaluator and layer pair."""
         def body(k, out):
             r, m = rows[k], row_masks[k]
-            x = (x_hat[None] * m[:, None, None, :]) @ c_in_pinv  # (rows, batch, pos, d_in)
+            masked = self.ev.at_kept(x_hat[None] * m[:, None, None, :], x_hat[None])
+            x = masked @ c_in_pinv  # (rows, batch, pos, d_in)
             y = jax.vmap(lambda xr: jax.vmap(lambda a: self.section.fn(params, a))(xr))(x)
             cols = jnp.take(c_out, r, axis=1, mode="fill", fill_value=0)
             vals = jnp.einsum("rbpd,dr->bpr", y, cols)

@@ -27,6 +27,7 @@ from libjax.ablation.schedules import Bisect, Schedule, bisect
 from libjax.basis import Basis, error_factors
 from libjax.errors import ConfigError
 from libjax.kinds import kind_of
+from libjax.pipeline.config import skip_positions_of
 from libjax.runtime.progress import Meter
 from libjax.storage.graph import Graph
 
@@ -99,6 +100,7 @@ def node_ablation(ev: Evaluator, graph: Graph, layers: Sequence[str], schedule: 
     if basis not in NODE_BASES:
         raise ConfigError(f"unknown ablation basis {basis!r}; use one of {', '.join(NODE_BASES)}")
     _check_model(ev.model, graph)
+    ev.use_skip_positions(skip_positions_of(graph.config))  # neither ablated nor scored
     _check_layers(graph, layers, "node ablation")
     schedule.validate()
     for name in layers:
@@ -168,6 +170,7 @@ def edge_ablation(ev: Evaluator, graph: Graph, pairs: Sequence[tuple[str, str]],
     matrix's size where an overcomplete basis makes it larger.
     """
     _check_model(ev.model, graph)
+    ev.use_skip_positions(skip_positions_of(graph.config))  # neither ablated nor scored
     cfg.validate()
     centred = bool(graph.config.get("center", True))
     base = ev.base()

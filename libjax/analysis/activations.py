@@ -62,6 +62,13 @@ def basis_activations(model, node_layer: str, inputs, C: Optional[np.ndarray] = 
     return np.concatenate(parts)
 
 
+def _check_skip(skip_positions, positions: int) -> tuple[int, ...]:
+    skip = tuple(sorted({int(p) for p in skip_positions}))
+    if skip and (skip[0] < 0 or skip[-1] >= positions or len(skip) >= positions):
+        raise ConfigError(f"cannot leave positions {list(skip)} out of {positions} positions")
+    return skip
+
+
 class Top(NamedTuple):
     """Per direction (columns), ``k`` (sample, position) pairs in order: signed ``values``
     ``(k, dirs)``, ``sample`` and ``position`` indices."""
@@ -79,15 +86,24 @@ class Extremes(NamedTuple):
     low: Top
 
 
-def _merge_program(model, index: int, k: int):
+def _kept_rows(n_rows: int, n_real, positions: int, skip_positions):
+    """``(n_rows,)`` over a batch's (sample, position) rows: a real sample at a kept position."""
+    keep = np.ones(positions, bool)
+    keep[list(skip_positions)] = False
+    rows = jnp.arange(n_rows)
+    return (rows < n_real * positions) & jnp.asarray(keep)[rows % positions]
+
+
+def _merge_program(model, index: int, k: int, skip_positions=()):
     """Jitted step: a batch's activations merged into the running top ``k`` of each direction,
-    once for ``f_hat`` and once for ``-f_hat`` (rows ``[:dirs]`` and ``[dirs:]``)."""
+    once for ``f_hat`` and once for ``-f_hat`` (rows ``[:dirs]`` and ``[dirs:]``); the
+    ``skip_positions`` never enter."""
     def step(params, batch, n_real, start, C, best_key, best_ids):
         acts = jax.vmap(lambda x: model.run_to(params, x, index))(batch) @ C  # (b, pos, dirs)
         b, pos, dirs = acts.shape
         flat = acts.reshape(b * pos, dirs).T  # (dirs, b * pos), row-major over (sample, pos)
         ids = start * pos + jnp.arange(b * pos)
-        real = (jnp.arange(b * pos) < n_real * pos)[None, :]
+        real = _kept_rows(b * pos, n_real, pos, skip_positions)[None, :]
         both = jnp.concatenate([jnp.where(real, flat, -jnp.inf), jnp.where(real, -flat, -jnp.inf)])
         all_key = jnp.concatenate([best_key, both], axis=1)
         all_ids = jnp.concatenate([best_ids, jnp.broadcast_to(ids, both.shape)], axis=1)
@@ -97,19 +113,21 @@ def _merge_program(model, index: int, k: int):
 
 
 def top_activations(model, node_layer: str, C: np.ndarray, inputs, k: int,
-                    batch_size: int = 64) -> Extremes:
+                    batch_size: int = 64, skip_positions=()) -> Extremes:
     """The ``k`` largest and ``k`` smallest activations ``f_hat`` of every direction of ``C`` at
-    ``node_layer`` over all inputs and positions, in one pass; memory ``O(batch + dirs * k)``,
-    whatever the number of inputs. Ties keep the earlier (sample, position)."""
+    ``node_layer`` over all inputs and positions but ``skip_positions`` (those a build left out,
+    docs/method.md 1.13), in one pass; memory ``O(batch + dirs * k)``, whatever the number of
+    inputs. Ties keep the earlier (sample, position)."""
     index = _layer_index(model, node_layer)
     inputs = np.asarray(inputs)
     positions = model.layers[index].positions
-    k = min(k, len(inputs) * positions)
+    skip_positions = _check_skip(skip_positions, positions)
+    k = min(k, len(inputs) * (positions - len(skip_positions)))
     if k < 1:
         raise ConfigError(f"k must be >= 1, got {k}")
     C = jnp.asarray(C)
     dirs = C.shape[1]
-    step = _merge_program(model, index, k)
+    step = _merge_program(model, index, k, skip_positions)
     best_key = jnp.full((2 * dirs, k), -jnp.inf, C.dtype)
     best_ids = jnp.zeros((2 * dirs, k), jnp.int64)
     for start, batch, n in _batches(inputs, batch_size):
@@ -147,21 +165,23 @@ def output_effects(model, node_layer: str, directions: np.ndarray, inputs,
 
 
 def histograms(model, node_layer: str, C: np.ndarray, inputs, lo: np.ndarray, hi: np.ndarray,
-               bins: int = 32, batch_size: int = 64) -> np.ndarray:
+               bins: int = 32, batch_size: int = 64, skip_positions=()) -> np.ndarray:
     """Per direction of ``C``, the counts ``(dirs, bins)`` of its activations over all inputs and
-    positions in ``bins`` equal bins from ``lo`` to ``hi`` (each ``(dirs,)``: e.g. the extremes
-    from :func:`top_activations`; values outside go to the end bins), in one streamed pass."""
+    positions but ``skip_positions`` in ``bins`` equal bins from ``lo`` to ``hi`` (each
+    ``(dirs,)``: e.g. the extremes from :func:`top_activations`; values outside go to the end
+    bins), in one streamed pass."""
     index = _layer_index(model, node_layer)
     lo, hi = np.asarray(lo, np.float64), np.asarray(hi, np.float64)
     width = jnp.asarray(np.where(hi > lo, hi - lo, 1.0))
     lo_j = jnp.asarray(lo)
     positions = model.layers[index].positions
+    skip_positions = _check_skip(skip_positions, positions)
 
     def step(params, batch, n_real, C, counts):
         acts = jax.vmap(lambda x: model.run_to(params, x, index))(batch) @ C  # (b, pos, dirs)
         flat = acts.reshape(-1, acts.shape[-1])
         which = jnp.clip(((flat - lo_j) / width * bins).astype(jnp.int32), 0, bins - 1)
-        real = (jnp.arange(flat.shape[0]) < n_real * positions).astype(counts.dtype)
+        real = _kept_rows(flat.shape[0], n_real, positions, skip_positions).astype(counts.dtype)
         dirs = jnp.broadcast_to(jnp.arange(flat.shape[1]), which.shape)
         return counts.at[dirs, which].add(jnp.broadcast_to(real[:, None], which.shape))
     program = jax.jit(step)

@@ -38,6 +38,7 @@ from libjax.storage import files, store
 from libjax.analysis import clustering as clustering_io
 from libjax.analysis import feature_cards
 from libjax.errors import ConfigError, StoreError
+from libjax.pipeline.config import skip_positions_of
 
 DEFAULT_SHARE = 0.98
 MAX_SHARE = 0.999
@@ -227,6 +228,7 @@ def ablation_scores(evaluator, graph, node_layer: str, directions: Sequence[int]
     keep = np.ones(C.shape[1])
     keep[chosen] = 0
     index = graph.node_layers.index(node_layer)
+    evaluator.use_skip_positions(skip_positions_of(graph.config))  # neither ablated nor scored
     return {"layer": node_layer, "n_ablated": int(len(chosen)), "metric": evaluator.metric,
             "base": evaluator.base(), "projected": evaluator.node_score(index, C @ C_pinv),
             "ablated": evaluator.node_score(index, (C * keep) @ C_pinv),

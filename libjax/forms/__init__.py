@@ -26,6 +26,7 @@ import abc
 import dataclasses
 from typing import Any, Optional
 
+import jax.numpy as jnp
 import numpy as np
 
 M_PRIME, EDGES = "m_prime", "edges"
@@ -48,6 +49,9 @@ class Task:
       budget_gb: memory for one step's working set.
       acc_dtype: the dtype sums accumulate in on the device (the build's precision policy:
         :func:`libjax.runtime.precision.accumulation_dtype`).
+      skip_in, skip_out: input and output positions left out of the sums (docs/method.md 1.13):
+        no term whose input position is in ``skip_in`` or whose output position is in
+        ``skip_out`` is added.
     """
 
     kind: str
@@ -65,11 +69,33 @@ class Task:
     per_device: int
     budget_gb: float
     acc_dtype: Any = np.float64
+    skip_in: tuple = ()
+    skip_out: tuple = ()
 
     @property
     def rows(self) -> int:
-        """(sample, position) rows of the input layer: the normaliser of ``M'`` and the edges."""
-        return self.n_samples * self.n_pos
+        """(sample, kept position) rows of the input layer: the normaliser of ``M'`` and the
+        edges."""
+        return self.n_samples * (self.n_pos - len(self.skip_in))
+
+    def row_weights(self, sample_weights):
+        """``(batch, n_pos)``: each sample's weight at its kept input positions, 0 at skipped
+        ones (traced)."""
+        rows = jnp.broadcast_to(sample_weights[:, None], (sample_weights.shape[0], self.n_pos))
+        return rows * kept(self.n_pos, self.skip_in, rows.dtype) if self.skip_in else rows
+
+
+def as_rows(weights, shape):
+    """``(batch, pos)`` row weights from ``(batch,)`` sample weights (the same at every position)
+    or from row weights already (traced)."""
+    return jnp.broadcast_to(weights[:, None] if weights.ndim == 1 else weights, shape)
+
+
+def kept(n_pos: int, skip: tuple, dtype=np.float64) -> np.ndarray:
+    """``(n_pos,)``: 1 at the positions kept, 0 at those in ``skip``."""
+    keep = np.ones(n_pos, dtype)
+    keep[list(skip)] = 0
+    return keep
 
 
 class Form(abc.ABC):

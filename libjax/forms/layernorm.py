@@ -33,7 +33,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import struct
 
-from libjax.forms import EDGES, Form, M_PRIME, next_k
+from libjax.forms import EDGES, Form, M_PRIME, as_rows, next_k
 
 SEQUENTIAL, PARALLEL = "sequential", "parallel"
 LAYOUTS = (SEQUENTIAL, PARALLEL)
@@ -64,7 +64,7 @@ def _centred(x, centre: bool = True):
 
 
 def _row_weights(sample_weights, shape, acc):
-    return jnp.broadcast_to(sample_weights.astype(acc)[:, None], shape[:2])
+    return as_rows(sample_weights.astype(acc), shape[:2])  # (batch,) or (batch, pos) weights
 
 
 def _identity_if_none(c, dim, dtype):
@@ -273,6 +273,7 @@ class LayerNormInForm(Form):
             LNInMoments.zeros(task.d_in)
 
     def batch_sums(self, task, plan, params, x, sample_weights, signs, c_in_pinv, c_next):
+        sample_weights = task.row_weights(sample_weights)  # 0 at skipped positions
         if task.kind == M_PRIME:
             return ln_in_moments(x, sample_weights, task.alphas, task.quad_weights,
                                  task.acc_dtype, self.centre, self.layout)
@@ -311,6 +312,7 @@ class LayerNormOutForm(Form):
             LNOutMoments.zeros(ln_out_width(task.d_in, self.layout))
 
     def batch_sums(self, task, plan, params, x, sample_weights, signs, c_in_pinv, c_next):
+        sample_weights = task.row_weights(sample_weights)  # 0 at skipped positions
         if task.kind == M_PRIME:
             return ln_out_moments(x, sample_weights, task.alphas, task.quad_weights, self.eps,
                                   task.acc_dtype, self.centre, self.layout)

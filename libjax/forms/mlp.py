@@ -34,7 +34,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import struct
 
-from libjax.forms import EDGES, Form, M_PRIME, as_float64, next_k
+from libjax.forms import EDGES, Form, M_PRIME, as_float64, as_rows, next_k
 from libjax.method.probes import ProbeSet
 from libjax.runtime import memory
 
@@ -87,7 +87,7 @@ def derivative_moments(derivative, b, xs, sample_weights, acc=jnp.float64) -> De
     """The data-dependent part of ``M'`` for one batch ``xs`` ``(batch, pos, d_in)``, in ``acc``;
     ``derivative`` maps ``x B`` to the integrated derivatives ``d``."""
     d = derivative(xs @ b).astype(acc)
-    w = jnp.broadcast_to(sample_weights.astype(acc)[:, None], d.shape[:2])
+    w = as_rows(sample_weights.astype(acc), d.shape[:2])  # (batch,) or (batch, pos) weights
     return DerivativeMoments(jnp.sum(w), jnp.einsum("bp,bpm->m", w, d),
                              jnp.einsum("bp,bpm,bpn->mn", w, d, d))
 
@@ -149,7 +149,7 @@ def squared_edges_sum(derivative, matrices: dict, x_hat, sample_weights, c_in_pi
     p_hat, q_hat, r_hat = _basis_matrices(matrices, c_in_pinv, c_out, branches)
     r_in = x_hat.shape[-1]
     tokens = x_hat.reshape(-1, r_in)
-    w = jnp.repeat(sample_weights, x_hat.shape[1]).astype(acc)
+    w = as_rows(sample_weights, x_hat.shape[:2]).reshape(-1).astype(acc)
     if p_hat is None:  # linear: the per-token matrix is constant
         return _linear_edges(r_hat, jnp.einsum("t,tj->j", w, (tokens ** 2).astype(acc)))
 
@@ -246,7 +246,7 @@ class MLPForm(Form):
 
     def probes(self, task):
         if task.kind == EDGES and task.pos_sources is not None:
-            return ProbeSet(task.n_pos_out, task.out_dim, task.pos_sources)
+            return ProbeSet(task.n_pos_out, task.out_dim, task.pos_sources, skip=task.skip_out)
         return None
 
     def plan(self, task, params) -> int:
@@ -275,10 +275,11 @@ class MLPForm(Form):
     def batch_sums(self, task, plan, params, x, sample_weights, signs, c_in_pinv, c_next):
         w, derivative = self.matrices(params), self.derivative(task)
         if task.kind == M_PRIME:
-            return derivative_moments(derivative, w["B"], x, sample_weights, task.acc_dtype)
+            return derivative_moments(derivative, w["B"], x, task.row_weights(sample_weights),
+                                      task.acc_dtype)
         if signs is None:
-            return squared_edges_sum(derivative, w, x, sample_weights, c_in_pinv, c_next, plan,
-                                     task.acc_dtype, self.branches)
+            return squared_edges_sum(derivative, w, x, task.row_weights(sample_weights),
+                                     c_in_pinv, c_next, plan, task.acc_dtype, self.branches)
         rho = self.probes(task).position_weights(signs).astype(x.dtype)
         return stochastic_squared_edges_sum(derivative, w, x, sample_weights, rho, c_in_pinv,
                                             c_next, plan, task.acc_dtype, self.branches)

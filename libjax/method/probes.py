@@ -8,7 +8,8 @@ replace the sum over positions and/or hidden dims by Rademacher (+-1) combinatio
 input at ``t``) the probe ``phi[:, i] = 1`` is exact: its VJP at input position ``s`` is the row
 ``i`` of the Jacobian at ``s`` alone, so one probe per hidden dim replaces ``P_out`` of them.
 Probes are numbered so they can be made chunk by chunk inside a ``scan`` (ids past ``n_probes``
-are padding and give a zero probe); signs are drawn per sample and per batch.
+are padding and give a zero probe); signs are drawn per sample and per batch. Output positions
+left out of a build (``skip``, docs/method.md 1.13) are zero in every probe and weighting.
 """
 
 from __future__ import annotations
@@ -18,17 +19,27 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 
+from libjax.forms import kept
+
 
 @dataclasses.dataclass(frozen=True)
 class ProbeSet:
     """Probes over a ``(n_pos, dim)`` output, with ``pos_sources``/``hidden_sources`` Rademacher
-    sources replacing the exact sum over positions/hidden dims (``None`` = exact)."""
+    sources replacing the exact sum over positions/hidden dims (``None`` = exact); the output
+    positions ``skip`` are zero in every probe."""
 
     n_pos: int
     dim: int
     pos_sources: int | None = None
     hidden_sources: int | None = None
     positionwise: bool = False
+    skip: tuple = ()
+
+    def _kept(self, phi):
+        """``phi`` with its skipped positions (axis -2) zeroed."""
+        if not self.skip:
+            return phi
+        return phi * kept(self.n_pos, self.skip, phi.dtype)[:, None]
 
     def __post_init__(self):
         for name in ("pos_sources", "hidden_sources"):
@@ -88,8 +99,10 @@ class ProbeSet:
         if self.hidden_sources is not None or self.positionwise:
             raise ValueError("position weightings need exact hidden dims and a position sum")
         if self.pos_sources is None:
-            return jnp.broadcast_to(jnp.eye(self.n_pos), (signs.shape[0], self.n_pos, self.n_pos))
-        return signs
+            rho = jnp.broadcast_to(jnp.eye(self.n_pos), (signs.shape[0], self.n_pos, self.n_pos))
+        else:
+            rho = signs
+        return self._kept(rho[..., None])[..., 0]
 
     def output_index(self, ids):
         """Hidden (output) coordinate addressed by each probe id, for per-output accumulators
@@ -117,4 +130,4 @@ class ProbeSet:
             phi = jax.nn.one_hot(t, self.n_pos, dtype=dtype)[:, :, None] * signs[r][:, None, :]
         else:
             phi = signs[ids]
-        return phi.astype(dtype) * valid
+        return self._kept(phi.astype(dtype) * valid)

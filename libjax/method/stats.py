@@ -3,7 +3,7 @@
 One pass over the data: each batch contributes its count, mean and centred scatter matrix, merged
 with Chan et al.'s parallel update. This avoids both the reference's second pass and the
 cancellation of ``E[f f^T] - mu mu^T``. Rows are (sample, position) pairs, and padded samples
-carry weight 0. The float64 policy merges on the device in float64 (:func:`merge`); the mixed
+and skipped positions carry weight 0, so the count is that of the kept rows. The float64 policy merges on the device in float64 (:func:`merge`); the mixed
 policy computes each batch's moments in float32 and merges them on the host in float64
 (:func:`merge_on_host`), so only one batch's sums are ever float32.
 """
@@ -32,9 +32,11 @@ class Moments:
 
 def batch_moments(acts, weights, dtype=jnp.float64) -> Moments:
     """Moments of ``acts`` ``(batch, pos, d)`` in ``dtype``; ``weights`` ``(batch,)`` are 1 for
-    real samples and 0 for padding."""
+    real samples and 0 for padding, or ``(batch, pos)`` also 0 at skipped positions
+    (docs/method.md 1.13)."""
     acts = acts.astype(dtype)
-    w = jnp.broadcast_to(weights.astype(dtype)[:, None], acts.shape[:2])
+    w = weights.astype(dtype)
+    w = jnp.broadcast_to(w[:, None] if w.ndim == 1 else w, acts.shape[:2])
     count = jnp.sum(w)
     mean = jnp.einsum("bp,bpd->d", w, acts) / jnp.maximum(count, 1.0)
     centred = acts - mean

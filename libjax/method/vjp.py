@@ -20,6 +20,11 @@ the sum over ``t`` by ``R`` Rademacher combinations of positions (exact when ``P
 positionwise section ``A[t,i,j] = g_i[t,j] f^_{t,j}`` with one probe per output dim (see
 :mod:`libjax.method.probes`), squared per position.
 
+Positions left out of a build (docs/method.md 1.13): the probes are zero at skipped output
+positions ``t``, and skipped input positions ``s`` are dropped from the sum over ``s`` (``M'``:
+outside the outer product; edges: inside the square), so no term ``dF_t/df_s`` with ``t`` or
+``s`` skipped is added.
+
 :class:`VJPPath` offers both through the protocol of :mod:`libjax.forms`, for sections without
 a closed form (and for every section with ``BuildConfig(fast_paths=False)``).
 """
@@ -33,7 +38,7 @@ from typing import Callable
 import jax
 import jax.numpy as jnp
 
-from libjax.forms import EDGES, Form
+from libjax.forms import EDGES, Form, kept
 from libjax.method.probes import ProbeSet
 
 
@@ -78,41 +83,48 @@ def probe_vjps(fn, xs, signs, probes: ProbeSet, ids, alphas, weights):
 
 
 def m_prime_sum(fn: Callable, xs, sample_weights, probes: ProbeSet, signs, alphas, weights,
-                chunk: int, acc=jnp.float64):
+                chunk: int, acc=jnp.float64, keep_in=None):
     """Unnormalised ``M'`` ``(d_in, d_in)`` of one batch, accumulated in ``acc``.
 
     Args:
       fn: per-sample section (into the next layer's basis).
       xs: inputs ``(batch, P_in, d_in)`` (neuron basis).
       sample_weights: ``(batch,)``, 1 for real samples, 0 for padding.
-      probes: the probe set over ``fn``'s output; ``signs`` its per-sample random signs.
+      probes: the probe set over ``fn``'s output (zero at skipped output positions); ``signs``
+        its per-sample random signs.
       alphas, weights: quadrature rule.
       chunk: probes per VJP batch.
       acc: the accumulation dtype.
+      keep_in: ``(P_in,)``, 0 at the input positions left out (docs/method.md 1.13); None: all.
     """
     dim = xs.shape[-1]
 
     def add_chunk(total, ids):
         g = probe_vjps(fn, xs, signs, probes, ids, alphas, weights).astype(acc)
         gw = g * sample_weights.astype(acc)[:, None, None, None]
+        if keep_in is not None:
+            gw = gw * jnp.asarray(keep_in, acc)[:, None]
         return total + jnp.einsum("bksi,bksj->ij", gw, g)
 
     return scan_probe_chunks(probes, chunk, add_chunk, jnp.zeros((dim, dim), acc))
 
 
 def squared_edges_sum(fn: Callable, xs, sample_weights, probes: ProbeSet, signs, alphas, weights,
-                      chunk: int, acc=jnp.float64):
+                      chunk: int, acc=jnp.float64, keep_in=None):
     """Unnormalised squared edges ``(d_out, d_in)`` of one batch, accumulated in ``acc``.
 
     Args:
       fn: per-sample section in basis coordinates, ``(P_in, d_in) -> (P_out, d_out)``.
       xs: inputs in the input layer's basis ``(batch, P_in, d_in)``.
       probes: exact or position-stochastic probes over ``fn``'s output.
-      Other arguments as in :func:`m_prime_sum`.
+      Other arguments as in :func:`m_prime_sum`; ``keep_in`` drops the skipped input positions'
+        terms from inside the square.
     """
     def add_chunk(total, ids):
         g = probe_vjps(fn, xs, signs, probes, ids, alphas, weights)
         terms = (g * xs[:, None]).astype(acc)  # (batch, k, P_in, d_in)
+        if keep_in is not None:
+            terms = terms * jnp.asarray(keep_in, acc)[:, None]
         a2 = jnp.sum(terms ** 2, axis=2) if probes.positionwise else jnp.sum(terms, axis=2) ** 2
         contrib = jnp.einsum("b,bkj->kj", sample_weights.astype(acc), a2)
         return total.at[probes.output_index(ids)].add(contrib)
@@ -144,7 +156,7 @@ class VJPPath(Form):
     def probes(self, task):
         pos_sources = None if self.positionwise else task.pos_sources
         return ProbeSet(task.n_pos_out, task.out_dim, pos_sources, task.hidden_sources,
-                        positionwise=self.positionwise)
+                        positionwise=self.positionwise, skip=task.skip_out)
 
     def plan(self, task, params) -> int:
         width = task.in_dim if task.kind == EDGES else task.d_in
@@ -155,7 +167,9 @@ class VJPPath(Form):
         def section(y):
             out = self.fn(params, y)
             return out if c_next is None else out @ c_next
-        args = (self.probes(task), signs, task.alphas, task.quad_weights, plan, task.acc_dtype)
+        keep_in = kept(task.n_pos, task.skip_in) if task.skip_in else None
+        args = (self.probes(task), signs, task.alphas, task.quad_weights, plan, task.acc_dtype,
+                keep_in)
         if task.kind == EDGES:
             return squared_edges_sum(lambda y: section(y @ c_in_pinv), x, sample_weights, *args)
         return m_prime_sum(section, x, sample_weights, *args)

@@ -29,7 +29,14 @@ def section_task(model, index: int, kind: str, cfg: BuildConfig, n_samples: int,
                 in_dim=in_dim if kind == EDGES else 0, pos_sources=pos, hidden_sources=hidden,
                 alphas=tuple(alphas), quad_weights=tuple(weights), per_device=per_device,
                 budget_gb=cfg.memory_budget_gb,
-                acc_dtype=precision.accumulation_dtype(cfg.precision))
+                acc_dtype=precision.accumulation_dtype(cfg.precision),
+                skip_in=_skipped(cfg, a.positions), skip_out=_skipped(cfg, b.positions))
+
+
+def _skipped(cfg: BuildConfig, n_pos: int) -> tuple[int, ...]:
+    """The positions of a node layer with ``n_pos`` positions that the build leaves out
+    (:meth:`BuildConfig.validate` has checked that every node layer has them all)."""
+    return tuple(sorted(int(p) for p in cfg.skip_positions if p < n_pos))
 
 
 def choose_path(section, task: Task, fast_paths: bool) -> Form:

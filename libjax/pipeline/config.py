@@ -7,6 +7,8 @@ import dataclasses
 import math
 from typing import Any, Collection, Mapping, Optional, Union
 
+import numpy as np
+
 from libjax.errors import ConfigError
 from libjax.kinds import NAMES, BasisKind, class_of
 from libjax.kinds import get as get_kind
@@ -51,6 +53,10 @@ class BuildConfig:
         positionwise sections without a form and LayerNorm forms give the exact edges where edge
         sources were asked for, and MLP and LayerNorm forms the exact ``M'`` where hidden
         sources were asked for. False reproduces the reference's computation everywhere.
+      skip_positions: sequence positions left out of the statistics, ``M'`` and the edges
+        (docs/method.md 1.13), e.g. ``(0,)`` for a language model's first token, whose massive
+        activation dominates the sums; ablations neither ablate nor score them. Default: none
+        (the reference keeps every position). Recorded in ``build.json`` only when not empty.
     """
 
     basis: Union[str, BasisKind] = "lib"
@@ -72,6 +78,12 @@ class BuildConfig:
     seed: int = 0
     fast_paths: bool = True
     precision: str = "float64"
+    skip_positions: tuple[int, ...] = ()
+
+    def __post_init__(self):  # one position, or a list read back from build.json: a tuple
+        skip = self.skip_positions
+        object.__setattr__(self, "skip_positions",
+                           (skip,) if isinstance(skip, (int, np.integer)) else tuple(skip))
 
     @property
     def kind(self) -> BasisKind:
@@ -126,11 +138,49 @@ class BuildConfig:
         for name in model.node_layers[:-1]:
             points(self, name)  # raises on a bad rule or interval count
         kind.check(self, model)
+        if self.skip_positions:
+            check_skip_positions(self.skip_positions, model)
 
     def to_json(self) -> dict:
         record = dataclasses.asdict(dataclasses.replace(self, basis=self.kind.name))
         record.update(self.kind.record())  # e.g. a given basis's digest (none for lib/pca/neuron)
+        if not self.skip_positions:  # the default: build records as before the option existed
+            del record["skip_positions"]
+        else:
+            record["skip_positions"] = list(self.skip_positions)
         return record
+
+
+def skip_positions_of(config: Mapping[str, Any]) -> tuple[int, ...]:
+    """The positions a build left out, from its recorded configuration (none if not recorded)."""
+    return tuple(int(p) for p in config.get("skip_positions", ()))
+
+
+def check_skip_positions(skip, model) -> None:
+    """``skip`` must be distinct positions of ``model``'s node layers, which must all have the
+    same positions (a section that keeps only some positions, like modular addition's last one,
+    would leave it unclear which position is which), and must leave one position."""
+    if not model.positional:
+        raise ConfigError(f"skip_positions={list(skip)}: model {model.name!r} has no sequence "
+                          "positions to skip; leave skip_positions empty")
+    counts = {layer.name: layer.positions for layer in model.layers}
+    if len(set(counts.values())) != 1:
+        raise ConfigError(f"skip_positions needs node layers that all keep every position; these "
+                          f"have {counts} positions: choose node layers before the model drops "
+                          "positions, or leave skip_positions empty")
+    n_pos = model.layers[0].positions
+    bad = [p for p in skip if isinstance(p, bool) or not isinstance(p, (int, np.integer))]
+    if bad:
+        raise ConfigError(f"skip_positions must be whole numbers, got {bad}")
+    wrong = sorted(p for p in skip if not 0 <= p < n_pos)
+    if wrong:
+        raise ConfigError(f"skip_positions {wrong} are outside the context: positions run from 0 "
+                          f"to {n_pos - 1} (negative positions are not counted from the end)")
+    if len(set(skip)) != len(skip):
+        raise ConfigError(f"skip_positions {list(skip)} lists a position more than once")
+    if len(set(skip)) >= n_pos:
+        raise ConfigError(f"skip_positions {list(skip)} leaves none of the {n_pos} positions; "
+                          "keep at least one")
 
 
 # The float64 policy keeps the paper's absolute threshold only. Float32 steps leave round-off of

@@ -70,7 +70,8 @@ def compute_stats(model, inputs, cfg: BuildConfig, layers: Sequence[int],
     init = ([stats.Moments.zeros(model.layers[i].width) for i in layers],
             np.ones(len(layers), bool))
     with precision.scope(cfg.precision):
-        acc, finite = accumulate(stats_step(model, layers, cfg.precision), init, inputs,
+        step = stats_step(model, layers, cfg.precision, cfg.skip_positions)
+        acc, finite = accumulate(step, init, inputs,
                                  cfg.gram_batch_size or cfg.batch_size, "means and Grams",
                                  cfg.seed, STATS_STAGE, placement or Placement(), model.params,
                                  saves=saves)

@@ -30,7 +30,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from libjax.pipeline.progress_saves import PassProgress, Saves, layout
-from libjax.forms import EDGES, Form, Task
+from libjax.forms import EDGES, Form, Task, kept
 from libjax.method import stats
 from libjax.model import chain_acts
 from libjax.runtime import precision
@@ -113,23 +113,30 @@ def first_layer_step(model, policy: str = "float64") -> Callable:
     return cached(("first layer", embed, label, policy), make)
 
 
-def stats_step(model, layers: Sequence[int], policy: str = "float64") -> Step:
+def stats_step(model, layers: Sequence[int], policy: str = "float64",
+               skip_positions: tuple = ()) -> Step:
     """A batch's moments of node layers ``layers`` and whether they were finite, merged into the
-    running ones (Chan's update: on the device under float64, on the host under mixed)."""
-    layers = tuple(layers)
+    running ones (Chan's update: on the device under float64, on the host under mixed); the
+    positions ``skip_positions`` are left out (docs/method.md 1.13)."""
+    layers, skip = tuple(layers), tuple(skip_positions)
     functions = _functions(model, max(layers))
-    return cached(("stats", functions, layers, policy),
-                  lambda: _make_stats_step(functions, layers, policy))
+    return cached(("stats", functions, layers, policy, skip),
+                  lambda: _make_stats_step(functions, layers, policy, skip))
 
 
-def _make_stats_step(functions: tuple, layers: tuple[int, ...], policy: str) -> Step:
+def _make_stats_step(functions: tuple, layers: tuple[int, ...], policy: str,
+                     skip: tuple = ()) -> Step:
     dtype = precision.accumulation_dtype(policy)
     label = f"means and Grams of {len(layers)} node layers"
+
+    def row_weights(weights, n_pos):
+        return weights[:, None] * kept(n_pos, skip, weights.dtype) if skip else weights
 
     def of_batch(params, inputs, weights):
         _traced(label)
         acts = jax.vmap(lambda x: chain_acts(functions[0], functions[1:], params, x))(inputs)
-        moments = [stats.batch_moments(acts[i], weights, dtype) for i in layers]
+        moments = [stats.batch_moments(acts[i], row_weights(weights, acts[i].shape[1]), dtype)
+                   for i in layers]
         return moments, jnp.stack([jnp.all(jnp.isfinite(acts[i])) for i in layers])
 
     if precision.host_sums(policy):

@@ -19,6 +19,7 @@ import numpy as np
 
 from libjax.analysis import activations, clustering, feature_cards
 from libjax.errors import DataError
+from libjax.pipeline.config import skip_positions_of
 from models.common import gguf
 
 
@@ -86,10 +87,11 @@ def context_cards(model, graph, data, node_layers, decode=None, k: int = 6, befo
     tokens = np.asarray(data.inputs)
     n_ctx = tokens.shape[1]
     name_of = (lambda t: decode(int(t))) if decode else (lambda t: f"#{t}")  # noqa: E731
+    skip = skip_positions_of(graph.config)  # positions the build left out: never shown
     cards = {}
     for name in node_layers:
         ends = activations.top_activations(model, name, feature_cards.basis_matrix(graph, name),
-                                           tokens, k, batch_size)
+                                           tokens, k, batch_size, skip)
         offsets = np.arange(-before, after + 1)
         windows = []
         for end in ends:
@@ -106,7 +108,7 @@ def context_cards(model, graph, data, node_layers, decode=None, k: int = 6, befo
         label = [f"{name_of(t)!r} ({n}/{active.shape[1]})" for t, n in zip(common, count)]
         lo, hi = ends.low.values[0], ends.high.values[0]  # every activation lies between
         hist = activations.histograms(model, name, feature_cards.basis_matrix(graph, name),
-                                      tokens, lo, hi, batch_size=batch_size)
+                                      tokens, lo, hi, batch_size=batch_size, skip_positions=skip)
         cards[name] = {"kind": "contexts", "source": _source(data, len(tokens)),
                        "tokens": index[0].astype(np.int32),
                        "hist": hist, "hist_range": np.stack([lo, hi], axis=1),

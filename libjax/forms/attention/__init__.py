@@ -36,7 +36,9 @@ Both methods multiply their head-sized factors at ``s`` by ``Theta_s`` (elementw
 sin: the inverse rotation of the row vectors, :func:`.rotary.turn`), so
 the sums keep the unrotated head weights and no per-position ``D x dh`` matrix is formed.
 Grouped-query attention is the same form with ``W_K``, ``W_V`` repeated for each query head of
-its group. Neither method forms ``G_s``: both reduce
+its group. Positions left out of a build (docs/method.md 1.13): ``rho`` is zero at skipped output
+positions and ``G_s`` is weighted 0 at skipped input positions ``s`` (the sample weights become
+``(batch, P)`` row weights), so no term ``dF_t/dx_s`` with ``t`` or ``s`` skipped is added. Neither method forms ``G_s``: both reduce
 ``M'`` to head-sized sums over samples and positions, added over batches and assembled into
 ``M'`` once (:func:`.sums.assemble`), and the edges to
 head-sized products, instead of one VJP per output direction through ``W_O`` and ``W_QKV``.
@@ -88,7 +90,7 @@ class AttentionForm(Form):
         return task.hidden_sources is None
 
     def probes(self, task):
-        return ProbeSet(task.n_pos_out, task.out_dim, task.pos_sources)
+        return ProbeSet(task.n_pos_out, task.out_dim, task.pos_sources, skip=task.skip_out)
 
     def plan(self, task, params) -> tuple[str, int, int]:
         n_weightings = task.n_pos_out if task.pos_sources is None else task.pos_sources
@@ -101,7 +103,9 @@ class AttentionForm(Form):
         return sums.zero_head_sums(self, params)
 
     def batch_sums(self, task, plan, params, x, sample_weights, signs, c_in_pinv, c_next):
-        rho = self.probes(task).position_weights(signs).astype(x.dtype)
+        rho = self.probes(task).position_weights(signs).astype(x.dtype)  # 0 at skipped outputs
+        if task.skip_in:  # (batch, P): 0 at skipped input positions
+            sample_weights = task.row_weights(sample_weights)
         return self.weighted_sums(task.kind, plan, params, x, sample_weights, rho, c_in_pinv,
                                   c_next, task.alphas, task.quad_weights, task.acc_dtype)
 
@@ -109,7 +113,9 @@ class AttentionForm(Form):
                       alphas, weights, acc=jnp.float64):
         """One batch ``x`` ``(batch, P, d_in or r_in)``'s head-sized sums of ``M'``
         (:func:`.sums.assemble` makes ``M'`` of them) or unnormalised edges ``(r_out, r_in)``,
-        for position weightings ``rho`` ``(batch, R, P_out)``, accumulated in ``acc``."""
+        for position weightings ``rho`` ``(batch, R, P_out)``, accumulated in ``acc``.
+        ``sample_weights``: ``(batch,)``, or ``(batch, P)`` weighting each input position ``s``
+        (0: its terms are left out, docs/method.md 1.13)."""
         method, positions, samples = plan
         w, c, o = sums.prepare(self, params, c_next)
         data = (x, sample_weights, rho, alphas, weights)

@@ -75,7 +75,8 @@ def _head_matrices(form, att, rho, weight, n_pos: int, idx, is_query, slot, wind
 
 def _chunk_matrices(form, atts, rho, sw, weights, n_pos: int, idx, valid, window, acc):
     """``c`` ``(B, R, S, M)`` and ``Y`` ``(B, H, R, S, 2 dh, dv)`` of a chunk, summed over the
-    quadrature points and scaled by the sample weights and the position mask, in ``acc``."""
+    quadrature points and scaled by the sample weights (``(B,)``, or ``(B, P)`` with skipped
+    positions 0) and the position mask, in ``acc``."""
     if form.last_only:
         slot, is_query = jnp.zeros_like(idx), idx == n_pos - 1
     else:
@@ -83,7 +84,8 @@ def _chunk_matrices(form, atts, rho, sw, weights, n_pos: int, idx, valid, window
     parts = [jax.vmap(lambda at, r: _head_matrices(form, at, r, wt, n_pos, idx, is_query, slot,
                                                    window))(att, rho)
              for att, wt in zip(atts, weights)]
-    mask = sw[:, None, None] * valid[None, None, :]  # (B, 1, S)
+    at = sw[:, None] if sw.ndim == 1 else sw[:, idx]  # per-sample or per-position weights
+    mask = at[:, None, :] * valid[None, None, :]  # (B, 1, S)
     c = sum(part[0] for part in parts) * mask[..., None]
     y = sum(part[1] for part in parts) * mask[:, None, :, :, None, None]
     return c.astype(acc), y.astype(acc)

@@ -66,14 +66,18 @@ def _row_sets(form, w, xs, rho, sw, alphas, weights, merge_queries: bool, acc):
     positions the key and query terms of every head (``G = 2H``, key terms zero-padded to the
     query terms' count), elsewhere the key terms only; else (edges) the key terms at every
     position and the query terms at the query positions. Each sample's ``c`` and ``x`` are scaled
-    by its weight (0 for padding); everything is in ``acc``."""
+    by its weight ``sw`` (0 for padding; ``(B, P)``: per input position, 0 where skipped);
+    everything is in ``acc``."""
     parts = [jax.vmap(lambda x, r: _factors(form, w, x, r, a, wt))(xs, rho)
              for a, wt in zip(alphas, weights)]
-    c = sum(part[0] for part in parts) * sw[:, None, None, None]
-    xk, yk, xq, yq = (jnp.concatenate([part[i] for part in parts], axis=-2) for i in range(1, 5))
-    xk, xq = (a * sw[:, None, None, None, None, None] for a in (xk, xq))
     n_pos = xs.shape[1]
     queries = sums_lib.queries(form, n_pos)
+    # per-sample weights (B, 1), or per input position (B, P): 0 at skipped positions
+    at, at_queries = (sw[:, None], sw[:, None]) if sw.ndim == 1 else (sw, sw[:, queries])
+    c = sum(part[0] for part in parts) * at[:, None, :, None]
+    xk, yk, xq, yq = (jnp.concatenate([part[i] for part in parts], axis=-2) for i in range(1, 5))
+    xk = xk * at[:, None, :, None, None, None]
+    xq = xq * at_queries[:, None, :, None, None, None]
     if merge_queries:
         others = np.setdiff1d(np.arange(n_pos), queries)
         pad = xq.shape[-2] - xk.shape[-2]
