@@ -102,8 +102,8 @@ class BuildConfig:
         stochastic_basis = (self.n_stochastic_sources_basis_pos,
                             self.n_stochastic_sources_basis_hidden)
         if any(s is not None for s in stochastic_basis) and not kind.needs_m_prime:
-            raise ConfigError(f"stochastic basis sources only apply to a basis made from M' "
-                              f"(lib), not to the {kind.name} basis")
+            raise ConfigError(f"stochastic basis sources only apply to the lib (jacobian) basis, "
+                              f"which is made from M'; the {kind.name} basis is not")
         sources = stochastic_basis + (self.n_stochastic_sources_edges,)
         for s in sources:
             if s is not None and s < 1:
