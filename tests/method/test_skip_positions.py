@@ -108,6 +108,7 @@ def test_skipping_changes_the_sums():
     assert rel(full.grams["ln2.0"], g.grams["ln2.0"]) > 1e-3
 
 
+@pytest.mark.slow
 def test_general_path_with_general_probes_agrees_with_the_forms_under_sources():
     """Position sources: the attention and MLP closed forms zero the very signs the general
     path's probes zero (skipped outputs), so the estimates agree, not just their means."""
