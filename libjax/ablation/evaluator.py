@@ -10,7 +10,8 @@ reused for every point, and only the sections from the ablated layer on are run 
 
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from collections.abc import Sequence
+from typing import Optional
 
 import jax
 import jax.numpy as jnp
@@ -30,14 +31,14 @@ def _cast(tree, dtype):
 class Evaluator:
     """Scores a sectioned model on labelled data, with an intervention at one node layer.
 
-    Data are cut into equal, padded batches (padding has weight 0) so each jitted program
-    compiles once. Activations at the node layer in front of an intervention are computed once per
-    layer and kept. Labels with a position axis are next tokens, scored at every position
-    (docs/method.md 3.4) but the ``skip_positions`` a graph was built without: those are neither
-    ablated nor scored (docs/method.md 1.13; the experiments take them from the graph's record,
-    :meth:`use_skip_positions`). The ``kl`` metric compares with the unablated model's outputs, which each
-    program recomputes from the kept activations (two passes downstream of the intervention, and
-    memory for one batch of logits, not the whole evaluation set's).
+    Data are cut into equal, padded batches (padding has weight 0) so each jitted program compiles
+    once. Activations at the node layer in front of an intervention are computed once per layer and
+    kept. Labels with a position axis are next tokens, scored at every position (docs/method.md 3.4)
+    but the ``skip_positions`` a graph was built without: those are neither ablated nor scored
+    (docs/method.md 1.13; the experiments take them from the graph's record,
+    :meth:`use_skip_positions`). The ``kl`` metric compares with the unablated model's outputs,
+    which each program recomputes from the kept activations (two passes downstream of the
+    intervention, and memory for one batch of logits, not the whole evaluation set's).
     """
 
     def __init__(self, model, inputs, labels, metric: str = "accuracy",

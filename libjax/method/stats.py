@@ -2,10 +2,11 @@
 
 One pass over the data: each batch contributes its count, mean and centred scatter matrix, merged
 with Chan et al.'s parallel update. This avoids both the reference's second pass and the
-cancellation of ``E[f f^T] - mu mu^T``. Rows are (sample, position) pairs, and padded samples
-and skipped positions carry weight 0, so the count is that of the kept rows. The float64 policy merges on the device in float64 (:func:`merge`); the mixed
-policy computes each batch's moments in float32 and merges them on the host in float64
-(:func:`merge_on_host`), so only one batch's sums are ever float32.
+cancellation of ``E[f f^T] - mu mu^T``. Rows are (sample, position) pairs, and padded samples and
+skipped positions carry weight 0, so the count is that of the kept rows. The float64 policy merges
+on the device in float64 (:func:`merge`); the mixed policy computes each batch's moments in float32
+and merges them on the host in float64 (:func:`merge_on_host`), so only one batch's sums are ever
+float32.
 """
 
 from __future__ import annotations

@@ -35,12 +35,12 @@ Rotary embeddings (:mod:`.rotary`) rotate each query and key head by its positio
 Both methods multiply their head-sized factors at ``s`` by ``Theta_s`` (elementwise in cos and
 sin: the inverse rotation of the row vectors, :func:`.rotary.turn`), so
 the sums keep the unrotated head weights and no per-position ``D x dh`` matrix is formed.
-Grouped-query attention is the same form with ``W_K``, ``W_V`` repeated for each query head of
-its group. Positions left out of a build (docs/method.md 1.13): ``rho`` is zero at skipped output
+Grouped-query attention is the same form with ``W_K``, ``W_V`` repeated for each query head of its
+group. Positions left out of a build (docs/method.md 1.13): ``rho`` is zero at skipped output
 positions and ``G_s`` is weighted 0 at skipped input positions ``s`` (the sample weights become
-``(batch, P)`` row weights), so no term ``dF_t/dx_s`` with ``t`` or ``s`` skipped is added. Neither method forms ``G_s``: both reduce
-``M'`` to head-sized sums over samples and positions, added over batches and assembled into
-``M'`` once (:func:`.sums.assemble`), and the edges to
+``(batch, P)`` row weights), so no term ``dF_t/dx_s`` with ``t`` or ``s`` skipped is added. Neither
+method forms ``G_s``: both reduce ``M'`` to head-sized sums over samples and positions, added over
+batches and assembled into ``M'`` once (:func:`.sums.assemble`), and the edges to
 head-sized products, instead of one VJP per output direction through ``W_O`` and ``W_QKV``.
 :mod:`.lowrank` writes the key and query paths as rank-one terms (cheapest with few positions:
 modular addition), :mod:`.dense` as one ``(2 d_head, d_v)`` matrix per head and position (long
