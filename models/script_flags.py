@@ -60,26 +60,27 @@ _KEEP = object()
 
 
 def define(name: str, default: Any = _KEEP, help: str | None = None, *,
-           integer: bool = False, required: bool = False) -> flags.FlagHolder:
+           integer: bool = False, required: bool = False,
+           flag_values: flags.FlagValues = flags.FLAGS) -> flags.FlagHolder:
     """The shared flag ``name`` with its usual default and help unless given (``integer``: an
     integer flag where the shared one is a string, as a single ``--layer``)."""
     spec = SHARED[name]
     default = spec.default if default is _KEEP else default
+    common = dict(required=required, flag_values=flag_values)
     if name == "dtype":
-        return flags.DEFINE_enum(name, default, list(DTYPES), help or spec.help,
-                                 required=required)
+        return flags.DEFINE_enum(name, default, list(DTYPES), help or spec.help, **common)
     definer = flags.DEFINE_integer if integer else spec.define
-    return definer(name, default, help or spec.help, required=required)
+    return definer(name, default, help or spec.help, **common)
 
 
-def options(**overrides) -> Options:
+def options(flag_values: flags.FlagValues = flags.FLAGS, **overrides) -> Options:
     """:class:`Options` from every defined flag named as one of its fields (``--node_layers``
     comma-separated, ``--layer`` one block), then ``overrides`` (a field a script's flag means
     otherwise, e.g. an evaluation ``--split``, set to None)."""
     values = {}
     for field in dataclasses.fields(Options):
-        if field.name in flags.FLAGS:
-            values[field.name] = flags.FLAGS[field.name].value
+        if field.name in flag_values:
+            values[field.name] = flag_values[field.name].value
     if "node_layers" in values:
         values["node_layers"] = cli.comma_list(values["node_layers"])
     if isinstance(values.get("layer"), str):

@@ -13,31 +13,30 @@ and prints the clusters with their directions' labels where the model family giv
 
 from __future__ import annotations
 
-import json
 import math
 import time
 
 from absl import flags
 
-from libjax import ablation
-from libjax.runtime import cli
+from libjax.ablation import records
 from libjax.analysis import clustering
-from libjax.errors import ConfigError, DataError
+from libjax.errors import ConfigError
+from libjax.runtime import cli
+from models import script_flags
 from models.opened import open_build
 
-_GRAPH_DIR = flags.DEFINE_string("graph_dir", None, "a finished build (compute_basis.py --out_dir)",
-                                 required=True)
+_GRAPH_DIR = script_flags.define("graph_dir", required=True)
 _NORM = flags.DEFINE_enum("norm", "sqrt", list(clustering.NORMS), "edge normalisation")
 _GAMMA = flags.DEFINE_float("gamma", 1.0, "Leiden resolution (higher: more, smaller clusters)")
 _SEED = flags.DEFINE_integer("seed", 0, "Leiden's random seed")
 _EPS = flags.DEFINE_float("eps", None, "log normalisation: the edge strength that maps to 0")
-_EDGE_RESULTS = flags.DEFINE_string("edge_results", None, "log normalisation: take each "
+_EDGE_RESULTS = script_flags.define("edge_results", help="log normalisation: take each "
                                     "transition's eps from this edge-ablation result file")
 _INCLUDE_OUTPUT = flags.DEFINE_boolean("include_output", False, "also cluster the output layer")
-_OUT = flags.DEFINE_string("out", None, "figure path without suffix "
+_OUT = script_flags.define("out", help="figure path without suffix "
                            "(default <graph_dir>/analysis/clustering)")
 _LABELS = flags.DEFINE_boolean("labels", True, "show the model family's direction labels")
-_MODEL = flags.DEFINE_string("model", None, "model family, for the labels (default: the build's)")
+_MODEL = script_flags.define("model", help="model family, for the labels (default: the build's)")
 
 
 def _validated_masks():
@@ -51,14 +50,7 @@ def _validated_masks():
         raise ConfigError(f"--eps must be a finite number > 0, got {_EPS.value}")
     if _NORM.value == "log" and _EPS.value is None and not _EDGE_RESULTS.value:
         raise ConfigError("--norm=log needs its zero point: pass --eps or --edge_results")
-    if not _EDGE_RESULTS.value:
-        return None
-    try:
-        with open(_EDGE_RESULTS.value) as f:
-            return ablation.required_masks(json.load(f))
-    except (OSError, ValueError, KeyError) as err:
-        raise DataError(f"cannot read edge masks from {_EDGE_RESULTS.value}: {err}; pass the "
-                        "*_edge_ablation_results.json written by ablate.py") from None
+    return records.read_required_masks(_EDGE_RESULTS.value) if _EDGE_RESULTS.value else None
 
 
 def main(argv):

@@ -26,41 +26,34 @@ from pathlib import Path
 from absl import flags
 
 from libjax.runtime import cli
-from models import comparing, registry
-from models.family import Options
+from models import comparing, registry, script_flags
 
-_MODEL = flags.DEFINE_string("model", "mlp", "model family: " + ", ".join(registry.FAMILIES))
-_CHECKPOINT = flags.DEFINE_string("checkpoint", None, "weights (default: the model's shipped "
+_MODEL = script_flags.define("model", "mlp", "model family: " + ", ".join(registry.FAMILIES))
+_CHECKPOINT = script_flags.define("checkpoint", help="weights (default: the model's shipped "
                                   "checkpoint)")
-_DATASET = flags.DEFINE_string("dataset", None, "dataset name (model-specific; default: model's)")
-_DATA_DIR = flags.DEFINE_string("data_dir", None, "local directory with the dataset's files")
-_N_SAMPLES = flags.DEFINE_integer("n_samples", None,
-                                  "build the graphs on the first n train samples only")
-_N_GRAM_SAMPLES = flags.DEFINE_integer("n_gram_samples", None,
-                                       "samples for the means and Grams (default: --n_samples)")
-_LAYER = flags.DEFINE_integer("layer", None, "language models: the block to compare (default 0)")
-_N_CTX = flags.DEFINE_integer("n_ctx", None, "language models: tokens per sample")
+_DATASET = script_flags.define("dataset")
+_DATA_DIR = script_flags.define("data_dir")
+_N_SAMPLES = script_flags.define("n_samples", help="build the graphs on the first n train "
+                                 "samples only")
+_N_GRAM_SAMPLES = script_flags.define("n_gram_samples")
+_LAYER = script_flags.define("layer", help="language models: the block to compare (default 0)",
+                             integer=True)
+_N_CTX = script_flags.define("n_ctx", help="language models: tokens per sample")
 _EVAL_DATA_DIR = flags.DEFINE_string("eval_data_dir", None,
                                      "language models: evaluation corpus used whole (default: "
                                      "the held-out chunks of --data_dir's corpus)")
-_SPLIT = flags.DEFINE_string("split", None, "evaluation split (default: the model's)")
-_N_EVAL = flags.DEFINE_integer("n_eval_samples", None, "evaluate on the first n samples only")
-_DELTA = flags.DEFINE_float("score_target_difference", None,
-                            "largest allowed change of the metric for edges required and "
-                            "directions needed (default: the model's; 0.001, language models "
-                            "0.05 nats)")
-_OUT_DIR = flags.DEFINE_string("out_dir", None, "default: out/compare_<model>")
-_RERUN = flags.DEFINE_boolean("rerun", False, "recompute ablation records that already exist")
-_OVERWRITE = flags.DEFINE_boolean("overwrite", False,
-                                  "replace graphs in --out_dir built with other settings")
+_SPLIT = script_flags.define("split", help="evaluation split (default: the model's)")
+_N_EVAL = script_flags.define("n_eval_samples")
+_DELTA = script_flags.define("score_target_difference")
+_OUT_DIR = script_flags.define("out_dir", help="default: out/compare_<model>")
+_RERUN = script_flags.define("rerun")
+_OVERWRITE = script_flags.define("overwrite")
 
 
 def main(argv):
     del argv
     family = registry.get(_MODEL.value)
-    opts = Options(checkpoint=_CHECKPOINT.value, dataset=_DATASET.value,
-                   data_dir=_DATA_DIR.value, n_samples=_N_SAMPLES.value,
-                   n_gram_samples=_N_GRAM_SAMPLES.value, layer=_LAYER.value, n_ctx=_N_CTX.value)
+    opts = script_flags.options(split=None)  # --split is the evaluation's
     request = comparing.Request(_SPLIT.value, _N_EVAL.value, _EVAL_DATA_DIR.value,
                                 _DELTA.value, _RERUN.value, _OVERWRITE.value)
     out_dir = Path(_OUT_DIR.value or f"out/compare_{family.name}")

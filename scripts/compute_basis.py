@@ -23,18 +23,16 @@ finished stage or from the running stage's last progress save (--save_every_minu
 from __future__ import annotations
 
 import dataclasses
-import os
 
 import jax
 from absl import flags
 
-from libjax import kinds, pipeline
+from libjax import kinds
 from libjax.pipeline.progress_saves import SaveSchedule
 from libjax.runtime import cli, precision
 from libjax.runtime import flags as config_flags
-from libjax.storage import store
 from libjax.storage.graph import format_summary, summary
-from models import registry, script_flags
+from models import building, registry, script_flags
 
 _MODEL = script_flags.define("model", "modadd", "model family: " + ", ".join(registry.FAMILIES))
 _CHECKPOINT = script_flags.define(
@@ -76,25 +74,14 @@ def main(argv):
     save_schedule.validate()  # before the model and data load
     family = registry.get(_MODEL.value)
     opts = script_flags.options()
-    several = _LAYER.value is not None and opts.layer is None
     cfg = config_flags.build_config(BUILD, family.build_defaults(opts))
     cfg = dataclasses.replace(cfg, basis=kinds.from_command_line(cfg.basis, _BASIS_FILE.value))
     out_dir = _OUT_DIR.value or f"out/{family.name}_{cfg.kind.name}"
-    store.refuse_if_in_use(out_dir)  # at once, not after the model and data load
-    if several:
-        blocks = family.blocks(opts, _LAYER.value)
-        stats_model, models = family.load_blocks(opts, blocks)
-    else:
-        models = [family.load_for_build(opts, family.node_layers(opts))]
-        stats_model = models[0]
-    data = family.data(opts)
-    out_dirs = [os.path.join(out_dir, f"layer_{b}") for b in blocks] if several else [out_dir]
-    graphs = pipeline.build_many(models, data.inputs, cfg, data.gram_inputs, out_dirs,
-                              _OVERWRITE.value, family.model_id(opts), stats_model=stats_model,
-                              save_schedule=save_schedule, data_record=data.source)
-    for g, directory in zip(graphs, out_dirs):
+    built = building.build(family, opts, cfg, out_dir, _LAYER.value, _OVERWRITE.value,
+                           save_schedule)
+    for g, directory in zip(built.graphs, built.directories):
         print(f"\n{family.name}: {cfg.kind.name} basis, node layers {', '.join(g.node_layers)}, "
-              f"{len(data.inputs)} samples -> {directory}")
+              f"{built.n_samples} samples -> {directory}")
         print(format_summary(summary(g)))
 
 

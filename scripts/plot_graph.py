@@ -13,31 +13,29 @@ ablation found necessary are drawn (the strongest ``--n_edges`` of them).
 
 from __future__ import annotations
 
-import json
-
 from absl import flags
 
-from libjax import ablation
+from libjax.ablation import records
 from libjax.analysis import plots
-from libjax.errors import ConfigError, DataError, StoreError
+from libjax.errors import ConfigError, StoreError
 from libjax.runtime import cli, precision
 from libjax.storage import store
+from models import script_flags
 from models.opened import open_build
 
-_GRAPH_DIR = flags.DEFINE_string("graph_dir", None, "a finished build (compute_basis.py --out_dir)",
-                                 required=True)
-_OUT = flags.DEFINE_string("out", None, "output path without suffix (default <graph_dir>/graph)")
+_GRAPH_DIR = script_flags.define("graph_dir", required=True)
+_OUT = script_flags.define("out", help="output path without suffix (default <graph_dir>/graph)")
 _N_EDGES = flags.DEFINE_integer("n_edges", 40, "edges drawn per transition (the strongest)")
 _MAX_NODES = flags.DEFINE_integer("max_nodes", 20, "nodes on either side of a transition, at most")
-_EDGE_RESULTS = flags.DEFINE_string("edge_results", None,
-                                    "an edge-ablation result file: draw only its required edges")
+_EDGE_RESULTS = script_flags.define("edge_results", help="an edge-ablation result file: draw "
+                                    "only its required edges")
 _INCLUDE_CONST = flags.DEFINE_boolean("include_const", False,
                                       "also draw the (large, always kept) constant-direction edges")
 _LABELS = flags.DEFINE_boolean("labels", True, "label directions with the model family's "
                                "description (e.g. Fourier frequencies for modadd)")
-_MODEL = flags.DEFINE_string("model", None, "model family, for the labels (default: the build's)")
-_CHECKPOINT = flags.DEFINE_string("checkpoint", None,
-                                  "weights for the labels (default: the build's)")
+_MODEL = script_flags.define("model", help="model family, for the labels (default: the build's)")
+_CHECKPOINT = script_flags.define("checkpoint",
+                                  help="weights for the labels (default: the build's)")
 
 
 def _validated_masks():
@@ -46,14 +44,7 @@ def _validated_masks():
     if _N_EDGES.value < 1 or _MAX_NODES.value < 1:
         raise ConfigError(f"--n_edges and --max_nodes must be >= 1, got {_N_EDGES.value} and "
                           f"{_MAX_NODES.value}")
-    if not _EDGE_RESULTS.value:
-        return None
-    try:
-        with open(_EDGE_RESULTS.value) as f:
-            return ablation.required_masks(json.load(f))
-    except (OSError, ValueError, KeyError) as err:  # ValueError: not JSON, not text
-        raise DataError(f"cannot read edge masks from {_EDGE_RESULTS.value}: {err}; pass the "
-                        "*_edge_ablation_results.json written by ablate.py") from None
+    return records.read_required_masks(_EDGE_RESULTS.value) if _EDGE_RESULTS.value else None
 
 
 def main(argv):

@@ -12,16 +12,14 @@ to --out; ``python scripts/compute_basis.py --model=mlp --checkpoint=OUT`` build
 
 from __future__ import annotations
 
-from absl import flags
-
 import numpy as np
+from absl import flags
 
 from libjax.errors import ConfigError
 from libjax.runtime import cli
 from models.common import checkpoints, images
 from models.mlp import model as mlp
 from models.mlp import training as mlp_training
-
 
 _DATASET = flags.DEFINE_enum("dataset", "digits", list(images.DATASETS), "image dataset")
 _DATA_DIR = flags.DEFINE_string("data_dir", None, "directory with the dataset's files (MNIST idx, "

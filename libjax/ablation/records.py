@@ -4,9 +4,12 @@ them."""
 from __future__ import annotations
 
 import dataclasses
+import json
 from typing import Optional
 
 import numpy as np
+
+from libjax.errors import DataError
 
 
 @dataclasses.dataclass(frozen=True)
@@ -54,3 +57,27 @@ def required_masks(record: dict) -> dict[str, np.ndarray]:
     """The masks of the required edges of an edge-ablation record, by input layer."""
     return {name: np.array([[c == "1" for c in row] for row in record["edge_masks"][name][str(n)]])
             for name, n in record["n_edges_required"].items()}
+
+
+def read_record(path, flag: str) -> dict:
+    """The ablation record in the JSON file ``path`` (written by ``ablate.py``); ``flag``: the
+    option that named the file, for the error message."""
+    try:
+        with open(path) as f:
+            record = json.load(f)
+    except (OSError, ValueError) as err:  # ValueError: not JSON, not text
+        raise DataError(f"cannot read ablation results {path}: {err}") from None
+    if not isinstance(record, dict) or "results" not in record or \
+            "ablation_type" not in record.get("config", {}):
+        raise DataError(f"{path} is not an ablation result file of ablate.py ({flag})")
+    return record
+
+
+def read_required_masks(path) -> dict[str, np.ndarray]:
+    """:func:`required_masks` of the edge-ablation record in the JSON file ``path``."""
+    try:
+        with open(path) as f:
+            return required_masks(json.load(f))
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as err:
+        raise DataError(f"cannot read edge masks from {path}: {err}; pass the "
+                        "*_edge_ablation_results.json written by ablate.py") from None

@@ -17,6 +17,7 @@ import collections.abc
 import dataclasses
 import inspect
 import re
+import types
 import typing
 from collections.abc import Collection, Mapping
 from typing import Any, Optional
@@ -70,7 +71,7 @@ def _flag_type(annotation: Any, default: Any) -> tuple[type, bool]:
     """The scalar type a field's flag parses, and whether it is a list of them."""
     args = [a for a in typing.get_args(annotation) if a is not type(None)]
     origin = typing.get_origin(annotation)
-    if origin is typing.Union and len(args) == 1:  # Optional[X]
+    if origin in (typing.Union, types.UnionType) and len(args) == 1:  # Optional[X], X | None
         return _flag_type(args[0], default)
     sequences = (tuple, list, collections.abc.Sequence, collections.abc.Collection)
     if origin in sequences and args and args[0] in _SCALARS:
@@ -89,9 +90,6 @@ class DataclassFlags:
     cls: type
     holders: Mapping[str, flags.FlagHolder]
     list_types: Mapping[str, type]  # fields whose flag is a list: the element type
-
-    def flag_name(self, field: str) -> str:
-        return self.holders[field].name
 
     def values(self) -> dict[str, Any]:
         """Every field's flag value (None where a flag without default was not given)."""
