@@ -19,9 +19,15 @@ from models.family import DTYPES, Options, single_block
 
 
 class Shared(NamedTuple):
+    """A shared flag: its absl definer, its usual default and help."""
+
     define: Callable[..., flags.FlagHolder]
     default: Any
     help: str
+
+
+def _define_dtype(name, default, help, **kwargs) -> flags.FlagHolder:
+    return flags.DEFINE_enum(name, default, list(DTYPES), help, **kwargs)
 
 
 _FAMILIES = ", ".join(registry.FAMILIES)
@@ -43,7 +49,7 @@ SHARED = {
     "n_gram_samples": Shared(flags.DEFINE_integer, None,
                              "samples for the means and Grams (default: --n_samples)"),
     "n_ctx": Shared(flags.DEFINE_integer, None, "tokens per sample (language models)"),
-    "dtype": Shared(flags.DEFINE_string, "float64", "model dtype"),
+    "dtype": Shared(_define_dtype, "float64", "model dtype"),
     "out_dir": Shared(flags.DEFINE_string, None, "output directory"),
     "out": Shared(flags.DEFINE_string, None, "output path"),
     "overwrite": Shared(flags.DEFINE_boolean, False,
@@ -66,11 +72,8 @@ def define(name: str, default: Any = _KEEP, help: str | None = None, *,
     integer flag where the shared one is a string, as a single ``--layer``)."""
     spec = SHARED[name]
     default = spec.default if default is _KEEP else default
-    common = dict(required=required, flag_values=flag_values)
-    if name == "dtype":
-        return flags.DEFINE_enum(name, default, list(DTYPES), help or spec.help, **common)
     definer = flags.DEFINE_integer if integer else spec.define
-    return definer(name, default, help or spec.help, **common)
+    return definer(name, default, help or spec.help, required=required, flag_values=flag_values)
 
 
 def options(flag_values: flags.FlagValues = flags.FLAGS, **overrides) -> Options:
