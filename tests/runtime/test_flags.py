@@ -14,25 +14,26 @@ from libjax.pipeline.config import resolve
 from libjax.runtime import flags as config_flags
 
 
-def _fresh(define, argv):
+def _fresh(define, argv, with_values=False):
+    """``define``'s flags in a fresh FlagValues, parsed from ``argv`` (and the FlagValues)."""
     values = flags.FlagValues()
     derived = define(values)
     values(["prog", *argv])
-    return derived
+    return (derived, values) if with_values else derived
 
 
-def _build_flags(argv):
-    return _fresh(lambda v: config_flags.define_build_flags(flag_values=v), argv)
+def _build_flags(argv, with_values=False):
+    return _fresh(lambda v: config_flags.define_build_flags(flag_values=v), argv, with_values)
 
 
 def test_every_build_config_field_has_a_flag_with_its_docstring_help():
-    derived = _build_flags([])
+    derived, values = _build_flags([], with_values=True)
     docs = config_flags.attribute_docs(BuildConfig)
     for field in dataclasses.fields(BuildConfig):
         holder = derived.holders[field.name]
         assert holder.name == config_flags.BUILD_FLAG_NAMES.get(field.name, field.name)
         assert field.name in docs, f"BuildConfig's docstring does not describe {field.name}"
-        assert docs[field.name] in holder._flagvalues[holder.name].help
+        assert docs[field.name] in values[holder.name].help
 
 
 def test_unstated_flags_give_the_build_config_defaults():
@@ -41,32 +42,29 @@ def test_unstated_flags_give_the_build_config_defaults():
     assert config_flags.build_config(derived, {}) == BuildConfig()
 
 
-def _other_value(field: dataclasses.Field, flag: str, list_type):
-    """A command-line setting of ``field`` to a value other than its default, and that value
-    (``list_type``: the element type of a list flag, else None)."""
+def _other_value(field: dataclasses.Field, flag, list_type):
+    """A command-line setting of ``field`` (its absl ``flag``) to a value other than its
+    default, and that value (``list_type``: the element type of a list flag, else None)."""
     if list_type is not None:
-        return f"--{flag}=1,2", (list_type(1), list_type(2))
-    choices = config_flags.BUILD_CHOICES.get(field.name)
-    if choices is not None:
-        value = next(c for c in choices if c != field.default)
-        return f"--{flag}={value}", value
-    if isinstance(field.default, bool):
-        return (f"--no{flag}" if field.default else f"--{flag}"), not field.default
-    if isinstance(field.default, float) or field.name.endswith("threshold") or \
-            field.name.endswith("_gb"):
-        return f"--{flag}=0.125", 0.125
-    if isinstance(field.default, int) or field.default is None:
-        return f"--{flag}=3", 3
-    if isinstance(field.default, str):
-        return f"--{flag}=given_value", "given_value"
-    pytest.fail(f"no test value for BuildConfig.{field.name} (default {field.default!r})")
+        return f"--{flag.name}=1,2", (list_type(1), list_type(2))
+    if isinstance(flag.parser, flags.EnumParser):
+        value = next(c for c in flag.parser.enum_values if c != field.default)
+        return f"--{flag.name}={value}", value
+    if isinstance(flag.parser, flags.BooleanParser):
+        return (f"--no{flag.name}" if field.default else f"--{flag.name}"), not field.default
+    if isinstance(flag.parser, flags.IntegerParser):
+        return f"--{flag.name}=3", 3
+    if isinstance(flag.parser, flags.FloatParser):
+        return f"--{flag.name}=0.125", 0.125
+    return f"--{flag.name}=given_value", "given_value"
 
 
 def test_each_flag_round_trips_into_the_build_config():
     fields = dataclasses.fields(BuildConfig)
+    unset, values = _build_flags([], with_values=True)
     for field in fields:
-        flag = config_flags.BUILD_FLAG_NAMES.get(field.name, field.name)
-        arg, value = _other_value(field, flag, _build_flags([]).list_types.get(field.name))
+        arg, value = _other_value(field, values[unset.holders[field.name].name],
+                                  unset.list_types.get(field.name))
         derived = _build_flags([arg])
         assert derived.given() == {field.name}, arg
         assert derived.values()[field.name] == value, arg
