@@ -25,8 +25,7 @@ from absl import flags
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root
 
 from benchmarks import flops, measure, run_build  # noqa: E402 (enables float64 first)
-from libjax import pipeline  # noqa: E402
-from libjax.pipeline import pipeline  # noqa: E402
+from libjax.pipeline import run as pipeline  # noqa: E402
 from libjax.runtime import cli  # noqa: E402
 
 _LAYER = flags.DEFINE_string("layer", "attn_in.6", "node layer starting the section timed")

@@ -261,7 +261,7 @@ def grams_all(compiles: measure.CompileLog) -> dict:
     """The statistics pass of ``--layer=all``: the means and Grams of every block's node layers
     (the union of the blocks' cuts, as ``Family.load_blocks`` makes it) in one forward over
     ``--n_gram_samples`` samples of ``--context`` tokens, run twice (the second warm)."""
-    from libjax.pipeline import pipeline
+    from libjax.pipeline import run
 
     cfg = gpt2.config(GPT2_SIZES[_GPT2_SIZE.value])
     ctx = _CONTEXT.value
@@ -278,7 +278,7 @@ def grams_all(compiles: measure.CompileLog) -> dict:
     for _ in range(2):
         with flops.JitCounter() as counter, measure.CpuSampler() as cpu:
             start = time.perf_counter()
-            pipeline.compute_stats(model, inputs, config, layers)
+            run.compute_stats(model, inputs, config, layers)
             end = time.perf_counter()
         compile_s = compiles.seconds_in(start, end)
         runs.append({"wall_s": end - start, "compile_s": compile_s, "cpu_s": cpu.seconds_in(
