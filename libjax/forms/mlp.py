@@ -89,7 +89,25 @@ def derivative_moments(derivative, b, xs, sample_weights, acc=jnp.float64) -> De
     d = derivative(xs @ b).astype(acc)
     w = as_rows(sample_weights.astype(acc), d.shape[:2])  # (batch,) or (batch, pos) weights
     return DerivativeMoments(jnp.sum(w), jnp.einsum("bp,bpm->m", w, d),
-                             jnp.einsum("bp,bpm,bpn->mn", w, d, d))
+                             weighted_gram(w, d, GRAM_PANEL))
+
+
+GRAM_PANEL = 512  # columns per product of a wide Gram (GPT-2's 3072: 1.5x faster than whole)
+
+
+def weighted_gram(w, a, panel: int):
+    """``sum_bp w_bp a_bp a_bp^T`` ``(m, m)`` for ``a`` ``(batch, pos, m)``. Wider than
+    ``panel``, only the upper block triangle is multiplied (each panel of ``panel`` columns
+    against the columns from it on, ``1/2 + panel / 2m`` of the work) and its upper triangle
+    mirrored (exactly symmetric): the same sums as the whole product, to round-off."""
+    m = a.shape[-1]
+    if m <= panel:
+        return jnp.einsum("bp,bpm,bpn->mn", w, a, a)
+    rows = a.reshape(-1, m)
+    weighted = w.reshape(-1, 1) * rows
+    upper = jnp.concatenate([jnp.pad(weighted[:, i:i + panel].T @ rows[:, i:], ((0, 0), (i, 0)))
+                             for i in range(0, m, panel)])
+    return jnp.where(np.tri(m, dtype=bool).T, upper, upper.T)
 
 
 def m_prime(matrices: dict, moments: DerivativeMoments, k, branches: int = 1):
