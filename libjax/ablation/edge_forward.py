@@ -3,14 +3,34 @@
 Output node ``o`` of the section is computed from the input nodes kept by row ``o`` of the mask,
 ``y_o = F((x_hat * m_o) C_in^+) . C_out[:, o]``, at every position alike, then all output nodes
 are mapped back with ``C_out^+`` (no ``C_out`` at a layer without a basis, e.g. ``output``) and
-the model runs on from the next node layer. Two ways to get the ``y_o``, the same numbers:
+the model runs on from the next node layer. Four ways to get the ``y_o``, the same numbers:
 
 * an **affine** section (``F(x) = x A + b`` at every position, e.g. the projections into a
   gated MLP) has ``y_o = sum_i m_oi x_hat_i G_io + beta_o`` with ``G = C_in^+ A C_out``: one
   matrix product per mask, ``x_hat @ (G * mask^T) + beta``. ``G`` comes from the section applied
   to the rows of ``C_in^+``; the section is taken as affine only if ``G`` reproduces it on the
   evaluation data, whole and under a random mask, to the evaluation dtype's precision.
-* any other section is evaluated once per distinct row pattern of the mask, in one of two
+* output nodes given by **masked products** (positionwise sections): where every coordinate
+  of the section's output that ``C_out[:, o]`` reads is ``F_k(z) = (z a_k) / sqrt(max(z_s, 0)
+  + eps) + z b_k + c_k``, with ``z_s`` the statistic coordinate of a normalisation's input and
+  ``eps`` its epsilon (``a_k = 0``: an affine coordinate), ``y_o`` is ``num_o / sqrt(max(stat_o,
+  0) + eps) + lin_o + beta_o`` with ``num = x_hat @ (G_a * mask^T)``, ``stat = x_hat @ (g_s *
+  mask^T)``, ``lin = x_hat @ (G_b * mask^T)`` (``G_a = C_in^+ A C_out``, ``g_s = C_in^+[:, s]``,
+  ``G_b = C_in^+ B C_out``): three products per mask instead of a section evaluation per row.
+  Every output node of a normalisation's second half (``ln*_out -> next``) is such a node, and
+  of its first half (``ln* -> ln*_out``, whose statistic is quadratic) all but those reading
+  the statistic (one, where the build isolates it). ``A, B, c`` are read off the section (in
+  float64 where JAX has it) on unit inputs, and a coordinate counts only if they reproduce it on
+  random inputs and on the evaluation data, whole and under a random mask.
+* the output nodes of an **MLP section** (its form ``F(z) = z R + act(z B) D``, gated or not)
+  each from their own input nodes: ``pre_o = (x_hat * m_o) C_in^+ B`` summed over the kept
+  nodes only, or, where a row keeps more than it ablates, the unablated ``x_hat C_in^+ B`` less
+  the ablated nodes' terms; then ``act(pre_o) . (D C_out[:, o])`` plus the masked product of
+  ``C_in^+ R C_out``. A row costs ``min(kept, ablated) x width(B)`` per token instead of a
+  section evaluation (``in x d_in`` for ``z`` alone), and most of a bisection's probes keep few
+  edges. Used where the form reproduces the section on the evaluation data; rows come from the
+  cache below as the pattern loop's do.
+* any other output node is evaluated once per distinct row pattern of the mask, in one of two
   ways, whichever costs fewer FLOPs: a pattern shared by many rows is evaluated once and
   projected on all of ``C_out`` (``fori_loop`` over a padded ``(out, in)`` array of patterns);
   the rows of rarer patterns are evaluated a few rows at a time, each projected on its own
@@ -29,15 +49,20 @@ import numpy as np
 
 from libjax.ablation.masks import group_rows
 from libjax.errors import ConfigError
+from libjax.forms.layernorm import LayerNormOutForm
+from libjax.forms.mlp import MLPForm
 
 
 class EdgeForward:
     """Scores of the model with an edge mask from node layer ``index`` to the next one
-    (``try_affine=False``: always the pattern loop)."""
+    (``try_affine=False``, ``try_products=False``: always the pattern loop, the general path
+    that the shortcuts are tested against)."""
 
     def __init__(self, ev, index: int, c_in, c_in_pinv, out_basis=None,
-                 cache_bytes: int = 2**28, try_affine: bool = True, row_bytes: int = 2**28):
+                 cache_bytes: int = 2**28, try_affine: bool = True, row_bytes: int = 2**28,
+                 try_products: bool = True):
         self.ev, self.index, self.cache_bytes = ev, index, cache_bytes
+        self._row_bytes = row_bytes
         self.c_in, self.c_in_pinv = ev.cast(c_in), ev.cast(c_in_pinv)
         self.rotated = out_basis is not None
         self.c_out, self.c_out_pinv = ((ev.cast(out_basis[0]), ev.cast(out_basis[1]))
@@ -50,11 +75,23 @@ class EdgeForward:
         self.shape = (full.shape[-1], self.c_in.shape[1])  # (out nodes, in nodes)
         self.affine = (self._affine_map() if try_affine and self.section.positionwise
                        else None)
-        if self.affine is None:
-            self._run = ev.program(("edge", index, self.rotated), lambda: self._run_patterns)
-        else:
+        self.products = None  # (output nodes, their matrices) of the masked products
+        self.mlp = None  # the matrices of an MLP section's rows from their own input nodes
+        if self.affine is not None:
             self._run = ev.program(("edge_affine", index, self.rotated),
                                    lambda: self._run_affine)
+        else:
+            if try_products and self.section.positionwise:
+                self.products = self._products(
+                    np.asarray(c_in_pinv, np.float64),
+                    None if out_basis is None else np.asarray(out_basis[0], np.float64))
+            form = self.section.form
+            if (try_products and self.section.positionwise and isinstance(form, MLPForm)
+                    and form.act is not None):
+                self.mlp = self._mlp_matrices(
+                    np.asarray(c_in_pinv, np.float64),
+                    None if out_basis is None else np.asarray(out_basis[0], np.float64))
+            self._run = ev.program(("edge", index, self.rotated), lambda: self._run_patterns)
         self._step_bytes = sum(f.size * f.dtype.itemsize for _, f in self._prepared)
         x_hat = self._prepared[0][0]
         d_in, d_out, (n_out, n_in) = self.c_in_pinv.shape[1], full.shape[-1], self.shape
@@ -116,13 +153,46 @@ class EdgeForward:
             return out.at[..., r].set(vals, mode="drop")
         return jax.lax.fori_loop(0, n_chunks, body, out)
 
+    @staticmethod
+    def _product_nodes(x_hat, mask_t, g_a, g_s, g_b, beta, has_ratio, eps):
+        """The output nodes given by masked products (module docstring); ``mask_t``: their rows
+        of the mask, transposed ``(in, nodes)``."""
+        stat = x_hat @ (g_s[:, None] * mask_t)
+        ratio = (x_hat @ (g_a * mask_t)) / jnp.sqrt(jnp.maximum(stat, 0) + eps)
+        return jnp.where(has_ratio, ratio, 0) + x_hat @ (g_b * mask_t) + beta
+
     def _run_patterns(self, params, x_hat, init, c_in_pinv, c_out, c_out_pinv, acts, y, w,
-                      patterns, inverse, n, row_masks, rows, n_chunks):
+                      patterns, inverse, n, row_masks, rows, n_chunks, product_rows,
+                      product_mask_t, *products):
         out_hat = self._loop(params, x_hat, init, c_in_pinv, c_out, patterns, inverse, n)
         if self.rotated:
             out_hat = self._row_loop(params, x_hat, out_hat, c_in_pinv, c_out, row_masks, rows,
                                      n_chunks)
+        out_hat = out_hat.at[..., product_rows].set(
+            self._product_nodes(x_hat, product_mask_t, *products))
         return self._finish(params, out_hat, c_out_pinv, acts, y, w), out_hat
+
+    def _mlp_group(self, x_pad, out, pre_full, h_pad, r_c, d_c, lists, rows, from_full,
+                   row_mask):
+        """``out`` with the output nodes ``rows`` (padding: index ``out``) of an MLP section
+        ``F(z) = z R + act(z B) D`` recomputed from their own input nodes: ``pre = (x_hat * m_o)
+        C_in^+ B`` summed over the nodes listed in ``lists`` (padding: the zero node ``in`` of
+        ``x_pad``, ``h_pad = [C_in^+ B; 0]``), the kept ones, or with ``from_full`` the ablated
+        ones taken from the unablated ``pre_full``; then ``act(pre) . D C_out[:, o]`` plus the
+        masked product of ``R``."""
+        form = self.section.form
+        part = jnp.einsum("bpgw,gwm->bpgm", jnp.take(x_pad, lists, axis=-1), h_pad[lists])
+        pre = jnp.where(from_full[:, None], pre_full[..., None, :] - part, part)
+        if form.gated:
+            half = pre.shape[-1] // 2
+            hidden = form.act(pre[..., :half]) * pre[..., half:]
+        else:
+            hidden = form.act(pre)
+        cols = jnp.take(d_c, rows, axis=1, mode="fill", fill_value=0)
+        linear = x_pad[..., :-1] @ (jnp.take(r_c, rows, axis=1, mode="fill", fill_value=0)
+                                    * row_mask.T)
+        vals = jnp.einsum("bpgm,mg->bpg", hidden, cols) + linear
+        return out.at[..., rows].set(vals, mode="drop")
 
     def _run_affine(self, params, x_hat, masked_g, beta, c_out_pinv, acts, y, w):
         return self._finish(params, x_hat @ masked_g + beta, c_out_pinv, acts, y, w)
@@ -160,6 +230,134 @@ class EdgeForward:
             return None
         return ev.cast(g), ev.cast(beta)
 
+    # --- masked products -------------------------------------------------------------------------
+
+    def _products(self, c_in_pinv, c_out):
+        """``(rows, (G_a, g_s, G_b, beta, has_ratio, eps))`` for the output nodes given by masked
+        products (module docstring), or None where there are none. ``c_in_pinv``, ``c_out``:
+        float64 (``c_out`` None at a layer without a basis)."""
+        ev, n_pos = self.ev, self._prepared[0][0].shape[1]
+        dtype = np.float64 if jax.config.read("jax_enable_x64") else np.dtype(ev.dtype)
+        params = jax.tree.map(lambda a: jnp.asarray(a, dtype) if jnp.issubdtype(a.dtype,
+                              jnp.floating) else a, ev.params)
+        raw = ev.program(("edge_raw", self.index), lambda: lambda p, x: jax.vmap(
+            lambda a: self.section.fn(p, a))(x))
+        d_in = c_in_pinv.shape[1]
+
+        def section(z):  # (tokens, d_in) -> (tokens, d_out), packed into samples of n_pos tokens
+            count = -(-len(z) // n_pos)
+            packed = np.zeros((count * n_pos, d_in), dtype)
+            packed[:len(z)] = z
+            out = raw(params, jnp.asarray(packed.reshape(count, n_pos, d_in)))
+            return np.asarray(out, np.float64).reshape(count * n_pos, -1)[:len(z)]
+
+        # The statistic of a normalisation's second half is coordinate 0 of its input (v, x).
+        form = self.section.form
+        stat, eps = (0, float(form.eps)) if isinstance(form, LayerNormOutForm) else (None, 1.0)
+        scale = lambda v: 1 / np.sqrt(np.maximum(v, 0) + eps)  # noqa: E731
+        eye = np.eye(d_in)
+        bias = section(np.zeros((1, d_in)))[0]
+        if stat is None:
+            lin, ratio = section(eye) - bias, np.zeros((d_in, len(bias)))
+        else:  # unit inputs at two values of the statistic: F = a scale(v) + b + v b_stat
+            lin = np.zeros((d_in, len(bias)))
+            lin[stat] = section(eye[stat:stat + 1])[0] - bias
+            values = (1 - eps, 4 - eps)
+            first, second = (section(eye + v * eye[stat]) - bias - v * lin[stat] for v in values)
+            ratio = (first - second) / (scale(values[0]) - scale(values[1]))
+            ratio[stat] = 0
+            keep = np.arange(d_in) != stat
+            lin[keep] = (first - ratio * scale(values[0]))[keep]
+
+        # Which output coordinates the formula reproduces: random inputs (the statistic of
+        # either sign), the evaluation data whole and under a random mask.
+        rng = np.random.default_rng(0)
+        x_hat = np.asarray(self._prepared[0][0], np.float64).reshape(-1, c_in_pinv.shape[0])
+        kept = rng.random(c_in_pinv.shape[0]) < 0.5
+        z = np.concatenate([rng.standard_normal((max(64, n_pos), d_in)), x_hat @ c_in_pinv,
+                            (x_hat * kept) @ c_in_pinv])
+        parts = [z @ lin, np.broadcast_to(bias, (len(z), len(bias)))]
+        if stat is not None:
+            parts.append((z @ ratio) * scale(z[:, stat])[:, None])
+        exact = section(z)
+        with np.errstate(invalid="ignore"):
+            size = np.max([np.abs(q).max(0) for q in parts + [exact]], axis=0)
+            good = np.abs(exact - sum(parts)).max(0) <= np.sqrt(np.finfo(dtype).eps) * size
+        good &= np.isfinite(exact).all(0)
+        c_out = np.eye(len(bias)) if c_out is None else c_out
+        rows = np.flatnonzero(~(c_out[~good] != 0).any(0))
+        if not len(rows):
+            return None
+        c = c_out[:, rows]
+        g_a = c_in_pinv @ ratio @ c
+        g_s = c_in_pinv[:, stat] if stat is not None else np.zeros(c_in_pinv.shape[0])
+        matrices = (g_a, g_s, c_in_pinv @ lin @ c, bias @ c)
+        return rows.astype(np.int32), (*(ev.cast(m) for m in matrices),
+                                       jnp.asarray(np.any(g_a != 0, axis=0)), ev.cast(eps))
+
+    def _mlp_matrices(self, c_in_pinv, c_out):
+        """``C_in^+ B`` (with a zero row), ``C_in^+ R C_out`` and ``D C_out`` of an MLP form, in
+        the evaluation dtype, if they reproduce the section on the evaluation data whole and
+        under a random mask (in float64 where JAX has it), else None."""
+        ev, form = self.ev, self.section.form
+        dtype = np.float64 if jax.config.read("jax_enable_x64") else np.dtype(ev.dtype)
+        params = jax.tree.map(lambda a: jnp.asarray(a, dtype) if jnp.issubdtype(a.dtype,
+                              jnp.floating) else a, ev.params)
+        mats = {k: None if v is None else np.asarray(v, np.float64)
+                for k, v in form.matrices(params).items()}
+        b, d, r = mats.get("B"), mats.get("D"), mats.get("R")
+        d_in = c_in_pinv.shape[1]
+        d = np.eye(b.shape[1] // form.branches) if d is None else d
+        r = np.zeros((d_in, d.shape[1])) if r is None else r
+        x_hat = np.asarray(self._prepared[0][0], np.float64)
+        kept = np.random.default_rng(0).random(c_in_pinv.shape[0]) < 0.5
+        z = np.concatenate([x_hat, x_hat * kept]) @ c_in_pinv  # (2 batch, pos, d_in)
+        raw = ev.program(("edge_raw", self.index), lambda: lambda p, x: jax.vmap(
+            lambda a: self.section.fn(p, a))(x))
+        exact = np.asarray(raw(params, jnp.asarray(z, dtype)), np.float64)
+        pre = jnp.asarray(z @ b)
+        hidden = (form.act(pre[..., :pre.shape[-1] // 2]) * pre[..., pre.shape[-1] // 2:]
+                  if form.gated else form.act(pre))
+        formula = z @ r + np.asarray(hidden, np.float64) @ d
+        size = max(np.abs(exact).max(), np.abs(z @ r).max(), 1e-30)
+        if not np.abs(exact - formula).max() <= np.sqrt(np.finfo(dtype).eps) * size:
+            return None
+        c_out = np.eye(d.shape[1]) if c_out is None else c_out
+        h_pad = np.concatenate([c_in_pinv @ b, np.zeros((1, b.shape[1]))])
+        x_pads = [jnp.concatenate([x, jnp.zeros((*x.shape[:-1], 1), x.dtype)], axis=-1)
+                  for x, _ in self._prepared]
+        h_pad = ev.cast(h_pad)
+        tokens, itemsize = x_hat.shape[0] * x_hat.shape[1], np.dtype(ev.dtype).itemsize
+        group = int(max(1, min(self.shape[0], self._row_bytes // (
+            3 * tokens * b.shape[1] * itemsize))))
+        return {"x_pad": x_pads, "pre_full": [x @ h_pad for x in x_pads],
+                "h_pad": h_pad, "r_c": ev.cast(c_in_pinv @ r @ c_out),
+                "d_c": ev.cast(d @ c_out), "group": group}
+
+    def _mlp_groups(self, mask, rows):
+        """The arguments of :meth:`_mlp_group` for ``rows``: each row's shorter list (kept or
+        ablated input nodes), rows sorted by its length into groups padded to a power of 2."""
+        n_out, n_in = self.shape
+        kept = mask[rows]
+        from_full = 2 * kept.sum(1) > n_in
+        lists = [np.flatnonzero(k != f) for k, f in zip(kept, from_full)]
+        order = np.argsort([len(x) for x in lists], kind="stable")
+        size = self.mlp["group"]
+        for start in range(0, len(rows), size):
+            chosen = order[start:start + size]
+            width = 8
+            while width < max(len(lists[i]) for i in chosen):
+                width *= 2
+            idx = np.full((size, width), n_in, np.int32)
+            out_rows = np.full(size, n_out, np.int32)
+            flags = np.zeros(size, bool)
+            row_mask = np.zeros((size, n_in), np.float32)
+            for j, i in enumerate(chosen):
+                idx[j, :len(lists[i])] = lists[i]
+                out_rows[j], flags[j], row_mask[j] = rows[i], from_full[i], kept[i]
+            yield (jnp.asarray(idx), jnp.asarray(out_rows), jnp.asarray(flags),
+                   self.ev.cast(row_mask))
+
     # --- scoring --------------------------------------------------------------------------------
 
     def score(self, mask) -> float:
@@ -175,9 +373,25 @@ class EdgeForward:
             return ev.combine([self._run(ev.params, x_hat, masked_g, beta, self.c_out_pinv, a, y, w)
                                for (x_hat, _), a, (_, y, w)
                                in zip(self._prepared, acts, ev.batches)])
+        if self.products is None:
+            none = ev.cast(np.zeros((self.shape[1], 0)))
+            product_rows, products = np.zeros(0, np.int32), (
+                none, ev.cast(np.zeros(self.shape[1])), none, ev.cast(np.zeros(0)),
+                jnp.zeros(0, bool), ev.cast(1.0))
+        else:
+            product_rows, products = self.products
+        looped = np.ones(self.shape[0], bool)
+        looped[product_rows] = False
         keys = [row.tobytes() for row in mask]
-        source = {o: self._cached.get((o, k)) for o, k in enumerate(keys)}
-        compute = np.array([not mask[o].all() and source[o] is None for o in range(len(keys))])
+        source = {o: self._cached.get((o, keys[o])) for o in np.flatnonzero(looped)}
+        compute = np.array([looped[o] and not mask[o].all() and source[o] is None
+                            for o in range(len(keys))])
+        mlp_rows = np.zeros(0, np.int64)
+        if self.mlp is not None:  # every row from its own input nodes
+            mlp_rows, compute = np.flatnonzero(compute), np.zeros_like(compute)
+            groups = list(self._mlp_groups(mask, mlp_rows))
+            run_group = ev.program(("edge_mlp", self.index, self.rotated),
+                                   lambda: self._mlp_group)
         patterns, inverse = group_rows(mask, compute)
         rows_of = np.bincount(inverse[compute], minlength=len(patterns))  # rows per pattern
         by_row = compute.copy()
@@ -190,20 +404,27 @@ class EdgeForward:
         padded_rows[:len(rows)] = rows
         row_masks = np.zeros((slots * size, self.shape[1]), np.float32)
         row_masks[:len(rows)] = mask[rows]
-        padded_rows, row_masks = padded_rows.reshape(slots, size), row_masks.reshape(slots, size, -1)
+        padded_rows = padded_rows.reshape(slots, size)
+        row_masks = row_masks.reshape(slots, size, -1)
         n_chunks = -(-len(rows) // size)
         padded = np.zeros(self.shape, np.float32)
         padded[:len(patterns)] = patterns
         args = (jnp.asarray(padded, ev.dtype), jnp.asarray(inverse), jnp.int32(len(patterns)),
-                jnp.asarray(row_masks, ev.dtype), jnp.asarray(padded_rows), jnp.int32(n_chunks))
+                jnp.asarray(row_masks, ev.dtype), jnp.asarray(padded_rows), jnp.int32(n_chunks),
+                jnp.asarray(product_rows), jnp.asarray(mask[product_rows].T, ev.dtype), *products)
         sums, outs = [], []
         for b, ((x_hat, full), a, (_, y, w)) in enumerate(zip(self._prepared, acts, ev.batches)):
             init = self._initial(b, full, source)
+            if len(mlp_rows):
+                m = self.mlp
+                for group in groups:
+                    init = run_group(m["x_pad"][b], init, m["pre_full"][b], m["h_pad"],
+                                     m["r_c"], m["d_c"], *group)
             total, out_hat = self._run(ev.params, x_hat, init, self.c_in_pinv, self.c_out,
                                        self.c_out_pinv, a, y, w, *args)
             sums.append(total)
             outs.append(out_hat)
-        self._remember(outs, [(o, k) for o, k in enumerate(keys) if not mask[o].all()])
+        self._remember(outs, [(o, keys[o]) for o in np.flatnonzero(looped) if not mask[o].all()])
         return ev.combine(sums)
 
     def _initial(self, batch: int, full, source):
