@@ -102,12 +102,18 @@ class Call:
     xla_flops: float | None = None
 
 
-class _Counted:
-    """A jitted function that logs a :class:`Call` per call; the jaxpr of each new signature is
-    traced once (``jax.jit`` reuses that trace when it compiles)."""
+_ACTIVE: list[list] = []  # the ``calls`` of every JitCounter now active
 
-    def __init__(self, jitted, name: str, calls: list, xla: bool):
-        self._jitted, self._name, self._calls, self._xla = jitted, name, calls, xla
+
+class _Counted:
+    """A jitted function that logs a :class:`Call` per call into every active
+    :class:`JitCounter` (those active when it is called, not when it was jitted: libjax caches its
+    steps across builds, so a second build in one process calls programs jitted in the first);
+    the jaxpr of each new signature is traced once (``jax.jit`` reuses that trace when it
+    compiles)."""
+
+    def __init__(self, jitted, name: str, xla: bool):
+        self._jitted, self._name, self._xla = jitted, name, xla
         self._costs = {}
 
     def __call__(self, *args, **kwargs):
@@ -117,7 +123,9 @@ class _Counted:
             self._costs[key] = (matmul_flops(traced.jaxpr),
                                 _xla_flops(traced.lower()) if self._xla else None)
         count, xla = self._costs[key]
-        self._calls.append(Call(time.perf_counter(), count, self._name, xla))
+        call = Call(time.perf_counter(), count, self._name, xla)
+        for calls in _ACTIVE:
+            calls.append(call)
         return self._jitted(*args, **kwargs)
 
     def __getattr__(self, attr):
@@ -127,8 +135,9 @@ class _Counted:
 class JitCounter:
     """Context in which ``jax.jit(f, ...)`` returns a counted function; ``calls`` lists every call.
 
-    It sees the functions jitted while it is active (libjax's build steps are made per build);
-    functions jitted earlier, e.g. by decorators at import time, are not counted. ``xla=True``
+    It sees the calls, while it is active, of the functions jitted while any counter was
+    active (libjax makes its build steps inside the build and caches them for later builds);
+    functions jitted otherwise, e.g. by decorators at import time, are not counted. ``xla=True``
     also records XLA's cost analysis of each program (an extra compile: for checks only).
     """
 
@@ -140,14 +149,16 @@ class JitCounter:
     def __enter__(self) -> "JitCounter":
         self._jit = jax.jit
         jax.jit = self._wrap
+        _ACTIVE.append(self.calls)
         return self
 
     def __exit__(self, *exc) -> None:
         jax.jit = self._jit
+        del _ACTIVE[next(i for i, c in enumerate(_ACTIVE) if c is self.calls)]
 
     def _wrap(self, fun, *args, **kwargs):
         name = getattr(fun, "__qualname__", repr(fun))
-        return _Counted(self._jit(fun, *args, **kwargs), name, self.calls, self._xla)
+        return _Counted(self._jit(fun, *args, **kwargs), name, self._xla)
 
 
 def _xla_flops(lowered) -> float:
@@ -175,6 +186,17 @@ def _check_small_cases() -> list[str]:
     return lines
 
 
+def _check_later_counter() -> list[str]:
+    """A program jitted under one counter and called under a later one counts in the later one
+    (as a cached build step does in a second build of a process)."""
+    with JitCounter():
+        square = jax.jit(lambda x: x @ x)
+    with JitCounter() as later:
+        square(jnp.ones((8, 8)))
+    assert [c.count.flops for c in later.calls] == [2 * 8**3], later.calls
+    return ["a program jitted under one counter counts under the next one: yes"]
+
+
 def _check_build_steps() -> list[str]:
     """A small modular-addition build with a memory budget large enough that every probe scan
     has one trip: XLA's count then covers the whole program, and ours (matmuls only) should be
@@ -199,7 +221,7 @@ def _check_build_steps() -> list[str]:
 def check() -> list[str]:
     """Compare the counter with hand counts and XLA's cost analysis; returns report lines and
     raises ``AssertionError`` if the counter is wrong."""
-    return _check_small_cases() + _check_build_steps()
+    return _check_small_cases() + _check_later_counter() + _check_build_steps()
 
 
 if __name__ == "__main__":
