@@ -1,5 +1,5 @@
-"""Times the ``M'`` steps of a GPT-2-small-sized block one by one, as the build runs them, and splits
-each into the forward run to the section's input and the section's closed form.
+"""Times the ``M'`` steps of a GPT-2-small-sized block one by one, as the build runs them, and
+splits each into the forward run to the section's input and the section's closed form.
 
     python benchmarks/section_steps.py --model=gpt2 --context=1024 --n_samples=3 --batch_size=3 \
         --sections=ln1.6,ln1_out.6,ln2.6,ln2_out.6,mlp_in.6 --gram_panels=512,0 --out=/dev/null
