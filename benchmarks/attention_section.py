@@ -4,7 +4,8 @@
         --out=/tmp/llama_attn_general.json
 
 The model (``gpt2``, ``llama``, ``pythia``), data and build settings are
-:mod:`benchmarks.run_build`'s (its flags apply; block 6, ``--context``, the paper's LM settings: one position source for bases and edges). The section is
+:mod:`benchmarks.run_build`'s (its flags apply; block 6, ``--context``, the paper's LM settings:
+one position source for bases and edges). The section is
 the one starting at ``--layer`` (default ``attn_in.6``, the attention section); ``C`` of the next
 node layer and the input basis are PCA bases from the Gram samples (the shapes of a LIB build's,
 for a fraction of its cost). Per computation the record has wall, compile, CPU and compute-CPU
@@ -24,9 +25,9 @@ from absl import flags
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root
 
-from benchmarks import flops, measure, run_build  # noqa: E402 (enables float64 first)
-from libjax.pipeline import run as pipeline  # noqa: E402
-from libjax.runtime import cli  # noqa: E402
+from benchmarks import flops, measure, run_build
+from libjax.pipeline import run as pipeline
+from libjax.runtime import cli
 
 _LAYER = flags.DEFINE_string("layer", "attn_in.6", "node layer starting the section timed")
 

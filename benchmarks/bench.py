@@ -40,7 +40,7 @@ from absl import app, flags
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root
 
-from benchmarks import report  # noqa: E402
+from benchmarks import report
 
 HERE = Path(__file__).resolve().parent
 PARTS = ("check", "modadd", "gpt2", "scaling", "context")

@@ -26,12 +26,11 @@ from absl import flags
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root
 
-from benchmarks import flops, measure, run_build  # noqa: E402 (enables float64 first)
-from libjax.forms.attention import plan as plan_lib  # noqa: E402
-from libjax.forms.attention import sums  # noqa: E402
-from libjax.runtime import cli  # noqa: E402
-from models.lm import gpt2  # noqa: E402
-from models.lm import model as lm  # noqa: E402
+from benchmarks import flops, measure, run_build
+from libjax.forms.attention import plan as plan_lib
+from libjax.runtime import cli
+from models.lm import gpt2
+from models.lm import model as lm
 
 _CONTEXTS = flags.DEFINE_list("contexts", ["128", "1024"], "contexts timed")
 _SAMPLES = flags.DEFINE_integer("samples", 1, "samples per call")

@@ -31,10 +31,10 @@ class Count:
     flops: int = 0
     while_loops: int = 0
 
-    def __add__(self, other: "Count") -> "Count":
+    def __add__(self, other: Count) -> Count:
         return Count(self.flops + other.flops, self.while_loops + other.while_loops)
 
-    def times(self, n: int) -> "Count":
+    def times(self, n: int) -> Count:
         return Count(self.flops * n, self.while_loops)
 
 
@@ -146,7 +146,7 @@ class JitCounter:
         self._xla = xla
         self._jit = None
 
-    def __enter__(self) -> "JitCounter":
+    def __enter__(self) -> JitCounter:
         self._jit = jax.jit
         jax.jit = self._wrap
         _ACTIVE.append(self.calls)

@@ -75,7 +75,7 @@ class CpuSampler:
         while not self._stop.wait(self._interval):
             self._sample()
 
-    def __enter__(self) -> "CpuSampler":
+    def __enter__(self) -> CpuSampler:
         self._sample()
         self._thread.start()
         return self

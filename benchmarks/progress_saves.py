@@ -19,8 +19,8 @@ import jax
 import numpy as np
 
 from benchmarks import measure
-from libjax.pipeline.progress_saves import PassProgress, SaveSchedule
 from libjax.method import stats
+from libjax.pipeline.progress_saves import PassProgress, SaveSchedule
 from libjax.runtime import precision
 from libjax.runtime.sharding import Placement
 from libjax.storage.midstage import MidstageSave

@@ -36,7 +36,7 @@ from absl import flags
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root
 
-from libjax.runtime import precision  # noqa: E402
+from libjax.runtime import precision
 
 precision.enable_float64()
 from benchmarks import flops, measure  # noqa: E402
@@ -122,7 +122,8 @@ def modadd_setup():
     tokens, _ = modadd.split_data("train")
     if _N_SAMPLES.value:
         tokens = np.resize(tokens, (_N_SAMPLES.value, tokens.shape[1]))
-    config = pipeline.BuildConfig(batch_size=_BATCH.value or 99999, gram_batch_size=_GRAM_BATCH.value,
+    config = pipeline.BuildConfig(batch_size=_BATCH.value or 99999,
+                                  gram_batch_size=_GRAM_BATCH.value,
                                **_numerics())
     source = str(weights or modadd.DEFAULT_CHECKPOINT)
     return modadd.sectioned_model(w, cfg), tokens, None, config, source
@@ -174,7 +175,8 @@ def rotary_setup(family, hf_config: dict):
     cfg = family.config_from_hf(hf_config)
     weights = gpt2_weights(cfg, _SEED.value, family.model)
     ctx = _CONTEXT.value
-    model = lm.sectioned_model(family.name, cfg, weights, lm.block_node_layers(_layer(cfg), cfg.n_layers),
+    model = lm.sectioned_model(family.name, cfg, weights,
+                               lm.block_node_layers(_layer(cfg), cfg.n_layers),
                          ctx)
     rng = np.random.default_rng(0)
     inputs = rng.integers(0, cfg.d_vocab, (_N_SAMPLES.value or 2, ctx), np.int32)
@@ -199,7 +201,8 @@ def smollm2_setup():
     cfg = llama.FAMILY.config_from_hf(hf.read_config(path))
     tl = llama.FAMILY.to_tl(hf.read_weights(path), cfg)
     ctx = _CONTEXT.value
-    model = lm.sectioned_model("llama", cfg, tl, lm.block_node_layers(_layer(cfg), cfg.n_layers), ctx,
+    model = lm.sectioned_model("llama", cfg, tl, lm.block_node_layers(_layer(cfg), cfg.n_layers),
+                               ctx,
                          truncate=True)
     rng = np.random.default_rng(0)
     inputs = rng.integers(0, cfg.d_vocab, (_N_SAMPLES.value or 2, ctx), np.int32)
@@ -267,7 +270,8 @@ def grams_all(compiles: measure.CompileLog) -> dict:
     ctx = _CONTEXT.value
     union = tuple(dict.fromkeys(name for b in range(cfg.n_layers)
                                 for name in lm.block_node_layers(b, cfg.n_layers)))
-    model = lm.sectioned_model("gpt2", cfg, gpt2_weights(cfg, _SEED.value), union, ctx, truncate=True)
+    model = lm.sectioned_model("gpt2", cfg, gpt2_weights(cfg, _SEED.value), union, ctx,
+                               truncate=True)
     tokens, source = gpt2_tokens(cfg, ctx)
     inputs = np.resize(tokens, (_N_GRAM.value or 16, ctx))
     config = pipeline.BuildConfig(**{**gpt2.FAMILY.build_defaults(None), **_numerics(),

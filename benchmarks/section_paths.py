@@ -26,11 +26,11 @@ from absl import flags
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root
 
-from benchmarks import measure, run_build  # noqa: E402  (defines the model flags)
-from libjax import basis as basis_lib  # noqa: E402
-from libjax.pipeline.run import compute_edges, compute_m_prime  # noqa: E402
-from libjax.runtime import cli  # noqa: E402
-from models.lm import llama, pythia  # noqa: E402
+from benchmarks import measure, run_build
+from libjax import basis as basis_lib
+from libjax.pipeline.run import compute_edges, compute_m_prime
+from libjax.runtime import cli
+from models.lm import llama, pythia
 
 _SECTIONS = flags.DEFINE_list("sections", None, "node layers whose sections to time",
                               required=True)

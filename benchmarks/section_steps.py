@@ -30,12 +30,12 @@ from absl import flags
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root
 
-from benchmarks import flops, measure, run_build  # noqa: E402 (enables float64 first)
-from libjax.forms import M_PRIME, mlp  # noqa: E402
-from libjax.model import chain_acts  # noqa: E402
-from libjax.pipeline import first_layer, run, steps  # noqa: E402
-from libjax.runtime import cli, precision  # noqa: E402
-from libjax.runtime.sharding import Placement  # noqa: E402
+from benchmarks import flops, measure, run_build
+from libjax.forms import M_PRIME, mlp
+from libjax.model import chain_acts
+from libjax.pipeline import first_layer, run, steps
+from libjax.runtime import cli, precision
+from libjax.runtime.sharding import Placement
 
 _SECTIONS = flags.DEFINE_list("sections", ["ln1.6", "ln1_out.6", "ln2.6", "ln2_out.6",
                                            "mlp_in.6"], "node layers whose M' steps to time")

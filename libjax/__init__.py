@@ -9,7 +9,8 @@ __version__ = "0.1.0"
 
 from libjax import moved as _moved
 
-_moved.install()  # 0.1's module names (libjax.graph, libjax.build, ...) still import, with a warning
+# 0.1's module names (libjax.graph, libjax.build, ...) still import, with a warning
+_moved.install()
 
 
 def __getattr__(name):

@@ -20,7 +20,8 @@ explicit argument, never closed over, so jitted programs stay small.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable, Collection, Mapping, Optional, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
+from typing import Any, Optional
 
 import jax
 import jax.numpy as jnp
@@ -246,7 +247,7 @@ def cut(name: str, modules: Sequence[Module], params, example_input, node_layers
         return Section(make_section(a, b), positionwise, form_of(span_ids) if form_of else None)
 
     last = node_layers[-1]
-    tail = (lambda p, acts: acts) if last == OUTPUT else make_section(last, None)  # noqa: E731
+    tail = (lambda p, acts: acts) if last == OUTPUT else make_section(last, None)
     return SectionedModel(
         name=name, layers=tuple(node_layer(n) for n in node_layers), params=params,
         embed=make_embed(),

@@ -11,7 +11,6 @@ import sys
 
 import numpy as np
 import torch
-
 from rib_local import load_model, node_layer_acts
 
 

@@ -15,7 +15,8 @@ def main(ours_path, theirs_path):
     ours, theirs = json.load(open(ours_path)), json.load(open(theirs_path))
     rel = lambda a, b: abs(a - b) / abs(b)  # noqa: E731
     print(f"no-ablation loss: libjax {ours['no_ablation_result']:.9g}  rib "
-          f"{theirs['no_ablation_result']:.9g}  rel {rel(ours['no_ablation_result'], theirs['no_ablation_result']):.2e}")
+          f"{theirs['no_ablation_result']:.9g}  "
+          f"rel {rel(ours['no_ablation_result'], theirs['no_ablation_result']):.2e}")
     worst = 0.0
     if "n_edges_required" in theirs:
         print(f"{'transition':24s} {'libjax':>8s} {'rib':>8s} {'rel':>8s}")

@@ -19,7 +19,7 @@ import torch
 import transformers
 
 sys.path.insert(0, "/work/main")
-from tests.helpers.hf_tiny_families import randomise  # noqa: E402
+from tests.helpers.hf_tiny_families import randomise
 
 VOCAB, D, HEADS, LAYERS, MLP, N_POS = 300, 32, 2, 2, 128, 64
 

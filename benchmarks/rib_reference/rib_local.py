@@ -18,10 +18,9 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
-import torch  # noqa: E402
-import transformer_lens.loading_from_pretrained as tl_loading  # noqa: E402
-
-from rib.loader import load_sequential_transformer  # noqa: E402
+import torch
+import transformer_lens.loading_from_pretrained as tl_loading
+from rib.loader import load_sequential_transformer
 
 _official = tl_loading.get_official_model_name
 _convert = tl_loading.convert_hf_model_config

@@ -28,19 +28,22 @@ import time
 import numpy as np
 import torch
 from datasets import Dataset as HFDataset
-from torch.utils.data import DataLoader
-
+from rib.ablations import (
+    BisectScheduleConfig,
+    ExponentialScheduleConfig,
+    LinearScheduleConfig,
+    ablate_edges_and_eval,
+    ablate_node_layers_and_eval,
+    load_basis_matrices,
+)
+from rib.data_accumulator import Edges
+from rib.hook_manager import HookedModel
+from rib.interaction_algos import InteractionRotation
+from rib.loader import prepare_dataset
+from rib.types import TORCH_DTYPES
+from rib.utils import eval_cross_entropy_loss, set_seed
 from rib_local import load_model  # patches TransformerLens's hub look-ups first
-
-from rib.ablations import (BisectScheduleConfig, ExponentialScheduleConfig,  # noqa: E402
-                           LinearScheduleConfig, ablate_edges_and_eval,
-                           ablate_node_layers_and_eval, load_basis_matrices)
-from rib.data_accumulator import Edges  # noqa: E402
-from rib.hook_manager import HookedModel  # noqa: E402
-from rib.interaction_algos import InteractionRotation  # noqa: E402
-from rib.loader import prepare_dataset  # noqa: E402
-from rib.types import TORCH_DTYPES  # noqa: E402
-from rib.utils import eval_cross_entropy_loss, set_seed  # noqa: E402
+from torch.utils.data import DataLoader
 
 
 class _TokenStream:

@@ -17,14 +17,27 @@ an intervention), :mod:`.experiments` (the ablations and their timed records) an
 
 from libjax.ablation.edge_forward import EdgeForward
 from libjax.ablation.evaluator import Evaluator
-from libjax.ablation.experiments import (NODE_BASES, edge_ablation, edge_experiment,
-                                         edge_scorer, node_ablation, node_experiment)
+from libjax.ablation.experiments import (
+                                         NODE_BASES,
+                                         edge_ablation,
+                                         edge_experiment,
+                                         edge_scorer,
+                                         node_ablation,
+                                         node_experiment,
+)
 from libjax.ablation.masks import edge_mask, group_rows, rotation_matrix
 from libjax.ablation.metrics import METRICS, combine, is_good
 from libjax.ablation.records import EdgeResult, edge_record, node_record, required_masks
-from libjax.ablation.schedules import (MODEL_DEFAULT, Bisect, Schedule, bisect,
-                                       exponential_schedule, linear_schedule, schedule_for,
-                                       with_specific_points)
+from libjax.ablation.schedules import (
+                                         MODEL_DEFAULT,
+                                         Bisect,
+                                         Schedule,
+                                         bisect,
+                                         exponential_schedule,
+                                         linear_schedule,
+                                         schedule_for,
+                                         with_specific_points,
+)
 
 __all__ = ["EdgeForward", "Evaluator", "NODE_BASES", "edge_ablation", "edge_experiment",
            "edge_scorer",

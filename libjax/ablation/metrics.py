@@ -3,12 +3,12 @@ to the unablated model, summed per batch on the device and combined on the host.
 
 from __future__ import annotations
 
-from typing import Callable, Optional, Sequence
+from collections.abc import Callable, Sequence
+from typing import Optional
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-
 
 METRICS = ("accuracy", "ce_loss", "kl")
 # Metrics scored against the unablated model's outputs (the evaluator supplies them).

@@ -23,8 +23,9 @@ import collections
 import dataclasses
 import json
 import random
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Mapping, Optional, Sequence
+from typing import Optional
 
 import numpy as np
 
@@ -116,7 +117,7 @@ class Clustering:
                 "n_clusters": self.n_clusters, "n_singletons": int((self.sizes == 1).sum())}
 
     @classmethod
-    def from_json(cls, record: dict) -> "Clustering":
+    def from_json(cls, record: dict) -> Clustering:
         return cls({k: np.asarray(v, np.int64) for k, v in record["membership"].items()},
                    float(record["modularity"]), float(record["quality"]), record["settings"])
 

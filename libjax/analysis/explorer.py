@@ -27,18 +27,19 @@ import gzip
 import html
 import json
 import os
+from collections.abc import Mapping, Sequence
 from importlib import resources
 from pathlib import Path
-from typing import Mapping, Optional, Sequence
+from typing import Optional
 
 import numpy as np
 
-from libjax.storage import graph as graph_io
-from libjax.storage import files, store
 from libjax.analysis import clustering as clustering_io
 from libjax.analysis import feature_cards
 from libjax.errors import ConfigError, StoreError
 from libjax.pipeline.config import skip_positions_of
+from libjax.storage import files, store
+from libjax.storage import graph as graph_io
 
 DEFAULT_SHARE = 0.98
 MAX_SHARE = 0.999

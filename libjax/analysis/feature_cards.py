@@ -15,7 +15,8 @@ shared tables), and a ``kind`` saying how the explorer draws it:
   ``top_values``/``bottom_values``.
 
 Every kind may carry ``label`` ``(dirs,)``, a short text per direction (searchable in the
-explorer); ``source``, a JSON text saying what data the examples were drawn from; ``hist`` ``(dirs, bins)`` with ``hist_range`` ``(dirs, 2)``, the distribution of each
+explorer); ``source``, a JSON text saying what data the examples were drawn from; ``hist`` ``(dirs,
+bins)`` with ``hist_range`` ``(dirs, 2)``, the distribution of each
 direction's activation; and its effect on the output (:func:`effects`): ``raises``/``lowers``
 ``(dirs, m)`` indices into ``outputs`` (their names) with ``raises_by``/``lowers_by``. The model
 families make the content (``family.feature_cards``); this module computes,
@@ -27,15 +28,16 @@ from __future__ import annotations
 
 import io
 import logging
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Optional
 
 import numpy as np
 
 from libjax.analysis import activations
+from libjax.errors import ConfigError
 from libjax.runtime import progress
 from libjax.storage import files
-from libjax.errors import ConfigError
 
 log = logging.getLogger("libjax")
 

@@ -14,8 +14,9 @@ the process's global backend, and the library leaves ``pyplot``'s state alone.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Mapping, Optional, Sequence
+from typing import Optional
 
 import numpy as np
 from matplotlib.collections import LineCollection
@@ -40,7 +41,7 @@ def save(fig: Figure, stem: str | Path) -> list[Path]:
     return paths
 
 
-# --- edges per transition ---------------------------------------------------------------------------
+# --- edges per transition -------------------------------------------------------------------------
 
 def edges_per_transition(summary: Mapping, stem: str | Path,
                          title: Optional[str] = None) -> list[Path]:
@@ -67,7 +68,8 @@ def edges_per_transition(summary: Mapping, stem: str | Path,
     for tick, (_, e) in zip(ax.get_xticklabels(), rows):
         tick.set_color("#7a1f2b" if e.get("section") == "attention" else "#1f3b7a")
     ax.set_yscale("log")
-    ax.set_ylabel(f"edges required (Δ {summary['metric']} ≤ {summary['score_target_difference']:g})")
+    target = summary["score_target_difference"]
+    ax.set_ylabel(f"edges required (Δ {summary['metric']} ≤ {target:g})")
     ax.legend(fontsize=8)
     totals.set_xticks(np.arange(len(parts)), parts)
     totals.set_title("per section (sum)", fontsize=9)

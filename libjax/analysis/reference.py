@@ -20,7 +20,6 @@ import numpy as np
 from libjax.basis import Basis
 from libjax.storage.graph import Graph
 
-
 # docs/method.md Appendix A: the authors' seed-0 modular-addition ablations (test split, float32,
 # accuracy).
 MODADD_SEED0_ACCURACY = 0.9995525  # unablated: 4 errors in 8939

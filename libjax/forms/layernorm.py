@@ -33,7 +33,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import struct
 
-from libjax.forms import EDGES, Form, M_PRIME, as_rows, next_k
+from libjax.forms import EDGES, M_PRIME, Form, as_rows, next_k
 
 SEQUENTIAL, PARALLEL = "sequential", "parallel"
 LAYOUTS = (SEQUENTIAL, PARALLEL)
@@ -80,7 +80,7 @@ class LNInMoments:
     s_uu: jnp.ndarray  # (D, D)
 
     @classmethod
-    def zeros(cls, width: int) -> "LNInMoments":
+    def zeros(cls, width: int) -> LNInMoments:
         return cls(np.zeros(()), np.zeros(width), np.zeros((width, width)))  # host
 
 
@@ -155,7 +155,7 @@ class LNOutMoments:
     s_aa: jnp.ndarray  # (D, D)
 
     @classmethod
-    def zeros(cls, width: int) -> "LNOutMoments":
+    def zeros(cls, width: int) -> LNOutMoments:
         z = np.zeros(())  # host: no compile
         return cls(z, z, z, np.zeros(width), np.zeros(width), np.zeros((width, width)))
 

@@ -27,14 +27,15 @@ width ``m`` costs.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable, Optional
+from collections.abc import Callable
+from typing import Any, Optional
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import struct
 
-from libjax.forms import EDGES, Form, M_PRIME, as_float64, as_rows, next_k
+from libjax.forms import EDGES, M_PRIME, Form, as_float64, as_rows, next_k
 from libjax.method.probes import ProbeSet
 from libjax.runtime import memory
 
@@ -48,7 +49,7 @@ class DerivativeMoments:
     s_dd: jnp.ndarray  # (m, m)
 
     @classmethod
-    def zeros(cls, m: int) -> "DerivativeMoments":
+    def zeros(cls, m: int) -> DerivativeMoments:
         return cls(np.zeros(()), np.zeros(m), np.zeros((m, m)))  # host: no compile
 
     def __add__(self, other):

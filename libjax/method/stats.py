@@ -27,7 +27,7 @@ class Moments:
     scatter: jnp.ndarray  # (d, d)
 
     @classmethod
-    def zeros(cls, dim: int) -> "Moments":
+    def zeros(cls, dim: int) -> Moments:
         return cls(np.zeros(()), np.zeros(dim), np.zeros((dim, dim)))  # host: no compile
 
 

@@ -15,7 +15,7 @@ compiles while the device computes.
 from __future__ import annotations
 
 import concurrent.futures
-from typing import Callable, Hashable
+from collections.abc import Callable, Hashable
 
 
 class Ahead:
@@ -41,7 +41,7 @@ class Ahead:
         """Drop the jobs not started; one running finishes in its thread."""
         self._pool.shutdown(wait=False, cancel_futures=True)
 
-    def __enter__(self) -> "Ahead":
+    def __enter__(self) -> Ahead:
         return self
 
     def __exit__(self, *exc) -> None:

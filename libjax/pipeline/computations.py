@@ -7,9 +7,9 @@ positionwise section (fast paths on) needs one probe per output direction only.
 
 from __future__ import annotations
 
-from libjax.pipeline.config import BuildConfig, points
-from libjax.forms import EDGES, Form, M_PRIME, Task
+from libjax.forms import EDGES, M_PRIME, Form, Task
 from libjax.method.vjp import VJPPath
+from libjax.pipeline.config import BuildConfig, points
 from libjax.runtime import precision
 
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Any, Collection, Mapping, Optional, Union
+from collections.abc import Collection, Mapping
+from typing import Any, Optional, Union
 
 import numpy as np
 

@@ -14,7 +14,8 @@ import dataclasses
 import logging
 import math
 import time
-from typing import Any, Callable, NamedTuple, Optional
+from collections.abc import Callable
+from typing import Any, NamedTuple, Optional
 
 import jax
 from jax.experimental import multihost_utils
@@ -70,7 +71,7 @@ class PassProgress:
         self.saved_at, self.saved_time = 0, time.monotonic()
 
     @classmethod
-    def of(cls, saves: Optional[Saves], stage: str, what: str, layout: dict) -> "PassProgress":
+    def of(cls, saves: Optional[Saves], stage: str, what: str, layout: dict) -> PassProgress:
         if saves is None:
             return cls(None, SaveSchedule(), what, layout)
         return cls(saves.store.midstage_save(stage), saves.schedule, what, layout)

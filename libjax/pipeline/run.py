@@ -13,7 +13,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import time
-from typing import Sequence
+from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
@@ -21,21 +21,28 @@ import numpy as np
 
 from libjax import basis as basis_lib
 from libjax import kinds
-from libjax.pipeline.ahead import Ahead
-from libjax.pipeline.config import BuildConfig
-from libjax.pipeline.first_layer import FirstLayer
-from libjax.pipeline.computations import choose_path, section_task
-from libjax.pipeline.progress_saves import Saves, SaveSchedule
-from libjax.pipeline.steps import accumulate, accumulation_step, compile_ahead, stats_step
 from libjax.errors import BasisError, ConfigError, NumericalError
 from libjax.forms import EDGES, M_PRIME
 from libjax.method import stats
+from libjax.pipeline.ahead import Ahead
+from libjax.pipeline.computations import choose_path, section_task
+from libjax.pipeline.config import BuildConfig
+from libjax.pipeline.first_layer import FirstLayer
+from libjax.pipeline.progress_saves import Saves, SaveSchedule
+from libjax.pipeline.steps import accumulate, accumulation_step, compile_ahead, stats_step
 from libjax.runtime import precision, preemption
 from libjax.runtime.batching import batch_size_for
 from libjax.runtime.sharding import Placement
 from libjax.storage import store
-from libjax.storage.graph import (STATS_STAGE, Graph, basis_from_tree, basis_stage, basis_to_tree,
-                                  edge_stage, summary)
+from libjax.storage.graph import (
+    STATS_STAGE,
+    Graph,
+    basis_from_tree,
+    basis_stage,
+    basis_to_tree,
+    edge_stage,
+    summary,
+)
 
 log = logging.getLogger("libjax")
 

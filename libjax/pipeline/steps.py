@@ -23,16 +23,17 @@ from __future__ import annotations
 import collections
 import hashlib
 import logging
-from typing import Callable, NamedTuple, Optional, Sequence
+from collections.abc import Callable, Sequence
+from typing import NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from libjax.pipeline.progress_saves import PassProgress, Saves, layout
 from libjax.forms import EDGES, Form, Task, kept
 from libjax.method import stats
 from libjax.model import chain_acts
+from libjax.pipeline.progress_saves import PassProgress, Saves, layout
 from libjax.runtime import precision
 from libjax.runtime.batching import batch_size_for, padded_batches
 from libjax.runtime.progress import track
@@ -47,7 +48,7 @@ _CACHE_SIZE = 256
 _steps: collections.OrderedDict = collections.OrderedDict()
 
 
-def cached(key, make: Callable[[], "Step"]) -> "Step":
+def cached(key, make: Callable[[], Step]) -> Step:
     """The step for ``key`` (hashable: everything its programs depend on), made by ``make`` the
     first time; the least recently used of more than ``_CACHE_SIZE`` steps are dropped."""
     if key in _steps:

@@ -3,7 +3,7 @@ once. The last batch is padded by repeating its last sample with weight 0."""
 
 from __future__ import annotations
 
-from typing import Iterator
+from collections.abc import Iterator
 
 import numpy as np
 

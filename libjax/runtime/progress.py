@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Iterable, Iterator, TypeVar
+from collections.abc import Iterable, Iterator
+from typing import TypeVar
 
 T = TypeVar("T")
 log = logging.getLogger("libjax")

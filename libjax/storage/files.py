@@ -5,8 +5,9 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import IO, Callable
+from typing import IO
 
 TMP_SUFFIX = ".tmp"  # the temporary file of :func:`write_atomic`, beside its target
 

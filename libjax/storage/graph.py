@@ -24,7 +24,6 @@ from libjax.basis import Basis
 from libjax.errors import StoreError
 from libjax.storage import store
 
-
 STATS_STAGE = "stats"
 
 

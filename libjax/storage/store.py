@@ -515,7 +515,7 @@ def read_stage(path: Path, stage: str):
     stage_dir = Path(path) / "stages" / stage
     try:
         tree = _checkpointer().restore(stage_dir)
-    except Exception as err:  # noqa: BLE001 - orbax and tensorstore raise many kinds on bad files
+    except Exception as err:
         raise StoreError(f"stage {stage!r} of the build in {path} cannot be read "
                          f"({type(err).__name__}: {str(err)[:200]}); the stage is damaged: "
                          + _DAMAGED.format(f"the stage ({stage_dir})")) from None

@@ -12,8 +12,9 @@ modular addition's grid cards are :mod:`models.modadd.cards`).
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Optional
 
 import numpy as np
 
@@ -86,7 +87,7 @@ def context_cards(model, graph, data, node_layers, decode=None, k: int = 6, befo
     ``decode(token_id) -> str`` (None: token ids shown as ``#id``)."""
     tokens = np.asarray(data.inputs)
     n_ctx = tokens.shape[1]
-    name_of = (lambda t: decode(int(t))) if decode else (lambda t: f"#{t}")  # noqa: E731
+    name_of = (lambda t: decode(int(t))) if decode else (lambda t: f"#{t}")
     skip = skip_positions_of(graph.config)  # positions the build left out: never shown
     cards = {}
     for name in node_layers:

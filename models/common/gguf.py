@@ -87,7 +87,8 @@ def find(path: Path) -> Path | None:
         return None
     found = sorted(p for p in path.iterdir() if is_gguf(p) and p.is_file())
     if len(found) > 1:
-        raise CheckpointError(f"{path} holds {len(found)} GGUF files ({', '.join(p.name for p in found)}); "
+        names = ", ".join(p.name for p in found)
+        raise CheckpointError(f"{path} holds {len(found)} GGUF files ({names}); "
                               "pass --checkpoint=FILE.gguf to choose one")
     return found[0] if found else None
 
@@ -160,7 +161,8 @@ _LLAMA_TENSORS = {"attn_norm": "input_layernorm", "attn_q": "self_attn.q_proj",
                   "ffn_gate": "mlp.gate_proj", "ffn_up": "mlp.up_proj", "ffn_down": "mlp.down_proj"}
 _GPT2_KEYS = {"context_length": "n_positions", "embedding_length": "n_embd",
               "block_count": "n_layer", "feed_forward_length": "n_inner",
-              "attention.head_count": "n_head", "attention.layer_norm_epsilon": "layer_norm_epsilon",
+              "attention.head_count": "n_head",
+              "attention.layer_norm_epsilon": "layer_norm_epsilon",
               "vocab_size": "vocab_size"}
 _GPT2_TENSORS = {"attn_norm": "ln_1", "attn_qkv": "attn.c_attn", "attn_output": "attn.c_proj",
                  "ffn_norm": "ln_2", "ffn_up": "mlp.c_fc", "ffn_down": "mlp.c_proj"}
@@ -233,7 +235,8 @@ def read_config(path) -> dict:
         raise CheckpointError(f"{path}: rope scaling {scaling!r} is not supported (only the "
                               "original rotary embedding is)")
     hf = {"model_type": spec["model_type"], **spec["fixed"],
-          **{attr: meta[prefix + key] for key, attr in spec["keys"].items() if prefix + key in meta}}
+          **{attr: meta[prefix + key] for key, attr in spec["keys"].items()
+             if prefix + key in meta}}
     names = {t.name: t for t in reader.tensors}
     if "vocab_size" not in hf and "token_embd.weight" in names:  # older files: the embedding's rows
         hf["vocab_size"] = int(names["token_embd.weight"].shape[-1])
@@ -383,8 +386,15 @@ CONTROL, USER_DEFINED = 3, 4  # llama.cpp's token types
 def tokenizer(path):
     """The file's byte-level BPE tokenizer (``tokenizer.ggml.model`` ``gpt2``) as a
     ``tokenizers.Tokenizer``; control tokens are special, user-defined ones added."""
-    from tokenizers import (AddedToken, Regex, Tokenizer, decoders, models, normalizers,
-                            pre_tokenizers)
+    from tokenizers import (
+        AddedToken,
+        Regex,
+        Tokenizer,
+        decoders,
+        models,
+        normalizers,
+        pre_tokenizers,
+    )
 
     reader = _reader(path)
     meta = _metadata(reader)

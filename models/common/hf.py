@@ -4,7 +4,8 @@ A checkpoint is a local directory with ``config.json`` and the weights (``model.
 sharded ``model.safetensors.index.json``, or ``pytorch_model.bin``), or a hub name (``gpt2``,
 ``roneneldan/TinyStories-1M``) that ``huggingface_hub`` takes from its cache or downloads when a
 network is there, or a GGUF file (or a directory holding one), read by :mod:`models.common.gguf`
-into the same forms: every function here takes the path :func:`resolve` returns, either form. Weights come back as NumPy arrays under their Hugging Face names; converting them
+into the same forms: every function here takes the path :func:`resolve` returns, either form.
+Weights come back as NumPy arrays under their Hugging Face names; converting them
 is the architecture's job (:mod:`models.lm.gpt2`, :mod:`models.lm.gptneo`), which first checks
 the config against the attributes it understands (:func:`check_config`). Safetensors files are
 read with ``safetensors.numpy``; PyTorch is imported only to read a ``pytorch_model.bin``, and is
@@ -14,8 +15,8 @@ never a dependency of libjax.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 

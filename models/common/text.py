@@ -16,8 +16,9 @@ from __future__ import annotations
 
 import itertools
 import json
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
-from typing import Callable, Iterable, Iterator, Union
+from typing import Union
 
 import numpy as np
 

@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Optional
 
 import flax.linen as nn
 import numpy as np
@@ -15,8 +16,16 @@ from libjax.errors import CheckpointError, ConfigError, DataError
 from models.common import cards, checkpoints, hf, text, transformer
 from models.family import Data, Family, select_blocks
 from models.lm import evaluation
-from models.lm.model import (LanguageModel, block_node_layers, blocks_of, expected_shapes,
-                             extent, processed_weights, sectioned_model, truncated_model)
+from models.lm.model import (
+    LanguageModel,
+    block_node_layers,
+    blocks_of,
+    expected_shapes,
+    extent,
+    processed_weights,
+    sectioned_model,
+    truncated_model,
+)
 
 _resolve = functools.lru_cache(maxsize=8)(hf.resolve)
 ATTENTION_NODE_MODULES = ("ln1", "ln1_out", "attn_in")  # node layers before the attention

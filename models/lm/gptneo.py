@@ -40,7 +40,8 @@ def _attention_layers(hf: dict) -> list[str]:
 def config(hf: dict) -> transformer.TransformerConfig:
     """The architecture of a Hugging Face ``gpt_neo`` ``config.json``."""
     check_architecture(hf, ("gpt_neo",), WHAT, UNDERSTOOD, REQUIRED,
-                       ("hidden_size", "num_heads", "num_layers", "vocab_size", "max_position_embeddings"))
+                       ("hidden_size", "num_heads", "num_layers", "vocab_size",
+                        "max_position_embeddings"))
     d, h = split_heads(hf, WHAT, "hidden_size", "num_heads")
     kinds = _attention_layers(hf)
     if len(kinds) != hf["num_layers"] or set(kinds) - {"global", "local"}:

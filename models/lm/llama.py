@@ -4,7 +4,8 @@ One converter for ``LlamaForCausalLM``, ``Qwen2ForCausalLM`` and ``MistralForCau
 checkpoints of the same structure, e.g. SmolLM): RMSNorm, rotary embeddings on whole heads with
 the model's ``rope_theta``, grouped-query attention, the gated MLP ``(act(x W_gate) * (x W_up))
 W_down``, optional biases (Qwen2's q/k/v, ``attention_bias``, ``mlp_bias``), tied or untied
-embeddings. The converter understands an explicit ALLOW-LIST of ``config.json`` attributes (the policy every
+embeddings. The converter understands an explicit ALLOW-LIST of ``config.json`` attributes (the
+policy every
 converter shares, :func:`models.common.hf.check_config`) and refuses any other by name, so that a
 variant it does not implement (QK-norm, scaled rope, sliding windows in use, ...) is an error
 rather than a silently different model.
@@ -18,11 +19,11 @@ from __future__ import annotations
 import numpy as np
 
 from libjax.errors import CheckpointError
-from models.lm import rotary as rotary_lm
-from models.lm import model as lm
-from models.lm.family import LMFamily
 from models.common import transformer
 from models.common.hf import check_architecture
+from models.lm import model as lm
+from models.lm import rotary as rotary_lm
+from models.lm.family import LMFamily
 
 WHAT = "Llama-family"
 MODEL_TYPES = ("llama", "qwen2", "mistral")

@@ -2,7 +2,8 @@
 
 * :class:`LanguageModel`: the model as it was trained (LayerNorm with scale and shift), a Flax
   module with TransformerLens parameter names; the architectures' converters produce its params.
-* :func:`sectioned_model`: TransformerLens's weight processing (:mod:`models.common.weight_processing`),
+* :func:`sectioned_model`: TransformerLens's weight processing
+  (:mod:`models.common.weight_processing`),
   bias folding and cutting (:mod:`models.common.transformer`): the model LIB sees, whose
   node-layer activations are the reference's.
 * :class:`HFWeights`: Hugging Face tensors taken by name, leftovers refused.

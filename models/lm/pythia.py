@@ -13,11 +13,11 @@ from __future__ import annotations
 import numpy as np
 
 from libjax.errors import CheckpointError
-from models.lm import rotary as rotary_lm
-from models.lm import model as lm
-from models.lm.family import LMFamily
 from models.common import transformer
 from models.common.hf import check_architecture, split_heads
+from models.lm import model as lm
+from models.lm import rotary as rotary_lm
+from models.lm.family import LMFamily
 
 WHAT = "GPT-NeoX"
 # causal-mask and rotary-frequency buffers that older checkpoints store

@@ -8,8 +8,13 @@ from libjax.errors import ConfigError
 from libjax.model import SectionedModel
 from models.common import cards, images
 from models.family import Data, Family, Options, first_samples, reject_unused
-from models.mlp.model import (DEFAULT_CHECKPOINT, all_node_layers, check_node_layers, load,
-                              sectioned_model)
+from models.mlp.model import (
+    DEFAULT_CHECKPOINT,
+    all_node_layers,
+    check_node_layers,
+    load,
+    sectioned_model,
+)
 
 
 class MLPFamily(Family):

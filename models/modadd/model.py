@@ -144,7 +144,8 @@ def save(path: str | os.PathLike, weights: dict, **meta) -> None:
     checkpoints.save_npz(path, weights, model="modadd", **meta)
 
 
-def sectioned_model(weights: dict, cfg: transformer.TransformerConfig, node_layers=PAPER_NODE_LAYERS,
+def sectioned_model(weights: dict, cfg: transformer.TransformerConfig,
+                    node_layers=PAPER_NODE_LAYERS,
               dtype=np.float64, last_pos_only: bool = True):
     """Folded, sectioned model (docs/method.md 4.2); ``last_pos_only`` keeps only the last position
     after

@@ -23,7 +23,8 @@ FLAT_DOWN_TO, FLAT_SCORE = reference.MODADD_SEED0_FLAT
 def ev(shared_data):
     cfg, weights = modadd.load(shared_data / "weights_modadd_seed0.npz")
     tokens, labels = modadd.split_data("test")
-    return ablation.Evaluator(modadd.sectioned_model(weights, cfg, dtype=np.float32), tokens, labels,
+    model = modadd.sectioned_model(weights, cfg, dtype=np.float32)
+    return ablation.Evaluator(model, tokens, labels,
                               "accuracy", batch_size=99999, dtype=np.float32)
 
 

@@ -13,7 +13,6 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from libjax import ablation
 from libjax.ablation import metrics
 from libjax.errors import DataError
 from models.lm import evaluation

@@ -8,9 +8,9 @@ import json
 import numpy as np
 import pytest
 
-from tests.helpers import synthetic_graphs
 from libjax.analysis import clustering
 from libjax.errors import ConfigError
+from tests.helpers import synthetic_graphs
 
 DIMS = {"x": 9, "y": 9, "z": 9}
 
@@ -101,7 +101,7 @@ def test_log_normalisation_from_an_edge_ablation():
     graph = planted()
     masks = {"x": graph.edges[("x", "y")] > 0.9, "y": graph.edges[("y", "z")] > 0.9}
     eps = clustering.eps_from_edge_ablation(graph, masks)
-    for (a, b), E in graph.edges.items():
+    for (a, _b), E in graph.edges.items():
         assert eps[a] == E[1:, 1:][masks[a][1:, 1:]].min()  # constant edges left out
     result = clustering.cluster(graph, norm="log", eps=eps)
     first = {c for n in DIMS for c in result.membership[n][1:5]}

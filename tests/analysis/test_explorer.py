@@ -16,16 +16,16 @@ import numpy as np
 import pytest
 
 import libjax
-from tests.helpers import synthetic_graphs
 from libjax import ablation, pipeline
+from libjax.analysis import clustering, explorer
 from libjax.basis import Basis
+from libjax.errors import ConfigError, StoreError
 from libjax.storage import graph as graph_io
 from libjax.storage.graph import Graph
-from libjax.analysis import clustering, explorer
-from libjax.errors import ConfigError, StoreError
 from models import registry
 from models.family import Options
 from models.opened import open_build
+from tests.helpers import synthetic_graphs
 from tests.helpers.script_runs import ROOT, run_script, script_command
 
 CHROMIUM = shutil.which("chromium")
@@ -66,7 +66,7 @@ def test_filter_on_a_hand_made_graph():
 def test_python_pruning_keeps_what_every_control_setting_can_show():
     g = small_graph()
     data = explorer.page_data(g, max_share=0.9)
-    for t, (pair, E) in zip(data["transitions"], g.edges.items()):
+    for t, (_pair, E) in zip(data["transitions"], g.edges.items()):
         written = set(zip(explorer.decode(t["dst"]).tolist(), explorer.decode(t["src"]).tolist()))
         assert t["total"] == pytest.approx(E.sum(), rel=1e-15)
         assert t["total_plain"] == pytest.approx(E[1:, 1:].sum(), rel=1e-15)
@@ -204,7 +204,7 @@ def test_first_view_shows_the_largest_directions_first_legibly(browser, tmp_path
     data = explorer.page_data(g)
     page, problems = open_page(browser, explorer.Explorer(data).save(tmp_path / "p.html"))
     ids = node_ids(page)
-    for name, dim in dims.items():
+    for name in dims:
         shown = [i for i in ids if i.startswith(f"{name}/")]
         sizes = explorer.decode(data["layers"][list(dims).index(name)]["size"])
         order = np.argsort(-sizes, kind="stable")

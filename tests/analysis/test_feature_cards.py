@@ -9,19 +9,17 @@ import jax
 import numpy as np
 import pytest
 
-from tests.helpers import hf_tiny
-from tests.helpers import synthetic_graphs
-from tests.helpers.tiny import tiny_ln_transformer
 from libjax.analysis import activations, feature_cards
 from libjax.errors import ConfigError
-from models.common import cards
-from models.modadd import cards as modadd_cards
-from models.common import images
+from models.common import cards, images
+from models.family import Data
 from models.lm import model as lm
 from models.mlp import model as mlp
-from models.modadd import model as modadd
+from models.modadd import cards as modadd_cards
 from models.modadd import fourier as modadd_fourier
-from models.family import Data
+from models.modadd import model as modadd
+from tests.helpers import hf_tiny, synthetic_graphs
+from tests.helpers.tiny import tiny_ln_transformer
 
 LAYERS = lm.block_node_layers(0, 2)
 

@@ -9,12 +9,12 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from libjax.pipeline import BuildConfig, build
-from libjax.pipeline.run import compute_edges, compute_m_prime
 from libjax.forms.attention import AttentionForm, dense
 from libjax.forms.attention import plan as attention_form
 from libjax.forms.attention import sums as attention_sums
 from libjax.method import integration
+from libjax.pipeline import BuildConfig, build
+from libjax.pipeline.run import compute_edges, compute_m_prime
 from models.modadd import model as modadd
 from tests.helpers.tiny import tiny_lm_family, tiny_ln_transformer, tiny_transformer
 
@@ -81,7 +81,8 @@ def both_methods(name, rho, rule):
 
 METHOD_CASES = [("last_only", ("gradient", 0)), ("all_positions", ("gradient", 0)),
                 ("split", ("gradient", 0)), ("last_only", ("gauss-legendre", 3)),
-                ("rotary_last_only", ("gauss-legendre", 3)), ("rotary_all_positions", ("gradient", 0)),
+                ("rotary_last_only", ("gauss-legendre", 3)),
+                ("rotary_all_positions", ("gradient", 0)),
                 ("parallel", ("gradient", 0))]
 # the default run: the GPT-2 layout (rotary attention: tests/models/test_lm_families_forms.py);
 # -m slow: the rest

@@ -6,11 +6,11 @@ import functools
 import numpy as np
 import pytest
 
-from libjax.pipeline import BuildConfig, build
-from libjax.pipeline.run import compute_edges, compute_m_prime
 from libjax.forms.attention import AttentionForm
 from libjax.forms.layernorm import LayerNormInForm, LayerNormOutForm
 from libjax.forms.mlp import MLPForm
+from libjax.pipeline import BuildConfig, build
+from libjax.pipeline.run import compute_edges, compute_m_prime
 from models.mlp import model as mlp
 from tests.helpers.tiny import tiny_ln_transformer, tiny_transformer
 

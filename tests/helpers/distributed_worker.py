@@ -5,7 +5,8 @@
 Used by tests/runtime/test_sharding.py in subprocesses (device counts and jax.distributed are fixed
 per process). With ``$LIBJAX_TEST_STOP_AFTER=k`` the build saves its progress after every batch
 and, for k > 0, this process asks for a stop after k batches of the first pass (as SIGTERM
-would); a stopped build exits with status 75. ``CASE``: ``tiny``, the tiny transformer through the general VJP path with stochastic
+would); a stopped build exits with status 75. ``CASE``: ``tiny``, the tiny transformer through the
+general VJP path with stochastic
 sources; ``modadd``, the shipped modular-addition model through the closed forms (low-rank
 attention, MLP forms). Thresholds keep every direction well above round-off (1e-10; 1e-4 for modadd,
 whose Gram eigenvalues reach 1e-11 and would amplify round-off through ``D^-1/2``), so results must
@@ -21,18 +22,18 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repository root
 
-from libjax.runtime import precision, sharding  # noqa: E402
+from libjax.runtime import precision, sharding
 
 precision.enable_float64()
 
 if len(sys.argv) > 3:
     sharding.initialize(sys.argv[3], int(sys.argv[4]), int(sys.argv[5]))
 
-from tests.helpers.tiny import tiny_transformer  # noqa: E402
 from libjax.pipeline import BuildConfig, build, steps  # noqa: E402
 from libjax.pipeline.progress_saves import SaveSchedule  # noqa: E402
 from libjax.runtime import preemption  # noqa: E402
 from models.modadd import model as modadd  # noqa: E402
+from tests.helpers.tiny import tiny_transformer  # noqa: E402
 
 CONFIG = BuildConfig(n_stochastic_sources_basis_pos=1, n_stochastic_sources_edges=1,
                      truncation_threshold=1e-10, batch_size=24, fast_paths=False)

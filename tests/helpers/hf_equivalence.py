@@ -9,7 +9,7 @@ so does the bias-folded, sectioned model that ``--model=...`` loads.
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp

@@ -16,10 +16,10 @@ import numpy as np
 import pytest
 
 from libjax.basis import neuron_basis
-from libjax.pipeline import BuildConfig
-from libjax.pipeline.run import compute_edges, compute_m_prime
 from libjax.method.probes import ProbeSet
 from libjax.method.vjp import m_prime_sum, squared_edges_sum
+from libjax.pipeline import BuildConfig
+from libjax.pipeline.run import compute_edges, compute_m_prime
 from models.common import transformer
 from models.lm import model as lm
 

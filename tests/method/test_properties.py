@@ -31,9 +31,9 @@ from hypothesis import HealthCheck, event, given, note, settings
 from hypothesis import strategies as st
 
 from libjax import basis
-from libjax.pipeline import BuildConfig, build
 from libjax.errors import BasisError, LibjaxError
 from libjax.method import stats
+from libjax.pipeline import BuildConfig, build
 from tests.helpers.tiny import tiny_transformer
 
 settings.register_profile("libjax-default", max_examples=25, deadline=None,

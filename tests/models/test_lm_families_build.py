@@ -18,11 +18,11 @@ import pytest
 pytest.importorskip("torch")
 pytest.importorskip("transformers")
 
-from tests.helpers import hf_tiny  # noqa: E402
-from tests.helpers import hf_tiny_families as tiny  # noqa: E402
-from tests.helpers.invariants import assert_spec_1_9  # noqa: E402
-from libjax.storage import graph  # noqa: E402
-from models.lm import model as lm  # noqa: E402
+from libjax.storage import graph
+from models.lm import model as lm
+from tests.helpers import hf_tiny
+from tests.helpers import hf_tiny_families as tiny
+from tests.helpers.invariants import assert_spec_1_9
 
 ROOT = Path(__file__).resolve().parents[2]
 LAYERS = lm.block_node_layers(1, 2)  # ln1.1 ... mlp_in.1, ln_final

@@ -12,12 +12,12 @@ import functools
 import numpy as np
 import pytest
 
-from libjax.pipeline import BuildConfig, build
-from libjax.pipeline.run import compute_edges, compute_m_prime
 from libjax.forms.attention import AttentionForm
 from libjax.forms.attention import plan as attention_plan
 from libjax.forms.layernorm import LayerNormInForm, LayerNormOutForm
 from libjax.forms.mlp import MLPForm
+from libjax.pipeline import BuildConfig, build
+from libjax.pipeline.run import compute_edges, compute_m_prime
 from models.lm import model as lm
 from tests.helpers.tiny import LM_FAMILIES, tiny_lm_family
 

@@ -29,15 +29,21 @@ transformers = pytest.importorskip("transformers")
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 
-from tests.helpers import hf_tiny  # noqa: E402
-from tests.helpers import hf_tiny_families as tiny  # noqa: E402
 from libjax.errors import CheckpointError  # noqa: E402
-from tests.helpers.hf_equivalence import (N_POS, TOL, assert_bin_loads_like_safetensors,  # noqa
-                                          assert_logits_at_every_level, hf_run, ours)
 from models.common import hf, transformer  # noqa: E402
 from models.lm import llama, pythia  # noqa: E402
 from models.lm import model as lm  # noqa: E402
 from models.lm import rotary as rotary_lm  # noqa: E402
+from tests.helpers import hf_tiny  # noqa: E402
+from tests.helpers import hf_tiny_families as tiny  # noqa: E402
+from tests.helpers.hf_equivalence import (  # noqa
+    N_POS,
+    TOL,
+    assert_bin_loads_like_safetensors,
+    assert_logits_at_every_level,
+    hf_run,
+    ours,
+)
 
 ARCHS = {"pythia": (lambda d: tiny.pythia(d, parallel=True), pythia, pythia.FAMILY),
          "neox_sequential": (lambda d: tiny.pythia(d, parallel=False), pythia, pythia.FAMILY),
@@ -88,7 +94,8 @@ def test_node_layer_activations_equal_hf(name, checkpoints, tokens, monkeypatch)
     directory, model = checkpoints[name]
     logits, seen = hf_norms_and_attention(model, tokens, np.float64, monkeypatch)
     cfg, tl = ours(directory, ARCHS[name][1])
-    node_layers = tuple([mid for mid, _ in transformer.modules(cfg)][1:]) + ("output",)  # every module point
+    # every module point
+    node_layers = tuple([mid for mid, _ in transformer.modules(cfg)][1:]) + ("output",)
     folded = lm.sectioned_model(name, cfg, tl, node_layers, N_POS)
     acts = jax.jit(jax.vmap(folded.all_acts, (None, 0)))(folded.params, jnp.asarray(tokens))
     acts = dict(zip(node_layers, map(np.asarray, acts)))

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 
 from libjax import pipeline
-from libjax.pipeline.run import compute_stats
 from libjax.errors import CheckpointError, ConfigError, NodeLayerError
+from libjax.pipeline.run import compute_stats
 from models import registry
 from models.common import checkpoints
 from models.family import Options

@@ -129,7 +129,8 @@ def test_linear_mlp_lib_edges_are_diagonal():
     distinct Lambdas it is diagonal; so are the edges ``E_ij = F^_ji^2 E[f^_j^2]``."""
     cfg, weights, x = linear_mlp()
     model = mlp.sectioned_model(weights, cfg, ("layers.0", "layers.1", "layers.2"))
-    graph = pipeline.build(model, x, pipeline.BuildConfig(rotate_final_node_layer=True, center=True))
+    cfg = pipeline.BuildConfig(rotate_final_node_layer=True, center=True)
+    graph = pipeline.build(model, x, cfg)
     check_lib_invariants(model, graph, x)
     for pair, e in graph.edges.items():
         off = e.copy()

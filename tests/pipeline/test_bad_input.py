@@ -18,8 +18,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from libjax.pipeline import BuildConfig, build
 from libjax.errors import StoreError
+from libjax.pipeline import BuildConfig, build
 from libjax.storage import graph
 from models.common import checkpoints
 from models.mlp import model as mlp

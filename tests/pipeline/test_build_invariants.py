@@ -82,7 +82,7 @@ def test_unit_jacobian_norm_per_direction(name):
             continue
         nxt = g.bases.get(g.node_layers[i + 1])
         c_next = np.eye(model.layers[i + 1].width) if nxt is None else nxt.C
-        section = lambda x: model.sections[i].fn(model.params, x) @ c_next  # noqa: B023,E731
+        section = lambda x: model.sections[i].fn(model.params, x) @ c_next  # noqa: E731
         jac = jax.vmap(jax.jacrev(section))(jnp.asarray(acts(name)[i]))  # (N, t, o, s, j)
         along = jnp.einsum("ntosj,kj->ntosk", jac, b.C_pinv)
         norms = np.asarray(jnp.sum(along ** 2, axis=(0, 1, 2, 3))) / (jac.shape[0] * jac.shape[3])
@@ -139,7 +139,7 @@ def test_constant_column_carries_lambda_0_with_one_input_position(name):
 
 
 def test_pca_basis_is_w_and_diagonalises_the_gram():
-    for i, layer, b in based_layers("modadd", "pca"):
+    for i, _layer, b in based_layers("modadd", "pca"):
         assert np.array_equal(b.C, b.W)
         f = acts("modadd")[i].reshape(-1, b.orig_dim)
         cov = b.C.T @ (f.T @ f / len(f)) @ b.C

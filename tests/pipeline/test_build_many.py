@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from libjax import pipeline
-from libjax.pipeline import steps
 from libjax.errors import ConfigError
+from libjax.pipeline import steps
 from models.lm import model as lm
 from tests.helpers.script_runs import assert_identical_graphs
 from tests.helpers.tiny import tiny_ln_weights
@@ -75,7 +75,8 @@ def test_a_second_build_reuses_the_compiled_steps(blocks):
     seed, same shapes) traces nothing."""
     _, _, _, tokens = blocks
     cfg, weights, _ = tiny_ln_weights(n_layers=N_LAYERS)
-    model = lm.sectioned_model("tiny_ln", cfg, weights, ("ln2.0", "ln2_out.0", "mlp_in.0", "ln1.1"), 5,
+    model = lm.sectioned_model("tiny_ln", cfg, weights,
+                               ("ln2.0", "ln2_out.0", "mlp_in.0", "ln1.1"), 5,
                          truncate=True)
     cfg = pipeline.BuildConfig(rotate_final_node_layer=True, compute_edges=False, batch_size=16)
     first = steps.TRACES.copy()

@@ -2,8 +2,8 @@
 
 import pytest
 
-from libjax.pipeline.config import BuildConfig, resolve
 from libjax.errors import ConfigError
+from libjax.pipeline.config import BuildConfig, resolve
 
 LM_DEFAULTS = {"n_stochastic_sources_basis_pos": 1, "n_stochastic_sources_edges": 1,
                "rotate_final_node_layer": True, "batch_size": 2}

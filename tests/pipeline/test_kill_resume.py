@@ -26,13 +26,18 @@ from pathlib import Path
 
 import pytest
 
-from libjax.pipeline import BuildConfig, build
 from libjax.errors import StoreError
+from libjax.pipeline import BuildConfig, build
 from libjax.runtime import preemption
 from libjax.storage import graph, partial, store
+from tests.helpers.script_runs import (
+    ROOT,
+    assert_identical_graphs,
+    run_script,
+    script_command,
+    snapshot,
+)
 from tests.helpers.tiny import tiny_transformer
-from tests.helpers.script_runs import (ROOT, assert_identical_graphs, run_script, script_command,
-                         snapshot)
 
 COMMAND = ("--n_samples=120", "--batch_size=40", "--gram_batch_size=4",
            "--n_stochastic_sources_basis_pos=1", "--n_stochastic_sources_edges=1")

@@ -13,10 +13,10 @@ import numpy as np
 import pytest
 
 from libjax.basis import lib_basis, pca_basis
-from libjax.pipeline import BuildConfig, build
-from libjax.pipeline.steps import batch_key, batch_key_data
 from libjax.errors import ConfigError, StoreError
 from libjax.method.probes import ProbeSet
+from libjax.pipeline import BuildConfig, build
+from libjax.pipeline.steps import batch_key, batch_key_data
 from models.common import transformer
 from models.modadd import model as modadd
 from tests.helpers.tiny import tiny_ln_transformer, tiny_transformer

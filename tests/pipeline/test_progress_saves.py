@@ -14,12 +14,12 @@ import jax
 import numpy as np
 import pytest
 
-from libjax.pipeline import BuildConfig, build, steps
-from libjax.pipeline.computations import choose_path, section_task
-from libjax.pipeline.progress_saves import PassProgress, Saves, SaveSchedule
 from libjax.errors import ConfigError
 from libjax.forms import M_PRIME
 from libjax.method import stats
+from libjax.pipeline import BuildConfig, build, steps
+from libjax.pipeline.computations import choose_path, section_task
+from libjax.pipeline.progress_saves import PassProgress, Saves, SaveSchedule
 from libjax.runtime import precision, preemption
 from libjax.runtime.sharding import Placement
 from libjax.storage import midstage, store

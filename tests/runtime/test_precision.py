@@ -6,8 +6,8 @@ import sys
 import jax
 import pytest
 
-from libjax.pipeline import BuildConfig, build
 from libjax.errors import ConfigError
+from libjax.pipeline import BuildConfig, build
 from libjax.runtime import precision
 from tests.helpers.tiny import tiny_transformer
 

@@ -22,8 +22,13 @@ import pytest
 
 from libjax.errors import StoreError
 from libjax.storage import graph, store
-from tests.helpers.script_runs import (ROOT, assert_identical_graphs, run_script, script_command,
-                                       snapshot)
+from tests.helpers.script_runs import (
+    ROOT,
+    assert_identical_graphs,
+    run_script,
+    script_command,
+    snapshot,
+)
 
 EDGES = "edges_ln1.0__ln2.0"
 

@@ -5,8 +5,8 @@ import shutil
 import numpy as np
 import pytest
 
-from libjax.pipeline import BuildConfig, build
 from libjax.errors import StoreError
+from libjax.pipeline import BuildConfig, build
 from libjax.storage import graph, store
 from tests.helpers.tiny import tiny_transformer
 

@@ -50,7 +50,8 @@ contexts); :func:`.plan.plan` picks one.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import jax.numpy as jnp
 

@@ -174,7 +174,8 @@ def m_prime_sum(form, w, o, xs, sample_weights, rho, alphas, weights, positions:
         return jax.tree.map(jnp.add, total, new)
 
     finish = lambda total, inner, state: jax.tree.map(jnp.add, total, inner)  # noqa: E731
-    s_cc, s_zl, s_ll = _scan(form, [xs, rho], sample_weights, samples, positions, n_pos, zeros, start,
+    s_cc, s_zl, s_ll = _scan(form, [xs, rho], sample_weights, samples, positions, n_pos, zeros,
+                             start,
                              step, finish)
     s_zl, s_ll = _to_groups(s_zl, s_ll)
     return {"cc": s_cc, "zl": s_zl, "ll": s_ll}
