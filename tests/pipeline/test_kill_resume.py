@@ -29,7 +29,7 @@ import pytest
 from libjax.errors import StoreError
 from libjax.pipeline import BuildConfig, build
 from libjax.runtime import preemption
-from libjax.storage import graph, partial, store
+from libjax.storage import graph, midstage, store
 from tests.helpers.script_runs import (
     ROOT,
     assert_identical_graphs,
@@ -137,7 +137,7 @@ def resume_and_compare(out: Path, reference: Path, command=COMMAND) -> str:
     assert "resuming" in result.stderr
     assert_identical_graphs(graph.load(out), graph.load(reference))
     assert not [p for p in (out / "stages").iterdir() if store.TMP_SUFFIX in p.name]
-    assert not (out / partial.DIRECTORY).exists()
+    assert not (out / midstage.DIRECTORY).exists()
     return result.stderr
 
 
@@ -211,7 +211,7 @@ def stop_inside(out: Path, reference: Path, what: str, batches: int, sig,
         assert "Rerun the same command to resume." in log
     else:
         assert status == -signal.SIGKILL
-    assert (out / partial.DIRECTORY).is_dir()
+    assert (out / midstage.DIRECTORY).is_dir()
     rerun = resume_and_compare(out, reference, command)
     resumed = int(re.search(rf"{re.escape(what)}: resuming after (\d+)/{batches} batches",
                             rerun)[1])
