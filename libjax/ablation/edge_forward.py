@@ -230,6 +230,18 @@ class EdgeForward:
             return None
         return ev.cast(g), ev.cast(beta)
 
+    def _reference_section(self):
+        """``(dtype, params, raw)``: the section as the shortcuts read it off and check it, in
+        float64 where JAX has 64-bit types (else the evaluation dtype); ``raw(params, x)`` maps
+        ``(samples, pos, d_in)`` to the section's outputs in the neuron basis."""
+        ev = self.ev
+        dtype = np.float64 if jax.config.read("jax_enable_x64") else np.dtype(ev.dtype)
+        params = jax.tree.map(lambda a: jnp.asarray(a, dtype) if jnp.issubdtype(a.dtype,
+                              jnp.floating) else a, ev.params)
+        raw = ev.program(("edge_raw", self.index), lambda: lambda p, x: jax.vmap(
+            lambda a: self.section.fn(p, a))(x))
+        return dtype, params, raw
+
     # --- masked products -------------------------------------------------------------------------
 
     def _products(self, c_in_pinv, c_out):
@@ -237,11 +249,7 @@ class EdgeForward:
         products (module docstring), or None where there are none. ``c_in_pinv``, ``c_out``:
         float64 (``c_out`` None at a layer without a basis)."""
         ev, n_pos = self.ev, self._prepared[0][0].shape[1]
-        dtype = np.float64 if jax.config.read("jax_enable_x64") else np.dtype(ev.dtype)
-        params = jax.tree.map(lambda a: jnp.asarray(a, dtype) if jnp.issubdtype(a.dtype,
-                              jnp.floating) else a, ev.params)
-        raw = ev.program(("edge_raw", self.index), lambda: lambda p, x: jax.vmap(
-            lambda a: self.section.fn(p, a))(x))
+        dtype, params, raw = self._reference_section()
         d_in = c_in_pinv.shape[1]
 
         def section(z):  # (tokens, d_in) -> (tokens, d_out), packed into samples of n_pos tokens
@@ -300,9 +308,7 @@ class EdgeForward:
         the evaluation dtype, if they reproduce the section on the evaluation data whole and
         under a random mask (in float64 where JAX has it), else None."""
         ev, form = self.ev, self.section.form
-        dtype = np.float64 if jax.config.read("jax_enable_x64") else np.dtype(ev.dtype)
-        params = jax.tree.map(lambda a: jnp.asarray(a, dtype) if jnp.issubdtype(a.dtype,
-                              jnp.floating) else a, ev.params)
+        dtype, params, raw = self._reference_section()
         mats = {k: None if v is None else np.asarray(v, np.float64)
                 for k, v in form.matrices(params).items()}
         b, d, r = mats.get("B"), mats.get("D"), mats.get("R")
@@ -312,8 +318,6 @@ class EdgeForward:
         x_hat = np.asarray(self._prepared[0][0], np.float64)
         kept = np.random.default_rng(0).random(c_in_pinv.shape[0]) < 0.5
         z = np.concatenate([x_hat, x_hat * kept]) @ c_in_pinv  # (2 batch, pos, d_in)
-        raw = ev.program(("edge_raw", self.index), lambda: lambda p, x: jax.vmap(
-            lambda a: self.section.fn(p, a))(x))
         exact = np.asarray(raw(params, jnp.asarray(z, dtype)), np.float64)
         pre = jnp.asarray(z @ b)
         hidden = (form.act(pre[..., :pre.shape[-1] // 2]) * pre[..., pre.shape[-1] // 2:]
