@@ -18,7 +18,6 @@ same load. ``--hlo_dir`` writes each step's optimised HLO there.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import sys
 import time
@@ -33,7 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository r
 from benchmarks import flops, measure, run_build
 from libjax.forms import M_PRIME, mlp
 from libjax.model import chain_acts
-from libjax.pipeline import first_layer, run, steps
+from libjax.pipeline import held_layers, run, steps
 from libjax.runtime import cli, precision
 from libjax.runtime.sharding import Placement
 
@@ -108,9 +107,8 @@ def main(argv):
     del argv
     model, inputs, _, cfg, _ = run_build.gpt2_setup()
     with precision.scope(cfg.precision):
-        acts = first_layer.first_layer_acts(model, inputs, cfg.batch_size, cfg.precision,
-                                            Placement())
-        started = dataclasses.replace(model, embed=first_layer._given)
+        acts = held_layers.layer_acts(model, inputs, cfg.batch_size, cfg.precision, Placement())
+        started = held_layers.started_at(model, 0)
         rate = measure.matmul_rates(2048)["cpu"]
         print(f"context {run_build._CONTEXT.value}, float64 matmul {rate / 1e9:.1f} "
               "GFLOP/CPU-s; per sample: CPU-s (GFLOP, GFLOP/CPU-s)", flush=True)

@@ -27,7 +27,7 @@ from libjax.method import stats
 from libjax.pipeline.ahead import Ahead
 from libjax.pipeline.computations import choose_path, section_task
 from libjax.pipeline.config import BuildConfig
-from libjax.pipeline.first_layer import FirstLayer
+from libjax.pipeline.held_layers import HeldLayers
 from libjax.pipeline.progress_saves import Saves, SaveSchedule
 from libjax.pipeline.steps import accumulate, accumulation_step, compile_ahead, stats_step
 from libjax.runtime import precision, preemption
@@ -118,7 +118,7 @@ def _section_job(model, index: int, kind: str, n_samples: int, cfg: BuildConfig,
 def _section_sum(model, index: int, kind: str, inputs, cfg: BuildConfig, c_in, c_in_pinv, c_next,
                  placement: Placement, saves: Saves | None, ahead: Ahead | None = None):
     """``M'`` or the edges across section ``index``, normalised (docs/method.md 1.7, 2.2); the
-    step's program may be compiling in ``ahead`` (key ``(kind, index)``)."""
+    step's program may be compiling in ``ahead`` (key ``(kind, input node layer)``)."""
     size, task, path, plan = _section_job(model, index, kind, len(inputs), cfg, c_in, c_next,
                                           placement)
     a, b = model.node_layers[index], model.node_layers[index + 1]
@@ -129,7 +129,7 @@ def _section_sum(model, index: int, kind: str, inputs, cfg: BuildConfig, c_in, c
     if path.needs_data(task):
         step = accumulation_step(model, index, path, task, plan, cfg.precision)
         if ahead is not None:
-            ahead.wait((kind, index))
+            ahead.wait((kind, a))
         with precision.scope(cfg.precision):
             sums = accumulate(step, path.zero(task, model.params), inputs, size, what, cfg.seed,
                               stage, placement, model.params, c_in, c_in_pinv, c_next,
@@ -154,7 +154,7 @@ def _compile_edges_ahead(model, index: int, inputs, cfg: BuildConfig, b_in: basi
     def compile_step():
         with precision.scope(cfg.precision):
             compile_ahead(step, path.zero(task, model.params), inputs, size, placement, *args)
-    ahead.submit((EDGES, index), compile_step)
+    ahead.submit((EDGES, model.node_layers[index]), compile_step)
 
 
 def compute_m_prime(model, index: int, inputs, cfg: BuildConfig, c_next,
@@ -324,7 +324,7 @@ def _build_stores(models, stores, inputs, cfg: BuildConfig, gram_inputs, placeme
     return graphs
 
 
-def _bases(model, st, stat: dict, cfg: BuildConfig, start: FirstLayer, placement, saves: Saves,
+def _bases(model, st, stat: dict, cfg: BuildConfig, held: HeldLayers, placement, saves: Saves,
            ahead: Ahead) -> dict[int, basis_lib.Basis]:
     """Node layer index -> basis, from the last node layer back (each ``M'`` needs the next
     layer's ``C``)."""
@@ -344,8 +344,8 @@ def _bases(model, st, stat: dict, cfg: BuildConfig, start: FirstLayer, placement
             mean, gram = stat.get(i, (None, None))
             m_prime = None
             if i != last and kind.needs_m_prime:
-                started, acts = start.get()
-                m_prime = compute_m_prime(started, i, acts, cfg, _c(bases, i + 1), placement,
+                started, acts, j = held.start(i)
+                m_prime = compute_m_prime(started, i - j, acts, cfg, _c(bases, i + 1), placement,
                                           saves)
             layer = kinds.LayerStats(
                 name=name, width=model.layers[i].width, mean=mean, gram=gram, m_prime=m_prime,
@@ -360,9 +360,9 @@ def _bases(model, st, stat: dict, cfg: BuildConfig, start: FirstLayer, placement
             st.put(basis_stage(name), basis_to_tree(b))
             bases[i] = b
         if i < last and cfg.compute_edges and not st.has(edge_stage(name, layers[i + 1])):
-            started, acts = start.get()
-            _compile_edges_ahead(started, i, acts, cfg, bases[i], _c(bases, i + 1), placement,
-                                 ahead)
+            started, acts, j = held.start(i)
+            _compile_edges_ahead(started, i - j, acts, cfg, bases[i], _c(bases, i + 1),
+                                 placement, ahead)
     return bases
 
 
@@ -371,7 +371,7 @@ def _c(bases: dict, i: int):
     return bases[i].C if i in bases else None
 
 
-def _edges(model, st, cfg: BuildConfig, bases: dict, start: FirstLayer, placement, saves: Saves,
+def _edges(model, st, cfg: BuildConfig, bases: dict, held: HeldLayers, placement, saves: Saves,
            ahead: Ahead) -> dict:
     """(node layer, next node layer) -> squared edges, for every section. The last section first:
     its bases were built first, so its step compiled first (in ``ahead``), while the first
@@ -386,9 +386,9 @@ def _edges(model, st, cfg: BuildConfig, bases: dict, start: FirstLayer, placemen
         if st.has(stage):
             edges[pair] = np.asarray(st.get(stage)["E"])
             continue
-        started, acts = start.get()
-        edges[pair] = compute_edges(started, i, acts, cfg, bases[i], _c(bases, i + 1), placement,
-                                    saves, ahead)
+        started, acts, j = held.start(i)
+        edges[pair] = compute_edges(started, i - j, acts, cfg, bases[i], _c(bases, i + 1),
+                                    placement, saves, ahead)
         st.put(stage, {"E": edges[pair]})
     return dict(reversed(edges.items()))
 
@@ -425,13 +425,13 @@ def _bases_and_edges(model, st, stat: dict, inputs, cfg: BuildConfig, placement,
     ``saves``; edge steps compile in a worker as soon as their bases exist."""
     timings = {"stats": stats_time}
     layers = model.node_layers
-    start = FirstLayer(model, inputs, cfg.batch_size, cfg.precision, placement)
+    held = HeldLayers(model, inputs, cfg.batch_size, cfg.precision, placement)
     with Ahead() as ahead:
         t0 = time.perf_counter()
-        bases = _bases(model, st, stat, cfg, start, placement, saves, ahead)
+        bases = _bases(model, st, stat, cfg, held, placement, saves, ahead)
         timings["bases"] = time.perf_counter() - t0
         t0 = time.perf_counter()
-        edges = _edges(model, st, cfg, bases, start, placement, saves, ahead)
+        edges = _edges(model, st, cfg, bases, held, placement, saves, ahead)
         timings["edges"] = time.perf_counter() - t0
 
     g = Graph(node_layers=layers, bases={layers[i]: b for i, b in sorted(bases.items())},

@@ -5,7 +5,7 @@ Every pass over the data folds a jitted step over fixed-shape padded batches
 become all-reduces that ``jit`` inserts. There are two steps: the statistics of every node layer
 in one pass (:func:`stats_step`), and one step for any ``M'`` or edge computation
 (:func:`accumulation_step`), which asks the section's path for the batch's contribution; and
-:func:`first_layer_step` runs the inputs to the first node layer, once per build.
+:func:`run_step` runs the inputs to a held node layer, once per build.
 
 Steps are cached (:func:`cached`) on what their programs depend on: the model's functions (by
 identity), the node layers or the section and its path, task and plan, and the policy. A second
@@ -102,16 +102,17 @@ def _functions(model, stop: int) -> tuple:
     return (model.embed,) + tuple(s.fn for s in model.sections[:stop])
 
 
-def first_layer_step(model, policy: str = "float64") -> Callable:
-    """A batch run to the model's first node layer (:mod:`libjax.pipeline.first_layer`)."""
-    embed, label = model.embed, f"activations of {model.node_layers[0]}"
+def run_step(model, index: int, policy: str = "float64") -> Callable:
+    """A batch run to ``model``'s node layer ``index`` (:mod:`libjax.pipeline.held_layers`)."""
+    functions, label = _functions(model, index), f"activations of {model.node_layers[index]}"
 
-    def make():  # holds the function only, not the model's weights
+    def make():  # holds the functions only, not the model's weights
         def run(params, inputs):
             _traced(label)
-            return jax.vmap(embed, in_axes=(None, 0))(params, inputs)
+            return jax.vmap(lambda x: chain_acts(functions[0], functions[1:], params, x)[-1])(
+                inputs)
         return jax.jit(run)
-    return cached(("first layer", embed, label, policy), make)
+    return cached(("run to", functions, label, policy), make)
 
 
 def stats_step(model, layers: Sequence[int], policy: str = "float64",
@@ -160,8 +161,8 @@ def accumulation_step(model, index: int, path: Form, task: Task, plan,
     then handed to the path with the probes' signs for this batch."""
     functions = _functions(model, index)
     label = f"{'edges' if task.kind == EDGES else 'M prime'} {model.node_layers[index]}"
-    # the label too: a graph's first section runs from its first node layer with the same
-    # function in every graph (``first_layer``), and a step's log and trace count name its layer
+    # the label too: a section started at a held node layer runs from it with the same function
+    # in every graph (``held_layers._given``), and a step's log and trace count name its layer
     return cached(("section", label, functions, path, task, plan, policy),
                   lambda: _make_accumulation_step(functions, path, task, plan, policy, label))
 
