@@ -165,3 +165,23 @@ def test_dense_method_in_position_chunks_equals_one_chunk(name):
         for key in ("cc", "zl", "ll"):
             assert rel(head_sums[key], whole[0][key]) < 1e-12, (positions, key)
         assert rel(edges, whole[1]) < 1e-12, positions
+
+
+def test_dense_method_sums_the_upper_block_triangle_and_mirrors_it(monkeypatch):
+    """``S^LL`` from its column groups' upper block triangle (``dense._column_groups``) equals
+    every pair's product (one group), and is symmetric: ``S^LL_Hh = S^LL_hH^T`` (the key/query
+    groups of :func:`dense._to_groups` alike)."""
+    model, i, xs, weights, b_in, c = section_inputs("split")
+    form, params = model.sections[i].form, model.params
+    rho = jnp.asarray(np.random.default_rng(5).choice([-1.0, 1.0], size=(len(xs), 2, xs.shape[1])))
+
+    def s_ll(groups):
+        monkeypatch.setattr(dense, "HEAD_GROUPS", groups)
+        return form.weighted_sums("m_prime", ("dense", 3, 7), params, xs, weights, rho, None, c,
+                                  [1.0], [1.0])["ll"]
+
+    heads = form.matrices(params)["W_Q"].shape[0]
+    assert heads >= 2 and len(dense._column_groups(heads)) == min(heads, dense.HEAD_GROUPS)
+    whole, grouped = s_ll(1), s_ll(dense.HEAD_GROUPS)
+    assert rel(grouped, whole) < 1e-12
+    assert rel(np.asarray(grouped).transpose(1, 0, 3, 2), grouped) < 1e-12

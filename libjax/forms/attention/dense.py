@@ -146,6 +146,29 @@ def _to_groups(s_zl, s_ll):
     return s_zl, s_ll
 
 
+HEAD_GROUPS = 4  # S^LL: its upper block triangle in this many column groups of heads
+
+
+def _column_groups(heads: int) -> list[tuple[int, int]]:
+    """The heads ``[lo, hi)`` of each column group of ``S^LL``: the group's columns are summed
+    against the rows ``h < hi`` only, and the blocks below mirrored at the end
+    (:func:`_mirrored`): ``(HEAD_GROUPS + 1) / (2 HEAD_GROUPS)`` of the pairs' products."""
+    cuts = sorted({round(i * heads / HEAD_GROUPS) for i in range(HEAD_GROUPS + 1)})
+    return list(zip(cuts, cuts[1:]))
+
+
+def _mirrored(blocks, groups, heads: int):
+    """The symmetric ``S^LL`` ``(h, H, e, x)`` from its column groups' blocks ``(H, h < hi, e,
+    x)``: ``S^LL_Hh = S^LL_hH^T``."""
+    e = blocks[0].shape[-1]
+    full = jnp.zeros((heads, heads, e, e), blocks[0].dtype)
+    for (lo, hi), block in zip(groups, blocks):
+        upper = block.transpose(1, 0, 2, 3)  # (h < hi, H in [lo, hi), e, x)
+        full = full.at[:hi, lo:hi].set(upper)
+        full = full.at[lo:hi, :lo].set(upper[:lo].transpose(1, 0, 3, 2))
+    return full
+
+
 def m_prime_sum(form, w, o, xs, sample_weights, rho, alphas, weights, positions: int,
                 samples: int, acc):
     """One batch's head-sized sums of ``M'`` (:func:`sums_lib.zero_head_sums`), accumulated in
@@ -153,8 +176,10 @@ def m_prime_sum(form, w, o, xs, sample_weights, rho, alphas, weights, positions:
     heads, dv, d_head = o.shape[0], o.shape[1], w["W_Q"].shape[2]
     n_m, n_pos = heads + 1, xs.shape[1]
     omega = jnp.einsum("hfo,Hgo->hHfg", o, o).astype(acc)
+    groups = _column_groups(heads)
     zeros = tuple(jnp.zeros(shape, acc) for shape in (
-        (n_m, n_m), (n_m, heads, dv, 2 * d_head), (heads, heads, 2 * d_head, 2 * d_head)))
+        (n_m, n_m), (n_m, heads, dv, 2 * d_head))) + (tuple(
+            jnp.zeros((hi - lo, hi, 2 * d_head, 2 * d_head), acc) for lo, hi in groups),)
 
     def start(chunk):
         x, r, sw = chunk
@@ -163,21 +188,21 @@ def m_prime_sum(form, w, o, xs, sample_weights, rho, alphas, weights, positions:
     def step(total, state, idx, valid, window):
         cc, y = _chunk_matrices(form, state["atts"], state["rho"], state["sw"], weights, n_pos,
                                 idx, valid, window, acc)
-        # S^LL_hH = sum Y_h Omega_hH Y_H^T, one column H at a time: (h, e, (b r s), f) rows
-        # times Omega_hH, then one product over (b r s, g) with Y_H (both in matmul layout)
+        # S^LL_hH = sum Y_h Omega_hH Y_H^T, one column H at a time, rows h up to its group's
+        # end: (h, e, (b r s), f) rows times Omega_hH, then one product over (b r s, g) with
+        # Y_H (both in matmul layout)
         yt = y.transpose(1, 4, 0, 2, 3, 5).reshape(heads, 2 * d_head, -1, dv)
-        s_ll = _per_head(lambda om, y_col: jnp.einsum(
-            "hesg,xsg->hex", jnp.einsum("hesf,hfg->hesg", yt, om), y_col),
-            omega.swapaxes(0, 1), yt)  # (H, h, e, x)
+        s_ll = tuple(_per_head(lambda om, y_col, hi=hi: jnp.einsum(
+            "hesg,xsg->hex", jnp.einsum("hesf,hfg->hesg", yt[:hi], om), y_col),
+            omega[:hi, lo:hi].swapaxes(0, 1), yt[lo:hi]) for lo, hi in groups)  # (H, h, e, x)
         new = (jnp.einsum("brsm,brsn->mn", cc, cc), jnp.einsum("brsm,bhrsef->mhfe", cc, y),
-               s_ll.transpose(1, 0, 2, 3))
+               s_ll)
         return jax.tree.map(jnp.add, total, new)
 
     finish = lambda total, inner, state: jax.tree.map(jnp.add, total, inner)  # noqa: E731
     s_cc, s_zl, s_ll = _scan(form, [xs, rho], sample_weights, samples, positions, n_pos, zeros,
-                             start,
-                             step, finish)
-    s_zl, s_ll = _to_groups(s_zl, s_ll)
+                             start, step, finish)
+    s_zl, s_ll = _to_groups(s_zl, _mirrored(s_ll, groups, heads))
     return {"cc": s_cc, "zl": s_zl, "ll": s_ll}
 
 
