@@ -43,18 +43,19 @@ def _head_matrices(form, att, rho, weight, n_pos: int, idx, is_query, slot, wind
     keys ``u >= hi`` at these positions (causal masks), so the sums skip them.
 
     The quadratic sums are one matrix product per head over the positions ``t`` (``u``), with
-    the pairs' outer products as its right factor: ``B_hs = sum_t w_hst (q_ht z_ht^T)`` with
-    ``w_hst = rho_t p_hts``, and ``L_hs = sum_u p_hsu (k_hu v_hu^T)``; a chunk of ``S``
-    positions makes it ``(R S, P) x (P, dh dv)``, which runs at the matmul rate."""
+    the weights times the queries (keys) as its left factor: ``B_hs = sum_t (w_hst q_ht) z_ht^T``
+    with ``w_hst = rho_t p_hts``, and ``L_hs = sum_u (p_hsu k_hu) v_hu^T``; a chunk of ``S``
+    positions makes it ``(R S dh, P) x (P, dv)``, which runs at the matmul rate (and forms
+    ``R S dh P`` products, not the ``P dh dv`` outer products of every pair)."""
     q, k, v, p, z = att
     c = sums_lib.coefficients(form, rho, p, n_pos)[:, idx]
     lo, hi = window
     w = jnp.einsum("rt,hts->hrst", rho[:, lo:], p[:, lo:, idx])  # (H, R, S, Pq - lo)
 
     def quadratic(w_h, q_h, z_h, p_h, k_h, v_h):
-        qz = (q_h[:, :, None] * z_h[:, None, :]).reshape(q_h.shape[0], -1)
-        kv = (k_h[:, :, None] * v_h[:, None, :]).reshape(k_h.shape[0], -1)
-        return w_h.reshape(-1, w_h.shape[-1]) @ qz, p_h @ kv
+        wq = (w_h[..., None, :] * q_h.T).reshape(-1, q_h.shape[0])  # ((R S dh), t)
+        pk = (p_h[:, None, :] * k_h.T).reshape(-1, k_h.shape[0])  # ((S dh), u)
+        return wq @ z_h, pk @ v_h
 
     rows = p[:, slot, :hi]  # (H, S, hi): the query rows at the chunk's positions
     b, l_kv = _per_head(quadratic, w, q[:, lo:], z[:, lo:], rows, k[:, :hi], v[:, :hi])
