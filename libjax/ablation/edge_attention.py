@@ -11,14 +11,17 @@ masked section, ``y_o = F((x_hat * m_o) C_in^+) . C_out[:, o]``, is
     y_ot = (x_hat_t * m_o) . G_r[:, o]  +  sum_h sum_s p^o_hts v^o_hs,
     v^o_hs = (x_hat_s * m_o) . U_h[:, o],   U_h = C_in^+[n] W_V[h] W_O[h] C_out[attn],
 
-a masked product for the residual and one per head for the values, all rows at once (``G_r =
-C_in^+[r] C_out[resid]``; parallel blocks' output ``(r + attn, r)`` reads ``r`` twice). Row ``o``'s
-queries and keys ``(x_hat * m_o) C_in^+[n] W_Q`` (``W_K``) are summed over the shorter of its kept
-and ablated node lists (the ablated ones taken from the unablated queries and keys), rotated after
-the sum; keys once per key head (grouped-query attention). Then per row and head the ``T x T``
-scores, the masked softmax and ``sum_s p_ts v_s``. A row costs ``min(kept, ablated) x (H + H_kv)
-d_head`` per token for its queries and keys and ``H T d_head`` for its scores, instead of a whole
-section evaluation (``in x d_in`` for the input alone).
+a masked product for the residual and one per head for the values, one matmul for a chunk of
+rows (``G_r = C_in^+[r] C_out[resid]``; parallel blocks' output ``(r + attn, r)`` reads ``r``
+twice). Row ``o``'s queries and keys ``(x_hat * m_o) C_in^+[n] W_Q`` (``W_K``) are summed over the
+shorter of its kept and ablated node lists (the ablated ones taken from the unablated queries and
+keys), rotated after the sum; keys once per key head, the query heads of a key head side by side
+(grouped-query attention: one product per key head). Then per row and head the ``T x T`` scores,
+the masked softmax (normalised after the product with the values) and ``sum_s p_ts v_s``; the
+queries in ``QUERY_BLOCKS`` blocks, each reading only the keys it may (causal: about half). A row
+costs ``min(kept, ablated) x (H + H_kv) d_head`` per token for its queries and keys and about
+``H T d_head`` for its scores, instead of a whole section evaluation (``in x d_in`` for the input
+alone).
 
 Rows go a chunk at a time (size from ``row_bytes``), sorted by list length, each chunk's lists a
 traced number of fixed blocks of ``BLOCK`` nodes: one compiled program serves every mask. Used
@@ -162,7 +165,6 @@ class AttentionRows:
         def chunk(c, out):
             r, idx, flags, m = rows[c], lists[c], from_full[c], row_masks[c]
             size = len(r)
-
             sign = jnp.where(flags, -1, 1).astype(x_t.dtype)[:, None, None]
 
             def add(j, qk):  # the unablated queries and keys less the ablated nodes' terms
