@@ -1,0 +1,165 @@
+"""An MLP section's output nodes under an edge mask, each from its own input nodes (the third
+shortcut of :mod:`libjax.ablation.edge_forward`, docs/method.md 3.3).
+
+For a section ``F(z) = z R + act(z B) D`` (gated or not) output node ``o`` is ``act(pre_o) .
+(D C_out[:, o]) + (x_hat * m_o) C_in^+ R C_out[:, o]`` with ``pre_o = (x_hat * m_o) h``, ``h =
+C_in^+ B``: the sum of ``x_hat_i h_i`` over the row's kept input nodes, or, where the row keeps
+more than it ablates, the unablated pre-activation less the ablated nodes' terms. A row costs
+``min(kept, ablated) x width(B)`` per token instead of a section evaluation.
+
+One compiled program serves every mask: the rows, sorted by the length of their shorter list,
+go in groups of ``GROUP``; each group's lists are summed in blocks of ``BIG`` nodes, then of
+``SMALL`` (the rest), in loops whose trip counts are arguments, one tile of ``TILE`` tokens at a
+time, so that the ``(rows, tokens, width(B))`` pre-activations stay small (their allocation, not
+the products, dominated when they were whole).
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+
+class MLPRows:
+    """The output nodes of an MLP section from their own input nodes (module docstring), for an
+    :class:`~libjax.ablation.edge_forward.EdgeForward` with ``n_out`` output nodes and the
+    per-batch ``x_hats``. The sizes are read when it is made (tests make them small); ``BIG``
+    is a multiple of ``SMALL``."""
+
+    GROUP, TILE, BIG, SMALL = 4, 128, 256, 32
+
+    def __init__(self, ev, key, form, x_hats, h, r_c, d_c, row_bytes: int):
+        self.ev, self.form, self.n_out = ev, form, d_c.shape[1]
+        self.n_in, width = h.shape
+        self._group, self._big, self._small = min(self.GROUP, self.n_out), self.BIG, self.SMALL
+        tokens = x_hats[0].shape[0] * x_hats[0].shape[1]
+        self._tile = max(1, min(self.TILE, tokens, row_bytes // (
+            4 * self._group * width * np.dtype(ev.dtype).itemsize)))
+        self._n_tiles = -(-tokens // self._tile)
+        big = self._big  # lists padded to the longest shorter list, in whole blocks
+        self._width = max(big, -(-(self.n_in // 2) // big) * big)
+        self._h = ev.cast(np.concatenate([h, np.zeros((1, width))]))  # node n_in: zero
+        self._r_c, self._d_c = ev.cast(r_c), ev.cast(d_c)
+        self._x = [self._tiles(x) for x in x_hats]
+        self._pre_full = [x @ self._h for x in self._x]
+        self._run = ev.program(("edge_mlp", *key, self._group, self._tile, big, self._small),
+                               lambda: self._rows)
+
+    @classmethod
+    def of(cls, ev, key, form, reference, x_hats, c_in_pinv, c_out, row_bytes: int):
+        """The rows of ``form`` (an MLP form with an activation) if its matrices reproduce the
+        section (``reference``: ``(dtype, params, raw)`` of ``EdgeForward._reference_section``)
+        on the first batch whole and under a random mask, to ``sqrt(eps)`` of that dtype, else
+        None. ``c_in_pinv``, ``c_out``: float64 (``c_out`` None at a layer without a basis);
+        ``row_bytes`` bounds a tile's pre-activations."""
+        dtype, params, raw = reference
+        mats = {k: None if v is None else np.asarray(v, np.float64)
+                for k, v in form.matrices(params).items()}
+        b, d, r = mats.get("B"), mats.get("D"), mats.get("R")
+        d_in = c_in_pinv.shape[1]
+        d = np.eye(b.shape[1] // form.branches) if d is None else d
+        r = np.zeros((d_in, d.shape[1])) if r is None else r
+        x_hat = np.asarray(x_hats[0], np.float64)
+        kept = np.random.default_rng(0).random(c_in_pinv.shape[0]) < 0.5
+        z = np.concatenate([x_hat, x_hat * kept]) @ c_in_pinv  # (2 batch, pos, d_in)
+        exact = np.asarray(raw(params, jnp.asarray(z, dtype)), np.float64)
+        formula = z @ r + np.asarray(_hidden(form, jnp.asarray(z @ b)), np.float64) @ d
+        size = max(np.abs(exact).max(), np.abs(z @ r).max(), 1e-30)
+        if not np.abs(exact - formula).max() <= np.sqrt(np.finfo(dtype).eps) * size:
+            return None
+        c_out = np.eye(d.shape[1]) if c_out is None else c_out
+        return cls(ev, key, form, x_hats, c_in_pinv @ b, c_in_pinv @ r @ c_out, d @ c_out,
+                   row_bytes)
+
+    def _tiles(self, x):
+        """``(batch, pos, in)`` -> ``(tiles, TILE, in + 1)``: tokens in tiles (the last padded
+        with zeros), and the zero input node ``in`` that pads the lists."""
+        x = x.reshape(-1, x.shape[-1])
+        x = jnp.pad(x, ((0, self._n_tiles * self._tile - len(x)), (0, 1)))
+        return x.reshape(self._n_tiles, self._tile, -1)
+
+    # --- the program ----------------------------------------------------------------------------
+
+    def _rows(self, x, out, pre_full, h, lin_mat, d_c, lists, rows, from_full, trips, n_groups):
+        """``out`` ``(batch, pos, out)`` with groups ``0..n_groups-1`` of rows recomputed
+        (``rows`` ``(groups, GROUP)``, padding rows: index ``out``; ``lists`` ``(groups, GROUP,
+        width)``, padding: node ``in``; ``trips`` ``(groups, 2)``: blocks of ``BIG`` and of
+        ``SMALL`` nodes); ``lin_mat = C_in^+ R C_out * mask^T``."""
+        lin = jnp.einsum("nti,io->nto", x[..., :-1], lin_mat)
+        big, small = self._big, self._small
+
+        def group(k, out):
+            idx, r = lists[k], rows[k]
+            n_big, n_small = trips[k, 0], trips[k, 1]
+            cols = jnp.take(d_c, r, axis=1, mode="fill", fill_value=0)
+
+            def block(xt, start, size):
+                nodes = jax.lax.dynamic_slice_in_dim(idx, start, size, axis=1)  # (group, size)
+                return jnp.einsum("tgk,gkw->gtw", jnp.take(xt, nodes, axis=1), h[nodes])
+
+            def tile(t, vals):
+                xt = x[t]
+                part = jnp.zeros((len(r), xt.shape[0], h.shape[1]), h.dtype)
+                part = jax.lax.fori_loop(0, n_big, lambda j, p: p + block(xt, j * big, big),
+                                         part)
+                part = jax.lax.fori_loop(0, n_small, lambda j, p: p + block(
+                    xt, n_big * big + j * small, small), part)
+                pre = jnp.where(from_full[k][:, None, None], pre_full[t] - part, part)
+                return vals.at[t].set(jnp.einsum("gtm,mg->tg", _hidden(self.form, pre), cols))
+
+            vals = jax.lax.fori_loop(0, x.shape[0], tile,
+                                     jnp.zeros((*x.shape[:2], len(r)), h.dtype))
+            vals = vals + jnp.take(lin, r, axis=-1, mode="fill", fill_value=0)
+            vals = vals.reshape(-1, len(r))[:out.shape[0] * out.shape[1]]
+            return out.at[..., r].set(vals.reshape(*out.shape[:2], -1), mode="drop")
+
+        return jax.lax.fori_loop(0, n_groups, group, out)
+
+    # --- host side ------------------------------------------------------------------------------
+
+    def plan(self, mask, rows) -> tuple:
+        """The arguments of the program for the output nodes ``rows`` under the boolean ``(out,
+        in)`` ``mask``: each row's shorter list (kept or ablated input nodes), rows sorted by its
+        length into groups, each group's trip counts."""
+        n_in, g, width = self.n_in, self._group, self._width
+        kept = mask[rows]
+        from_full = 2 * kept.sum(1) > n_in
+        listed = kept != from_full[:, None]
+        length = listed.sum(1)
+        order = np.argsort(length, kind="stable")
+        n_groups = -(-len(rows) // g)
+        slots = -(-self.n_out // g) * g
+        lists = np.full((slots, width), n_in, np.int32)
+        first = np.argsort(~listed[order], axis=1, kind="stable")[:, :width]  # listed first
+        lists[:len(rows), :first.shape[1]] = np.where(
+            np.arange(first.shape[1]) < length[order][:, None], first, n_in)
+        padded_rows = np.full(slots, self.n_out, np.int32)
+        padded_rows[:len(rows)] = rows[order]
+        flags = np.zeros(slots, bool)
+        flags[:len(rows)] = from_full[order]
+        longest = np.zeros(slots, np.int64)
+        longest[:len(rows)] = length[order]
+        longest = longest.reshape(-1, g).max(1)
+        big, small = self._big, self._small
+        trips = np.stack([longest // big, -(-(longest % big) // small)], 1).astype(np.int32)
+        mask_t = np.zeros((n_in, self.n_out), np.float32)
+        mask_t[:, rows] = kept.T
+        return (self._r_c * self.ev.cast(mask_t), self._d_c, jnp.asarray(lists.reshape(
+            -1, g, width)), jnp.asarray(padded_rows.reshape(-1, g)), jnp.asarray(
+            flags.reshape(-1, g)), jnp.asarray(trips), jnp.int32(n_groups)), n_groups
+
+    def apply(self, batch: int, out, plan):
+        """``out`` of batch ``batch`` with the planned rows recomputed."""
+        args, n_groups = plan
+        if not n_groups:
+            return out
+        return self._run(self._x[batch], out, self._pre_full[batch], self._h, *args)
+
+
+def _hidden(form, pre):
+    """``act(pre)``, or for a gated form ``act(gate) * up`` of the two halves of ``pre``."""
+    if form.gated:
+        half = pre.shape[-1] // 2
+        return form.act(pre[..., :half]) * pre[..., half:]
+    return form.act(pre)
