@@ -10,8 +10,9 @@ more than it ablates, the unablated pre-activation less the ablated nodes' terms
 One compiled program serves every mask: the rows, sorted by the length of their shorter list,
 go in groups of ``GROUP``; each group's lists are summed in blocks of ``BIG`` nodes, then of
 ``SMALL`` (the rest), in loops whose trip counts are arguments, one tile of ``TILE`` tokens at a
-time, so that the ``(rows, tokens, width(B))`` pre-activations stay small (their allocation, not
-the products, dominated when they were whole).
+time. Few rows per group and long blocks keep the batched products nearer the matmul rate; small
+tiles keep the ``(rows, tokens, width(B))`` pre-activations and the activation on them in cache
+(whole, they cost more than the products).
 """
 
 from __future__ import annotations
