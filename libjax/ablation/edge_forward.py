@@ -3,7 +3,7 @@
 Output node ``o`` of the section is computed from the input nodes kept by row ``o`` of the mask,
 ``y_o = F((x_hat * m_o) C_in^+) . C_out[:, o]``, at every position alike, then all output nodes
 are mapped back with ``C_out^+`` (no ``C_out`` at a layer without a basis, e.g. ``output``) and
-the model runs on from the next node layer. Four ways to get the ``y_o``, the same numbers:
+the model runs on from the next node layer. Five ways to get the ``y_o``, the same numbers:
 
 * an **affine** section (``F(x) = x A + b`` at every position, e.g. the projections into a
   gated MLP) has ``y_o = sum_i m_oi x_hat_i G_io + beta_o`` with ``G = C_in^+ A C_out``: one
@@ -28,8 +28,12 @@ the model runs on from the next node layer. Four ways to get the ``y_o``, the sa
   the ablated nodes' terms; then ``act(pre_o) . (D C_out[:, o])`` plus the masked product of
   ``C_in^+ R C_out``. A row costs ``min(kept, ablated) x width(B)`` per token instead of a
   section evaluation (``in x d_in`` for ``z`` alone), and most of a bisection's probes keep few
-  edges. Used where the form reproduces the section on the evaluation data; rows come from the
+  edges. Used where the form reproduces the section on the evaluation data
+  (:mod:`libjax.ablation.edge_mlp`, one compiled program for every mask); rows come from the
   cache below as the pattern loop's do.
+* the output nodes of an **attention section** likewise (:mod:`libjax.ablation.edge_attention`):
+  the residual and each head's values as masked products, each row's queries and keys summed
+  over its shorter list, then the row's ``T x T`` scores per head.
 * any other output node is evaluated once per distinct row pattern of the mask, in one of two
   ways, whichever costs fewer FLOPs: a pattern shared by many rows is evaluated once and
   projected on all of ``C_out`` (``fori_loop`` over a padded ``(out, in)`` array of patterns);
@@ -47,8 +51,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from libjax.ablation.edge_attention import AttentionRows
+from libjax.ablation.edge_mlp import MLPRows
 from libjax.ablation.masks import group_rows
 from libjax.errors import ConfigError
+from libjax.forms.attention import AttentionForm
 from libjax.forms.layernorm import LayerNormOutForm
 from libjax.forms.mlp import MLPForm
 
@@ -76,7 +83,7 @@ class EdgeForward:
         self.affine = (self._affine_map() if try_affine and self.section.positionwise
                        else None)
         self.products = None  # (output nodes, their matrices) of the masked products
-        self.mlp = None  # the matrices of an MLP section's rows from their own input nodes
+        self.rows = None  # MLPRows or AttentionRows: the section's rows from their own inputs
         if self.affine is not None:
             self._run = ev.program(("edge_affine", index, self.rotated),
                                    lambda: self._run_affine)
@@ -88,9 +95,17 @@ class EdgeForward:
             form = self.section.form
             if (try_products and self.section.positionwise and isinstance(form, MLPForm)
                     and form.act is not None):
-                self.mlp = self._mlp_matrices(
-                    np.asarray(c_in_pinv, np.float64),
-                    None if out_basis is None else np.asarray(out_basis[0], np.float64))
+                self.rows = MLPRows.of(
+                    ev, (index, self.rotated), form, self._reference_section(),
+                    [x for x, _ in self._prepared], np.asarray(c_in_pinv, np.float64),
+                    None if out_basis is None else np.asarray(out_basis[0], np.float64),
+                    row_bytes)
+            if try_products and isinstance(form, AttentionForm):
+                self.rows = AttentionRows.of(
+                    ev, (index, self.rotated), form, self._reference_section(),
+                    [x for x, _ in self._prepared], np.asarray(c_in_pinv, np.float64),
+                    None if out_basis is None else np.asarray(out_basis[0], np.float64),
+                    row_bytes)
             self._run = ev.program(("edge", index, self.rotated), lambda: self._run_patterns)
         self._step_bytes = sum(f.size * f.dtype.itemsize for _, f in self._prepared)
         x_hat = self._prepared[0][0]
@@ -171,28 +186,6 @@ class EdgeForward:
         out_hat = out_hat.at[..., product_rows].set(
             self._product_nodes(x_hat, product_mask_t, *products))
         return self._finish(params, out_hat, c_out_pinv, acts, y, w), out_hat
-
-    def _mlp_group(self, x_pad, out, pre_full, h_pad, r_c, d_c, lists, rows, from_full,
-                   row_mask):
-        """``out`` with the output nodes ``rows`` (padding: index ``out``) of an MLP section
-        ``F(z) = z R + act(z B) D`` recomputed from their own input nodes: ``pre = (x_hat * m_o)
-        C_in^+ B`` summed over the nodes listed in ``lists`` (padding: the zero node ``in`` of
-        ``x_pad``, ``h_pad = [C_in^+ B; 0]``), the kept ones, or with ``from_full`` the ablated
-        ones taken from the unablated ``pre_full``; then ``act(pre) . D C_out[:, o]`` plus the
-        masked product of ``R``."""
-        form = self.section.form
-        part = jnp.einsum("bpgw,gwm->bpgm", jnp.take(x_pad, lists, axis=-1), h_pad[lists])
-        pre = jnp.where(from_full[:, None], pre_full[..., None, :] - part, part)
-        if form.gated:
-            half = pre.shape[-1] // 2
-            hidden = form.act(pre[..., :half]) * pre[..., half:]
-        else:
-            hidden = form.act(pre)
-        cols = jnp.take(d_c, rows, axis=1, mode="fill", fill_value=0)
-        linear = x_pad[..., :-1] @ (jnp.take(r_c, rows, axis=1, mode="fill", fill_value=0)
-                                    * row_mask.T)
-        vals = jnp.einsum("bpgm,mg->bpg", hidden, cols) + linear
-        return out.at[..., rows].set(vals, mode="drop")
 
     def _run_affine(self, params, x_hat, masked_g, beta, c_out_pinv, acts, y, w):
         return self._finish(params, x_hat @ masked_g + beta, c_out_pinv, acts, y, w)
@@ -303,65 +296,6 @@ class EdgeForward:
         return rows.astype(np.int32), (*(ev.cast(m) for m in matrices),
                                        jnp.asarray(np.any(g_a != 0, axis=0)), ev.cast(eps))
 
-    def _mlp_matrices(self, c_in_pinv, c_out):
-        """``C_in^+ B`` (with a zero row), ``C_in^+ R C_out`` and ``D C_out`` of an MLP form, in
-        the evaluation dtype, if they reproduce the section on the evaluation data whole and
-        under a random mask (in float64 where JAX has it), else None."""
-        ev, form = self.ev, self.section.form
-        dtype, params, raw = self._reference_section()
-        mats = {k: None if v is None else np.asarray(v, np.float64)
-                for k, v in form.matrices(params).items()}
-        b, d, r = mats.get("B"), mats.get("D"), mats.get("R")
-        d_in = c_in_pinv.shape[1]
-        d = np.eye(b.shape[1] // form.branches) if d is None else d
-        r = np.zeros((d_in, d.shape[1])) if r is None else r
-        x_hat = np.asarray(self._prepared[0][0], np.float64)
-        kept = np.random.default_rng(0).random(c_in_pinv.shape[0]) < 0.5
-        z = np.concatenate([x_hat, x_hat * kept]) @ c_in_pinv  # (2 batch, pos, d_in)
-        exact = np.asarray(raw(params, jnp.asarray(z, dtype)), np.float64)
-        pre = jnp.asarray(z @ b)
-        hidden = (form.act(pre[..., :pre.shape[-1] // 2]) * pre[..., pre.shape[-1] // 2:]
-                  if form.gated else form.act(pre))
-        formula = z @ r + np.asarray(hidden, np.float64) @ d
-        size = max(np.abs(exact).max(), np.abs(z @ r).max(), 1e-30)
-        if not np.abs(exact - formula).max() <= np.sqrt(np.finfo(dtype).eps) * size:
-            return None
-        c_out = np.eye(d.shape[1]) if c_out is None else c_out
-        h_pad = np.concatenate([c_in_pinv @ b, np.zeros((1, b.shape[1]))])
-        x_pads = [jnp.concatenate([x, jnp.zeros((*x.shape[:-1], 1), x.dtype)], axis=-1)
-                  for x, _ in self._prepared]
-        h_pad = ev.cast(h_pad)
-        tokens, itemsize = x_hat.shape[0] * x_hat.shape[1], np.dtype(ev.dtype).itemsize
-        group = int(max(1, min(self.shape[0], self._row_bytes // (
-            3 * tokens * b.shape[1] * itemsize))))
-        return {"x_pad": x_pads, "pre_full": [x @ h_pad for x in x_pads],
-                "h_pad": h_pad, "r_c": ev.cast(c_in_pinv @ r @ c_out),
-                "d_c": ev.cast(d @ c_out), "group": group}
-
-    def _mlp_groups(self, mask, rows):
-        """The arguments of :meth:`_mlp_group` for ``rows``: each row's shorter list (kept or
-        ablated input nodes), rows sorted by its length into groups padded to a power of 2."""
-        n_out, n_in = self.shape
-        kept = mask[rows]
-        from_full = 2 * kept.sum(1) > n_in
-        lists = [np.flatnonzero(k != f) for k, f in zip(kept, from_full)]
-        order = np.argsort([len(x) for x in lists], kind="stable")
-        size = self.mlp["group"]
-        for start in range(0, len(rows), size):
-            chosen = order[start:start + size]
-            width = 8
-            while width < max(len(lists[i]) for i in chosen):
-                width *= 2
-            idx = np.full((size, width), n_in, np.int32)
-            out_rows = np.full(size, n_out, np.int32)
-            flags = np.zeros(size, bool)
-            row_mask = np.zeros((size, n_in), np.float32)
-            for j, i in enumerate(chosen):
-                idx[j, :len(lists[i])] = lists[i]
-                out_rows[j], flags[j], row_mask[j] = rows[i], from_full[i], kept[i]
-            yield (jnp.asarray(idx), jnp.asarray(out_rows), jnp.asarray(flags),
-                   self.ev.cast(row_mask))
-
     # --- scoring --------------------------------------------------------------------------------
 
     def score(self, mask) -> float:
@@ -390,12 +324,10 @@ class EdgeForward:
         source = {o: self._cached.get((o, keys[o])) for o in np.flatnonzero(looped)}
         compute = np.array([looped[o] and not mask[o].all() and source[o] is None
                             for o in range(len(keys))])
-        mlp_rows = np.zeros(0, np.int64)
-        if self.mlp is not None:  # every row from its own input nodes
-            mlp_rows, compute = np.flatnonzero(compute), np.zeros_like(compute)
-            groups = list(self._mlp_groups(mask, mlp_rows))
-            run_group = ev.program(("edge_mlp", self.index, self.rotated),
-                                   lambda: self._mlp_group)
+        rows_plan = None
+        if self.rows is not None:  # every row from its own input nodes
+            rows_plan = self.rows.plan(mask, np.flatnonzero(compute))
+            compute = np.zeros_like(compute)
         patterns, inverse = group_rows(mask, compute)
         rows_of = np.bincount(inverse[compute], minlength=len(patterns))  # rows per pattern
         by_row = compute.copy()
@@ -419,11 +351,8 @@ class EdgeForward:
         sums, outs = [], []
         for b, ((x_hat, full), a, (_, y, w)) in enumerate(zip(self._prepared, acts, ev.batches)):
             init = self._initial(b, full, source)
-            if len(mlp_rows):
-                m = self.mlp
-                for group in groups:
-                    init = run_group(m["x_pad"][b], init, m["pre_full"][b], m["h_pad"],
-                                     m["r_c"], m["d_c"], *group)
+            if rows_plan is not None:
+                init = self.rows.apply(b, init, rows_plan)
             total, out_hat = self._run(ev.params, x_hat, init, self.c_in_pinv, self.c_out,
                                        self.c_out_pinv, a, y, w, *args)
             sums.append(total)

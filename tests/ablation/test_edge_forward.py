@@ -1,5 +1,5 @@
 """The edge-masked forward's shortcuts (docs/method.md 3.3), masked products for the normalisation
-halves and MLP rows from their own input nodes, against its general path, one section
+halves, MLP and attention rows from their own input nodes, against its general path, one section
 evaluation per row pattern, on tiny LayerNorm, Llama- and Pythia-shaped models."""
 
 from __future__ import annotations
@@ -12,6 +12,8 @@ import pytest
 
 from libjax import ablation, pipeline
 from libjax.ablation import experiments
+from libjax.ablation.edge_attention import AttentionRows
+from libjax.ablation.edge_mlp import MLPRows
 from tests.helpers.tiny import tiny_lm_family, tiny_ln_transformer
 
 LAYERS = ("ln1.0", "ln1_out.0", "attn_in.0", "ln2.0", "ln2_out.0", "mlp_in.0", "ln1.1")
@@ -80,21 +82,23 @@ def test_products_give_every_normalisation_output_and_all_but_the_statistic(buil
         elif a.startswith("attn_in"):  # attention mixes positions: never products
             assert not rows
         if a.startswith("mlp_in"):  # the MLP's rows from their own input nodes
-            assert fast.mlp is not None
+            assert isinstance(fast.rows, MLPRows)
+        elif a.startswith("attn_in"):  # the attention's likewise
+            assert isinstance(fast.rows, AttentionRows)
         else:
-            assert fast.mlp is None
+            assert fast.rows is None
 
 
 def test_products_equal_the_general_path(built):
     """Every transition with a shortcut, masks of every density: the scores of the default
-    forward (masked products, MLP rows, row loop, cache) equal one section evaluation per row
-    pattern to 1e-10."""
+    forward (masked products, MLP and attention rows, row loop, cache) equal one section
+    evaluation per row pattern to 1e-10."""
     _, _, graph, _, _, ev = built
     rng = np.random.default_rng(0)
     for index, _ in enumerate(graph.edge_pairs):
         fast, general = _forwards(ev, graph, index)
-        if fast.products is None and fast.mlp is None:
-            continue  # attention: the same loop both ways (tests/ablation/test_ablation.py)
+        if fast.products is None and fast.rows is None:
+            continue
         for mask in _masks(fast.shape, rng):
             assert fast.score(mask) == pytest.approx(general.score(mask), rel=1e-10, abs=1e-12)
 

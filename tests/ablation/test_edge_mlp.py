@@ -45,7 +45,7 @@ def _forwards(ev, graph):
             None if b not in graph.bases else (graph.bases[b].C, graph.bases[b].C_pinv))
     fast = ablation.EdgeForward(*args)
     general = ablation.EdgeForward(*args, cache_bytes=0, try_affine=False, try_products=False)
-    assert fast.mlp is not None
+    assert isinstance(fast.rows, MLPRows)
     return fast, general
 
 
@@ -69,12 +69,12 @@ def test_rows_equal_the_general_path(built, small_sizes):
     fast, general = _forwards(ev, graph)
     trips = []
     for mask in _masks(fast.shape, np.random.default_rng(0)):
-        (*_, groups_trips, n_groups), _ = fast.mlp.plan(mask, np.arange(fast.shape[0]))
+        (*_, groups_trips, n_groups), _ = fast.rows.plan(mask, np.arange(fast.shape[0]))
         trips.append(np.asarray(groups_trips)[:int(n_groups)])
         assert fast.score(mask) == pytest.approx(general.score(mask), rel=1e-10, abs=1e-12)
     trips = np.concatenate(trips)
     assert (trips[:, 0] >= 2).any() and (trips[:, 1] >= 1).any() and len(trips) >= 3
-    assert fast.mlp._run._cache_size() == 1
+    assert fast.rows._run._cache_size() == 1
 
 
 def test_rows_leave_skipped_positions_to_the_model(built, small_sizes):
