@@ -1,6 +1,6 @@
 """The cost of a language model's ablations against one forward pass of the evaluation set
 (issue 22, point 7): one node-ablation point and a whole edge bisection of each transition, with
-the default edge forward (masked products and MLP rows from their own input nodes where a
+the default edge forward (masked products, MLP and attention rows from their own input nodes where a
 section has them) and, with ``--general``, the general path (one section evaluation per row
 pattern) that they replaced, whose results must be the same.
 
