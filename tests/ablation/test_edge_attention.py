@@ -13,7 +13,8 @@ import pytest
 from libjax import ablation
 from libjax.ablation import edge_attention
 from libjax.ablation.edge_attention import AttentionRows
-from tests.helpers.tiny import tiny_lm_family, tiny_ln_transformer, tiny_transformer
+from tests.helpers.edge_cases import edge_masks, tiny_block
+from tests.helpers.tiny import tiny_transformer
 
 LAYERS = ("attn_in.0", "ln2.0")
 
@@ -21,12 +22,10 @@ LAYERS = ("attn_in.0", "ln2.0")
 @pytest.fixture(scope="module", params=["ln", "llama", "pythia", "last"])
 def built(request):
     """A tiny model, its tokens and labels, and the index of its attention transition."""
-    if request.param == "ln":
-        model, tokens = tiny_ln_transformer(LAYERS)
-    elif request.param == "last":
+    if request.param == "last":
         model, tokens = tiny_transformer(("ln1_out.0", "ln2.0"), rotary_dim=2, kv_heads=1)
     else:
-        model, tokens = tiny_lm_family(request.param, LAYERS, n_samples=16)
+        model, tokens = tiny_block(request.param, LAYERS, n_samples=16)
     labels = tokens[:, 0] if request.param == "last" else np.roll(tokens, -1, axis=1)
     return request.param, model, np.asarray(tokens), labels, 0
 
@@ -46,25 +45,13 @@ def _forwards(ev, index, row_bytes=2**28):
             ablation.EdgeForward(*args, cache_bytes=0, try_affine=False, try_products=False))
 
 
-def _masks(shape, rng):
-    """Random masks of several densities, with rows keeping everything, rows keeping only the
-    constant input node, and rows shared."""
-    for p in (0.05, 0.5, 0.95):
-        mask = rng.random(shape) < p
-        mask[:, 0] = True
-        mask[0] = True
-        mask[1, 1:] = False
-        mask[2] = mask[3]
-        yield mask
-
-
 def _check(ev, index, row_bytes=2**28):
     """The shortcut is used, and its scores equal the general path's to 1e-10 at every density
     and from the cache."""
     fast, general = _forwards(ev, index, row_bytes)
     assert isinstance(fast.rows, AttentionRows) and general.rows is None
     rng = np.random.default_rng(0)
-    for mask in _masks(fast.shape, rng):
+    for mask in edge_masks(fast.shape, rng):
         assert fast.score(mask) == pytest.approx(general.score(mask), rel=1e-10, abs=1e-12)
     assert fast.score(mask) == pytest.approx(general.score(mask), rel=1e-10)  # from the cache
 

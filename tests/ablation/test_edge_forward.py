@@ -14,18 +14,13 @@ from libjax import ablation, pipeline
 from libjax.ablation import experiments
 from libjax.ablation.edge_attention import AttentionRows
 from libjax.ablation.edge_mlp import MLPRows
-from tests.helpers.tiny import tiny_lm_family, tiny_ln_transformer
-
-LAYERS = ("ln1.0", "ln1_out.0", "attn_in.0", "ln2.0", "ln2_out.0", "mlp_in.0", "ln1.1")
+from tests.helpers.edge_cases import edge_masks, tiny_block
 
 
 @pytest.fixture(scope="module", params=["ln", "llama", "pythia"])
 def built(request):
     """A tiny model of each normalisation layout, its LIB graph and next-token labels."""
-    if request.param == "ln":
-        model, tokens = tiny_ln_transformer(LAYERS)
-    else:
-        model, tokens = tiny_lm_family(request.param, LAYERS, n_samples=32)
+    model, tokens = tiny_block(request.param)
     graph = pipeline.build(model, tokens, pipeline.BuildConfig(batch_size=64))
     labels = np.roll(tokens, -1, axis=1)
     ev = ablation.Evaluator(model, tokens, labels, "ce_loss", 16, dtype=np.float64)
@@ -47,18 +42,6 @@ def _forwards(ev, graph, index, in_basis=None, out_basis=None):
     general = ablation.EdgeForward(ev, index, *c_in, c_out, cache_bytes=0, try_affine=False,
                                    try_products=False)
     return fast, general
-
-
-def _masks(shape, rng):
-    """Random masks of several densities, with rows keeping everything, rows keeping only the
-    constant input node, and rows shared."""
-    for p in (0.05, 0.5, 0.95):
-        mask = rng.random(shape) < p
-        mask[:, 0] = True
-        mask[0] = True
-        mask[1, 1:] = False
-        mask[2] = mask[3]
-        yield mask
 
 
 def test_products_give_every_normalisation_output_and_all_but_the_statistic(built):
@@ -99,7 +82,7 @@ def test_products_equal_the_general_path(built):
         fast, general = _forwards(ev, graph, index)
         if fast.products is None and fast.rows is None:
             continue
-        for mask in _masks(fast.shape, rng):
+        for mask in edge_masks(fast.shape, rng):
             assert fast.score(mask) == pytest.approx(general.score(mask), rel=1e-10, abs=1e-12)
 
 
@@ -110,7 +93,7 @@ def test_products_equal_the_general_path_in_kl(built):
     index = graph.node_layers.index("ln1_out.0")
     fast, general = _forwards(ev, graph, index)
     assert abs(fast.score(np.ones(fast.shape, bool))) < 1e-12
-    for mask in _masks(fast.shape, np.random.default_rng(4)):
+    for mask in edge_masks(fast.shape, np.random.default_rng(4)):
         assert fast.score(mask) == pytest.approx(general.score(mask), rel=1e-10)
 
 
@@ -127,7 +110,7 @@ def test_products_in_random_bases_reach_the_clamped_statistic(built):
     fast, general = _forwards(ev, graph, index, (q_in, q_in.T), (q_out, q_out.T))
     assert len(fast.products[0]) == d_out
     acts = np.concatenate([np.asarray(a) for a in ev.acts(index)]).reshape(-1, d_in)
-    for mask in _masks(fast.shape, rng):
+    for mask in edge_masks(fast.shape, rng):
         stat = ((acts @ q_in)[:, None, :] * mask[None]) @ q_in.T[:, 0]
         assert (stat <= 0).any()
         assert fast.score(mask) == pytest.approx(general.score(mask), rel=1e-10)
@@ -142,7 +125,7 @@ def test_float32_products_agree_with_the_general_path(built):
     rng = np.random.default_rng(2)
     for index in _normalisations(graph):
         fast, general = _forwards(ev, graph, index)
-        for mask in _masks(fast.shape, rng):
+        for mask in edge_masks(fast.shape, rng):
             assert fast.score(mask) == pytest.approx(general.score(mask), rel=1e-5)
 
 
@@ -169,7 +152,7 @@ def test_products_need_no_float64():
     """Without 64-bit types in JAX the section is read off in the evaluation dtype."""
     if not jax.config.read("jax_enable_x64"):
         pytest.skip("64-bit types are off already")
-    model, tokens = tiny_ln_transformer(LAYERS)
+    model, tokens = tiny_block("ln")
     graph = pipeline.build(model, tokens, pipeline.BuildConfig(batch_size=64))
     labels = np.roll(tokens, -1, axis=1)
     index = graph.node_layers.index("ln1_out.0")
@@ -177,5 +160,5 @@ def test_products_need_no_float64():
         ev = ablation.Evaluator(model, tokens, labels, "ce_loss", 16, dtype=np.float32)
         fast, general = _forwards(ev, graph, index)
         assert len(fast.products[0]) == fast.shape[0]
-        for mask in _masks(fast.shape, np.random.default_rng(3)):
+        for mask in edge_masks(fast.shape, np.random.default_rng(3)):
             assert fast.score(mask) == pytest.approx(general.score(mask), rel=1e-5)

@@ -12,18 +12,13 @@ import pytest
 from libjax import ablation, pipeline
 from libjax.ablation import experiments
 from libjax.ablation.edge_mlp import MLPRows
-from tests.helpers.tiny import tiny_lm_family, tiny_ln_transformer
-
-LAYERS = ("ln1.0", "ln1_out.0", "attn_in.0", "ln2.0", "ln2_out.0", "mlp_in.0", "ln1.1")
+from tests.helpers.edge_cases import tiny_block
 
 
 @pytest.fixture(scope="module", params=["ln", "llama", "pythia"])
 def built(request):
     """A tiny model of each normalisation layout, its LIB graph, tokens and next-token labels."""
-    if request.param == "ln":
-        model, tokens = tiny_ln_transformer(LAYERS)
-    else:
-        model, tokens = tiny_lm_family(request.param, LAYERS, n_samples=32)
+    model, tokens = tiny_block(request.param)
     graph = pipeline.build(model, tokens, pipeline.BuildConfig(batch_size=64))
     return model, graph, np.asarray(tokens), np.roll(tokens, -1, axis=1)
 
