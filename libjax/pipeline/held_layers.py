@@ -86,8 +86,10 @@ class HeldLayers:
     def _choose(self) -> list[int]:
         model, inputs, _, policy, _ = self._args
         itemsize = np.dtype(precision.accumulation_dtype(policy)).itemsize
-        need = lambda i: len(inputs) * model.layers[i].positions * model.layers[i].width \
-            * itemsize  # noqa: E731
+
+        def need(i):  # bytes of node layer i's activations
+            return len(inputs) * model.layers[i].positions * model.layers[i].width * itemsize
+
         limit = HOST_SHARE * host_memory_bytes()
         points = hold_points(model)
         if sum(need(i) for i in points) <= limit:
