@@ -36,6 +36,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from libjax.ablation.masks import shorter_lists
 from libjax.forms.attention import AttentionForm
 from libjax.forms.attention.rotary import turn
 
@@ -132,16 +133,6 @@ class AttentionRows:
 
     # --- traced ---------------------------------------------------------------------------------
 
-    def _kept(self, new, old, axis: int):
-        """``new`` at the kept positions (axis ``axis``), ``old`` at the skipped ones."""
-        skip = self.ev.skip_positions
-        if not skip:
-            return new
-        keep = np.ones(new.shape[axis], bool)
-        keep[list(skip)] = False
-        return jnp.where(keep.reshape([-1 if a == axis % new.ndim else 1
-                                       for a in range(new.ndim)]), new, old)
-
     def _rows(self, x_t, qk_full, out, qk_pad, u, g_r, rows, lists, from_full, row_masks,
               blocks, n_chunks):
         """``out`` with the rows ``rows`` ``(chunks, size)`` (padding: index ``out``) recomputed
@@ -173,14 +164,14 @@ class AttentionRows:
             full = qk_full[None]
             qk = jax.lax.fori_loop(0, blocks[c], add, jnp.where(flags[:, None, None], full, 0))
             shape = (batch, n_pos, -1)
-            qk = self._kept(qk.reshape(size, *shape), full.reshape(1, *shape), axis=2)
+            qk = self.ev.at_kept(qk.reshape(size, *shape), full.reshape(1, *shape))
             q = qk[:, :, q_pos, :n_q].reshape(size, batch, len(q_pos), n_kv, group, dh)
             q = turn(form, q, q_pos, n_pos, axis=2).transpose(1, 0, 3, 4, 2, 5)
             k = qk[..., n_q:].reshape(size, batch, n_pos, n_kv, dh)
             k = turn(form, k, np.arange(n_pos), n_pos, axis=2).transpose(1, 0, 3, 4, 2)
             u_rows = jnp.take(u, r, axis=2, mode="fill", fill_value=0)  # (in, H, size)
             v = jnp.einsum("bpi,ihg->bghp", x_hat, u_rows * m.T[:, None])
-            v = self._kept(v, jnp.einsum("bpi,ihg->bghp", x_hat, u_rows), axis=-1)
+            v = self.ev.at_kept(v, jnp.einsum("bpi,ihg->bghp", x_hat, u_rows), axis=-1)
             v = v.reshape(batch, size, n_kv, group, n_pos)
             z = jnp.concatenate([self._attend(q[..., a:b, :], k[..., lo:hi], v[..., lo:hi],
                                               allowed[a:b, lo:hi])
@@ -209,32 +200,15 @@ class AttentionRows:
         length into chunks of ``size``, every array of a fixed shape."""
         if not len(rows):
             return None
-        n_out, n_in = self.n_out, self.n_in
-        kept = mask[rows]
-        from_full = 2 * kept.sum(1) > n_in
-        lengths = np.where(from_full, n_in - kept.sum(1), kept.sum(1))
-        order = np.argsort(lengths, kind="stable")
         size = self.size
-        slots = -(-n_out // size) * size
-        idx = np.full((slots, self._width), n_in, np.int32)
-        chosen = np.flatnonzero(kept[order] != from_full[order, None])  # flat (row, node) pairs
-        row_of, node = np.divmod(chosen, n_in)
-        rank = np.arange(len(chosen)) - np.searchsorted(row_of, row_of)  # place in its list
-        idx[row_of, rank] = node
-        out_rows = np.full(slots, n_out, np.int32)
-        out_rows[:len(rows)] = np.asarray(rows)[order]
-        flags = np.zeros(slots, bool)
-        flags[:len(rows)] = from_full[order]
-        row_masks = np.zeros((slots, n_in), np.float32)
-        row_masks[:len(rows)] = kept[order]
-        longest = np.zeros(slots, np.int64)
-        longest[:len(rows)] = lengths[order]
+        lists, out_rows, flags, kept, longest = shorter_lists(
+            mask, rows, -(-self.n_out // size) * size, self._width)
         blocks = -(-longest.reshape(-1, size).max(1) // BLOCK)
         ev = self.ev
         return (jnp.asarray(out_rows.reshape(-1, size)),
-                jnp.asarray(idx.reshape(-1, size, self._width)),
+                jnp.asarray(lists.reshape(-1, size, self._width)),
                 jnp.asarray(flags.reshape(-1, size)),
-                ev.cast(row_masks.reshape(-1, size, n_in)), jnp.asarray(blocks, np.int32),
+                ev.cast(kept.reshape(-1, size, self.n_in)), jnp.asarray(blocks, np.int32),
                 jnp.int32(-(-len(rows) // size)))
 
     def apply(self, batch: int, out, plan):

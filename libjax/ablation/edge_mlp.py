@@ -21,6 +21,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from libjax.ablation.masks import shorter_lists
+
 
 class MLPRows:
     """The output nodes of an MLP section from their own input nodes (module docstring), for an
@@ -123,31 +125,17 @@ class MLPRows:
         """The arguments of the program for the output nodes ``rows`` under the boolean ``(out,
         in)`` ``mask``: each row's shorter list (kept or ablated input nodes), rows sorted by its
         length into groups, each group's trip counts."""
-        n_in, g, width = self.n_in, self._group, self._width
-        kept = mask[rows]
-        from_full = 2 * kept.sum(1) > n_in
-        listed = kept != from_full[:, None]
-        length = listed.sum(1)
-        order = np.argsort(length, kind="stable")
+        n_in, g = self.n_in, self._group
+        lists, padded_rows, flags, _, longest = shorter_lists(
+            mask, rows, -(-self.n_out // g) * g, self._width)
         n_groups = -(-len(rows) // g)
-        slots = -(-self.n_out // g) * g
-        lists = np.full((slots, width), n_in, np.int32)
-        first = np.argsort(~listed[order], axis=1, kind="stable")[:, :width]  # listed first
-        lists[:len(rows), :first.shape[1]] = np.where(
-            np.arange(first.shape[1]) < length[order][:, None], first, n_in)
-        padded_rows = np.full(slots, self.n_out, np.int32)
-        padded_rows[:len(rows)] = rows[order]
-        flags = np.zeros(slots, bool)
-        flags[:len(rows)] = from_full[order]
-        longest = np.zeros(slots, np.int64)
-        longest[:len(rows)] = length[order]
         longest = longest.reshape(-1, g).max(1)
         big, small = self._big, self._small
         trips = np.stack([longest // big, -(-(longest % big) // small)], 1).astype(np.int32)
         mask_t = np.zeros((n_in, self.n_out), np.float32)
-        mask_t[:, rows] = kept.T
+        mask_t[:, rows] = mask[rows].T
         return (self._r_c * self.ev.cast(mask_t), self._d_c, jnp.asarray(lists.reshape(
-            -1, g, width)), jnp.asarray(padded_rows.reshape(-1, g)), jnp.asarray(
+            -1, g, self._width)), jnp.asarray(padded_rows.reshape(-1, g)), jnp.asarray(
             flags.reshape(-1, g)), jnp.asarray(trips), jnp.int32(n_groups)), n_groups
 
     def apply(self, batch: int, out, plan):

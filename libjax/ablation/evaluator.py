@@ -74,14 +74,16 @@ class Evaluator:
                               f"labels have no position axis, or fewer positions ({n_pos})")
         self.skip_positions, self._base, self._jitted = skip, None, {}
 
-    def at_kept(self, new, old):
-        """Traced: ``new`` at the kept positions, ``old`` at the skipped ones (positions: the
-        second-last axis)."""
+    def at_kept(self, new, old, axis: int = -2):
+        """Traced: ``new`` at the kept positions, ``old`` at the skipped ones (positions: axis
+        ``axis``, by default the second-last)."""
         if not self.skip_positions:
             return new
-        keep = np.ones(new.shape[-2], bool)
+        keep = np.ones(new.shape[axis], bool)
         keep[list(self.skip_positions)] = False
-        return jnp.where(keep[:, None], new, old)
+        shape = [1] * new.ndim
+        shape[axis] = -1
+        return jnp.where(keep.reshape(shape), new, old)
 
     def cast(self, matrix):
         return jnp.asarray(np.asarray(matrix), self.dtype)

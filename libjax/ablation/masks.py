@@ -59,3 +59,31 @@ def group_rows(mask, compute) -> tuple[np.ndarray, np.ndarray]:
     patterns, inv = np.unique(mask[compute], axis=0, return_inverse=True)
     inverse[compute] = np.ravel(inv)
     return patterns.astype(np.float32), inverse
+
+
+def shorter_lists(mask, rows, n_slots: int, width: int) -> tuple:
+    """Each of ``rows``' shorter input-node list under the boolean ``(out, in)`` edge ``mask``:
+    its kept nodes, or its ablated ones where it keeps more than half (the row is then computed
+    from the unablated one, ``from_full``). Rows are sorted by that length (stably) and padded
+    to ``n_slots``; ``width >= in // 2`` holds any list.
+
+    Returns ``(lists (n_slots, width), out_rows, from_full, kept (n_slots, in), lengths)``:
+    padding lists hold node ``in``, padding rows index ``out``, keep nothing and have length 0.
+    """
+    n_out, n_in = mask.shape
+    kept = mask[rows]
+    from_full = 2 * kept.sum(1) > n_in
+    listed = kept != from_full[:, None]
+    order = np.argsort(listed.sum(1), kind="stable")
+    row_of, node = np.nonzero(listed[order])
+    lists = np.full((n_slots, width), n_in, np.int32)
+    lists[row_of, np.arange(len(row_of)) - np.searchsorted(row_of, row_of)] = node
+    out_rows = np.full(n_slots, n_out, np.int32)
+    out_rows[:len(rows)] = np.asarray(rows)[order]
+    flags = np.zeros(n_slots, bool)
+    flags[:len(rows)] = from_full[order]
+    kept_rows = np.zeros((n_slots, n_in), bool)
+    kept_rows[:len(rows)] = kept[order]
+    lengths = np.zeros(n_slots, np.int64)
+    lengths[:len(rows)] = listed.sum(1)[order]
+    return lists, out_rows, flags, kept_rows, lengths
