@@ -13,19 +13,21 @@ masked section, ``y_o = F((x_hat * m_o) C_in^+) . C_out[:, o]``, is
 
 a masked product for the residual and one per head for the values, one matmul for a chunk of
 rows (``G_r = C_in^+[r] C_out[resid]``; parallel blocks' output ``(r + attn, r)`` reads ``r``
-twice). Row ``o``'s queries and keys ``(x_hat * m_o) C_in^+[n] W_Q`` (``W_K``) are summed over the
-shorter of its kept and ablated node lists (the ablated ones taken from the unablated queries and
-keys), rotated after the sum; keys once per key head, the query heads of a key head side by side
-(grouped-query attention: one product per key head). Then per row and head the ``T x T`` scores,
+twice). Row ``o``'s queries and keys ``(x_hat * m_o) C_in^+[n] W_Q`` (``W_K``) are summed over
+the shortest of its kept nodes, its ablated ones (taken from the unablated queries and keys) and
+the nodes it gained or lost since it was last computed (from its held queries and keys,
+:mod:`libjax.ablation.held_rows`, where memory allows), rotated after the sum; keys once per key
+head, the query heads of a key head side by side (grouped-query attention: one product per key
+head). Then per row and head the ``T x T`` scores,
 the masked softmax (normalised after the product with the values) and ``sum_s p_ts v_s``; the
 queries in ``QUERY_BLOCKS`` blocks, each reading only the keys it may (causal: about half). A row
-costs ``min(kept, ablated) x (H + H_kv) d_head`` per token for its queries and keys and about
+costs the length of that list ``x (H + H_kv) d_head`` per token for its queries and keys and about
 ``H T d_head`` for its scores, instead of a whole section evaluation (``in x d_in`` for the input
 alone).
 
-Rows go a chunk at a time (size from ``row_bytes``), sorted by list length, each chunk's lists a
-traced number of fixed blocks of ``BLOCK`` nodes: one compiled program serves every mask. Used
-only where the form reproduces the section on the evaluation data, whole and under a random mask
+Rows go a chunk at a time (intermediates within ``row_bytes`` and ``CHUNK_BYTES``), sorted by
+list length, each chunk's lists a traced number of fixed blocks of ``BLOCK`` nodes: one compiled
+program serves every mask. Used only where the form reproduces the section on the evaluation data, whole and under a random mask
 (in float64 where JAX has it). Positions left out of the build (``skip_positions``) read the whole
 input: their queries, keys and values are the unablated ones.
 """
@@ -36,12 +38,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from libjax.ablation.masks import shorter_lists
+from libjax.ablation.held_rows import HeldRows
+from libjax.ablation.masks import FULL, HELD, cheapest_lists
 from libjax.forms.attention import AttentionForm
 from libjax.forms.attention.rotary import turn
 
 BLOCK = 64  # input nodes per step of a row's list
 QUERY_BLOCKS = 4  # each block of queries reads only the keys it may: about half of causal
+CHUNK_BYTES = 2**26  # a chunk's intermediates at most: larger chunks run slower on CPUs
 
 
 def form_section(form: AttentionForm, mats: dict, z):
@@ -63,9 +67,12 @@ def form_section(form: AttentionForm, mats: dict, z):
 class AttentionRows:
     """The output nodes of an edge-masked attention section, row by row from their own input
     nodes (module docstring), for an :class:`~libjax.ablation.edge_forward.EdgeForward` with
-    the per-batch ``x_hats``; :meth:`of` makes one where the form reproduces the section."""
+    the per-batch ``x_hats``; :meth:`of` makes one where the form reproduces the section.
+    ``held_bytes`` bounds the held queries and keys (None: a share of the device's memory; 0:
+    none)."""
 
-    def __init__(self, ev, key, form, x_hats, qk, u, g_r, heads, row_bytes: int):
+    def __init__(self, ev, key, form, x_hats, qk, u, g_r, heads, row_bytes: int,
+                 held_bytes=None):
         self.ev, self.form = ev, form
         self.heads = heads  # (key heads, query heads per key head, d_head)
         self.n_in, self.n_out = n_in, n_out = g_r.shape
@@ -81,16 +88,21 @@ class AttentionRows:
         n_q = 1 if form.last_only else n_pos
         per_row = np.dtype(ev.dtype).itemsize * tokens * (
             3 * qk.shape[1] + 3 * heads[0] * heads[1] * n_q + u.shape[1])
-        self.size = int(max(1, min(n_out, row_bytes // per_row)))
-        self._run = ev.program(("edge_attention", *key), lambda: self._rows)
+        self.size = int(max(1, min(n_out, min(row_bytes, CHUNK_BYTES) // per_row)))
+        self._held = HeldRows((n_out, tokens, qk.shape[1]), len(x_hats), ev.dtype, n_in,
+                              row_axis=0, budget=held_bytes)
+        self._run = ev.program(("edge_attention", *key, self._held.arrays is not None),
+                               lambda: self._rows, donate_argnums=3)
 
     @classmethod
-    def of(cls, ev, key, form, reference, x_hats, c_in_pinv, c_out, row_bytes: int):
+    def of(cls, ev, key, form, reference, x_hats, c_in_pinv, c_out, row_bytes: int,
+           held_bytes=None):
         """The rows of ``form`` (an attention form) if it reproduces the section (``reference``:
         ``(dtype, params, raw)`` of ``EdgeForward._reference_section``) on the first batch whole
         and under a random mask, to ``sqrt(eps)`` of that dtype, else None. ``c_in_pinv``,
         ``c_out``: float64 (``c_out`` None at a layer without a basis); ``row_bytes`` bounds a
-        chunk of rows' intermediates; ``key`` names the compiled program."""
+        chunk of rows' intermediates, ``held_bytes`` the held queries and keys; ``key`` names
+        the compiled program."""
         if not isinstance(form, AttentionForm):
             return None
         dtype, params, raw = reference
@@ -129,17 +141,18 @@ class AttentionRows:
                                mats["W_K"][keys].transpose(1, 0, 2).reshape(d, -1)], axis=1)
         u = np.stack([p_n @ mats["W_V"][i] @ (mats["W_O"][i] @ c_attn) for i in order], 1)
         return cls(ev, key, form, x_hats, p_n @ w_qk, u, p_r @ c_resid,
-                   (len(keys), h // len(keys), dh), row_bytes)
+                   (len(keys), h // len(keys), dh), row_bytes, held_bytes)
 
     # --- traced ---------------------------------------------------------------------------------
 
-    def _rows(self, x_t, qk_full, out, qk_pad, u, g_r, rows, lists, from_full, row_masks,
-              blocks, n_chunks):
-        """``out`` with the rows ``rows`` ``(chunks, size)`` (padding: index ``out``) recomputed
-        from their own input nodes: ``lists`` ``(chunks, size, width)`` each row's shorter list
-        (padding: the zero node ``in`` of ``x_t``, ``(in + 1, tokens)``), ``from_full`` whether
-        it lists the ablated nodes, ``blocks`` each chunk's number of list blocks, ``row_masks``
-        the rows of the mask."""
+    def _rows(self, x_t, qk_full, out, held, qk_pad, u, g_r, rows, lists, signs, bases,
+              row_masks, blocks, n_chunks):
+        """``(out, held)``: ``out`` with the rows ``rows`` ``(chunks, size)`` (padding: index
+        ``out``) recomputed from their own input nodes: ``lists`` ``(chunks, size, width)`` each
+        row's cheapest list and its ``signs`` (padding: the zero node ``in`` of ``x_t``, ``(in +
+        1, tokens)``), ``bases`` what it is added to (``masks.ZERO``, ``FULL`` or ``HELD``),
+        ``blocks`` each chunk's number of list blocks, ``row_masks`` the rows of the mask; and
+        ``held`` ``(out, tokens, queries and keys)`` (or None) with their queries and keys."""
         form = self.form
         n_kv, group, dh = self.heads
         batch, n_pos = out.shape[0], x_t.shape[1] // out.shape[0]
@@ -153,16 +166,24 @@ class AttentionRows:
             blocks_of_queries.append((a, min(a + step, len(q_pos)), keys[0], keys[-1] + 1))
         n_q = n_kv * group * dh
 
-        def chunk(c, out):
-            r, idx, flags, m = rows[c], lists[c], from_full[c], row_masks[c]
+        def chunk(c, carry):
+            out, held = carry
+            r, idx, sign, m = rows[c], lists[c], signs[c], row_masks[c]
+            base = bases[c][:, None, None]
             size = len(r)
-            sign = jnp.where(flags, -1, 1).astype(x_t.dtype)[:, None, None]
 
-            def add(j, qk):  # the unablated queries and keys less the ablated nodes' terms
+            def add(j, qk):  # the signed terms of the listed nodes
                 block = jax.lax.dynamic_slice_in_dim(idx, j * BLOCK, BLOCK, axis=1)
-                return qk + jnp.einsum("gwt,gwm->gtm", x_t[block] * sign, qk_pad[block])
+                signed = x_t[block] * jax.lax.dynamic_slice_in_dim(sign, j * BLOCK, BLOCK,
+                                                                   axis=1)[..., None]
+                return qk + jnp.einsum("gwt,gwm->gtm", signed, qk_pad[block])
             full = qk_full[None]
-            qk = jax.lax.fori_loop(0, blocks[c], add, jnp.where(flags[:, None, None], full, 0))
+            qk = jnp.where(base == FULL, full, 0)
+            if held is not None:
+                qk = qk + jnp.where(base == HELD, held.at[r].get(mode="fill", fill_value=0), 0)
+            qk = jax.lax.fori_loop(0, blocks[c], add, qk)
+            if held is not None:
+                held = held.at[r].set(qk, mode="drop")
             shape = (batch, n_pos, -1)
             qk = self.ev.at_kept(qk.reshape(size, *shape), full.reshape(1, *shape))
             q = qk[:, :, q_pos, :n_q].reshape(size, batch, len(q_pos), n_kv, group, dh)
@@ -179,8 +200,8 @@ class AttentionRows:
             g_rows = jnp.take(g_r, r, axis=1, mode="fill", fill_value=0) * m.T
             vals = (jnp.swapaxes(z, 1, 2)
                     + jnp.einsum("bpi,ig->bpg", x_hat[:, q_pos], g_rows))
-            return out.at[..., r].set(vals, mode="drop")
-        return jax.lax.fori_loop(0, n_chunks, chunk, out)
+            return out.at[..., r].set(vals, mode="drop"), held
+        return jax.lax.fori_loop(0, n_chunks, chunk, (out, held))
 
     def _attend(self, q, k, v, allowed):
         """``sum_h sum_s p_hts v_hs`` for queries ``q`` ``(batch, rows, H_kv, group, T, dh)``,
@@ -195,23 +216,33 @@ class AttentionRows:
     # --- host -----------------------------------------------------------------------------------
 
     def plan(self, mask, rows) -> tuple | None:
-        """The mask-dependent arguments of :meth:`apply` for the output nodes ``rows`` (None
-        for none): each row's shorter list (kept or ablated input nodes), rows sorted by its
-        length into chunks of ``size``, every array of a fixed shape."""
+        """What :meth:`apply` needs for the output nodes ``rows`` (None for none): each row's
+        cheapest list (``masks.cheapest_lists``), rows sorted by its length into chunks of
+        ``size``, every array of a fixed shape."""
         if not len(rows):
             return None
         size = self.size
-        lists, out_rows, flags, kept, longest = shorter_lists(
-            mask, rows, -(-self.n_out // size) * size, self._width)
+        lists, signs, out_rows, bases, kept, longest = cheapest_lists(
+            mask, rows, -(-self.n_out // size) * size, self._width, self._held.held)
         blocks = -(-longest.reshape(-1, size).max(1) // BLOCK)
-        ev = self.ev
-        return (jnp.asarray(out_rows.reshape(-1, size)),
-                jnp.asarray(lists.reshape(-1, size, self._width)),
-                jnp.asarray(flags.reshape(-1, size)),
+        ev, shape = self.ev, (-1, size, self._width)
+        return (jnp.asarray(out_rows.reshape(-1, size)), jnp.asarray(lists.reshape(shape)),
+                ev.cast(signs.reshape(shape)), jnp.asarray(bases.reshape(-1, size)),
                 ev.cast(kept.reshape(-1, size, self.n_in)), jnp.asarray(blocks, np.int32),
-                jnp.int32(-(-len(rows) // size)))
+                jnp.int32(-(-len(rows) // size))), (mask, rows)
 
-    def apply(self, batch: int, out, plan):
-        """``out`` (batch ``batch``'s output nodes) with the rows of ``plan`` recomputed."""
-        return self._run(self._x_t[batch], self._qk_full[batch], out, self._qk_pad, self._u,
-                         self._g_r, *plan)
+    def apply(self, outs: list, plan) -> list:
+        """Every batch's output nodes ``outs`` with the rows of ``plan`` recomputed (their
+        queries and keys held for the next mask)."""
+        if plan is None:
+            return outs
+        args, (mask, rows) = plan
+        held = self._held.arrays
+        for b, out in enumerate(outs):
+            outs[b], new = self._run(self._x_t[b], self._qk_full[b], out,
+                                     None if held is None else held[b], self._qk_pad, self._u,
+                                     self._g_r, *args)
+            if held is not None:
+                held[b] = new
+        self._held.computed(mask, rows)
+        return outs

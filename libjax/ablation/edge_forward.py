@@ -33,7 +33,9 @@ the model runs on from the next node layer. Five ways to get the ``y_o``, the sa
   cache below as the pattern loop's do.
 * the output nodes of an **attention section** likewise (:mod:`libjax.ablation.edge_attention`):
   the residual and each head's values as masked products, each row's queries and keys summed
-  over its shorter list, then the row's ``T x T`` scores per head.
+  over its shortest list, then the row's ``T x T`` scores per head. Both keep each row's sums
+  for the next mask (:mod:`libjax.ablation.held_rows`): in a bisection, a row's next list is
+  usually the few nodes it has gained or lost since.
 * any other output node is evaluated once per distinct row pattern of the mask, in one of two
   ways, whichever costs fewer FLOPs: a pattern shared by many rows is evaluated once and
   projected on all of ``C_out`` (``fori_loop`` over a padded ``(out, in)`` array of patterns);
@@ -63,11 +65,12 @@ from libjax.forms.mlp import MLPForm
 class EdgeForward:
     """Scores of the model with an edge mask from node layer ``index`` to the next one
     (``try_affine=False``, ``try_products=False``: always the pattern loop, the general path
-    that the shortcuts are tested against)."""
+    that the shortcuts are tested against; ``held_bytes``: room for the rows' held sums,
+    :mod:`libjax.ablation.held_rows`, None for a share of the device's memory)."""
 
     def __init__(self, ev, index: int, c_in, c_in_pinv, out_basis=None,
                  cache_bytes: int = 2**28, try_affine: bool = True, row_bytes: int = 2**28,
-                 try_products: bool = True):
+                 try_products: bool = True, held_bytes=None):
         self.ev, self.index, self.cache_bytes = ev, index, cache_bytes
         self._row_bytes = row_bytes
         self.c_in, self.c_in_pinv = ev.cast(c_in), ev.cast(c_in_pinv)
@@ -99,13 +102,13 @@ class EdgeForward:
                     ev, (index, self.rotated), form, self._reference_section(),
                     [x for x, _ in self._prepared], np.asarray(c_in_pinv, np.float64),
                     None if out_basis is None else np.asarray(out_basis[0], np.float64),
-                    row_bytes)
+                    row_bytes, held_bytes)
             if try_products and isinstance(form, AttentionForm):
                 self.rows = AttentionRows.of(
                     ev, (index, self.rotated), form, self._reference_section(),
                     [x for x, _ in self._prepared], np.asarray(c_in_pinv, np.float64),
                     None if out_basis is None else np.asarray(out_basis[0], np.float64),
-                    row_bytes)
+                    row_bytes, held_bytes)
             self._run = ev.program(("edge", index, self.rotated), lambda: self._run_patterns)
         self._step_bytes = sum(f.size * f.dtype.itemsize for _, f in self._prepared)
         x_hat = self._prepared[0][0]
@@ -349,10 +352,10 @@ class EdgeForward:
                 jnp.asarray(row_masks, ev.dtype), jnp.asarray(padded_rows), jnp.int32(n_chunks),
                 jnp.asarray(product_rows), jnp.asarray(mask[product_rows].T, ev.dtype), *products)
         sums, outs = [], []
-        for b, ((x_hat, full), a, (_, y, w)) in enumerate(zip(self._prepared, acts, ev.batches)):
-            init = self._initial(b, full, source)
-            if rows_plan is not None:
-                init = self.rows.apply(b, init, rows_plan)
+        inits = [self._initial(b, full, source) for b, (_, full) in enumerate(self._prepared)]
+        if rows_plan is not None:
+            inits = self.rows.apply(inits, rows_plan)
+        for (x_hat, _), init, a, (_, y, w) in zip(self._prepared, inits, acts, ev.batches):
             total, out_hat = self._run(ev.params, x_hat, init, self.c_in_pinv, self.c_out,
                                        self.c_out_pinv, a, y, w, *args)
             sums.append(total)

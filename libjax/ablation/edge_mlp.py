@@ -4,8 +4,10 @@ shortcut of :mod:`libjax.ablation.edge_forward`, docs/method.md 3.3).
 For a section ``F(z) = z R + act(z B) D`` (gated or not) output node ``o`` is ``act(pre_o) .
 (D C_out[:, o]) + (x_hat * m_o) C_in^+ R C_out[:, o]`` with ``pre_o = (x_hat * m_o) h``, ``h =
 C_in^+ B``: the sum of ``x_hat_i h_i`` over the row's kept input nodes, or, where the row keeps
-more than it ablates, the unablated pre-activation less the ablated nodes' terms. A row costs
-``min(kept, ablated) x width(B)`` per token instead of a section evaluation.
+more than it ablates, the unablated pre-activation less the ablated nodes' terms, or, shorter
+still in a bisection, the pre-activation the row was last computed with plus the nodes it has
+gained and less those it has lost (:mod:`libjax.ablation.held_rows`, where memory allows). A row
+costs the length of that list ``x width(B)`` per token instead of a section evaluation.
 
 One compiled program serves every mask: the rows, sorted by the length of their shorter list,
 go in groups of ``GROUP``; each group's lists are summed in blocks of ``BIG`` nodes, then of
@@ -21,18 +23,20 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from libjax.ablation.masks import shorter_lists
+from libjax.ablation.held_rows import HeldRows
+from libjax.ablation.masks import FULL, HELD, cheapest_lists
 
 
 class MLPRows:
     """The output nodes of an MLP section from their own input nodes (module docstring), for an
     :class:`~libjax.ablation.edge_forward.EdgeForward` with ``n_out`` output nodes and the
     per-batch ``x_hats``. The sizes are read when it is made (tests make them small); ``BIG``
-    is a multiple of ``SMALL``."""
+    is a multiple of ``SMALL``. ``held_bytes`` bounds the held pre-activations (None: a share
+    of the device's memory; 0: none)."""
 
     GROUP, TILE, BIG, SMALL = 4, 128, 256, 32
 
-    def __init__(self, ev, key, form, x_hats, h, r_c, d_c, row_bytes: int):
+    def __init__(self, ev, key, form, x_hats, h, r_c, d_c, row_bytes: int, held_bytes=None):
         self.ev, self.form, self.n_out = ev, form, d_c.shape[1]
         self.n_in, width = h.shape
         self._group, self._big, self._small = min(self.GROUP, self.n_out), self.BIG, self.SMALL
@@ -46,16 +50,20 @@ class MLPRows:
         self._r_c, self._d_c = ev.cast(r_c), ev.cast(d_c)
         self._x = [self._tiles(x) for x in x_hats]
         self._pre_full = [x @ self._h for x in self._x]
-        self._run = ev.program(("edge_mlp", *key, self._group, self._tile, big, self._small),
-                               lambda: self._rows)
+        self._held = HeldRows((self._n_tiles, self.n_out, self._tile, width), len(x_hats),
+                              ev.dtype, self.n_in, row_axis=1, budget=held_bytes)
+        self._run = ev.program(("edge_mlp", *key, self._group, self._tile, big, self._small,
+                                self._held.arrays is not None), lambda: self._rows,
+                               donate_argnums=3)
 
     @classmethod
-    def of(cls, ev, key, form, reference, x_hats, c_in_pinv, c_out, row_bytes: int):
+    def of(cls, ev, key, form, reference, x_hats, c_in_pinv, c_out, row_bytes: int,
+           held_bytes=None):
         """The rows of ``form`` (an MLP form with an activation) if its matrices reproduce the
         section (``reference``: ``(dtype, params, raw)`` of ``EdgeForward._reference_section``)
         on the first batch whole and under a random mask, to ``sqrt(eps)`` of that dtype, else
         None. ``c_in_pinv``, ``c_out``: float64 (``c_out`` None at a layer without a basis);
-        ``row_bytes`` bounds a tile's pre-activations."""
+        ``row_bytes`` bounds a tile's pre-activations, ``held_bytes`` the held ones."""
         dtype, params, raw = reference
         mats = {k: None if v is None else np.asarray(v, np.float64)
                 for k, v in form.matrices(params).items()}
@@ -73,7 +81,7 @@ class MLPRows:
             return None
         c_out = np.eye(d.shape[1]) if c_out is None else c_out
         return cls(ev, key, form, x_hats, c_in_pinv @ b, c_in_pinv @ r @ c_out, d @ c_out,
-                   row_bytes)
+                   row_bytes, held_bytes)
 
     def _tiles(self, x):
         """``(batch, pos, in)`` -> ``(tiles, TILE, in + 1)``: tokens in tiles (the last padded
@@ -84,66 +92,87 @@ class MLPRows:
 
     # --- the program ----------------------------------------------------------------------------
 
-    def _rows(self, x, out, pre_full, h, lin_mat, d_c, lists, rows, from_full, trips, n_groups):
-        """``out`` ``(batch, pos, out)`` with groups ``0..n_groups-1`` of rows recomputed
-        (``rows`` ``(groups, GROUP)``, padding rows: index ``out``; ``lists`` ``(groups, GROUP,
-        width)``, padding: node ``in``; ``trips`` ``(groups, 2)``: blocks of ``BIG`` and of
-        ``SMALL`` nodes); ``lin_mat = C_in^+ R C_out * mask^T``."""
+    def _rows(self, x, out, pre_full, held, h, lin_mat, d_c, lists, signs, rows, bases, trips,
+              n_groups):
+        """``(out, held)``: ``out`` ``(batch, pos, out)`` with groups ``0..n_groups-1`` of rows
+        recomputed (``rows`` ``(groups, GROUP)``, padding rows: index ``out``; ``lists`` and
+        their ``signs`` ``(groups, GROUP, width)``, padding: node ``in``; ``bases``: what each
+        list is added to, ``masks.ZERO``, ``FULL`` or ``HELD``; ``trips`` ``(groups, 2)``:
+        blocks of ``BIG`` and of ``SMALL`` nodes), and ``held`` ``(tiles, out, TILE, width(B))``
+        (or None) with their pre-activations; ``lin_mat = C_in^+ R C_out * mask^T``."""
         lin = jnp.einsum("nti,io->nto", x[..., :-1], lin_mat)
         big, small = self._big, self._small
 
-        def group(k, out):
-            idx, r = lists[k], rows[k]
+        def group(k, carry):
+            out, held = carry
+            idx, sign, r, base = lists[k], signs[k], rows[k], bases[k][:, None, None]
             n_big, n_small = trips[k, 0], trips[k, 1]
             cols = jnp.take(d_c, r, axis=1, mode="fill", fill_value=0)
 
             def block(xt, start, size):
                 nodes = jax.lax.dynamic_slice_in_dim(idx, start, size, axis=1)  # (group, size)
-                return jnp.einsum("tgk,gkw->gtw", jnp.take(xt, nodes, axis=1), h[nodes])
+                signed = jnp.take(xt, nodes, axis=1) * jax.lax.dynamic_slice_in_dim(
+                    sign, start, size, axis=1)
+                return jnp.einsum("tgk,gkw->gtw", signed, h[nodes])
 
-            def tile(t, vals):
+            def tile(t, carry):
+                vals, held = carry
                 xt = x[t]
-                part = jnp.zeros((len(r), xt.shape[0], h.shape[1]), h.dtype)
-                part = jax.lax.fori_loop(0, n_big, lambda j, p: p + block(xt, j * big, big),
-                                         part)
-                part = jax.lax.fori_loop(0, n_small, lambda j, p: p + block(
-                    xt, n_big * big + j * small, small), part)
-                pre = jnp.where(from_full[k][:, None, None], pre_full[t] - part, part)
-                return vals.at[t].set(jnp.einsum("gtm,mg->tg", _hidden(self.form, pre), cols))
+                pre = jnp.where(base == FULL, pre_full[t], 0)
+                if held is not None:
+                    pre = pre + jnp.where(base == HELD, held.at[t, r].get(
+                        mode="fill", fill_value=0), 0)
+                pre = jax.lax.fori_loop(0, n_big, lambda j, p: p + block(xt, j * big, big), pre)
+                pre = jax.lax.fori_loop(0, n_small, lambda j, p: p + block(
+                    xt, n_big * big + j * small, small), pre)
+                if held is not None:
+                    held = held.at[t, r].set(pre, mode="drop")
+                hidden = jnp.einsum("gtm,mg->tg", _hidden(self.form, pre), cols)
+                return vals.at[t].set(hidden), held
 
-            vals = jax.lax.fori_loop(0, x.shape[0], tile,
-                                     jnp.zeros((*x.shape[:2], len(r)), h.dtype))
+            vals, held = jax.lax.fori_loop(0, x.shape[0], tile, (
+                jnp.zeros((*x.shape[:2], len(r)), h.dtype), held))
             vals = vals + jnp.take(lin, r, axis=-1, mode="fill", fill_value=0)
             vals = vals.reshape(-1, len(r))[:out.shape[0] * out.shape[1]]
-            return out.at[..., r].set(vals.reshape(*out.shape[:2], -1), mode="drop")
+            return out.at[..., r].set(vals.reshape(*out.shape[:2], -1), mode="drop"), held
 
-        return jax.lax.fori_loop(0, n_groups, group, out)
+        return jax.lax.fori_loop(0, n_groups, group, (out, held))
 
     # --- host side ------------------------------------------------------------------------------
 
     def plan(self, mask, rows) -> tuple:
-        """The arguments of the program for the output nodes ``rows`` under the boolean ``(out,
-        in)`` ``mask``: each row's shorter list (kept or ablated input nodes), rows sorted by its
-        length into groups, each group's trip counts."""
+        """What :meth:`apply` needs for the output nodes ``rows`` under the boolean ``(out, in)``
+        ``mask``: each row's cheapest list (``masks.cheapest_lists``), rows sorted by its length
+        into groups, each group's trip counts."""
         n_in, g = self.n_in, self._group
-        lists, padded_rows, flags, _, longest = shorter_lists(
-            mask, rows, -(-self.n_out // g) * g, self._width)
+        lists, signs, padded_rows, bases, _, longest = cheapest_lists(
+            mask, rows, -(-self.n_out // g) * g, self._width, self._held.held)
         n_groups = -(-len(rows) // g)
         longest = longest.reshape(-1, g).max(1)
         big, small = self._big, self._small
         trips = np.stack([longest // big, -(-(longest % big) // small)], 1).astype(np.int32)
         mask_t = np.zeros((n_in, self.n_out), np.float32)
         mask_t[:, rows] = mask[rows].T
-        return (self._r_c * self.ev.cast(mask_t), self._d_c, jnp.asarray(lists.reshape(
-            -1, g, self._width)), jnp.asarray(padded_rows.reshape(-1, g)), jnp.asarray(
-            flags.reshape(-1, g)), jnp.asarray(trips), jnp.int32(n_groups)), n_groups
+        shape = (-1, g, self._width)
+        args = (self._r_c * self.ev.cast(mask_t), self._d_c, jnp.asarray(lists.reshape(shape)),
+                self.ev.cast(signs.reshape(shape)), jnp.asarray(padded_rows.reshape(-1, g)),
+                jnp.asarray(bases.reshape(-1, g)), jnp.asarray(trips), jnp.int32(n_groups))
+        return args, n_groups, (mask, rows)
 
-    def apply(self, batch: int, out, plan):
-        """``out`` of batch ``batch`` with the planned rows recomputed."""
-        args, n_groups = plan
+    def apply(self, outs: list, plan) -> list:
+        """Every batch's output nodes ``outs`` with the planned rows recomputed (their
+        pre-activations held for the next mask)."""
+        args, n_groups, (mask, rows) = plan
         if not n_groups:
-            return out
-        return self._run(self._x[batch], out, self._pre_full[batch], self._h, *args)
+            return outs
+        held = self._held.arrays
+        for b, out in enumerate(outs):
+            outs[b], new = self._run(self._x[b], out, self._pre_full[b],
+                                     None if held is None else held[b], self._h, *args)
+            if held is not None:
+                held[b] = new
+        self._held.computed(mask, rows)
+        return outs
 
 
 def _hidden(form, pre):

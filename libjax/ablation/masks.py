@@ -61,29 +61,48 @@ def group_rows(mask, compute) -> tuple[np.ndarray, np.ndarray]:
     return patterns.astype(np.float32), inverse
 
 
-def shorter_lists(mask, rows, n_slots: int, width: int) -> tuple:
-    """Each of ``rows``' shorter input-node list under the boolean ``(out, in)`` edge ``mask``:
-    its kept nodes, or its ablated ones where it keeps more than half (the row is then computed
-    from the unablated one, ``from_full``). Rows are sorted by that length (stably) and padded
-    to ``n_slots``; ``width >= in // 2`` holds any list.
+ZERO, FULL, HELD = 0, 1, 2  # what a row's signed list is added to (:func:`cheapest_lists`)
 
-    Returns ``(lists (n_slots, width), out_rows, from_full, kept (n_slots, in), lengths)``:
-    padding lists hold node ``in``, padding rows index ``out``, keep nothing and have length 0.
+
+def cheapest_lists(mask, rows, n_slots: int, width: int, held=None) -> tuple:
+    """Each of ``rows``' shortest signed input-node list under the boolean ``(out, in)`` edge
+    ``mask``, and what it is added to: its kept nodes to zero (``ZERO``); its ablated nodes,
+    subtracted from the unablated row (``FULL``), where it keeps more than half; or, where
+    ``held`` (bool ``(held rows, in)``, or None) holds the pattern one of the first rows was
+    last computed with (``HELD``), the nodes that changed since, kept ones added and dropped
+    ones subtracted. A
+    listed node's sign is +1 where the mask keeps it, else -1. Rows are sorted by list length
+    (stably) and padded to ``n_slots``; ``width >= in // 2`` holds any list.
+
+    Returns ``(lists (n_slots, width), signs, out_rows, base, kept (n_slots, in), lengths)``:
+    padding lists hold node ``in``, padding rows index ``out``, keep nothing, have base
+    ``ZERO`` and length 0.
     """
     n_out, n_in = mask.shape
     kept = mask[rows]
-    from_full = 2 * kept.sum(1) > n_in
-    listed = kept != from_full[:, None]
-    order = np.argsort(listed.sum(1), kind="stable")
+    n_kept = kept.sum(1)
+    base = np.where(2 * n_kept > n_in, FULL, ZERO)
+    listed = kept != (base == FULL)[:, None]
+    if held is not None:  # rows below len(held) hold sums
+        inside = np.flatnonzero(np.asarray(rows) < len(held))
+        changed = kept[inside] != held[np.asarray(rows)[inside]]
+        closer = changed.sum(1) < np.minimum(n_kept, n_in - n_kept)[inside]
+        base[inside[closer]] = HELD
+        listed[inside[closer]] = changed[closer]
+    length = listed.sum(1)
+    order = np.argsort(length, kind="stable")
     row_of, node = np.nonzero(listed[order])
+    column = np.arange(len(row_of)) - np.searchsorted(row_of, row_of)
     lists = np.full((n_slots, width), n_in, np.int32)
-    lists[row_of, np.arange(len(row_of)) - np.searchsorted(row_of, row_of)] = node
+    lists[row_of, column] = node
+    signs = np.ones((n_slots, width), np.float32)
+    signs[row_of, column] = np.where(kept[order][row_of, node], 1, -1)
     out_rows = np.full(n_slots, n_out, np.int32)
     out_rows[:len(rows)] = np.asarray(rows)[order]
-    flags = np.zeros(n_slots, bool)
-    flags[:len(rows)] = from_full[order]
+    bases = np.full(n_slots, ZERO, np.int32)
+    bases[:len(rows)] = base[order]
     kept_rows = np.zeros((n_slots, n_in), bool)
     kept_rows[:len(rows)] = kept[order]
     lengths = np.zeros(n_slots, np.int64)
-    lengths[:len(rows)] = listed.sum(1)[order]
-    return lists, out_rows, flags, kept_rows, lengths
+    lengths[:len(rows)] = length[order]
+    return lists, signs, out_rows, bases, kept_rows, lengths

@@ -17,13 +17,13 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import os
 
 import numpy as np
 
 from libjax.pipeline.steps import run_step
 from libjax.runtime import precision
 from libjax.runtime.batching import batch_size_for, padded_batches
+from libjax.runtime.memory import host_memory_bytes
 from libjax.runtime.progress import track
 from libjax.runtime.sharding import Placement
 
@@ -35,10 +35,6 @@ HOST_SHARE = 0.5
 def _given(params, acts):
     """The embedding of a model started at a held node layer: its input is that layer."""
     return acts
-
-
-def host_memory_bytes() -> int:
-    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
 
 
 def hold_points(model) -> list[int]:

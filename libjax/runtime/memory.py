@@ -7,9 +7,22 @@ budget-sized ones (measured in BUILD_NOTES). Accelerators are unaffected: the
 cap only shortens the scans.
 """
 
+import os
+
+import jax
 import jax.numpy as jnp
 
 CACHE_BYTES = 8 * 2**20
+
+
+def host_memory_bytes() -> int:
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
+def device_memory_bytes() -> int:
+    """The memory of the first device where it reports one (GPU, TPU), else the host's."""
+    stats = jax.local_devices()[0].memory_stats() or {}
+    return int(stats.get("bytes_limit") or host_memory_bytes())
 
 
 def rows_per_step(bytes_per_row: float, budget_gb: float, cached_bytes_per_row: float = 0,

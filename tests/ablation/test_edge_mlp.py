@@ -64,7 +64,7 @@ def test_rows_equal_the_general_path(built, small_sizes):
     fast, general = _forwards(ev, graph)
     trips = []
     for mask in _masks(fast.shape, np.random.default_rng(0)):
-        (*_, groups_trips, n_groups), _ = fast.rows.plan(mask, np.arange(fast.shape[0]))
+        (*_, groups_trips, n_groups), _, _ = fast.rows.plan(mask, np.arange(fast.shape[0]))
         trips.append(np.asarray(groups_trips)[:int(n_groups)])
         assert fast.score(mask) == pytest.approx(general.score(mask), rel=1e-10, abs=1e-12)
     trips = np.concatenate(trips)

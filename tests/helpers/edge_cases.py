@@ -26,3 +26,22 @@ def edge_masks(shape, rng):
         mask[1, 1:] = False
         mask[2] = mask[3]
         yield mask
+
+
+def bisection_masks(shape, rng):
+    """The masks a bisection over random edge strengths visits on its way to a random number of
+    edges: consecutive masks differ in half as many edges as the last two did."""
+    from libjax.ablation.masks import edge_mask
+    from libjax.ablation.schedules import Bisect, bisect
+
+    edges = rng.random(shape)
+    n = edges[:, 1:].size
+    target = int(rng.integers(1, n))
+    masks = []
+
+    def evaluate(n_ablated):
+        masks.append(edge_mask(edges, n - n_ablated, free_const_column=True))
+        return n - n_ablated
+
+    bisect(evaluate, lambda kept: kept >= target, n, Bisect(0.05))
+    return masks

@@ -11,6 +11,7 @@ import pytest
 
 from libjax import pipeline
 from libjax.pipeline import held_layers
+from libjax.runtime import memory
 from libjax.runtime.sharding import Placement
 from models.lm import model as lm
 from tests.helpers.tiny import tiny_ln_weights
@@ -50,7 +51,7 @@ def test_a_build_from_held_layers_equals_one_with_fewer(monkeypatch, caplog, sha
     held = pipeline.build(model, tokens, LIB)
     if share == "first":  # room for the first layer's activations only
         layer = model.layers[0]
-        share = 1.5 * 12 * layer.positions * layer.width * 8 / held_layers.host_memory_bytes()
+        share = 1.5 * 12 * layer.positions * layer.width * 8 / memory.host_memory_bytes()
     monkeypatch.setattr(held_layers, "HOST_SHARE", share)
     with caplog.at_level(logging.INFO, logger="libjax"):
         fewer = pipeline.build(model, tokens, LIB)

@@ -1,0 +1,58 @@
+"""The sums each output row of an edge-masked section was last computed with, kept on the
+device so that the row's next mask starts from them (docs/method.md 3.3).
+
+A row's sums (an MLP's pre-activation, attention's queries and keys) are linear in its kept
+input nodes. Consecutive masks of a bisection differ in few edges (half the last step's), so
+adding the nodes a row has gained since and subtracting those it has lost costs far less than
+summing its kept (or ablated) nodes again: over a SmolLM2 bisection, a third fewer nodes summed.
+The sums start at zero, which is the sum over no nodes: every row holds a pattern from the
+start, and a row is only ever computed from its held sums where that list is the shortest
+(:func:`~libjax.ablation.masks.cheapest_lists`).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Optional
+
+import jax.numpy as jnp
+import numpy as np
+
+from libjax.runtime.memory import device_memory_bytes
+
+log = logging.getLogger("libjax")
+
+DEVICE_SHARE = 0.25  # of the device's memory, at most, for the held sums of all batches
+
+
+class HeldRows:
+    """Per batch one device array of the sums of the first rows (row axis ``row_axis`` of
+    ``shape``), as many as fit ``budget`` bytes (default :data:`DEVICE_SHARE` of the device's
+    memory), and on the host the pattern of kept input nodes each one's sums hold."""
+
+    def __init__(self, shape: tuple, n_batches: int, dtype, n_in: int, row_axis: int,
+                 budget: Optional[int] = None):
+        n_out = shape[row_axis]
+        per_row = n_batches * int(np.prod(shape)) // max(n_out, 1) * np.dtype(dtype).itemsize
+        budget = DEVICE_SHARE * device_memory_bytes() if budget is None else budget
+        n_held = int(min(n_out, budget // max(per_row, 1)))
+        if n_held < n_out:
+            log.info("edge ablation: the sums of %d of %d output nodes fit in memory (%.1f GB "
+                     "each); the others are summed from zero or from the unablated model",
+                     n_held, n_out, per_row / 1e9)
+        held_shape = shape[:row_axis] + (n_held,) + shape[row_axis + 1:]
+        self.arrays = ([jnp.zeros(held_shape, dtype) for _ in range(n_batches)] if n_held
+                       else None)
+        self.patterns = np.zeros((n_held, n_in), bool)
+
+    @property
+    def held(self) -> Optional[np.ndarray]:
+        """The patterns, for :func:`~libjax.ablation.masks.cheapest_lists` (None if none)."""
+        return None if self.arrays is None else self.patterns
+
+    def computed(self, mask, rows) -> None:
+        """Rows ``rows`` now hold their sums under ``mask`` where they are held (every batch's,
+        written by the program that computed them; the others' writes are dropped)."""
+        rows = np.asarray(rows)
+        rows = rows[rows < len(self.patterns)]
+        self.patterns[rows] = mask[rows]
