@@ -27,9 +27,10 @@ alone).
 
 Rows go a chunk at a time (intermediates within ``row_bytes`` and ``CHUNK_BYTES``), sorted by
 list length, each chunk's lists a traced number of fixed blocks of ``BLOCK`` nodes: one compiled
-program serves every mask. Used only where the form reproduces the section on the evaluation data, whole and under a random mask
-(in float64 where JAX has it). Positions left out of the build (``skip_positions``) read the whole
-input: their queries, keys and values are the unablated ones.
+program serves every mask. Used only where the form reproduces the section on the evaluation
+data, whole and under a random mask (in float64 where JAX has it). Positions left out of the
+build (``skip_positions``) read the whole input: their queries, keys and values are the unablated
+ones.
 """
 
 from __future__ import annotations
@@ -71,7 +72,7 @@ class AttentionRows:
     ``held_bytes`` bounds the held queries and keys (None: a share of the device's memory; 0:
     none)."""
 
-    def __init__(self, ev, key, form, x_hats, qk, u, g_r, heads, row_bytes: int,
+    def __init__(self, ev, form, x_hats, qk, u, g_r, heads, row_bytes: int,
                  held_bytes=None):
         self.ev, self.form = ev, form
         self.heads = heads  # (key heads, query heads per key head, d_head)
@@ -91,18 +92,16 @@ class AttentionRows:
         self.size = int(max(1, min(n_out, min(row_bytes, CHUNK_BYTES) // per_row)))
         self._held = HeldRows((n_out, tokens, qk.shape[1]), len(x_hats), ev.dtype, n_in,
                               row_axis=0, budget=held_bytes)
-        self._run = ev.program(("edge_attention", *key, self._held.arrays is not None),
-                               lambda: self._rows, donate_argnums=3)
+        self._run = jax.jit(self._rows, donate_argnums=3)  # held sums updated in place
 
     @classmethod
-    def of(cls, ev, key, form, reference, x_hats, c_in_pinv, c_out, row_bytes: int,
+    def of(cls, ev, form, reference, x_hats, c_in_pinv, c_out, row_bytes: int,
            held_bytes=None):
         """The rows of ``form`` (an attention form) if it reproduces the section (``reference``:
         ``(dtype, params, raw)`` of ``EdgeForward._reference_section``) on the first batch whole
         and under a random mask, to ``sqrt(eps)`` of that dtype, else None. ``c_in_pinv``,
         ``c_out``: float64 (``c_out`` None at a layer without a basis); ``row_bytes`` bounds a
-        chunk of rows' intermediates, ``held_bytes`` the held queries and keys; ``key`` names
-        the compiled program."""
+        chunk of rows' intermediates, ``held_bytes`` the held queries and keys."""
         if not isinstance(form, AttentionForm):
             return None
         dtype, params, raw = reference
@@ -140,19 +139,20 @@ class AttentionRows:
         w_qk = np.concatenate([mats["W_Q"][order].transpose(1, 0, 2).reshape(d, -1),
                                mats["W_K"][keys].transpose(1, 0, 2).reshape(d, -1)], axis=1)
         u = np.stack([p_n @ mats["W_V"][i] @ (mats["W_O"][i] @ c_attn) for i in order], 1)
-        return cls(ev, key, form, x_hats, p_n @ w_qk, u, p_r @ c_resid,
+        return cls(ev, form, x_hats, p_n @ w_qk, u, p_r @ c_resid,
                    (len(keys), h // len(keys), dh), row_bytes, held_bytes)
 
     # --- traced ---------------------------------------------------------------------------------
 
-    def _rows(self, x_t, qk_full, out, held, qk_pad, u, g_r, rows, lists, signs, bases,
+    def _rows(self, x_t, qk_full, out, held, qk_pad, u, g_r, rows, lists, signs, bases, writes,
               row_masks, blocks, n_chunks):
         """``(out, held)``: ``out`` with the rows ``rows`` ``(chunks, size)`` (padding: index
         ``out``) recomputed from their own input nodes: ``lists`` ``(chunks, size, width)`` each
         row's cheapest list and its ``signs`` (padding: the zero node ``in`` of ``x_t``, ``(in +
         1, tokens)``), ``bases`` what it is added to (``masks.ZERO``, ``FULL`` or ``HELD``),
         ``blocks`` each chunk's number of list blocks, ``row_masks`` the rows of the mask; and
-        ``held`` ``(out, tokens, queries and keys)`` (or None) with their queries and keys."""
+        ``held`` ``(held rows, tokens, queries and keys)`` (or None) with their queries and keys
+        where ``writes`` (``HeldRows.writes``) says."""
         form = self.form
         n_kv, group, dh = self.heads
         batch, n_pos = out.shape[0], x_t.shape[1] // out.shape[0]
@@ -168,7 +168,7 @@ class AttentionRows:
 
         def chunk(c, carry):
             out, held = carry
-            r, idx, sign, m = rows[c], lists[c], signs[c], row_masks[c]
+            r, idx, sign, m, w = rows[c], lists[c], signs[c], row_masks[c], writes[c]
             base = bases[c][:, None, None]
             size = len(r)
 
@@ -183,7 +183,7 @@ class AttentionRows:
                 qk = qk + jnp.where(base == HELD, held.at[r].get(mode="fill", fill_value=0), 0)
             qk = jax.lax.fori_loop(0, blocks[c], add, qk)
             if held is not None:
-                held = held.at[r].set(qk, mode="drop")
+                held = held.at[w].set(qk, mode="drop")
             shape = (batch, n_pos, -1)
             qk = self.ev.at_kept(qk.reshape(size, *shape), full.reshape(1, *shape))
             q = qk[:, :, q_pos, :n_q].reshape(size, batch, len(q_pos), n_kv, group, dh)
@@ -222,21 +222,26 @@ class AttentionRows:
         if not len(rows):
             return None
         size = self.size
-        lists, signs, out_rows, bases, kept, longest = cheapest_lists(
+        lists, signs, out_rows, bases, kept, lengths = cheapest_lists(
             mask, rows, -(-self.n_out // size) * size, self._width, self._held.held)
-        blocks = -(-longest.reshape(-1, size).max(1) // BLOCK)
+        writes = self._held.writes(out_rows, lengths)
+        blocks = -(-lengths.reshape(-1, size).max(1) // BLOCK)
         ev, shape = self.ev, (-1, size, self._width)
         return (jnp.asarray(out_rows.reshape(-1, size)), jnp.asarray(lists.reshape(shape)),
                 ev.cast(signs.reshape(shape)), jnp.asarray(bases.reshape(-1, size)),
-                ev.cast(kept.reshape(-1, size, self.n_in)), jnp.asarray(blocks, np.int32),
-                jnp.int32(-(-len(rows) // size))), (mask, rows)
+                jnp.asarray(writes.reshape(-1, size)), ev.cast(kept.reshape(-1, size, self.n_in)),
+                jnp.asarray(blocks, np.int32), jnp.int32(-(-len(rows) // size))), (mask, writes)
+
+    def release(self) -> None:
+        """Drop the held queries and keys (rows are then summed from zero or the unablated ones)."""
+        self._held.release()
 
     def apply(self, outs: list, plan) -> list:
         """Every batch's output nodes ``outs`` with the rows of ``plan`` recomputed (their
         queries and keys held for the next mask)."""
         if plan is None:
             return outs
-        args, (mask, rows) = plan
+        args, (mask, writes) = plan
         held = self._held.arrays
         for b, out in enumerate(outs):
             outs[b], new = self._run(self._x_t[b], self._qk_full[b], out,
@@ -244,5 +249,5 @@ class AttentionRows:
                                      self._g_r, *args)
             if held is not None:
                 held[b] = new
-        self._held.computed(mask, rows)
+        self._held.computed(mask, writes)
         return outs

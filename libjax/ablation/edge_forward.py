@@ -78,7 +78,8 @@ class EdgeForward:
         self.c_out, self.c_out_pinv = ((ev.cast(out_basis[0]), ev.cast(out_basis[1]))
                                        if self.rotated else (None, None))
         self.section = ev.model.sections[index]
-        prep = ev.program(("edge_prep", index, self.rotated), lambda: self._prepare)
+        self._programs: dict = {}
+        prep = self._program("prep", lambda: self._prepare)
         self._prepared = [prep(ev.params, a, self.c_in, self.c_in_pinv, self.c_out)
                           for a in ev.acts(index)]
         full = self._prepared[0][1]
@@ -88,8 +89,7 @@ class EdgeForward:
         self.products = None  # (output nodes, their matrices) of the masked products
         self.rows = None  # MLPRows or AttentionRows: the section's rows from their own inputs
         if self.affine is not None:
-            self._run = ev.program(("edge_affine", index, self.rotated),
-                                   lambda: self._run_affine)
+            self._run = self._program("affine", lambda: self._run_affine)
         else:
             if try_products and self.section.positionwise:
                 self.products = self._products(
@@ -99,17 +99,17 @@ class EdgeForward:
             if (try_products and self.section.positionwise and isinstance(form, MLPForm)
                     and form.act is not None):
                 self.rows = MLPRows.of(
-                    ev, (index, self.rotated), form, self._reference_section(),
+                    ev, form, self._reference_section(),
                     [x for x, _ in self._prepared], np.asarray(c_in_pinv, np.float64),
                     None if out_basis is None else np.asarray(out_basis[0], np.float64),
                     row_bytes, held_bytes)
             if try_products and isinstance(form, AttentionForm):
                 self.rows = AttentionRows.of(
-                    ev, (index, self.rotated), form, self._reference_section(),
+                    ev, form, self._reference_section(),
                     [x for x, _ in self._prepared], np.asarray(c_in_pinv, np.float64),
                     None if out_basis is None else np.asarray(out_basis[0], np.float64),
                     row_bytes, held_bytes)
-            self._run = ev.program(("edge", index, self.rotated), lambda: self._run_patterns)
+            self._run = self._program("patterns", lambda: self._run_patterns)
         self._step_bytes = sum(f.size * f.dtype.itemsize for _, f in self._prepared)
         x_hat = self._prepared[0][0]
         d_in, d_out, (n_out, n_in) = self.c_in_pinv.shape[1], full.shape[-1], self.shape
@@ -125,6 +125,13 @@ class EdgeForward:
         self._steps: dict[int, list] = {}  # step id -> per-batch output nodes of that mask
         self._cached: dict[tuple[int, bytes], int] = {}  # (row, pattern) -> step id
         self._next_step = 0
+
+    def _program(self, name: str, make):
+        """The jitted ``make()``, once per forward. Not the evaluator's cache: a program bound
+        to a forward would keep its arrays (and held sums) alive after its bisection."""
+        if name not in self._programs:
+            self._programs[name] = jax.jit(make())
+        return self._programs[name]
 
     # --- traced pieces ------------------------------------------------------------------------
 
@@ -203,8 +210,7 @@ class EdgeForward:
         count = -(-n_in // n_pos) + 1  # whole samples of tokens, and one sample of zeros
         tokens = np.zeros((count * n_pos, d_in), rows.dtype)
         tokens[n_pos:n_pos + n_in] = rows
-        probe = ev.program(("edge_affine_probe", self.index, self.rotated),
-                           lambda: self._section_out)
+        probe = self._program("affine_probe", lambda: self._section_out)
         out = np.asarray(probe(ev.params, jnp.asarray(tokens.reshape(count, n_pos, d_in)),
                                self.c_out), np.float64).reshape(count * n_pos, -1)
         beta, g = out[0], out[n_pos:n_pos + n_in] - out[0]
@@ -218,7 +224,7 @@ class EdgeForward:
             return None
         mask = np.random.default_rng(0).random(self.shape) < 0.5
         patterns, inverse = group_rows(mask, np.ones(self.shape[0], bool))
-        loop = ev.program(("edge_loop", self.index, self.rotated), lambda: self._loop)
+        loop = self._program("loop", lambda: self._loop)
         exact = loop(ev.params, self._prepared[0][0], self._prepared[0][1], self.c_in_pinv,
                      self.c_out, jnp.asarray(patterns, ev.dtype), jnp.asarray(inverse),
                      jnp.int32(len(patterns)))
@@ -234,7 +240,7 @@ class EdgeForward:
         dtype = np.float64 if jax.config.read("jax_enable_x64") else np.dtype(ev.dtype)
         params = jax.tree.map(lambda a: jnp.asarray(a, dtype) if jnp.issubdtype(a.dtype,
                               jnp.floating) else a, ev.params)
-        raw = ev.program(("edge_raw", self.index), lambda: lambda p, x: jax.vmap(
+        raw = self._program("raw", lambda: lambda p, x: jax.vmap(
             lambda a: self.section.fn(p, a))(x))
         return dtype, params, raw
 
@@ -362,6 +368,14 @@ class EdgeForward:
             outs.append(out_hat)
         self._remember(outs, [(o, keys[o]) for o in np.flatnonzero(looped) if not mask[o].all()])
         return ev.combine(sums)
+
+    def release(self) -> None:
+        """Drop the cached rows and the rows' held sums once a bisection is done, so that the
+        next transition has the memory at once (a forward and its compiled programs reference
+        each other: only the garbage collector frees them)."""
+        self._steps, self._cached = {}, {}
+        if self.rows is not None:
+            self.rows.release()
 
     def _initial(self, batch: int, full, source):
         """Output nodes known before the pattern loop: full rows, and cached rows."""

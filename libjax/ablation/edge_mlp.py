@@ -36,7 +36,7 @@ class MLPRows:
 
     GROUP, TILE, BIG, SMALL = 4, 128, 256, 32
 
-    def __init__(self, ev, key, form, x_hats, h, r_c, d_c, row_bytes: int, held_bytes=None):
+    def __init__(self, ev, form, x_hats, h, r_c, d_c, row_bytes: int, held_bytes=None):
         self.ev, self.form, self.n_out = ev, form, d_c.shape[1]
         self.n_in, width = h.shape
         self._group, self._big, self._small = min(self.GROUP, self.n_out), self.BIG, self.SMALL
@@ -52,12 +52,10 @@ class MLPRows:
         self._pre_full = [x @ self._h for x in self._x]
         self._held = HeldRows((self._n_tiles, self.n_out, self._tile, width), len(x_hats),
                               ev.dtype, self.n_in, row_axis=1, budget=held_bytes)
-        self._run = ev.program(("edge_mlp", *key, self._group, self._tile, big, self._small,
-                                self._held.arrays is not None), lambda: self._rows,
-                               donate_argnums=3)
+        self._run = jax.jit(self._rows, donate_argnums=3)  # held sums updated in place
 
     @classmethod
-    def of(cls, ev, key, form, reference, x_hats, c_in_pinv, c_out, row_bytes: int,
+    def of(cls, ev, form, reference, x_hats, c_in_pinv, c_out, row_bytes: int,
            held_bytes=None):
         """The rows of ``form`` (an MLP form with an activation) if its matrices reproduce the
         section (``reference``: ``(dtype, params, raw)`` of ``EdgeForward._reference_section``)
@@ -80,7 +78,7 @@ class MLPRows:
         if not np.abs(exact - formula).max() <= np.sqrt(np.finfo(dtype).eps) * size:
             return None
         c_out = np.eye(d.shape[1]) if c_out is None else c_out
-        return cls(ev, key, form, x_hats, c_in_pinv @ b, c_in_pinv @ r @ c_out, d @ c_out,
+        return cls(ev, form, x_hats, c_in_pinv @ b, c_in_pinv @ r @ c_out, d @ c_out,
                    row_bytes, held_bytes)
 
     def _tiles(self, x):
@@ -92,20 +90,21 @@ class MLPRows:
 
     # --- the program ----------------------------------------------------------------------------
 
-    def _rows(self, x, out, pre_full, held, h, lin_mat, d_c, lists, signs, rows, bases, trips,
-              n_groups):
+    def _rows(self, x, out, pre_full, held, h, lin_mat, d_c, lists, signs, rows, bases, writes,
+              trips, n_groups):
         """``(out, held)``: ``out`` ``(batch, pos, out)`` with groups ``0..n_groups-1`` of rows
         recomputed (``rows`` ``(groups, GROUP)``, padding rows: index ``out``; ``lists`` and
         their ``signs`` ``(groups, GROUP, width)``, padding: node ``in``; ``bases``: what each
         list is added to, ``masks.ZERO``, ``FULL`` or ``HELD``; ``trips`` ``(groups, 2)``:
-        blocks of ``BIG`` and of ``SMALL`` nodes), and ``held`` ``(tiles, out, TILE, width(B))``
-        (or None) with their pre-activations; ``lin_mat = C_in^+ R C_out * mask^T``."""
+        blocks of ``BIG`` and of ``SMALL`` nodes), and ``held`` ``(tiles, held rows, TILE,
+        width(B))`` (or None) with their pre-activations where ``writes`` (``HeldRows.writes``)
+        says; ``lin_mat = C_in^+ R C_out * mask^T``."""
         lin = jnp.einsum("nti,io->nto", x[..., :-1], lin_mat)
         big, small = self._big, self._small
 
         def group(k, carry):
             out, held = carry
-            idx, sign, r, base = lists[k], signs[k], rows[k], bases[k][:, None, None]
+            idx, sign, r, base, w = lists[k], signs[k], rows[k], bases[k][:, None, None], writes[k]
             n_big, n_small = trips[k, 0], trips[k, 1]
             cols = jnp.take(d_c, r, axis=1, mode="fill", fill_value=0)
 
@@ -126,7 +125,7 @@ class MLPRows:
                 pre = jax.lax.fori_loop(0, n_small, lambda j, p: p + block(
                     xt, n_big * big + j * small, small), pre)
                 if held is not None:
-                    held = held.at[t, r].set(pre, mode="drop")
+                    held = held.at[t, w].set(pre, mode="drop")
                 hidden = jnp.einsum("gtm,mg->tg", _hidden(self.form, pre), cols)
                 return vals.at[t].set(hidden), held
 
@@ -145,10 +144,11 @@ class MLPRows:
         ``mask``: each row's cheapest list (``masks.cheapest_lists``), rows sorted by its length
         into groups, each group's trip counts."""
         n_in, g = self.n_in, self._group
-        lists, signs, padded_rows, bases, _, longest = cheapest_lists(
+        lists, signs, padded_rows, bases, _, lengths = cheapest_lists(
             mask, rows, -(-self.n_out // g) * g, self._width, self._held.held)
+        writes = self._held.writes(padded_rows, lengths)
         n_groups = -(-len(rows) // g)
-        longest = longest.reshape(-1, g).max(1)
+        longest = lengths.reshape(-1, g).max(1)
         big, small = self._big, self._small
         trips = np.stack([longest // big, -(-(longest % big) // small)], 1).astype(np.int32)
         mask_t = np.zeros((n_in, self.n_out), np.float32)
@@ -156,13 +156,18 @@ class MLPRows:
         shape = (-1, g, self._width)
         args = (self._r_c * self.ev.cast(mask_t), self._d_c, jnp.asarray(lists.reshape(shape)),
                 self.ev.cast(signs.reshape(shape)), jnp.asarray(padded_rows.reshape(-1, g)),
-                jnp.asarray(bases.reshape(-1, g)), jnp.asarray(trips), jnp.int32(n_groups))
-        return args, n_groups, (mask, rows)
+                jnp.asarray(bases.reshape(-1, g)), jnp.asarray(writes.reshape(-1, g)),
+                jnp.asarray(trips), jnp.int32(n_groups))
+        return args, n_groups, (mask, writes)
+
+    def release(self) -> None:
+        """Drop the held pre-activations (rows are then summed from zero or the unablated ones)."""
+        self._held.release()
 
     def apply(self, outs: list, plan) -> list:
         """Every batch's output nodes ``outs`` with the planned rows recomputed (their
         pre-activations held for the next mask)."""
-        args, n_groups, (mask, rows) = plan
+        args, n_groups, (mask, writes) = plan
         if not n_groups:
             return outs
         held = self._held.arrays
@@ -171,7 +176,7 @@ class MLPRows:
                                      None if held is None else held[b], self._h, *args)
             if held is not None:
                 held[b] = new
-        self._held.computed(mask, rows)
+        self._held.computed(mask, writes)
         return outs
 
 

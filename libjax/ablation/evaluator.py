@@ -88,11 +88,10 @@ class Evaluator:
     def cast(self, matrix):
         return jnp.asarray(np.asarray(matrix), self.dtype)
 
-    def program(self, key, make, donate_argnums=()):
-        """The jitted ``make()``, compiled once per evaluator and ``key`` (arguments
-        ``donate_argnums`` updated in place)."""
+    def program(self, key, make):
+        """The jitted ``make()``, compiled once per evaluator and ``key``."""
         if key not in self._jitted:
-            self._jitted[key] = jax.jit(make(), donate_argnums=donate_argnums)
+            self._jitted[key] = jax.jit(make())
         return self._jitted[key]
 
     def reference(self, params, acts, index: int):

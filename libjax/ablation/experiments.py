@@ -144,7 +144,8 @@ def edge_scorer(ev: Evaluator, graph: Graph, a: str, b: str):
     """The score of the model with a boolean ``(out, in)`` mask on the edges ``a -> b`` (the
     graph's edge matrix's shape), as :func:`edge_ablation` evaluates it: where a basis's kind
     keeps its reconstruction error, the error's edges are kept whatever the mask
-    (docs/method.md 1.14)."""
+    (docs/method.md 1.14). Its ``release()`` frees the memory it holds once it is no longer
+    needed."""
     b_in, b_out = graph.basis(a), graph.basis(b)
     err_in = _error(b_in)
     err_out = None if b_out is None else _error(b_out)
@@ -153,8 +154,11 @@ def edge_scorer(ev: Evaluator, graph: Graph, a: str, b: str):
                           None if b_out is None else _with_error(b_out.C, b_out.C_pinv, err_out))
     extra = ((0, 0 if err_out is None else err_out[0].shape[1]),
              (0, 0 if err_in is None else err_in[0].shape[1]))
-    return lambda mask: forward.score(np.pad(np.asarray(mask, bool), extra,
-                                             constant_values=True))
+    def score(mask) -> float:
+        return forward.score(np.pad(np.asarray(mask, bool), extra, constant_values=True))
+
+    score.release = forward.release
+    return score
 
 
 def edge_ablation(ev: Evaluator, graph: Graph, pairs: Sequence[tuple[str, str]],
@@ -199,7 +203,10 @@ def edge_ablation(ev: Evaluator, graph: Graph, pairs: Sequence[tuple[str, str]],
             meter.tick(f"{keep} edges kept: {scores[keep]:.6g}")
             return scores[keep]
 
-        lower, _ = bisect(evaluate, good, n, cfg)
+        try:
+            lower, _ = bisect(evaluate, good, n, cfg)
+        finally:
+            score.release()
         required = n - lower
         out[a] = EdgeResult(dict(sorted(scores.items(), reverse=True)), required,
                             edge_mask(edges, required, free_const))

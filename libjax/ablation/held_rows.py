@@ -23,6 +23,7 @@ from libjax.runtime.memory import device_memory_bytes
 log = logging.getLogger("libjax")
 
 DEVICE_SHARE = 0.25  # of the device's memory, at most, for the held sums of all batches
+WORTH_HOLDING = 16  # a row's new sums are written where its list was at least this long
 
 
 class HeldRows:
@@ -50,9 +51,24 @@ class HeldRows:
         """The patterns, for :func:`~libjax.ablation.masks.cheapest_lists` (None if none)."""
         return None if self.arrays is None else self.patterns
 
-    def computed(self, mask, rows) -> None:
-        """Rows ``rows`` now hold their sums under ``mask`` where they are held (every batch's,
-        written by the program that computed them; the others' writes are dropped)."""
+    def writes(self, rows, lengths) -> np.ndarray:
+        """Where the program writes the new sums of planned rows ``rows`` (padding: any index
+        past the held rows) whose lists had ``lengths``: the row's index where it is held and
+        its list was at least :data:`WORTH_HOLDING` long, else the number of held rows (the
+        write is dropped). Writing a row's sums costs about as much memory traffic as summing
+        a dozen nodes; a shorter list keeps the older sums, which then differ from the next
+        mask's row by at most about twice as many nodes (a bisection's steps halve)."""
         rows = np.asarray(rows)
-        rows = rows[rows < len(self.patterns)]
+        n_held = len(self.patterns)
+        return np.where((rows < n_held) & (np.asarray(lengths) >= WORTH_HOLDING), rows,
+                        n_held).astype(np.int32)
+
+    def computed(self, mask, writes) -> None:
+        """The rows of ``writes`` (:meth:`writes`) now hold their sums under ``mask`` (every
+        batch's, written by the program that computed them)."""
+        rows = writes[writes < len(self.patterns)]
         self.patterns[rows] = mask[rows]
+
+    def release(self) -> None:
+        """Hold nothing from now on (the device memory goes back)."""
+        self.arrays, self.patterns = None, self.patterns[:0]

@@ -87,11 +87,11 @@ def test_a_form_that_misses_the_section_falls_back(built):
                                            dtype=np.float64), index)
     form = fast.section.form
     wrong = dataclasses.replace(form, scale=2 * form.scale)
-    assert AttentionRows.of(fast.ev, ("wrong",), wrong, fast._reference_section(),
+    assert AttentionRows.of(fast.ev, wrong, fast._reference_section(),
                             [x for x, _ in fast._prepared],
                             np.asarray(fast.c_in_pinv, np.float64),
                             np.asarray(fast.c_out, np.float64), 2**28) is None
-    assert AttentionRows.of(fast.ev, ("right",), form, fast._reference_section(),
+    assert AttentionRows.of(fast.ev, form, fast._reference_section(),
                             [x for x, _ in fast._prepared],
                             np.asarray(fast.c_in_pinv, np.float64),
                             np.asarray(fast.c_out, np.float64), 2**28) is not None

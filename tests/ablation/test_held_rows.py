@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from libjax import ablation, pipeline
+from libjax.ablation import experiments, held_rows
 from libjax.ablation.edge_attention import AttentionRows
 from libjax.ablation.edge_mlp import MLPRows
 from libjax.ablation.masks import FULL, HELD, ZERO, cheapest_lists
@@ -49,10 +50,14 @@ def built(request):
 
 @pytest.mark.parametrize("layer, rows_type", [("mlp_in.0", MLPRows),
                                               ("attn_in.0", AttentionRows)])
-def test_a_bisection_scores_the_same_from_held_sums(built, layer, rows_type, caplog):
+@pytest.mark.parametrize("worth_holding", [1, 3])
+def test_a_bisection_scores_the_same_from_held_sums(built, layer, rows_type, worth_holding,
+                                                     caplog, monkeypatch):
     """Masks of a bisection in float64, each scored once: from held sums of every row, of half
     the rows and of none (no room for more, as the log says), and on the general path, to
-    1e-10; most rows after the first mask start from their held sums."""
+    1e-10; most rows after the first mask start from their held sums, written after every list
+    or only after lists of 3 nodes or more (the tiny models' lists are short)."""
+    monkeypatch.setattr(held_rows, "WORTH_HOLDING", worth_holding)
     model, graph, tokens, labels = built
     ev = ablation.Evaluator(model, tokens, labels, "ce_loss", 16, dtype=np.float64)
     index = graph.node_layers.index(layer)
@@ -80,3 +85,22 @@ def test_a_bisection_scores_the_same_from_held_sums(built, layer, rows_type, cap
         for forward in (held, *others):
             assert forward.score(mask) == pytest.approx(want, rel=1e-10, abs=1e-12)
     assert from_held >= n_out
+
+
+def test_a_bisection_releases_its_held_sums(built, monkeypatch):
+    """After each transition's bisection its forward holds no sums and no cached rows."""
+    model, graph, tokens, labels = built
+    ev = ablation.Evaluator(model, tokens, labels, "ce_loss", 16, dtype=np.float32)
+    made = []
+
+    def recorded(*args, **kwargs):
+        made.append(ablation.EdgeForward(*args, **kwargs))
+        return made[-1]
+
+    monkeypatch.setattr(experiments, "EdgeForward", recorded)
+    pairs = [graph.edge_pairs[graph.node_layers.index(name)] for name in ("attn_in.0",
+                                                                          "mlp_in.0")]
+    ablation.edge_ablation(ev, graph, pairs, ablation.Bisect(0.05))
+    assert [type(f.rows) for f in made] == [AttentionRows, MLPRows]
+    for forward in made:
+        assert forward.rows._held.arrays is None and not forward._steps
