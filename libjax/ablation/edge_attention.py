@@ -18,12 +18,11 @@ the shortest of its kept nodes, its ablated ones (taken from the unablated queri
 the nodes it gained or lost since it was last computed (from its held queries and keys,
 :mod:`libjax.ablation.held_rows`, where memory allows), rotated after the sum; keys once per key
 head, the query heads of a key head side by side (grouped-query attention: one product per key
-head). Then per row and head the ``T x T`` scores,
-the masked softmax (normalised after the product with the values) and ``sum_s p_ts v_s``; the
-queries in ``QUERY_BLOCKS`` blocks, each reading only the keys it may (causal: about half). A row
-costs the length of that list ``x (H + H_kv) d_head`` per token for its queries and keys and about
-``H T d_head`` for its scores, instead of a whole section evaluation (``in x d_in`` for the input
-alone).
+head). Then per row and head the ``T x T`` scores, the masked softmax (normalised after the
+product with the values) and ``sum_s p_ts v_s``; the queries in ``QUERY_BLOCKS`` blocks, each
+reading only the keys it may (causal: about half). A row costs the length of that list ``x (H +
+H_kv) d_head`` per token for its queries and keys and about ``H T d_head`` for its scores,
+instead of a whole section evaluation (``in x d_in`` for the input alone).
 
 Rows go a chunk at a time (intermediates within ``row_bytes`` and ``CHUNK_BYTES``), sorted by
 list length, each chunk's lists a traced number of fixed blocks of ``BLOCK`` nodes: one compiled
@@ -90,7 +89,7 @@ class AttentionRows:
         per_row = np.dtype(ev.dtype).itemsize * tokens * (
             3 * qk.shape[1] + 3 * heads[0] * heads[1] * n_q + u.shape[1])
         self.size = int(max(1, min(n_out, min(row_bytes, CHUNK_BYTES) // per_row)))
-        self._held = HeldRows((n_out, tokens, qk.shape[1]), len(x_hats), ev.dtype, n_in,
+        self.held = HeldRows((n_out, tokens, qk.shape[1]), len(x_hats), ev.dtype, n_in,
                               row_axis=0, budget=held_bytes)
         self._run = jax.jit(self._rows, donate_argnums=3)  # held sums updated in place
 
@@ -223,8 +222,8 @@ class AttentionRows:
             return None
         size = self.size
         lists, signs, out_rows, bases, kept, lengths = cheapest_lists(
-            mask, rows, -(-self.n_out // size) * size, self._width, self._held.held)
-        writes = self._held.writes(out_rows, lengths)
+            mask, rows, -(-self.n_out // size) * size, self._width, self.held.usable_patterns)
+        writes = self.held.writes(out_rows, lengths)
         blocks = -(-lengths.reshape(-1, size).max(1) // BLOCK)
         ev, shape = self.ev, (-1, size, self._width)
         return (jnp.asarray(out_rows.reshape(-1, size)), jnp.asarray(lists.reshape(shape)),
@@ -232,22 +231,11 @@ class AttentionRows:
                 jnp.asarray(writes.reshape(-1, size)), ev.cast(kept.reshape(-1, size, self.n_in)),
                 jnp.asarray(blocks, np.int32), jnp.int32(-(-len(rows) // size))), (mask, writes)
 
-    def release(self) -> None:
-        """Drop the held queries and keys (rows are then summed from zero or the unablated ones)."""
-        self._held.release()
-
     def apply(self, outs: list, plan) -> list:
         """Every batch's output nodes ``outs`` with the rows of ``plan`` recomputed (their
         queries and keys held for the next mask)."""
         if plan is None:
             return outs
         args, (mask, writes) = plan
-        held = self._held.arrays
-        for b, out in enumerate(outs):
-            outs[b], new = self._run(self._x_t[b], self._qk_full[b], out,
-                                     None if held is None else held[b], self._qk_pad, self._u,
-                                     self._g_r, *args)
-            if held is not None:
-                held[b] = new
-        self._held.computed(mask, writes)
-        return outs
+        return self.held.update(self._run, outs, list(zip(self._x_t, self._qk_full)),
+                                (self._qk_pad, self._u, self._g_r, *args), mask, writes)

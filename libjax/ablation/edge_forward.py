@@ -375,7 +375,7 @@ class EdgeForward:
         each other: only the garbage collector frees them)."""
         self._steps, self._cached = {}, {}
         if self.rows is not None:
-            self.rows.release()
+            self.rows.held.release()
 
     def _initial(self, batch: int, full, source):
         """Output nodes known before the pattern loop: full rows, and cached rows."""

@@ -9,7 +9,7 @@ still in a bisection, the pre-activation the row was last computed with plus the
 gained and less those it has lost (:mod:`libjax.ablation.held_rows`, where memory allows). A row
 costs the length of that list ``x width(B)`` per token instead of a section evaluation.
 
-One compiled program serves every mask: the rows, sorted by the length of their shorter list,
+One compiled program serves every mask: the rows, sorted by the length of their list,
 go in groups of ``GROUP``; each group's lists are summed in blocks of ``BIG`` nodes, then of
 ``SMALL`` (the rest), in loops whose trip counts are arguments, one tile of ``TILE`` tokens at a
 time. Few rows per group and long blocks keep the batched products nearer the matmul rate; small
@@ -50,7 +50,7 @@ class MLPRows:
         self._r_c, self._d_c = ev.cast(r_c), ev.cast(d_c)
         self._x = [self._tiles(x) for x in x_hats]
         self._pre_full = [x @ self._h for x in self._x]
-        self._held = HeldRows((self._n_tiles, self.n_out, self._tile, width), len(x_hats),
+        self.held = HeldRows((self._n_tiles, self.n_out, self._tile, width), len(x_hats),
                               ev.dtype, self.n_in, row_axis=1, budget=held_bytes)
         self._run = jax.jit(self._rows, donate_argnums=3)  # held sums updated in place
 
@@ -90,7 +90,7 @@ class MLPRows:
 
     # --- the program ----------------------------------------------------------------------------
 
-    def _rows(self, x, out, pre_full, held, h, lin_mat, d_c, lists, signs, rows, bases, writes,
+    def _rows(self, x, pre_full, out, held, h, lin_mat, d_c, lists, signs, rows, bases, writes,
               trips, n_groups):
         """``(out, held)``: ``out`` ``(batch, pos, out)`` with groups ``0..n_groups-1`` of rows
         recomputed (``rows`` ``(groups, GROUP)``, padding rows: index ``out``; ``lists`` and
@@ -145,8 +145,8 @@ class MLPRows:
         into groups, each group's trip counts."""
         n_in, g = self.n_in, self._group
         lists, signs, padded_rows, bases, _, lengths = cheapest_lists(
-            mask, rows, -(-self.n_out // g) * g, self._width, self._held.held)
-        writes = self._held.writes(padded_rows, lengths)
+            mask, rows, -(-self.n_out // g) * g, self._width, self.held.usable_patterns)
+        writes = self.held.writes(padded_rows, lengths)
         n_groups = -(-len(rows) // g)
         longest = lengths.reshape(-1, g).max(1)
         big, small = self._big, self._small
@@ -160,24 +160,14 @@ class MLPRows:
                 jnp.asarray(trips), jnp.int32(n_groups))
         return args, n_groups, (mask, writes)
 
-    def release(self) -> None:
-        """Drop the held pre-activations (rows are then summed from zero or the unablated ones)."""
-        self._held.release()
-
     def apply(self, outs: list, plan) -> list:
         """Every batch's output nodes ``outs`` with the planned rows recomputed (their
         pre-activations held for the next mask)."""
         args, n_groups, (mask, writes) = plan
         if not n_groups:
             return outs
-        held = self._held.arrays
-        for b, out in enumerate(outs):
-            outs[b], new = self._run(self._x[b], out, self._pre_full[b],
-                                     None if held is None else held[b], self._h, *args)
-            if held is not None:
-                held[b] = new
-        self._held.computed(mask, writes)
-        return outs
+        return self.held.update(self._run, outs, list(zip(self._x, self._pre_full)),
+                                (self._h, *args), mask, writes)
 
 
 def _hidden(form, pre):

@@ -47,7 +47,7 @@ class HeldRows:
         self.patterns = np.zeros((n_held, n_in), bool)
 
     @property
-    def held(self) -> Optional[np.ndarray]:
+    def usable_patterns(self) -> Optional[np.ndarray]:
         """The patterns, for :func:`~libjax.ablation.masks.cheapest_lists` (None if none)."""
         return None if self.arrays is None else self.patterns
 
@@ -63,11 +63,18 @@ class HeldRows:
         return np.where((rows < n_held) & (np.asarray(lengths) >= WORTH_HOLDING), rows,
                         n_held).astype(np.int32)
 
-    def computed(self, mask, writes) -> None:
-        """The rows of ``writes`` (:meth:`writes`) now hold their sums under ``mask`` (every
-        batch's, written by the program that computed them)."""
+    def update(self, run, outs: list, per_batch: list, shared: tuple, mask, writes) -> list:
+        """Every batch's output nodes ``outs`` from ``run(*per_batch[b], out, sums, *shared)``,
+        which returns them with the batch's held sums (``sums``, None if none; donated)
+        written where ``writes`` (:meth:`writes`) says; those rows now hold ``mask``'s."""
+        for b, out in enumerate(outs):
+            sums = None if self.arrays is None else self.arrays[b]
+            outs[b], sums = run(*per_batch[b], out, sums, *shared)
+            if self.arrays is not None:
+                self.arrays[b] = sums
         rows = writes[writes < len(self.patterns)]
         self.patterns[rows] = mask[rows]
+        return outs
 
     def release(self) -> None:
         """Hold nothing from now on (the device memory goes back)."""

@@ -67,19 +67,19 @@ def test_a_bisection_scores_the_same_from_held_sums(built, layer, rows_type, wor
     held = ablation.EdgeForward(*args)
     assert isinstance(held.rows, rows_type)
     n_out = held.shape[0]
-    assert len(held.rows._held.patterns) == n_out
-    room = sum(x.nbytes for x in held.rows._held.arrays)
+    assert len(held.rows.held.patterns) == n_out
+    room = sum(x.nbytes for x in held.rows.held.arrays)
     with caplog.at_level(logging.INFO, logger="libjax"):
         others = [ablation.EdgeForward(*args, held_bytes=budget) for budget in (room // 2, 0)]
     assert f"the sums of {n_out // 2} of {n_out} output nodes fit in memory" in caplog.text
     assert f"the sums of 0 of {n_out} output nodes fit" in caplog.text
-    assert others[1].rows._held.arrays is None
+    assert others[1].rows.held.arrays is None
     general = ablation.EdgeForward(*args, cache_bytes=0, try_affine=False, try_products=False)
     from_held = 0
     for mask in bisection_masks(held.shape, np.random.default_rng(1)):
-        changed = np.flatnonzero((mask != held.rows._held.patterns).any(1) & ~mask.all(1))
+        changed = np.flatnonzero((mask != held.rows.held.patterns).any(1) & ~mask.all(1))
         bases = cheapest_lists(mask, changed, len(mask), mask.shape[1],
-                               held.rows._held.patterns)[3]
+                               held.rows.held.patterns)[3]
         from_held += (bases == HELD).sum()
         want = general.score(mask)
         for forward in (held, *others):
@@ -103,4 +103,4 @@ def test_a_bisection_releases_its_held_sums(built, monkeypatch):
     ablation.edge_ablation(ev, graph, pairs, ablation.Bisect(0.05))
     assert [type(f.rows) for f in made] == [AttentionRows, MLPRows]
     for forward in made:
-        assert forward.rows._held.arrays is None and not forward._steps
+        assert forward.rows.held.arrays is None and not forward._steps
