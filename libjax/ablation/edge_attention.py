@@ -14,9 +14,11 @@ masked section, ``y_o = F((x_hat * m_o) C_in^+) . C_out[:, o]``, is
 a masked product for the residual and one per head for the values, one matmul for a chunk of
 rows (``G_r = C_in^+[r] C_out[resid]``; parallel blocks' output ``(r + attn, r)`` reads ``r``
 twice). Row ``o``'s queries and keys ``(x_hat * m_o) C_in^+[n] W_Q`` (``W_K``) are summed over
-the shortest of its kept nodes, its ablated ones (taken from the unablated queries and keys) and
-the nodes it gained or lost since it was last computed (from its held queries and keys,
-:mod:`libjax.ablation.held_rows`, where memory allows), rotated after the sum; keys once per key
+a cheap list: its kept nodes, its ablated ones (taken from the unablated queries and keys), the
+nodes it gained or lost since it was last computed (from its held queries and keys,
+:mod:`libjax.ablation.held_rows`, where memory allows) or those it differs in from a row computed
+before it (from that row's new ones; :func:`~libjax.ablation.masks.cheapest_lists`), rotated
+after the sum; keys once per key
 head, the query heads of a key head side by side (grouped-query attention: one product per key
 head). Then per row and head the ``T x T`` scores, the masked softmax (normalised after the
 product with the values) and ``sum_s p_ts v_s``; the queries in ``QUERY_BLOCKS`` blocks, each
@@ -24,12 +26,12 @@ reading only the keys it may (causal: about half). A row costs the length of tha
 H_kv) d_head`` per token for its queries and keys and about ``H T d_head`` for its scores,
 instead of a whole section evaluation (``in x d_in`` for the input alone).
 
-Rows go a chunk at a time (intermediates within ``row_bytes`` and ``CHUNK_BYTES``), sorted by
-list length, each chunk's lists a traced number of fixed blocks of ``BLOCK`` nodes: one compiled
-program serves every mask. Used only where the form reproduces the section on the evaluation
-data, whole and under a random mask (in float64 where JAX has it). Positions left out of the
-build (``skip_positions``) read the whole input: their queries, keys and values are the unablated
-ones.
+Rows go a chunk at a time (intermediates within ``row_bytes`` and ``CHUNK_BYTES``), by
+generation then by list length, each chunk's lists a traced number of fixed blocks of ``BLOCK``
+nodes: one compiled program serves every mask. Used only where the form reproduces the section
+on the evaluation data, whole and under a random mask (in float64 where JAX has it). Positions
+left out of the build (``skip_positions``) read the whole input: their queries, keys and values
+are the unablated ones.
 """
 
 from __future__ import annotations
@@ -38,8 +40,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from libjax.ablation.held_rows import HeldRows
-from libjax.ablation.masks import FULL, HELD, cheapest_lists
+from libjax.ablation.held_rows import HeldRows, starting_sums
+from libjax.ablation.masks import cheapest_lists, longest_list
 from libjax.forms.attention import AttentionForm
 from libjax.forms.attention.rotary import turn
 
@@ -83,7 +85,7 @@ class AttentionRows:
                                                                      x.dtype)], axis=1).T
                      for x in x_hats]
         self._qk_full = [x.reshape(-1, n_in) @ self._qk_pad[:-1] for x in x_hats]
-        self._width = max(1, -(-(n_in // 2) // BLOCK)) * BLOCK  # the longest shorter list
+        self._width = max(1, -(-longest_list(n_in) // BLOCK)) * BLOCK
         tokens, n_pos = x_hats[0].shape[0] * x_hats[0].shape[1], x_hats[0].shape[1]
         n_q = 1 if form.last_only else n_pos
         per_row = np.dtype(ev.dtype).itemsize * tokens * (
@@ -143,12 +145,13 @@ class AttentionRows:
 
     # --- traced ---------------------------------------------------------------------------------
 
-    def _rows(self, x_t, qk_full, out, held, qk_pad, u, g_r, rows, lists, signs, bases, writes,
-              row_masks, blocks, n_chunks):
+    def _rows(self, x_t, qk_full, out, held, qk_pad, u, g_r, rows, lists, signs, bases, sources,
+              writes, row_masks, blocks, n_chunks):
         """``(out, held)``: ``out`` with the rows ``rows`` ``(chunks, size)`` (padding: index
         ``out``) recomputed from their own input nodes: ``lists`` ``(chunks, size, width)`` each
         row's cheapest list and its ``signs`` (padding: the zero node ``in`` of ``x_t``, ``(in +
-        1, tokens)``), ``bases`` what it is added to (``masks.ZERO``, ``FULL`` or ``HELD``),
+        1, tokens)``), ``bases`` what it is added to (``masks.ZERO``, ``FULL`` or ``HELD``, the
+        held sums of row ``sources``, written by an earlier chunk or an earlier mask),
         ``blocks`` each chunk's number of list blocks, ``row_masks`` the rows of the mask; and
         ``held`` ``(held rows, tokens, queries and keys)`` (or None) with their queries and keys
         where ``writes`` (``HeldRows.writes``) says."""
@@ -168,6 +171,7 @@ class AttentionRows:
         def chunk(c, carry):
             out, held = carry
             r, idx, sign, m, w = rows[c], lists[c], signs[c], row_masks[c], writes[c]
+            src = sources[c]
             base = bases[c][:, None, None]
             size = len(r)
 
@@ -177,9 +181,7 @@ class AttentionRows:
                                                                    axis=1)[..., None]
                 return qk + jnp.einsum("gwt,gwm->gtm", signed, qk_pad[block])
             full = qk_full[None]
-            qk = jnp.where(base == FULL, full, 0)
-            if held is not None:
-                qk = qk + jnp.where(base == HELD, held.at[r].get(mode="fill", fill_value=0), 0)
+            qk = starting_sums(base, full, held, src)
             qk = jax.lax.fori_loop(0, blocks[c], add, qk)
             if held is not None:
                 held = held.at[w].set(qk, mode="drop")
@@ -216,20 +218,20 @@ class AttentionRows:
 
     def plan(self, mask, rows) -> tuple | None:
         """What :meth:`apply` needs for the output nodes ``rows`` (None for none): each row's
-        cheapest list (``masks.cheapest_lists``), rows sorted by its length into chunks of
-        ``size``, every array of a fixed shape."""
+        cheap list (``masks.cheapest_lists``) in chunks of ``size``, every array of a fixed
+        shape."""
         if not len(rows):
             return None
         size = self.size
-        lists, signs, out_rows, bases, kept, lengths = cheapest_lists(
-            mask, rows, -(-self.n_out // size) * size, self._width, self.held.usable_patterns)
-        writes = self.held.writes(out_rows, lengths)
-        blocks = -(-lengths.reshape(-1, size).max(1) // BLOCK)
+        plan = cheapest_lists(mask, rows, size, self._width, self.held.usable_patterns)
+        writes = self.held.writes(plan.rows, plan.lengths, plan.sourced)
+        blocks = -(-plan.lengths.reshape(-1, size).max(1) // BLOCK)
         ev, shape = self.ev, (-1, size, self._width)
-        return (jnp.asarray(out_rows.reshape(-1, size)), jnp.asarray(lists.reshape(shape)),
-                ev.cast(signs.reshape(shape)), jnp.asarray(bases.reshape(-1, size)),
-                jnp.asarray(writes.reshape(-1, size)), ev.cast(kept.reshape(-1, size, self.n_in)),
-                jnp.asarray(blocks, np.int32), jnp.int32(-(-len(rows) // size))), (mask, writes)
+        return (jnp.asarray(plan.rows.reshape(-1, size)), jnp.asarray(plan.lists.reshape(shape)),
+                ev.cast(plan.signs.reshape(shape)),
+                *(jnp.asarray(a.reshape(-1, size)) for a in (plan.bases, plan.sources, writes)),
+                ev.cast(plan.kept.reshape(-1, size, self.n_in)),
+                jnp.asarray(blocks, np.int32), jnp.int32(plan.n_groups)), (mask, writes)
 
     def apply(self, outs: list, plan) -> list:
         """Every batch's output nodes ``outs`` with the rows of ``plan`` recomputed (their

@@ -33,9 +33,10 @@ the model runs on from the next node layer. Five ways to get the ``y_o``, the sa
   cache below as the pattern loop's do.
 * the output nodes of an **attention section** likewise (:mod:`libjax.ablation.edge_attention`):
   the residual and each head's values as masked products, each row's queries and keys summed
-  over its shortest list, then the row's ``T x T`` scores per head. Both keep each row's sums
-  for the next mask (:mod:`libjax.ablation.held_rows`): in a bisection, a row's next list is
-  usually the few nodes it has gained or lost since.
+  over a cheap list, then the row's ``T x T`` scores per head. Both keep each row's sums for
+  the next mask and for the rows after it (:mod:`libjax.ablation.held_rows`): in a bisection, a
+  row's list is usually the few nodes it has gained or lost since, or those it differs in from a
+  row computed before it.
 * any other output node is evaluated once per distinct row pattern of the mask, in one of two
   ways, whichever costs fewer FLOPs: a pattern shared by many rows is evaluated once and
   projected on all of ``C_out`` (``fori_loop`` over a padded ``(out, in)`` array of patterns);

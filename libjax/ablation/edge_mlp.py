@@ -5,11 +5,13 @@ For a section ``F(z) = z R + act(z B) D`` (gated or not) output node ``o`` is ``
 (D C_out[:, o]) + (x_hat * m_o) C_in^+ R C_out[:, o]`` with ``pre_o = (x_hat * m_o) h``, ``h =
 C_in^+ B``: the sum of ``x_hat_i h_i`` over the row's kept input nodes, or, where the row keeps
 more than it ablates, the unablated pre-activation less the ablated nodes' terms, or, shorter
-still in a bisection, the pre-activation the row was last computed with plus the nodes it has
-gained and less those it has lost (:mod:`libjax.ablation.held_rows`, where memory allows). A row
-costs the length of that list ``x width(B)`` per token instead of a section evaluation.
+still in a bisection, held sums plus the nodes the row keeps and they do not, less the others:
+the pre-activation the row was last computed with, or one another row was just computed with
+(:mod:`libjax.ablation.held_rows`, where memory allows;
+:func:`~libjax.ablation.masks.cheapest_lists`). A row costs the length of that list ``x
+width(B)`` per token instead of a section evaluation.
 
-One compiled program serves every mask: the rows, sorted by the length of their list,
+One compiled program serves every mask: the rows, by generation then by list length,
 go in groups of ``GROUP``; each group's lists are summed in blocks of ``BIG`` nodes, then of
 ``SMALL`` (the rest), in loops whose trip counts are arguments, one tile of ``TILE`` tokens at a
 time. Few rows per group and long blocks keep the batched products nearer the matmul rate; small
@@ -23,8 +25,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from libjax.ablation.held_rows import HeldRows
-from libjax.ablation.masks import FULL, HELD, cheapest_lists
+from libjax.ablation.held_rows import HeldRows, starting_sums
+from libjax.ablation.masks import cheapest_lists, longest_list
 
 
 class MLPRows:
@@ -45,7 +47,7 @@ class MLPRows:
             4 * self._group * width * np.dtype(ev.dtype).itemsize)))
         self._n_tiles = -(-tokens // self._tile)
         big = self._big  # lists padded to the longest shorter list, in whole blocks
-        self._width = max(big, -(-(self.n_in // 2) // big) * big)
+        self._width = max(big, -(-longest_list(self.n_in) // big) * big)
         self._h = ev.cast(np.concatenate([h, np.zeros((1, width))]))  # node n_in: zero
         self._r_c, self._d_c = ev.cast(r_c), ev.cast(d_c)
         self._x = [self._tiles(x) for x in x_hats]
@@ -90,12 +92,13 @@ class MLPRows:
 
     # --- the program ----------------------------------------------------------------------------
 
-    def _rows(self, x, pre_full, out, held, h, lin_mat, d_c, lists, signs, rows, bases, writes,
-              trips, n_groups):
+    def _rows(self, x, pre_full, out, held, h, lin_mat, d_c, lists, signs, rows, bases, sources,
+              writes, trips, n_groups):
         """``(out, held)``: ``out`` ``(batch, pos, out)`` with groups ``0..n_groups-1`` of rows
         recomputed (``rows`` ``(groups, GROUP)``, padding rows: index ``out``; ``lists`` and
         their ``signs`` ``(groups, GROUP, width)``, padding: node ``in``; ``bases``: what each
-        list is added to, ``masks.ZERO``, ``FULL`` or ``HELD``; ``trips`` ``(groups, 2)``:
+        list is added to, ``masks.ZERO``, ``FULL`` or ``HELD``, the held sums of row
+        ``sources``, written by an earlier group or an earlier mask; ``trips`` ``(groups, 2)``:
         blocks of ``BIG`` and of ``SMALL`` nodes), and ``held`` ``(tiles, held rows, TILE,
         width(B))`` (or None) with their pre-activations where ``writes`` (``HeldRows.writes``)
         says; ``lin_mat = C_in^+ R C_out * mask^T``."""
@@ -104,7 +107,8 @@ class MLPRows:
 
         def group(k, carry):
             out, held = carry
-            idx, sign, r, base, w = lists[k], signs[k], rows[k], bases[k][:, None, None], writes[k]
+            idx, sign, r, src, w = lists[k], signs[k], rows[k], sources[k], writes[k]
+            base = bases[k][:, None, None]
             n_big, n_small = trips[k, 0], trips[k, 1]
             cols = jnp.take(d_c, r, axis=1, mode="fill", fill_value=0)
 
@@ -117,10 +121,7 @@ class MLPRows:
             def tile(t, carry):
                 vals, held = carry
                 xt = x[t]
-                pre = jnp.where(base == FULL, pre_full[t], 0)
-                if held is not None:
-                    pre = pre + jnp.where(base == HELD, held.at[t, r].get(
-                        mode="fill", fill_value=0), 0)
+                pre = starting_sums(base, pre_full[t], held, (t, src))
                 pre = jax.lax.fori_loop(0, n_big, lambda j, p: p + block(xt, j * big, big), pre)
                 pre = jax.lax.fori_loop(0, n_small, lambda j, p: p + block(
                     xt, n_big * big + j * small, small), pre)
@@ -141,24 +142,23 @@ class MLPRows:
 
     def plan(self, mask, rows) -> tuple:
         """What :meth:`apply` needs for the output nodes ``rows`` under the boolean ``(out, in)``
-        ``mask``: each row's cheapest list (``masks.cheapest_lists``), rows sorted by its length
-        into groups, each group's trip counts."""
-        n_in, g = self.n_in, self._group
-        lists, signs, padded_rows, bases, _, lengths = cheapest_lists(
-            mask, rows, -(-self.n_out // g) * g, self._width, self.held.usable_patterns)
-        writes = self.held.writes(padded_rows, lengths)
-        n_groups = -(-len(rows) // g)
-        longest = lengths.reshape(-1, g).max(1)
+        ``mask``: each row's cheap list (``masks.cheapest_lists``) in groups, each group's trip
+        counts."""
+        g = self._group
+        plan = cheapest_lists(mask, rows, g, self._width, self.held.usable_patterns)
+        writes = self.held.writes(plan.rows, plan.lengths, plan.sourced)
+        longest = plan.lengths.reshape(-1, g).max(1)
         big, small = self._big, self._small
         trips = np.stack([longest // big, -(-(longest % big) // small)], 1).astype(np.int32)
-        mask_t = np.zeros((n_in, self.n_out), np.float32)
+        mask_t = np.zeros((self.n_in, self.n_out), np.float32)
         mask_t[:, rows] = mask[rows].T
         shape = (-1, g, self._width)
-        args = (self._r_c * self.ev.cast(mask_t), self._d_c, jnp.asarray(lists.reshape(shape)),
-                self.ev.cast(signs.reshape(shape)), jnp.asarray(padded_rows.reshape(-1, g)),
-                jnp.asarray(bases.reshape(-1, g)), jnp.asarray(writes.reshape(-1, g)),
-                jnp.asarray(trips), jnp.int32(n_groups))
-        return args, n_groups, (mask, writes)
+        args = (self._r_c * self.ev.cast(mask_t), self._d_c,
+                jnp.asarray(plan.lists.reshape(shape)), self.ev.cast(plan.signs.reshape(shape)),
+                *(jnp.asarray(a.reshape(-1, g)) for a in (plan.rows, plan.bases, plan.sources,
+                                                          writes)),
+                jnp.asarray(trips), jnp.int32(plan.n_groups))
+        return args, plan.n_groups, (mask, writes)
 
     def apply(self, outs: list, plan) -> list:
         """Every batch's output nodes ``outs`` with the planned rows recomputed (their

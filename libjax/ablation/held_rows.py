@@ -1,13 +1,14 @@
 """The sums each output row of an edge-masked section was last computed with, kept on the
-device so that the row's next mask starts from them (docs/method.md 3.3).
+device so that the row's next mask, and rows computed after it, start from them (docs/method.md
+3.3).
 
 A row's sums (an MLP's pre-activation, attention's queries and keys) are linear in its kept
-input nodes. Consecutive masks of a bisection differ in few edges (half the last step's), so
-adding the nodes a row has gained since and subtracting those it has lost costs far less than
-summing its kept (or ablated) nodes again: over a SmolLM2 bisection, a third fewer nodes summed.
-The sums start at zero, which is the sum over no nodes: every row holds a pattern from the
-start, and a row is only ever computed from its held sums where that list is the shortest
-(:func:`~libjax.ablation.masks.cheapest_lists`).
+input nodes. Consecutive masks of a bisection differ in few edges (half the last step's), and
+at one mask most rows keep nearly the same nodes as some other row, so adding the nodes a row
+keeps and the held sums do not, and subtracting the others, costs far less than summing its kept
+(or ablated) nodes again: over a SmolLM2 bisection, a quarter of the nodes summed. The sums
+start at zero, which is the sum over no nodes: every row holds a pattern from the start
+(:func:`~libjax.ablation.masks.cheapest_lists` picks each row's start).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from typing import Optional
 import jax.numpy as jnp
 import numpy as np
 
+from libjax.ablation.masks import FULL, HELD
 from libjax.runtime.memory import device_memory_bytes
 
 log = logging.getLogger("libjax")
@@ -51,17 +53,18 @@ class HeldRows:
         """The patterns, for :func:`~libjax.ablation.masks.cheapest_lists` (None if none)."""
         return None if self.arrays is None else self.patterns
 
-    def writes(self, rows, lengths) -> np.ndarray:
+    def writes(self, rows, lengths, sourced) -> np.ndarray:
         """Where the program writes the new sums of planned rows ``rows`` (padding: any index
         past the held rows) whose lists had ``lengths``: the row's index where it is held and
-        its list was at least :data:`WORTH_HOLDING` long, else the number of held rows (the
-        write is dropped). Writing a row's sums costs about as much memory traffic as summing
-        a dozen nodes; a shorter list keeps the older sums, which then differ from the next
-        mask's row by at most about twice as many nodes (a bisection's steps halve)."""
+        another row starts from its new sums (``sourced``) or its list was at least
+        :data:`WORTH_HOLDING` long, else the number of held rows (the write is dropped).
+        Writing a row's sums costs about as much memory traffic as summing a dozen nodes; a
+        shorter list keeps the older sums, which then differ from the next mask's row by at
+        most about twice as many nodes (a bisection's steps halve)."""
         rows = np.asarray(rows)
         n_held = len(self.patterns)
-        return np.where((rows < n_held) & (np.asarray(lengths) >= WORTH_HOLDING), rows,
-                        n_held).astype(np.int32)
+        worth = (np.asarray(lengths) >= WORTH_HOLDING) | np.asarray(sourced)
+        return np.where((rows < n_held) & worth, rows, n_held).astype(np.int32)
 
     def update(self, run, outs: list, per_batch: list, shared: tuple, mask, writes) -> list:
         """Every batch's output nodes ``outs`` from ``run(*per_batch[b], out, sums, *shared)``,
@@ -79,3 +82,12 @@ class HeldRows:
     def release(self) -> None:
         """Hold nothing from now on (the device memory goes back)."""
         self.arrays, self.patterns = None, self.patterns[:0]
+
+
+def starting_sums(base, full, held, index):
+    """Traced: the sums each row's list is added to, by its ``base``: zero (``ZERO``), the
+    unablated ``full`` (``FULL``) or ``held`` at ``index`` (``HELD``; ``held`` None: none)."""
+    start = jnp.where(base == FULL, full, 0)
+    if held is None:
+        return start
+    return start + jnp.where(base == HELD, held.at[index].get(mode="fill", fill_value=0), 0)

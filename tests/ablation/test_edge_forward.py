@@ -72,6 +72,12 @@ def test_products_give_every_normalisation_output_and_all_but_the_statistic(buil
             assert fast.rows is None
 
 
+# the heaviest cases on one layout by default (Llama: GQA, rotary, RMSNorm); the others with -m slow
+ONE_LAYOUT = [pytest.param(name, marks=() if name == "llama" else pytest.mark.slow)
+              for name in ("ln", "llama", "pythia")]
+
+
+@pytest.mark.parametrize("built", ONE_LAYOUT, indirect=True)
 def test_products_equal_the_general_path(built):
     """Every transition with a shortcut, masks of every density: the scores of the default
     forward (masked products, MLP and attention rows, row loop, cache) equal one section
@@ -129,6 +135,7 @@ def test_float32_products_agree_with_the_general_path(built):
             assert fast.score(mask) == pytest.approx(general.score(mask), rel=1e-5)
 
 
+@pytest.mark.parametrize("built", ONE_LAYOUT, indirect=True)
 def test_bisection_is_unchanged(built, monkeypatch):
     """Edges required and every probed loss of a whole bisection per transition out of a
     normalisation, with the masked products and with the general path."""

@@ -10,35 +10,78 @@ import numpy as np
 import pytest
 
 from libjax import ablation, pipeline
-from libjax.ablation import experiments, held_rows
+from libjax.ablation import experiments, held_rows, masks
 from libjax.ablation.edge_attention import AttentionRows
 from libjax.ablation.edge_mlp import MLPRows
 from libjax.ablation.masks import FULL, HELD, ZERO, cheapest_lists
 from tests.helpers.edge_cases import bisection_masks, tiny_block
 
 
-def test_each_list_rebuilds_its_row_and_is_the_shortest():
-    """Base pattern plus signed list is the row of the mask; the list is the shortest of the
-    kept nodes, the ablated ones and, for the first 25 rows (those held), the changes since
-    the held pattern; rows sorted by it."""
+def _start(lists, slot, held, mask):
+    """The pattern slot ``slot``'s list is added to."""
+    base, source = lists.bases[slot], lists.sources[slot]
+    if base == HELD:
+        return (held if source == lists.rows[slot] else mask)[source].astype(float)
+    return np.full(mask.shape[1], float(base == FULL))
+
+
+@pytest.mark.parametrize("group", [4, 16])
+@pytest.mark.parametrize("nested", [False, True])
+def test_each_list_rebuilds_its_row_and_costs_at_most_its_own_start(nested, group):
+    """Base pattern plus signed list is the row of the mask; no row costs more than its
+    cheapest start of its own (kept nodes, ablated ones or, for the 25 held rows, the changes
+    since their held pattern); a row started from another row's new sums comes in a later
+    group than it, from a held row, and few groups are padded. Nearly nested rows (a
+    bisection's first masks) are mostly started from each other, at a fraction of the cost."""
     rng = np.random.default_rng(0)
-    mask = rng.random((40, 17)) < rng.random((40, 1))
-    held = mask ^ (rng.random((40, 17)) < rng.random((40, 1)) / 2)
-    rows = rng.permutation(40)[:30]
-    lists, signs, out_rows, bases, kept, lengths = cheapest_lists(mask, rows, 32, 8, held[:25])
-    assert sorted(out_rows[:30]) == sorted(rows) and (out_rows[30:] == 40).all()
-    assert (np.diff(lengths) >= 0)[:29].all() and set(np.unique(bases[:30])) == {ZERO, FULL,
-                                                                                  HELD}
-    for row, lst, sign, base, length in zip(out_rows[:30], lists, signs, bases, lengths):
-        start = {ZERO: np.zeros(17), FULL: np.ones(17), HELD: held[row].astype(float)}[base]
-        assert (lst[length:] == 17).all()
-        np.add.at(start, lst[:length], sign[:length])
+    n_out, n_in = 40, 200
+    if nested:  # one order of the nodes, each row keeps a prefix of it, a few nodes flipped
+        order = rng.permutation(n_in)
+        mask = np.zeros((n_out, n_in), bool)
+        for row, n in enumerate(rng.integers(40, 160, n_out)):
+            mask[row, order[:n]] = True
+        mask ^= rng.random((n_out, n_in)) < 0.01
+    else:
+        mask = rng.random((n_out, n_in)) < rng.random((n_out, 1))
+    held = mask ^ (rng.random((n_out, n_in)) < rng.random((n_out, 1)) / 2)
+    rows = rng.permutation(n_out)[:30]
+    lists = cheapest_lists(mask, rows, group, masks.longest_list(n_in), held[:25])
+    real = np.flatnonzero(lists.rows < n_out)
+    assert sorted(lists.rows[real]) == sorted(rows) and lists.n_groups * group > real.max()
+    assert len(lists.rows) == (-(-n_out // group) + masks.MAX_DEPTH + 1) * group
+    group_of = {row: slot // group for slot, row in zip(real, lists.rows[real])}
+    costs = own_costs = 0
+    for slot in real:
+        row, length = lists.rows[slot], lists.lengths[slot]
+        start = _start(lists, slot, held, mask)
+        assert length <= masks.longest_list(n_in) and (lists.lists[slot, length:] == n_in).all()
+        np.add.at(start, lists.lists[slot, :length], lists.signs[slot, :length])
         np.testing.assert_array_equal(start, mask[row])
         n_kept = mask[row].sum()
-        changes = (mask[row] != held[row]).sum() if row < 25 else 17
-        assert length == min(n_kept, 17 - n_kept, changes)
-        assert row < 25 or base != HELD
-    assert (bases[30:] == ZERO).all() and not kept[30:].any()
+        own = [n_kept, n_in - n_kept + masks.BASE_COST]
+        if row < 25:
+            own.append((mask[row] != held[row]).sum() + masks.BASE_COST)
+        cost = length + (lists.bases[slot] != ZERO) * masks.BASE_COST
+        assert cost <= min(own)
+        costs, own_costs = costs + cost, own_costs + min(own)
+        source = lists.sources[slot]
+        if lists.bases[slot] == HELD and source != row:
+            assert source < 25 and source in group_of and group_of[source] < group_of[row]
+            assert lists.sourced[np.flatnonzero(lists.rows == source)[0]]
+    source_of = {row: source for row, source, base in zip(lists.rows[real], lists.sources[real],
+                                                          lists.bases[real])
+                 if base == HELD and source != row}
+    depth = {row: 0 for row in rows}
+    for _ in range(masks.MAX_DEPTH):
+        depth = {row: depth[source_of[row]] + 1 if row in source_of else 0 for row in rows}
+    assert max(depth.values()) <= masks.MAX_DEPTH
+    assert lists.n_groups <= -(-len(rows) // group) + max(depth.values())
+    padding = np.setdiff1d(np.arange(len(lists.rows)), real)
+    assert (lists.bases[padding] == ZERO).all() and not lists.kept[padding].any()
+    if nested:
+        assert costs < own_costs / 2
+    else:
+        assert set(np.unique(lists.bases[real])) == {ZERO, FULL, HELD}
 
 
 @pytest.fixture(scope="module", params=["ln", "llama"])
@@ -48,8 +91,10 @@ def built(request):
     return request.param, model, graph, np.asarray(tokens), np.roll(tokens, -1, axis=1)
 
 
-@pytest.mark.parametrize("layer, rows_type", [("mlp_in.0", MLPRows),
-                                              ("attn_in.0", AttentionRows)])
+@pytest.mark.parametrize("built, layer, rows_type", [
+    ("ln", "mlp_in.0", MLPRows), ("llama", "attn_in.0", AttentionRows),
+    pytest.param("ln", "attn_in.0", AttentionRows, marks=pytest.mark.slow),
+    pytest.param("llama", "mlp_in.0", MLPRows, marks=pytest.mark.slow)], indirect=["built"])
 def test_a_bisection_scores_the_same_from_held_sums(built, layer, rows_type, caplog,
                                                      monkeypatch):
     """Masks of a bisection in float64, each scored once: from held sums of every row, of half
@@ -59,6 +104,7 @@ def test_a_bisection_scores_the_same_from_held_sums(built, layer, rows_type, cap
     short)."""
     name, model, graph, tokens, labels = built
     monkeypatch.setattr(held_rows, "WORTH_HOLDING", {"ln": 1, "llama": 3}[name])
+    monkeypatch.setattr(masks, "BASE_COST", 1)  # the tiny models' rows are a few nodes long
     ev = ablation.Evaluator(model, tokens, labels, "ce_loss", 16, dtype=np.float64)
     index = graph.node_layers.index(layer)
     a, b = graph.edge_pairs[index]
@@ -75,16 +121,16 @@ def test_a_bisection_scores_the_same_from_held_sums(built, layer, rows_type, cap
     assert f"the sums of 0 of {n_out} output nodes fit" in caplog.text
     assert others[1].rows.held.arrays is None
     general = ablation.EdgeForward(*args, cache_bytes=0, try_affine=False, try_products=False)
-    from_held = 0
+    from_held = from_others = 0
     for mask in bisection_masks(held.shape, np.random.default_rng(1)):
         changed = np.flatnonzero((mask != held.rows.held.patterns).any(1) & ~mask.all(1))
-        bases = cheapest_lists(mask, changed, len(mask), mask.shape[1],
-                               held.rows.held.patterns)[3]
-        from_held += (bases == HELD).sum()
+        lists = cheapest_lists(mask, changed, 4, mask.shape[1], held.rows.held.patterns)
+        from_held += (lists.bases == HELD).sum()
+        from_others += ((lists.bases == HELD) & (lists.sources != lists.rows)).sum()
         want = general.score(mask)
         for forward in (held, *others):
             assert forward.score(mask) == pytest.approx(want, rel=1e-10, abs=1e-12)
-    assert from_held >= n_out
+    assert from_held >= n_out and from_others >= n_out // 4
 
 
 @pytest.mark.parametrize("built", ["ln"], indirect=True)
