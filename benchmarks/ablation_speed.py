@@ -16,7 +16,8 @@ of a GPT-2-small-sized model with seeded random weights, built here on a few ran
 Times are wall and CPU seconds after compilation (each program runs once before it is timed,
 except the bisections, whose compile is reported apart). Prints one JSON line per transition and
 one summary line, with the peak memory and the matmul rate measured in the same process, so
-figures from machines of different speed compare.
+figures from machines of different speed compare; ``--out`` writes them as one JSON file too
+(the accelerator run's ``ablation`` part, :mod:`benchmarks.accelerator`).
 """
 
 from __future__ import annotations
@@ -38,6 +39,8 @@ from libjax.runtime import precision
 _GRAPH_DIR = flags.DEFINE_string("graph_dir", None, "a finished language-model build")
 _RANDOM_GPT2 = flags.DEFINE_bool("random_gpt2", False, "block 6 of a random GPT-2-small-sized "
                                  "model, built here, instead of --graph_dir")
+_RANDOM_SIZE = flags.DEFINE_enum("random_size", "small", ["small", "tiny"], "--random_gpt2: "
+                                 "GPT-2 small, or a tiny stand-in (block 1 of 2; dry runs)")
 _CONTEXT = flags.DEFINE_integer("context", 1024, "--random_gpt2: tokens per sample")
 _BUILD_SAMPLES = flags.DEFINE_integer("build_samples", 2, "--random_gpt2: samples for bases and "
                                       "edges")
@@ -50,6 +53,13 @@ _GENERAL = flags.DEFINE_list("general", [], "input node layers (or 'all') whose 
 _N_SAMPLES = flags.DEFINE_integer("n_samples", 20, "evaluation chunks")
 _BATCH = flags.DEFINE_integer("batch_size", None, "evaluation batch (default: the model's)")
 _DELTA = flags.DEFINE_float("score_target_difference", None, "bisection Delta (default: model's)")
+_OUT = flags.DEFINE_string("out", None, "also write every printed record to this JSON file")
+
+RANDOM_SIZES = {  # GPT-2 configurations of --random_gpt2
+    "small": {"model_type": "gpt2", "n_layer": 12, "n_embd": 768, "n_head": 12,
+              "vocab_size": 50257, "n_positions": 1024, "activation_function": "gelu_new"},
+    "tiny": {"model_type": "gpt2", "n_layer": 2, "n_embd": 64, "n_head": 4, "vocab_size": 512,
+             "n_positions": 128, "activation_function": "gelu_new"}}
 
 
 def _timed(fn):
@@ -73,19 +83,20 @@ def _stored():
 
 
 def _random_gpt2():
-    """The same for block 6 of a random GPT-2-small-sized model at ``--context``, next-token
-    labels on uniform random tokens (the build's samples first, then the evaluation's)."""
+    """The same for block 6 (or the last) of a random GPT-2 model of ``--random_size`` at
+    ``--context``, next-token labels on uniform random tokens (the build's samples first, then
+    the evaluation's)."""
     from models.lm import gpt2
     from models.lm import model as lm
-    cfg = gpt2.config({"model_type": "gpt2", "n_layer": 12, "n_embd": 768, "n_head": 12,
-                       "vocab_size": 50257, "n_positions": 1024,
-                       "activation_function": "gelu_new"})
+    cfg = gpt2.config(RANDOM_SIZES[_RANDOM_SIZE.value])
+    block = min(6, cfg.n_layers - 1)
     rng = np.random.default_rng(0)
     weights = {name: (1.0 if name.endswith(".w") else 0.0)
                + 0.02 * rng.standard_normal(shape, np.float32)
                for name, shape in lm.expected_shapes(cfg).items()}
     ctx = _CONTEXT.value
-    model = lm.sectioned_model("gpt2", cfg, weights, lm.block_node_layers(6, cfg.n_layers), ctx)
+    model = lm.sectioned_model("gpt2", cfg, weights, lm.block_node_layers(block, cfg.n_layers),
+                               ctx)
     n_build = max(_BUILD_SAMPLES.value, _GRAM_SAMPLES.value)
     tokens = rng.integers(0, cfg.d_vocab, (n_build + _N_SAMPLES.value, ctx + 1)).astype(np.int32)
     config = pipeline.BuildConfig(**{**gpt2.FAMILY.build_defaults(None), "batch_size": 2,
@@ -95,7 +106,7 @@ def _random_gpt2():
     evaluation = tokens[n_build:]
     ev = ablation.Evaluator(model, evaluation[:, :ctx], evaluation[:, 1:], "ce_loss",
                             _BATCH.value or 1, np.float32)
-    return ev, graph, 0.05, f"random GPT-2 small, block 6, context {ctx}"
+    return ev, graph, 0.05, f"random GPT-2 {_RANDOM_SIZE.value}, block {block}, context {ctx}"
 
 
 def _bisect(ev, graph, pair, cfg, general: bool):
@@ -142,7 +153,8 @@ def main(argv):
                                                      ev.batches) * ev.batches[0][0].shape[1]),
             "forward_s": round(fwd_s, 3), "forward_cpu_s": round(fwd_cpu, 3),
             "node_point_s": round(node_s, 3), "node_point_cpu_s": round(node_cpu, 3)}
-    print(json.dumps(head), flush=True)
+    record = {"head": head, "transitions": []}
+    _emit(record, head)
     for pair in chosen:
         line = {"transition": f"{pair[0]}->{pair[1]}"}
         general = _GENERAL.value == ["all"] or pair[0] in _GENERAL.value
@@ -160,11 +172,22 @@ def main(argv):
             line["max_rel_loss_diff"] = float(max(
                 abs(s - results[1].scores[k]) / abs(results[1].scores[k])
                 for k, s in results[0].scores.items() if k in results[1].scores))
-        print(json.dumps(line), flush=True)
+        record["transitions"].append(line)
+        _emit(record, line)
     rates = measure.matmul_rates()
-    print(json.dumps({"peak_rss_gb": round(measure.peak_rss_gb(), 2),
-                      "devices": str(jax.devices()),
-                      **{f"matmul_gflops_{k}": round(v / 1e9, 1) for k, v in rates.items()}}))
+    record["machine"] = {"peak_rss_gb": round(measure.peak_rss_gb(), 2),
+                         "peak_device_gb": measure.peak_device_gb(),
+                         "devices": str(jax.devices()),
+                         **{f"matmul_gflops_{k}": round(v / 1e9, 1) for k, v in rates.items()}}
+    _emit(record, record["machine"])
+
+
+def _emit(record: dict, line: dict) -> None:
+    """Print ``line``; with ``--out``, write everything so far (a stopped run keeps it)."""
+    print(json.dumps(line), flush=True)
+    if _OUT.value:
+        with open(_OUT.value, "w") as f:
+            json.dump(record, f, indent=1)
 
 
 if __name__ == "__main__":

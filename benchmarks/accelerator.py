@@ -11,6 +11,11 @@ within ``--total_s`` (the remaining time shrinks the later parts' limits; a part
 left is skipped and says so):
 
 * ``platform``: backend, device kind, JAX version, device memory, float64/float32 matmul rates.
+* ``ablation``: whole edge bisections of the MLP and attention transitions of block 6 of a
+  GPT-2-small-sized random model at context 1024 (:mod:`benchmarks.ablation_speed`), each in
+  forward passes of its evaluation set: on a CPU the rows' work keeps them at 44 and 91
+  (BUILD_NOTES "Rows from each other"); a device that one 1024-token forward leaves idle may
+  differ.
 * ``modadd``: the modular-addition build (the repository's checkpoint, train split) in each of
   ``--precisions``: whole build and per phase, its graph summary (dims, Lambdas, edge sums)
   compared with the CPU's, stored in ``accelerator_reference.json``, within the tolerances of
@@ -55,28 +60,31 @@ PAPER = {"context": 1024, "samples": 500, "gram_samples": 50_000}
 # within twice that, rounded up.
 TOLERANCE = {"float64": {"lambdas": 1e-9, "edge_sums": 1e-9},
              "mixed": {"lambdas": 1e-5, "edge_sums": 1e-4}}
-PARTS = ("platform", "modadd", "gpt2", "grams_all", "smollm2")
+PARTS = ("platform", "ablation", "modadd", "gpt2", "grams_all", "smollm2")
 LEADING = 1e-4  # Lambdas compared: those above this fraction of the layer's largest
 
 
 def sizes(dry_run: bool) -> dict:
     """The runs' sizes and time limits (seconds): the device's, or the CPU dry run's (tiny models,
-    seconds each). The device's limits add up to 440 s (500 with SmolLM2, cut by ``--total_s``)."""
+    seconds each). The device's limits add up to 560 s (620 with SmolLM2, cut by ``--total_s``)."""
     if dry_run:
         return {"modadd": ["--n_samples=256"], "modadd_key": "modadd_256",
                 "gpt2": ["--gpt2_size=tiny", "--context=32", "--n_gram_samples=8"],
                 "grams": ["--gpt2_size=tiny", "--context=32", "--n_gram_samples=8"],
                 "smollm2": ["--context=16", "--n_gram_samples=4"],
+                "ablation": ["--random_size=tiny", "--context=32", "--n_samples=2",
+                             "--pairs=mlp_in.1,attn_in.1"],
                 "matmul_n": 256, "limits": {"platform": 60, "modadd": 120, "gpt2": 180,
-                                            "grams_all": 120, "smollm2": 180}}
+                                            "grams_all": 120, "smollm2": 180, "ablation": 180}}
     # gpt2: a 1 GB budget gives the dense attention method chunks of ~180 positions (the CPU's
     # 0.25 GB: 40), still in its four causal runs (a budget of all 1024 positions would be one)
     return {"modadd": [], "modadd_key": "modadd_3830",
             "gpt2": ["--context=1024", "--n_gram_samples=8", "--memory_budget_gb=1"],
             "grams": ["--context=1024", "--n_gram_samples=16"],
             "smollm2": ["--context=1024", "--n_gram_samples=8", "--memory_budget_gb=1"],
+            "ablation": ["--context=1024", "--n_samples=1", "--pairs=mlp_in.6,attn_in.6"],
             "matmul_n": 4096, "limits": {"platform": 30, "modadd": 60, "gpt2": 110,
-                                         "grams_all": 35, "smollm2": 60}}
+                                         "grams_all": 35, "smollm2": 60, "ablation": 120}}
 
 
 class Runner:
@@ -263,6 +271,15 @@ def _figures(r: dict) -> str:
                 f"({flop / 1e9 / warm['wall_s']:.1f} GFLOP/s), cold "
                 f"{r['grams_runs'][0]['wall_s']:.1f} s, peak device "
                 f"{_g(warm['peak_device_gb'])} GiB")
+    if part == "ablation" and r.get("head"):
+        h = r["head"]
+        cells = [f"{t['transition']} {t['products']['s']:.1f} s, {t['products']['evaluations']} "
+                 f"evaluations = {t['products']['in_forwards']} forwards (compile "
+                 f"{t['products']['compile_s']:.1f} s apart)" for t in r.get("transitions", [])]
+        m = r.get("machine", {})
+        return (f"{h['source']}: one forward {h['forward_s']:.3f} s; " + "; ".join(cells)
+                + (f"; peak device {_g(m.get('peak_device_gb'))} GiB, peak RSS "
+                   f"{m['peak_rss_gb']:.2f} GiB" if m else ""))
     if part == "projection":
         return (f"paper's block-6 build (500 + 50 000 samples at {PAPER['context']}): "
                 f"{r['total_s'] / 3600:.2f} h = Grams {r['grams_s'] / 3600:.2f} h + bases and "
@@ -287,7 +304,7 @@ def main(argv=None) -> int:
     parser.add_argument("--parts", default=None, help=f"some of {','.join(PARTS)} (default: "
                         "all; a dry run leaves out smollm2, a real model: minutes on a CPU)")
     parser.add_argument("--precisions", default="float64,mixed")
-    parser.add_argument("--total_s", type=float, default=460,
+    parser.add_argument("--total_s", type=float, default=540,
                         help="every part within this many seconds")
     parser.add_argument("--make_reference", action="store_true",
                         help=f"build modadd on this CPU and write {REFERENCE.name}")
@@ -312,6 +329,11 @@ def main(argv=None) -> int:
             out = work / "platform.json"
             runner.run("platform", limits["platform"], [sys.executable, "-c", PLATFORM,
                                                          str(cfg["matmul_n"]), str(out)], out)
+        if "ablation" in parts:
+            out = work / "ablation.json"
+            runner.run("ablation", limits["ablation"], [
+                sys.executable, str(HERE / "ablation_speed.py"), "--random_gpt2",
+                *cfg["ablation"], f"--out={out}"], out)
         for precision in precisions:
             if "modadd" in parts:
                 cmd, out = build_cmd(f"modadd_{precision}", ["--model=modadd", "--summary",

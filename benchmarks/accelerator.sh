@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# One prepared accelerator run (issue 26): platform, the modular-addition build against the CPU's
-# graph, GPT-2-small block 6 at context 1024, the Grams of every block, SmolLM2 where carried, and
-# the projected paper build, each part under its own time limit, all within ~8 minutes on one GPU.
+# One prepared accelerator run (issue 26): platform, edge bisections in forward passes, the
+# modular-addition build against the CPU's graph, GPT-2-small block 6 at context 1024, the Grams of
+# every block, SmolLM2 where carried, and the projected paper build, each part under its own time
+# limit, all within ~9 minutes on one GPU.
 # From the repository root, on the machine's own Python (no install step):
 #   bash benchmarks/accelerator.sh                   # writes accelerator.json/.md to $OUT
 #   bash benchmarks/accelerator.sh --out_dir=DIR     # or to DIR

@@ -108,8 +108,8 @@ def cheapest_lists(mask, rows, group: int, width: int, held=None) -> RowLists:
     Rows are laid out by generation, in groups of ``group`` slots that never hold a row and its
     source (a generation starts a new group only where the last one's open group holds a
     source: its sources come first, then the other rows, each by list length); ``width >=
-    longest_list(in)`` holds any list. The number of slots, ``(ceil(out / group) + MAX_DEPTH + 1) * group``, depends on
-    the shapes only, so one compiled program serves every mask.
+    longest_list(in)`` holds any list. The number of slots, ``(ceil(out / group) + MAX_DEPTH +
+    1) * group``, depends on the shapes only, so one compiled program serves every mask.
     """
     n_out, n_in = mask.shape
     rows = np.asarray(rows, np.int64)

@@ -79,10 +79,15 @@ def _check_precision(parts: dict, precision: str) -> None:
 
 def test_dry_run_float64_without_the_optional_packages(tmp_path):
     parts, table = _dry_run(tmp_path, "--precisions=float64")
-    assert set(parts) == {"platform", "modadd:float64", "gpt2:float64", "grams_all:float64",
-                          "projection:float64"}
+    assert set(parts) == {"platform", "ablation", "modadd:float64", "gpt2:float64",
+                          "grams_all:float64", "projection:float64"}
     assert all(r["status"] == "ok" for r in parts.values()), parts
     assert parts["platform"]["platform"]["backend"] == "cpu"
+    bisections = parts["ablation"]["transitions"]  # the tiny block's MLP and attention
+    assert [t["transition"].split("->")[0] for t in bisections] == ["mlp_in.1", "attn_in.1"]
+    assert all(t["products"]["evaluations"] > 2 and t["products"]["in_forwards"] > 0
+               for t in bisections)
+    assert "attn_in.1->ln2.1" in table and "forwards (compile" in table
     _check_precision(parts, "float64")
     assert "| modadd:float64 | ok |" in table and "within tolerance" in table
 
