@@ -91,25 +91,22 @@ class EdgeForward:
         self.rows = None  # MLPRows or AttentionRows: the section's rows from their own inputs
         if self.affine is not None:
             self._run = self._program("affine", lambda: self._run_affine)
-        else:
-            if try_products and self.section.positionwise:
-                self.products = self._products(
-                    np.asarray(c_in_pinv, np.float64),
-                    None if out_basis is None else np.asarray(out_basis[0], np.float64))
+        elif try_products and (self.section.positionwise
+                               or isinstance(self.section.form, AttentionForm)):
+            # the shortcuts, read off one float64 copy of the parameters
+            reference = self._reference_section()
+            c_in64 = np.asarray(c_in_pinv, np.float64)
+            c_out64 = None if out_basis is None else np.asarray(out_basis[0], np.float64)
+            if self.section.positionwise:
+                self.products = self._products(reference, c_in64, c_out64)
             form = self.section.form
-            if (try_products and self.section.positionwise and isinstance(form, MLPForm)
-                    and form.act is not None):
-                self.rows = MLPRows.of(
-                    ev, form, self._reference_section(),
-                    [x for x, _ in self._prepared], np.asarray(c_in_pinv, np.float64),
-                    None if out_basis is None else np.asarray(out_basis[0], np.float64),
-                    row_bytes, held_bytes)
-            if try_products and isinstance(form, AttentionForm):
-                self.rows = AttentionRows.of(
-                    ev, form, self._reference_section(),
-                    [x for x, _ in self._prepared], np.asarray(c_in_pinv, np.float64),
-                    None if out_basis is None else np.asarray(out_basis[0], np.float64),
-                    row_bytes, held_bytes)
+            if self.section.positionwise and isinstance(form, MLPForm) and form.act is not None:
+                self.rows = MLPRows.of(ev, form, reference, [x for x, _ in self._prepared],
+                                       c_in64, c_out64, row_bytes, held_bytes)
+            if isinstance(form, AttentionForm):
+                self.rows = AttentionRows.of(ev, form, reference, [x for x, _ in self._prepared],
+                                             c_in64, c_out64, row_bytes, held_bytes)
+        if self.affine is None:
             self._run = self._program("patterns", lambda: self._run_patterns)
         self._step_bytes = sum(f.size * f.dtype.itemsize for _, f in self._prepared)
         x_hat = self._prepared[0][0]
@@ -247,12 +244,13 @@ class EdgeForward:
 
     # --- masked products -------------------------------------------------------------------------
 
-    def _products(self, c_in_pinv, c_out):
+    def _products(self, reference, c_in_pinv, c_out):
         """``(rows, (G_a, g_s, G_b, beta, has_ratio, eps))`` for the output nodes given by masked
-        products (module docstring), or None where there are none. ``c_in_pinv``, ``c_out``:
-        float64 (``c_out`` None at a layer without a basis)."""
+        products (module docstring), or None where there are none. ``reference``: the
+        section's :meth:`_reference_section`; ``c_in_pinv``, ``c_out``: float64 (``c_out`` None
+        at a layer without a basis)."""
         ev, n_pos = self.ev, self._prepared[0][0].shape[1]
-        dtype, params, raw = self._reference_section()
+        dtype, params, raw = reference
         d_in = c_in_pinv.shape[1]
 
         def section(z):  # (tokens, d_in) -> (tokens, d_out), packed into samples of n_pos tokens
