@@ -46,7 +46,7 @@ class MLPRows:
         self._tile = max(1, min(self.TILE, tokens, row_bytes // (
             4 * self._group * width * np.dtype(ev.dtype).itemsize)))
         self._n_tiles = -(-tokens // self._tile)
-        big = self._big  # lists padded to the longest shorter list, in whole blocks
+        big = self._big  # lists padded to the longest list, in whole blocks
         self._width = max(big, -(-longest_list(self.n_in) // big) * big)
         self._h = ev.cast(np.concatenate([h, np.zeros((1, width))]))  # node n_in: zero
         self._r_c, self._d_c = ev.cast(r_c), ev.cast(d_c)

@@ -6,8 +6,8 @@ A row's sums (an MLP's pre-activation, attention's queries and keys) are linear 
 input nodes. Consecutive masks of a bisection differ in few edges (half the last step's), and
 at one mask most rows keep nearly the same nodes as some other row, so adding the nodes a row
 keeps and the held sums do not, and subtracting the others, costs far less than summing its kept
-(or ablated) nodes again: over a SmolLM2 bisection, a quarter of the nodes summed. The sums
-start at zero, which is the sum over no nodes: every row holds a pattern from the start
+(or ablated) nodes again: over a SmolLM2 bisection, a quarter of the nodes those lists sum. The
+sums start at zero, which is the sum over no nodes: every row holds a pattern from the start
 (:func:`~libjax.ablation.masks.cheapest_lists` picks each row's start).
 """
 
