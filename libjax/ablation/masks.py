@@ -189,16 +189,14 @@ def _spanning_parents(kept, cost, eligible) -> np.ndarray:
     if len(others):
         best = apart[others].argmin(1)
         parent[others] = np.where(apart[others, best] < cost[others], idx[best], -1)
-    rows = np.arange(len(kept))
-    while True:
-        depth = _depths(parent)
-        deep = np.flatnonzero(depth > MAX_DEPTH)
-        if not len(deep):
-            break
+    depth = _depths(parent)
+    deep = np.flatnonzero(depth > MAX_DEPTH)  # their descendants are deep too: one pass
+    if len(deep):
         shallow = eligible & (depth < MAX_DEPTH)
         reach = np.where(shallow[idx], apart[deep], np.iinfo(np.int64).max)
         best = reach.argmin(1)
         parent[deep] = np.where(reach[np.arange(len(deep)), best] < cost[deep], idx[best], -1)
+    rows = np.arange(len(kept))
     on_own = (parent >= 0) & (cost <= apart[rows, np.searchsorted(idx, np.maximum(parent, 0))])
     parent[on_own] = -1
     return parent
